@@ -1,0 +1,117 @@
+# directlb — build, test and run the local test bed.
+#
+#   make demo   bring up the test bed and show a direct-access Service
+#   make test   every test: unit, privileged (BPF, netns) and end-to-end
+#
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+GO ?= go
+BIN := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+# Pinned versions. Changing a pin rebuilds what depends on it.
+K8S_VERSION  := v1.36.3
+HELM_VERSION := v3.22.0
+STATICCHECK_VERSION := v0.8.2
+GOLANGCI_LINT_VERSION := v2.15.0
+
+DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux
+
+K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy
+K8S_STAMP := $(BIN)/.k8s-$(K8S_VERSION)
+HELM_STAMP := $(BIN)/.helm-$(HELM_VERSION)
+K8S_LDFLAGS := -s -w \
+	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=36 \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/client-go/pkg/version.gitMajor=1 \
+	-X k8s.io/client-go/pkg/version.gitMinor=36
+
+# Our own binaries.
+CMDS := lb-controller node-agent localcloud
+TESTBED := $(BIN)/dlb-testbed
+
+.PHONY: all
+all: build
+
+## deps: install the Debian packages the build and the tests need.
+.PHONY: deps
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+## tools: build the pinned Kubernetes binaries and helm into bin/ (cached).
+.PHONY: tools
+tools: $(K8S_STAMP) $(HELM_STAMP)
+
+$(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
+	@mkdir -p $(BIN)
+	@echo "building Kubernetes $(K8S_VERSION) binaries (about 10 minutes cold on 2 cores)"
+	cd hack/tools && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(BIN)/ \
+		$(addprefix k8s.io/kubernetes/cmd/,$(K8S_BINS))
+	@rm -f $(BIN)/.k8s-*; touch $@
+
+$(HELM_STAMP):
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	@rm -f $(BIN)/.helm-*; touch $@
+
+## build: build directlb's binaries and the test bed into bin/.
+.PHONY: build
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) ./e2e/cmd/dlb-testbed
+
+## test: every test — unit, privileged and end-to-end.
+.PHONY: test
+test: test-unit test-e2e
+
+## test-unit: unit tests and privileged tests (BPF, netns; they need root).
+.PHONY: test-unit
+test-unit:
+	$(GO) test -timeout 15m $$($(GO) list ./... | grep -v /e2e/tests)
+
+## test-e2e: end-to-end tests on the local test bed (root).
+.PHONY: test-e2e
+test-e2e: tools build
+	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 40m -v ./e2e/tests/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
+	exit $${PIPESTATUS[0]}
+
+## up / down: bring the local test bed up or tear it down (idempotent).
+.PHONY: up down
+up: tools build
+	$(TESTBED) up --bin-dir $(BIN)
+down:
+	@if [ -x $(TESTBED) ]; then $(TESTBED) down; else $(GO) run ./e2e/cmd/dlb-testbed down; fi
+
+## demo: the test bed, an echo Deployment, a direct-access Service.
+.PHONY: demo
+demo: deps tools build
+	hack/demo.sh
+
+## bench: benchmarks, side by side with the peers; see docs/benchmarks.md.
+.PHONY: bench
+bench: tools build
+	DLB_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 40m ./bench/...
+
+## generate / verify-generate: regenerate the BPF objects and Go bindings.
+.PHONY: generate verify-generate
+generate:
+	$(GO) generate ./pkg/datapath/...
+verify-generate: generate
+	git diff --exit-code -- pkg/datapath
+
+## lint: go vet, staticcheck and golangci-lint at pinned versions.
+.PHONY: lint
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+.PHONY: clean
+clean:
+	rm -rf $(BIN)
