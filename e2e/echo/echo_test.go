@@ -12,7 +12,9 @@ import (
 	"go.uber.org/zap"
 )
 
-func start(t *testing.T, cfg Config) (*Server, context.CancelFunc, <-chan error) {
+// start runs a server on loopback; the returned channel is closed when Serve
+// returns, and *serveErr holds its error then.
+func start(t *testing.T, cfg Config) (*Server, context.CancelFunc, <-chan struct{}, *error) {
 	t.Helper()
 	cfg.ListenHost = "127.0.0.1"
 	if cfg.PodName == "" {
@@ -29,8 +31,9 @@ func start(t *testing.T, cfg Config) (*Server, context.CancelFunc, <-chan error)
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
+	done := make(chan struct{})
+	var serveErr error
+	go func() { serveErr = s.Serve(ctx); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -39,7 +42,7 @@ func start(t *testing.T, cfg Config) (*Server, context.CancelFunc, <-chan error)
 			t.Error("server did not stop")
 		}
 	})
-	return s, cancel, done
+	return s, cancel, done, &serveErr
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -60,7 +63,7 @@ type reply struct {
 }
 
 func TestHTTPAndControls(t *testing.T) {
-	s, _, _ := start(t, Config{TCPPorts: []int{0, 0}})
+	s, _, _, _ := start(t, Config{TCPPorts: []int{0, 0}})
 	for _, a := range s.TCPAddrs() {
 		base := "http://" + a.String()
 		steps := []struct {
@@ -86,7 +89,7 @@ func TestHTTPAndControls(t *testing.T) {
 }
 
 func TestDelay(t *testing.T) {
-	s, _, _ := start(t, Config{TCPPorts: []int{0}, Delay: 300 * time.Millisecond})
+	s, _, _, _ := start(t, Config{TCPPorts: []int{0}, Delay: 300 * time.Millisecond})
 	base := "http://" + s.TCPAddrs()[0].String()
 	t0 := time.Now()
 	get(t, base+"/")
@@ -102,7 +105,7 @@ func TestDelay(t *testing.T) {
 }
 
 func TestUDP(t *testing.T) {
-	s, _, _ := start(t, Config{UDPPorts: []int{0}})
+	s, _, _, _ := start(t, Config{UDPPorts: []int{0}})
 	c, err := net.Dial("udp", s.UDPAddrs()[0].String())
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +128,7 @@ func TestUDP(t *testing.T) {
 // On shutdown the listener closes at once (new connections are refused) while
 // an in-flight request still gets its answer.
 func TestShutdownFinishesInFlight(t *testing.T) {
-	s, cancel, done := start(t, Config{TCPPorts: []int{0}, Delay: time.Second})
+	s, cancel, done, serveErr := start(t, Config{TCPPorts: []int{0}, Delay: time.Second})
 	addr := s.TCPAddrs()[0].String()
 	type res struct {
 		code int
@@ -156,9 +159,9 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 		t.Errorf("in-flight request: code %d body %q err %v; want 200 pod-a", r.code, r.body, r.err)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("serve: %v", err)
+	case <-done:
+		if *serveErr != nil {
+			t.Errorf("serve: %v", *serveErr)
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("server did not return after in-flight request ended")
