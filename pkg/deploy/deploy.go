@@ -1,0 +1,242 @@
+// Package deploy makes the cloud match a service.LoadBalancer: it finds
+// what exists by ownership tags, diffs, and creates, modifies or deletes
+// load balancers, target groups and listeners. Every pass starts from the
+// cloud's state, so a pass cut short at any call heals on the next one
+// without duplicates.
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// Deployer applies desired load balancers to a cloud.
+type Deployer struct {
+	Cloud cloud.LoadBalancers
+}
+
+// TargetGroup is a desired target group bound to the cloud's ARN.
+type TargetGroup struct {
+	service.TargetGroup
+	ARN string
+}
+
+// Result is the state after a successful Deploy.
+type Result struct {
+	LoadBalancer cloud.LoadBalancer
+	TargetGroups []TargetGroup
+	// Changed is whether the pass made any mutating call.
+	Changed bool
+}
+
+// PermanentError is an error that retrying without a change to the Service
+// cannot fix (a cloud validation error, a name owned by someone else, a
+// quota).
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// permanentCodes are the cloud error codes retrying cannot fix.
+var permanentCodes = []string{
+	"ValidationError", "InvalidConfigurationRequest", "InvalidScheme", "InvalidTarget",
+	"TooManyLoadBalancers", "TooManyTargetGroups", "TooManyListeners", "TooManyTags",
+	"AccessDenied", "UnauthorizedOperation", "OperationNotPermitted",
+}
+
+// IsPermanent reports whether err cannot be fixed by retrying.
+func IsPermanent(err error) bool {
+	var pe *PermanentError
+	if errors.As(err, &pe) {
+		return true
+	}
+	var ae *cloud.APIError
+	return errors.As(err, &ae) && !ae.Retryable && slices.Contains(permanentCodes, ae.Code)
+}
+
+func hasCode(err error, code string) bool {
+	var ae *cloud.APIError
+	return errors.As(err, &ae) && ae.Code == code
+}
+
+// Deploy makes the cloud match want and returns what it has then.
+func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Result, error) {
+	var res Result
+	owner := want.Spec.Tags
+	lb, err := d.ensureLoadBalancer(ctx, want.Spec, &res)
+	if err != nil {
+		return res, err
+	}
+	res.LoadBalancer = lb
+
+	existing, err := d.Cloud.ListTargetGroups(ctx, owner)
+	if err != nil {
+		return res, fmt.Errorf("list target groups: %w", err)
+	}
+	byName := map[string]cloud.TargetGroup{}
+	for _, tg := range existing {
+		byName[tg.Name] = tg
+	}
+	for _, w := range want.TargetGroups {
+		arn, err := d.ensureTargetGroup(ctx, w.Spec, byName, &res)
+		if err != nil {
+			return res, err
+		}
+		res.TargetGroups = append(res.TargetGroups, TargetGroup{TargetGroup: w, ARN: arn})
+	}
+
+	if err := d.ensureListeners(ctx, lb.ARN, want.Listeners, res.TargetGroups, &res); err != nil {
+		return res, err
+	}
+
+	// Listeners no longer point at stale target groups: delete them.
+	for _, tg := range existing {
+		if slices.ContainsFunc(want.TargetGroups, func(w service.TargetGroup) bool { return w.Spec.Name == tg.Name }) {
+			continue
+		}
+		if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil {
+			return res, fmt.Errorf("delete stale target group %s: %w", tg.Name, err)
+		}
+		res.Changed = true
+	}
+	return res, nil
+}
+
+func (d *Deployer) ensureLoadBalancer(ctx context.Context, spec cloud.LoadBalancerSpec, res *Result) (cloud.LoadBalancer, error) {
+	lbs, err := d.Cloud.ListLoadBalancers(ctx, spec.Tags)
+	if err != nil {
+		return cloud.LoadBalancer{}, fmt.Errorf("list load balancers: %w", err)
+	}
+	var found *cloud.LoadBalancer
+	for i := range lbs {
+		lb := &lbs[i]
+		if lb.Name == spec.Name && lb.Scheme == spec.Scheme && found == nil {
+			found = lb
+			continue
+		}
+		// A stale one (old name, or a scheme the cloud cannot change in
+		// place): its listeners go with it.
+		if err := d.Cloud.DeleteLoadBalancer(ctx, lb.ARN); err != nil {
+			return cloud.LoadBalancer{}, fmt.Errorf("delete stale load balancer %s: %w", lb.Name, err)
+		}
+		res.Changed = true
+	}
+	if found != nil {
+		return *found, nil
+	}
+	lb, err := d.Cloud.CreateLoadBalancer(ctx, spec)
+	if err == nil {
+		res.Changed = true
+		return lb, nil
+	}
+	if !hasCode(err, "DuplicateLoadBalancerName") {
+		return cloud.LoadBalancer{}, fmt.Errorf("create load balancer %s: %w", spec.Name, err)
+	}
+	// The name is taken but the tag lookup did not find it: not ours.
+	return cloud.LoadBalancer{}, &PermanentError{Err: fmt.Errorf(
+		"create load balancer %s: the name is in use by a load balancer without this Service's ownership tags: %w", spec.Name, err)}
+}
+
+func (d *Deployer) ensureTargetGroup(ctx context.Context, spec cloud.TargetGroupSpec, byName map[string]cloud.TargetGroup, res *Result) (string, error) {
+	if tg, ok := byName[spec.Name]; ok {
+		if tg.HealthCheck != spec.HealthCheck || tg.DeregistrationDelaySeconds != spec.DeregistrationDelaySeconds {
+			if err := d.Cloud.ModifyTargetGroup(ctx, tg.ARN, spec.HealthCheck, spec.DeregistrationDelaySeconds); err != nil {
+				return "", fmt.Errorf("modify target group %s: %w", spec.Name, err)
+			}
+			res.Changed = true
+		}
+		return tg.ARN, nil
+	}
+	tg, err := d.Cloud.CreateTargetGroup(ctx, spec)
+	if err == nil {
+		res.Changed = true
+		return tg.ARN, nil
+	}
+	if hasCode(err, "DuplicateTargetGroupName") {
+		return "", &PermanentError{Err: fmt.Errorf(
+			"create target group %s: the name is in use by a target group without this Service's ownership tags: %w", spec.Name, err)}
+	}
+	return "", fmt.Errorf("create target group %s: %w", spec.Name, err)
+}
+
+func (d *Deployer) ensureListeners(ctx context.Context, lbARN string, want []service.Listener, tgs []TargetGroup, res *Result) error {
+	have, err := d.Cloud.ListListeners(ctx, lbARN)
+	if err != nil {
+		return fmt.Errorf("list listeners: %w", err)
+	}
+	tgARN := map[string]string{}
+	for _, tg := range tgs {
+		tgARN[tg.PortKey] = tg.ARN
+	}
+	byPort := map[int32]cloud.Listener{}
+	for _, l := range have {
+		keep := slices.ContainsFunc(want, func(w service.Listener) bool { return w.Port == l.Port && w.Protocol == l.Protocol })
+		if keep {
+			byPort[l.Port] = l
+			continue
+		}
+		if err := d.Cloud.DeleteListener(ctx, l.ARN); err != nil {
+			return fmt.Errorf("delete listener %s/%d: %w", l.Protocol, l.Port, err)
+		}
+		res.Changed = true
+	}
+	for _, w := range want {
+		arn := tgARN[w.PortKey]
+		l, ok := byPort[w.Port]
+		switch {
+		case !ok:
+			_, err := d.Cloud.CreateListener(ctx, cloud.ListenerSpec{
+				LoadBalancerARN: lbARN, Protocol: w.Protocol, Port: w.Port, TargetGroupARN: arn, Tags: w.Tags,
+			})
+			if err != nil {
+				return fmt.Errorf("create listener %s/%d: %w", w.Protocol, w.Port, err)
+			}
+			res.Changed = true
+		case l.TargetGroupARN != arn:
+			if err := d.Cloud.ModifyListener(ctx, l.ARN, arn); err != nil {
+				return fmt.Errorf("modify listener %s/%d: %w", w.Protocol, w.Port, err)
+			}
+			res.Changed = true
+		}
+	}
+	return nil
+}
+
+// Delete removes every cloud resource carrying the owner tags, in
+// dependency order: load balancers (with their listeners), then target
+// groups. It reports whether anything was there.
+func (d *Deployer) Delete(ctx context.Context, owner cloud.Tags) (bool, error) {
+	lbs, err := d.Cloud.ListLoadBalancers(ctx, owner)
+	if err != nil {
+		return false, fmt.Errorf("list load balancers: %w", err)
+	}
+	tgs, err := d.Cloud.ListTargetGroups(ctx, owner)
+	if err != nil {
+		return false, fmt.Errorf("list target groups: %w", err)
+	}
+	for _, lb := range lbs {
+		listeners, err := d.Cloud.ListListeners(ctx, lb.ARN)
+		if err != nil && !errors.Is(err, cloud.ErrNotFound) {
+			return true, fmt.Errorf("list listeners of %s: %w", lb.Name, err)
+		}
+		for _, l := range listeners {
+			if err := d.Cloud.DeleteListener(ctx, l.ARN); err != nil {
+				return true, fmt.Errorf("delete listener %s/%d of %s: %w", l.Protocol, l.Port, lb.Name, err)
+			}
+		}
+		if err := d.Cloud.DeleteLoadBalancer(ctx, lb.ARN); err != nil {
+			return true, fmt.Errorf("delete load balancer %s: %w", lb.Name, err)
+		}
+	}
+	for _, tg := range tgs {
+		if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil {
+			return true, fmt.Errorf("delete target group %s: %w", tg.Name, err)
+		}
+	}
+	return len(lbs)+len(tgs) > 0, nil
+}
