@@ -1,0 +1,261 @@
+//go:build linux
+
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Config says where the datapath keeps its pins and which cgroup it serves.
+type Config struct {
+	// BPFRoot is a directory on a bpffs; maps are pinned in BPFRoot/maps
+	// and links in BPFRoot/links. If it lies under /sys/fs/bpf and that is
+	// not a bpffs yet, Load mounts one there.
+	BPFRoot string
+	// Cgroup is the cgroup v2 directory whose processes (and its
+	// descendants') get ClusterIP translation.
+	Cgroup string
+}
+
+// Datapath is the loaded programs and maps. Closing it leaves the pinned
+// maps and links in place, so traffic keeps flowing while the agent is away.
+type Datapath struct {
+	cfg  Config
+	objs sockLBObjects
+	Maps *BPFMaps
+}
+
+type hook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   func(*sockLBPrograms) *ebpf.Program
+}
+
+var hooks = []hook{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(p *sockLBPrograms) *ebpf.Program { return p.DlbConnect4 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbSendmsg4 }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbRecvmsg4 }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *sockLBPrograms) *ebpf.Program { return p.DlbGetpeername4 }},
+}
+
+// CheckKernel reports the first kernel feature the datapath needs and the
+// running kernel lacks, in words an operator can act on.
+func CheckKernel() error {
+	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
+		return fmt.Errorf("kernel lacks BPF cgroup sock_addr programs (Linux 4.17+): %w", err)
+	}
+	if err := features.HaveMapType(ebpf.LRUHash); err != nil {
+		return fmt.Errorf("kernel lacks BPF LRU hash maps: %w", err)
+	}
+	for _, h := range []struct {
+		fn   asm.BuiltinFunc
+		what string
+	}{
+		{asm.FnGetSocketCookie, "bpf_get_socket_cookie (Linux 5.7+)"},
+		{asm.FnGetNetnsCookie, "bpf_get_netns_cookie (Linux 5.7+)"},
+		{asm.FnGetPrandomU32, "bpf_get_prandom_u32"},
+		{asm.FnSetRetval, "bpf_set_retval (Linux 5.18+)"},
+	} {
+		if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, h.fn); err != nil {
+			return fmt.Errorf("kernel lacks helper %s for cgroup sock_addr programs: %w", h.what, err)
+		}
+	}
+	return nil
+}
+
+// IsCgroup2 reports whether dir is a directory of a cgroup v2 hierarchy.
+func IsCgroup2(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("cgroup %s: not on a cgroup v2 file system", dir)
+	}
+	return nil
+}
+
+// EnsureBPFFS makes sure dir lies on a bpffs, mounting one at /sys/fs/bpf
+// when dir is under it and nothing is mounted there yet, and creates dir.
+func EnsureBPFFS(dir string) error {
+	onBPFFS := func(p string) bool {
+		var st unix.Statfs_t
+		return unix.Statfs(p, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+	}
+	// The nearest existing ancestor decides which file system dir is on.
+	p := filepath.Clean(dir)
+	for {
+		if _, err := os.Stat(p); err == nil || p == "/" {
+			break
+		}
+		p = filepath.Dir(p)
+	}
+	if !onBPFFS(p) {
+		const std = "/sys/fs/bpf"
+		if dir != std && !strings.HasPrefix(filepath.Clean(dir), std+"/") {
+			return fmt.Errorf("bpf root %s: not on a bpffs", dir)
+		}
+		if !onBPFFS(std) {
+			if err := os.MkdirAll(std, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", std, err)
+			}
+			if err := unix.Mount("bpffs", std, "bpf", 0, "mode=0700"); err != nil {
+				return fmt.Errorf("mount bpffs at %s: %w", std, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpf root %s: %w", dir, err)
+	}
+	return nil
+}
+
+func mapsDir(root string) string  { return filepath.Join(root, "maps") }
+func linksDir(root string) string { return filepath.Join(root, "links") }
+
+// Load loads the programs and opens (or creates and pins) the maps under
+// cfg.BPFRoot. It does not attach anything; see Attach.
+func Load(cfg Config) (*Datapath, error) {
+	if err := EnsureBPFFS(cfg.BPFRoot); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(mapsDir(cfg.BPFRoot), 0o700); err != nil {
+		return nil, fmt.Errorf("create maps dir: %w", err)
+	}
+	spec, err := loadSockLB()
+	if err != nil {
+		return nil, fmt.Errorf("load BPF spec: %w", err)
+	}
+	d := &Datapath{cfg: cfg}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg.BPFRoot)}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load BPF programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load BPF programs and maps (pinned in %s): %w", mapsDir(cfg.BPFRoot), err)
+	}
+	d.Maps = &BPFMaps{
+		svc:      d.objs.DlbSvc4,
+		backends: d.objs.DlbBackends4,
+		affmatch: d.objs.DlbAffmatch4,
+		revnat:   d.objs.DlbRevnat4,
+		affinity: d.objs.DlbAffinity4,
+	}
+	return d, nil
+}
+
+// Attach attaches the programs to cfg.Cgroup with bpf_links pinned in
+// BPFRoot/links. A link pinned by an earlier run on the same cgroup is
+// updated in place to the new program, so there is no moment without a
+// program; a pinned link on another cgroup is replaced.
+func (d *Datapath) Attach() error {
+	if err := IsCgroup2(d.cfg.Cgroup); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(d.cfg.Cgroup, &st); err != nil {
+		return fmt.Errorf("stat cgroup %s: %w", d.cfg.Cgroup, err)
+	}
+	if err := os.MkdirAll(linksDir(d.cfg.BPFRoot), 0o700); err != nil {
+		return fmt.Errorf("create links dir: %w", err)
+	}
+	for _, h := range hooks {
+		pin := filepath.Join(linksDir(d.cfg.BPFRoot), h.name)
+		prog := h.prog(&d.objs.sockLBPrograms)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			info, ierr := l.Info()
+			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == st.Ino {
+				err := l.Update(prog)
+				l.Close()
+				if err != nil {
+					return fmt.Errorf("update pinned link %s: %w", pin, err)
+				}
+				continue
+			}
+			// Attached elsewhere: detach it and attach afresh.
+			if err := l.Unpin(); err != nil {
+				l.Close()
+				return fmt.Errorf("unpin link %s: %w", pin, err)
+			}
+			l.Close()
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("open pinned link %s: %w", pin, err)
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: d.cfg.Cgroup, Attach: h.attach, Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, d.cfg.Cgroup, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pin link %s: %w", pin, err)
+		}
+		l.Close()
+	}
+	return nil
+}
+
+// Close releases the agent's handles. Pinned maps and links stay.
+func (d *Datapath) Close() error {
+	return d.objs.Close()
+}
+
+// Cleanup detaches every program this datapath pinned under bpfRoot and
+// removes its pins. A missing bpfRoot is not an error.
+func Cleanup(bpfRoot string) error {
+	var errs []error
+	for _, h := range hooks {
+		pin := filepath.Join(linksDir(bpfRoot), h.name)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			// Not a link we can open: remove the pin anyway.
+			if rerr := os.Remove(pin); rerr != nil {
+				errs = append(errs, fmt.Errorf("remove pin %s: %w", pin, rerr))
+			}
+			continue
+		}
+		// Detach at once, even if another process holds the link open.
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+		}
+		l.Close()
+	}
+	for _, dir := range []string{linksDir(bpfRoot), mapsDir(bpfRoot)} {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
+			continue
+		}
+		for _, e := range entries {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, fmt.Errorf("remove pin: %w", err))
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	if err := os.Remove(bpfRoot); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", bpfRoot, err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,585 @@
+package datapath
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+)
+
+// LoadBalancer programs Services into Maps. It keeps what it has programmed
+// so that each change writes only the entries that differ, and it orders
+// the writes of one batch so that a lookup never sees a half-written
+// Service:
+//
+//  1. new backends, then affinity matches for new (service, backend) pairs;
+//  2. changed and new slots;
+//  3. masters (new count), then masters of deleted Services;
+//  4. slots beyond a Service's new count, slots of deleted Services;
+//  5. affinity matches and backends nobody uses any more.
+//
+// Backends are shared: one (address, port, protocol) has one ID however
+// many Services use it.
+type LoadBalancer struct {
+	mu   sync.Mutex
+	maps Maps
+
+	services map[Frontend]*programmed
+	svcIDs   map[ServiceID]Frontend
+
+	backendIDs map[Backend]BackendID
+	backends   map[BackendID]Backend
+	refs       map[BackendID]int
+
+	lastServiceID ServiceID
+	lastBackendID BackendID
+	maxServiceID  ServiceID
+	maxBackendID  BackendID
+}
+
+type programmed struct {
+	id      ServiceID
+	slots   []BackendID // slots[i] is slot i+1
+	timeout uint32      // affinity timeout, seconds
+	flags   uint8
+}
+
+// LoadBalancerConfig configures NewLoadBalancer.
+type LoadBalancerConfig struct {
+	Maps Maps
+	// MaxServiceID and MaxBackendID bound the IDs handed out; zero means
+	// the largest the maps can hold.
+	MaxServiceID ServiceID
+	MaxBackendID BackendID
+}
+
+// NewLoadBalancer returns a LoadBalancer that has programmed nothing yet;
+// call Restore to pick up what an earlier run left in pinned maps.
+func NewLoadBalancer(cfg LoadBalancerConfig) *LoadBalancer {
+	lb := &LoadBalancer{
+		maps:         cfg.Maps,
+		maxServiceID: cfg.MaxServiceID,
+		maxBackendID: cfg.MaxBackendID,
+	}
+	if lb.maxServiceID == 0 {
+		lb.maxServiceID = math.MaxUint32
+	}
+	if lb.maxBackendID == 0 {
+		lb.maxBackendID = math.MaxUint32
+	}
+	lb.reset()
+	return lb
+}
+
+func (lb *LoadBalancer) reset() {
+	lb.services = map[Frontend]*programmed{}
+	lb.svcIDs = map[ServiceID]Frontend{}
+	lb.backendIDs = map[Backend]BackendID{}
+	lb.backends = map[BackendID]Backend{}
+	lb.refs = map[BackendID]int{}
+}
+
+// RestoreStats says what Restore found in the maps.
+type RestoreStats struct {
+	Services, Backends int
+	// Removed counts entries deleted because nothing consistent used them.
+	Removed int
+}
+
+// Restore reads the maps (pinned by an earlier run), adopts the Services and
+// backends it finds there with their IDs, and deletes entries that are not
+// part of a complete Service: orphan slots, unused backends and affinity
+// matches. Services the control plane no longer wants are removed later by
+// Sync.
+func (lb *LoadBalancer) Restore() (RestoreStats, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.restoreLocked()
+}
+
+func (lb *LoadBalancer) restoreLocked() (RestoreStats, error) {
+	lb.reset()
+	var st RestoreStats
+
+	masters := map[Frontend]ServiceValue{}
+	slots := map[Frontend]map[uint16]ServiceValue{}
+	if err := lb.maps.DumpServices(func(k ServiceKey, v ServiceValue) {
+		if k.Slot == 0 {
+			masters[k.Frontend] = v
+			return
+		}
+		if slots[k.Frontend] == nil {
+			slots[k.Frontend] = map[uint16]ServiceValue{}
+		}
+		slots[k.Frontend][k.Slot] = v
+	}); err != nil {
+		return st, fmt.Errorf("dump services: %w", err)
+	}
+	dumped := map[BackendID]Backend{}
+	if err := lb.maps.DumpBackends(func(id BackendID, b Backend) { dumped[id] = b }); err != nil {
+		return st, fmt.Errorf("dump backends: %w", err)
+	}
+	var matches []AffinityMatchKey
+	if err := lb.maps.DumpAffinityMatches(func(k AffinityMatchKey) { matches = append(matches, k) }); err != nil {
+		return st, fmt.Errorf("dump affinity matches: %w", err)
+	}
+
+	var delMasters, delSlots []ServiceKey
+	for fe, m := range masters {
+		p := &programmed{id: m.ServiceID, timeout: m.AffinityTimeout, flags: m.Flags}
+		ok := m.ServiceID != 0
+		if _, dup := lb.svcIDs[m.ServiceID]; dup {
+			ok = false
+		}
+		for s := uint16(1); ok && s <= m.Count; s++ {
+			v, found := slots[fe][s]
+			if _, known := dumped[v.BackendID]; !found || !known {
+				ok = false
+				break
+			}
+			p.slots = append(p.slots, v.BackendID)
+		}
+		if !ok {
+			delMasters = append(delMasters, ServiceKey{Frontend: fe})
+			continue
+		}
+		lb.services[fe] = p
+		lb.svcIDs[p.id] = fe
+		lb.lastServiceID = max(lb.lastServiceID, p.id)
+		for _, id := range p.slots {
+			lb.refs[id]++
+		}
+	}
+	for fe, ss := range slots {
+		p := lb.services[fe]
+		for s := range ss {
+			if p == nil || int(s) > len(p.slots) {
+				delSlots = append(delSlots, ServiceKey{Frontend: fe, Slot: s})
+			}
+		}
+	}
+	var delBackends []BackendID
+	for id, b := range dumped {
+		lb.lastBackendID = max(lb.lastBackendID, id)
+		if lb.refs[id] == 0 {
+			delBackends = append(delBackends, id)
+			continue
+		}
+		if _, dup := lb.backendIDs[b]; dup {
+			// Two IDs for one backend: keep both working, but new
+			// Services get the first one.
+			lb.backends[id] = b
+			continue
+		}
+		lb.backendIDs[b] = id
+		lb.backends[id] = b
+	}
+	var delMatches []AffinityMatchKey
+	for _, k := range matches {
+		fe, ok := lb.svcIDs[k.ServiceID]
+		if !ok || lb.services[fe].flags&FlagAffinity == 0 || !slices.Contains(lb.services[fe].slots, k.BackendID) {
+			delMatches = append(delMatches, k)
+		}
+	}
+
+	if err := lb.maps.DeleteServices(delMasters); err != nil {
+		return st, fmt.Errorf("delete incomplete services: %w", err)
+	}
+	if err := lb.maps.DeleteServices(delSlots); err != nil {
+		return st, fmt.Errorf("delete orphan slots: %w", err)
+	}
+	if err := lb.maps.DeleteAffinityMatches(delMatches); err != nil {
+		return st, fmt.Errorf("delete stale affinity matches: %w", err)
+	}
+	if err := lb.maps.DeleteBackends(delBackends); err != nil {
+		return st, fmt.Errorf("delete unused backends: %w", err)
+	}
+	st.Services = len(lb.services)
+	st.Backends = len(lb.backends)
+	st.Removed = len(delMasters) + len(delSlots) + len(delMatches) + len(delBackends)
+	return st, nil
+}
+
+// plan is one batch of writes in the order they must happen.
+type plan struct {
+	newBackendIDs []BackendID
+	newBackends   []Backend
+	matchAdds     []AffinityMatchKey
+	slotKeys      []ServiceKey
+	slotVals      []ServiceValue
+	masterKeys    []ServiceKey
+	masterVals    []ServiceValue
+	masterDeletes []ServiceKey
+	slotDeletes   []ServiceKey
+	matchDeletes  []AffinityMatchKey
+	released      []BackendID
+	backendDels   []BackendID
+}
+
+// ApplyStats counts what one Apply or Sync changed.
+type ApplyStats struct {
+	ServicesChanged, ServicesDeleted int
+	// Writes is the number of map entries written or deleted.
+	Writes int
+}
+
+// Apply programs the given Services (adding or changing them) and deletes
+// the given frontends. Services whose programmed state already matches cost
+// nothing. If a map write fails, the LoadBalancer re-reads the maps so that
+// a later Apply or Sync starts from the truth.
+func (lb *LoadBalancer) Apply(upserts []Service, deletes []Frontend) (ApplyStats, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.applyLocked(upserts, deletes)
+}
+
+// Sync makes the programmed Services exactly the desired ones: it applies
+// every desired Service and deletes every programmed frontend not among them.
+func (lb *LoadBalancer) Sync(desired []Service) (ApplyStats, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	want := make(map[Frontend]bool, len(desired))
+	for _, s := range desired {
+		want[s.Frontend] = true
+	}
+	var deletes []Frontend
+	for fe := range lb.services {
+		if !want[fe] {
+			deletes = append(deletes, fe)
+		}
+	}
+	return lb.applyLocked(desired, deletes)
+}
+
+func (lb *LoadBalancer) applyLocked(upserts []Service, deletes []Frontend) (ApplyStats, error) {
+	var p plan
+	var st ApplyStats
+	for _, s := range upserts {
+		changed, err := lb.planUpsert(&p, s)
+		if err != nil {
+			return st, err
+		}
+		if changed {
+			st.ServicesChanged++
+		}
+	}
+	for _, fe := range deletes {
+		if lb.planDelete(&p, fe) {
+			st.ServicesDeleted++
+		}
+	}
+	for _, id := range p.released {
+		lb.refs[id]--
+		if lb.refs[id] <= 0 {
+			delete(lb.refs, id)
+			b := lb.backends[id]
+			delete(lb.backends, id)
+			if lb.backendIDs[b] == id {
+				delete(lb.backendIDs, b)
+			}
+			p.backendDels = append(p.backendDels, id)
+		}
+	}
+	st.Writes = len(p.newBackendIDs) + len(p.matchAdds) + len(p.slotKeys) + len(p.masterKeys) +
+		len(p.masterDeletes) + len(p.slotDeletes) + len(p.matchDeletes) + len(p.backendDels)
+	if err := lb.execute(&p); err != nil {
+		if _, rerr := lb.restoreLocked(); rerr != nil {
+			return st, fmt.Errorf("%w (and re-reading the maps failed: %v)", err, rerr)
+		}
+		return st, err
+	}
+	return st, nil
+}
+
+func (lb *LoadBalancer) execute(p *plan) error {
+	if err := lb.maps.UpdateBackends(p.newBackendIDs, p.newBackends); err != nil {
+		return fmt.Errorf("add backends: %w", err)
+	}
+	if err := lb.maps.UpdateAffinityMatches(p.matchAdds); err != nil {
+		return fmt.Errorf("add affinity matches: %w", err)
+	}
+	if err := lb.maps.UpdateServices(p.slotKeys, p.slotVals); err != nil {
+		return fmt.Errorf("write service slots: %w", err)
+	}
+	if err := lb.maps.UpdateServices(p.masterKeys, p.masterVals); err != nil {
+		return fmt.Errorf("write service masters: %w", err)
+	}
+	if err := lb.maps.DeleteServices(p.masterDeletes); err != nil {
+		return fmt.Errorf("delete service masters: %w", err)
+	}
+	if err := lb.maps.DeleteServices(p.slotDeletes); err != nil {
+		return fmt.Errorf("delete service slots: %w", err)
+	}
+	if err := lb.maps.DeleteAffinityMatches(p.matchDeletes); err != nil {
+		return fmt.Errorf("delete affinity matches: %w", err)
+	}
+	if err := lb.maps.DeleteBackends(p.backendDels); err != nil {
+		return fmt.Errorf("delete backends: %w", err)
+	}
+	return nil
+}
+
+func (lb *LoadBalancer) acquireBackend(p *plan, b Backend) (BackendID, error) {
+	if id, ok := lb.backendIDs[b]; ok {
+		lb.refs[id]++
+		return id, nil
+	}
+	id, err := lb.allocBackendID()
+	if err != nil {
+		return 0, err
+	}
+	lb.backendIDs[b] = id
+	lb.backends[id] = b
+	lb.refs[id] = 1
+	p.newBackendIDs = append(p.newBackendIDs, id)
+	p.newBackends = append(p.newBackends, b)
+	return id, nil
+}
+
+func (lb *LoadBalancer) allocBackendID() (BackendID, error) {
+	for range 2 * int(min(lb.maxBackendID, 1<<20)) {
+		lb.lastBackendID++
+		if lb.lastBackendID == 0 || lb.lastBackendID > lb.maxBackendID {
+			lb.lastBackendID = 1
+		}
+		if _, used := lb.backends[lb.lastBackendID]; !used {
+			return lb.lastBackendID, nil
+		}
+	}
+	return 0, fmt.Errorf("allocate backend ID: all %d in use", lb.maxBackendID)
+}
+
+func (lb *LoadBalancer) allocServiceID() (ServiceID, error) {
+	for range 2 * int(min(lb.maxServiceID, 1<<20)) {
+		lb.lastServiceID++
+		if lb.lastServiceID == 0 || lb.lastServiceID > lb.maxServiceID {
+			lb.lastServiceID = 1
+		}
+		if _, used := lb.svcIDs[lb.lastServiceID]; !used {
+			return lb.lastServiceID, nil
+		}
+	}
+	return 0, fmt.Errorf("allocate service ID: all %d in use", lb.maxServiceID)
+}
+
+func affinitySeconds(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	s := (d + time.Second - 1) / time.Second
+	return uint32(min(s, math.MaxUint32))
+}
+
+func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
+	fe := s.Frontend
+	if !fe.Addr.Is4() {
+		return false, fmt.Errorf("program service %s: only IPv4 frontends are supported", fe)
+	}
+	if len(s.Backends) > math.MaxUint16 {
+		return false, fmt.Errorf("program service %s: %d backends, at most %d", fe, len(s.Backends), math.MaxUint16)
+	}
+	timeout := affinitySeconds(s.AffinityTimeout)
+	var flags uint8
+	if timeout > 0 {
+		flags |= FlagAffinity
+	}
+
+	// The wanted backends, deduplicated, in the given order.
+	want := make([]Backend, 0, len(s.Backends))
+	seen := make(map[Backend]bool, len(s.Backends))
+	for _, ap := range s.Backends {
+		b := Backend{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: fe.Proto}
+		if !b.Addr.Is4() {
+			return false, fmt.Errorf("program service %s: backend %s is not IPv4", fe, ap)
+		}
+		if !seen[b] {
+			seen[b] = true
+			want = append(want, b)
+		}
+	}
+
+	old := lb.services[fe]
+	if old != nil && old.timeout == timeout && old.flags == flags && len(old.slots) == len(want) {
+		same := true
+		for _, id := range old.slots {
+			if !seen[lb.backends[id]] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return false, nil
+		}
+	}
+
+	cur := &programmed{timeout: timeout, flags: flags}
+	var oldSlots []BackendID
+	if old != nil {
+		cur.id = old.id
+		oldSlots = old.slots
+	} else {
+		id, err := lb.allocServiceID()
+		if err != nil {
+			return false, fmt.Errorf("program service %s: %w", fe, err)
+		}
+		cur.id = id
+	}
+
+	ids := make([]BackendID, len(want))
+	wantIDs := make(map[BackendID]bool, len(want))
+	for i, b := range want {
+		id, err := lb.acquireBackend(p, b)
+		if err != nil {
+			return false, fmt.Errorf("program service %s: %w", fe, err)
+		}
+		ids[i] = id
+		wantIDs[id] = true
+	}
+	cur.slots = assignSlots(oldSlots, ids, wantIDs)
+
+	oldIDs := make(map[BackendID]bool, len(oldSlots))
+	for _, id := range oldSlots {
+		oldIDs[id] = true
+	}
+	oldAffinity := old != nil && old.flags&FlagAffinity != 0
+	if flags&FlagAffinity != 0 {
+		for _, id := range cur.slots {
+			if !oldAffinity || !oldIDs[id] {
+				p.matchAdds = append(p.matchAdds, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
+			}
+		}
+	}
+	if oldAffinity {
+		for _, id := range oldSlots {
+			if flags&FlagAffinity == 0 || !wantIDs[id] {
+				p.matchDeletes = append(p.matchDeletes, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
+			}
+		}
+	}
+
+	for i, id := range cur.slots {
+		if i < len(oldSlots) && oldSlots[i] == id {
+			continue
+		}
+		p.slotKeys = append(p.slotKeys, ServiceKey{Frontend: fe, Slot: uint16(i + 1)})
+		p.slotVals = append(p.slotVals, ServiceValue{BackendID: id, ServiceID: cur.id})
+	}
+	if old == nil || old.timeout != timeout || old.flags != flags || len(old.slots) != len(cur.slots) {
+		p.masterKeys = append(p.masterKeys, ServiceKey{Frontend: fe})
+		p.masterVals = append(p.masterVals, ServiceValue{
+			ServiceID:       cur.id,
+			AffinityTimeout: timeout,
+			Count:           uint16(len(cur.slots)),
+			Flags:           flags,
+		})
+	}
+	for i := len(cur.slots); i < len(oldSlots); i++ {
+		p.slotDeletes = append(p.slotDeletes, ServiceKey{Frontend: fe, Slot: uint16(i + 1)})
+	}
+	// Old references are dropped after every acquire of this batch, so a
+	// backend that moves between Services keeps its ID.
+	p.released = append(p.released, oldSlots...)
+
+	lb.services[fe] = cur
+	lb.svcIDs[cur.id] = fe
+	return true, nil
+}
+
+// assignSlots keeps every backend that stays in the slot it has, puts new
+// backends into freed slots first, and moves backends from the tail into the
+// holes left when the Service shrinks.
+func assignSlots(old, ids []BackendID, want map[BackendID]bool) []BackendID {
+	slots := make([]BackendID, 0, max(len(old), len(ids)))
+	placed := make(map[BackendID]bool, len(ids))
+	for _, id := range old {
+		if want[id] && !placed[id] {
+			slots = append(slots, id)
+			placed[id] = true
+		} else {
+			slots = append(slots, 0)
+		}
+	}
+	var fresh []BackendID
+	for _, id := range ids {
+		if !placed[id] {
+			fresh = append(fresh, id)
+			placed[id] = true
+		}
+	}
+	for i := range slots {
+		if slots[i] == 0 && len(fresh) > 0 {
+			slots[i], fresh = fresh[0], fresh[1:]
+		}
+	}
+	slots = append(slots, fresh...)
+	// Fill the remaining holes from the tail.
+	for i := 0; i < len(slots); i++ {
+		if slots[i] != 0 {
+			continue
+		}
+		for len(slots) > i && slots[len(slots)-1] == 0 {
+			slots = slots[:len(slots)-1]
+		}
+		if len(slots) > i {
+			slots[i] = slots[len(slots)-1]
+			slots = slots[:len(slots)-1]
+		}
+	}
+	return slots
+}
+
+func (lb *LoadBalancer) planDelete(p *plan, fe Frontend) bool {
+	old := lb.services[fe]
+	if old == nil {
+		return false
+	}
+	p.masterDeletes = append(p.masterDeletes, ServiceKey{Frontend: fe})
+	for i, id := range old.slots {
+		p.slotDeletes = append(p.slotDeletes, ServiceKey{Frontend: fe, Slot: uint16(i + 1)})
+		if old.flags&FlagAffinity != 0 {
+			p.matchDeletes = append(p.matchDeletes, AffinityMatchKey{BackendID: id, ServiceID: old.id})
+		}
+	}
+	p.released = append(p.released, old.slots...)
+	delete(lb.services, fe)
+	delete(lb.svcIDs, old.id)
+	return true
+}
+
+// ProgrammedService is one Service as the LoadBalancer has programmed it.
+type ProgrammedService struct {
+	ID              ServiceID
+	Backends        []BackendID
+	AffinityTimeout uint32
+}
+
+// Programmed returns what is programmed for a frontend.
+func (lb *LoadBalancer) Programmed(fe Frontend) (ProgrammedService, bool) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	p, ok := lb.services[fe]
+	if !ok {
+		return ProgrammedService{}, false
+	}
+	return ProgrammedService{ID: p.id, Backends: slices.Clone(p.slots), AffinityTimeout: p.timeout}, true
+}
+
+// Frontends returns every programmed frontend.
+func (lb *LoadBalancer) Frontends() []Frontend {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	out := make([]Frontend, 0, len(lb.services))
+	for fe := range lb.services {
+		out = append(out, fe)
+	}
+	return out
+}
+
+// BackendID returns the ID of a programmed backend.
+func (lb *LoadBalancer) BackendID(b Backend) (BackendID, bool) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	id, ok := lb.backendIDs[b]
+	return id, ok
+}

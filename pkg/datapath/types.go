@@ -1,0 +1,104 @@
+// Package datapath holds directlb's socket-level ClusterIP load balancer: the
+// BPF programs (bpf/), the maps they read, and LoadBalancer, which programs a
+// set of Services into those maps in an order that never shows a lookup a
+// half-written Service.
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Protocol is an IP protocol number as the BPF maps store it.
+type Protocol uint8
+
+// Protocols the datapath translates.
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// Frontend is what a client connects to: a ClusterIP, a port and a protocol.
+type Frontend struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto Protocol
+}
+
+func (f Frontend) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.Addr, f.Port), f.Proto)
+}
+
+// Backend is one endpoint as the backends map stores it.
+type Backend struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto Protocol
+}
+
+func (b Backend) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(b.Addr, b.Port), b.Proto)
+}
+
+// Service is one frontend and the backends that serve it, as the control
+// plane wants it programmed.
+type Service struct {
+	Frontend Frontend
+	// Backends in the order they should fill the slots; an empty list
+	// programs a Service that refuses connections at once.
+	Backends []netip.AddrPort
+	// AffinityTimeout > 0 turns on sessionAffinity ClientIP: a client (its
+	// network namespace) keeps its backend while it keeps using it within
+	// this time.
+	AffinityTimeout time.Duration
+}
+
+// BackendID names a backend in the backends map; 0 is never used.
+type BackendID uint32
+
+// ServiceID names a Service (one frontend) in the maps; 0 is never used. It
+// is the reverse-NAT index: socket entries remember it to check that the
+// Service they were made for still exists.
+type ServiceID uint32
+
+// ServiceKey is a key of the services map: slot 0 is the master entry,
+// slots 1..Count hold the backends.
+type ServiceKey struct {
+	Frontend Frontend
+	Slot     uint16
+}
+
+// Service value flags.
+const (
+	// FlagAffinity marks a Service with sessionAffinity ClientIP.
+	FlagAffinity uint8 = 1 << 0
+)
+
+// ServiceValue is a value of the services map. In the master slot, Count is
+// the number of backends and AffinityTimeout (seconds) applies with
+// FlagAffinity; in slots 1..Count, BackendID names the backend.
+type ServiceValue struct {
+	BackendID       BackendID
+	ServiceID       ServiceID
+	AffinityTimeout uint32
+	Count           uint16
+	Flags           uint8
+}
+
+// AffinityMatchKey says that a backend serves a Service with affinity; an
+// affinity entry is honoured only while its match exists.
+type AffinityMatchKey struct {
+	BackendID BackendID
+	ServiceID ServiceID
+}
