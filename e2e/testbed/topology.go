@@ -30,6 +30,28 @@ type Topology struct {
 	// is not owned by the ENI they came from.
 	SourceDestCheck bool   `json:"sourceDestCheck"`
 	Nodes           []Node `json:"nodes"`
+
+	// VPCKubeconfig is the same admin identity as Kubeconfig, but its server
+	// is APIServer (https://10.100.0.2:6443), which also answers from inside
+	// the node, pod and cloud namespaces.
+	VPCKubeconfig string `json:"vpcKubeconfig"`
+	// BinDir holds the Kubernetes binaries and the project's binaries.
+	BinDir string `json:"binDir"`
+	// ControlPlaneCgroup holds etcd, kube-apiserver, kube-controller-manager
+	// and kube-scheduler.
+	ControlPlaneCgroup string `json:"controlPlaneCgroup"`
+	// CloudNetNS is the namespace of the cloud (localcloud and its load
+	// balancer addresses); CloudAddr is its address on the VPC.
+	CloudNetNS string     `json:"cloudNetns"`
+	CloudAddr  netip.Addr `json:"cloudAddr"`
+	// CloudCgroup holds localcloud.
+	CloudCgroup string `json:"cloudCgroup"`
+	// LoadBalancerCIDR is where load-balancer addresses come from; the host
+	// and the VPC route it to CloudAddr.
+	LoadBalancerCIDR netip.Prefix `json:"loadBalancerCIDR"`
+	// LocalcloudURL is localcloud's API endpoint, empty when 'up' did not
+	// start localcloud.
+	LocalcloudURL string `json:"localcloudURL,omitempty"`
 }
 
 // Node is one test-bed node: a network namespace with two ENIs on the VPC
@@ -43,6 +65,8 @@ type Node struct {
 	// ENIs: index 0 is the primary ENI (eth0, holds the node's InternalIP),
 	// index 1 the secondary (eth1).
 	ENIs []ENI `json:"enis"`
+	// KubeletCgroup holds the node's kubelet stand-in (a child of Cgroup).
+	KubeletCgroup string `json:"kubeletCgroup"`
 }
 
 // ENI is one elastic network interface of a node.

@@ -1,6 +1,23 @@
 package main
 
-import "errors"
+import (
+	"context"
+	"os"
+	"time"
 
-// runStatus is replaced by the engineer who owns this file.
-func runStatus(args []string) error { return errors.New("status: not built yet") }
+	"github.com/spf13/pflag"
+
+	"github.com/directlb/directlb/e2e/testbed"
+)
+
+func runStatus(args []string) error {
+	stateDir := testbed.DefaultStateDir
+	fs := pflag.NewFlagSet("status", pflag.ContinueOnError)
+	fs.StringVar(&stateDir, "state-dir", stateDir, "the test bed's state dir")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return testbed.WriteStatus(ctx, os.Stdout, stateDir)
+}

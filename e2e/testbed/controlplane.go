@@ -1,0 +1,148 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// controlPlane returns the control-plane daemons: etcd, kube-apiserver,
+// kube-controller-manager and kube-scheduler, all on the host.
+func controlPlane(cfg Config, t *Topology) []daemon {
+	p := pki{dir: filepath.Join(t.StateDir, "pki")}
+	v := "--v=" + strconv.Itoa(cfg.Verbosity)
+	cg := t.ControlPlaneCgroup
+	kc := t.Kubeconfig
+	return []daemon{
+		{
+			Name: "etcd", Path: cfg.EtcdBinary, Cgroup: cg,
+			Args: []string{
+				"--name=directlb",
+				"--data-dir=" + filepath.Join(t.StateDir, "etcd", "data"),
+				"--listen-client-urls=" + etcdClientURL,
+				"--advertise-client-urls=" + etcdClientURL,
+				"--listen-peer-urls=" + etcdPeerURL,
+				"--initial-advertise-peer-urls=" + etcdPeerURL,
+				"--initial-cluster=directlb=" + etcdPeerURL,
+				// One member on a tmpfs: elect at once, no disk to wait for.
+				"--heartbeat-interval=50",
+				"--election-timeout=250",
+				"--logger=zap",
+				"--log-outputs=stderr",
+			},
+		},
+		{
+			Name: "kube-apiserver", Path: filepath.Join(cfg.BinDir, "kube-apiserver"), Cgroup: cg,
+			Args: []string{
+				"--etcd-servers=" + etcdClientURL,
+				"--bind-address=0.0.0.0",
+				"--secure-port=" + strconv.Itoa(apiServerPort),
+				"--advertise-address=" + t.HostAddr.String(),
+				"--tls-cert-file=" + p.path(apiserverCert),
+				"--tls-private-key-file=" + p.path(apiserverKey),
+				"--client-ca-file=" + p.path(caCert),
+				"--authorization-mode=RBAC",
+				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+				"--service-account-key-file=" + p.path(saPub),
+				"--service-account-signing-key-file=" + p.path(saKey),
+				"--service-cluster-ip-range=" + t.ServiceCIDR.String(),
+				// Webhooks and aggregated APIs are reached at their
+				// endpoints' (pod) addresses, not through a ClusterIP.
+				"--enable-aggregator-routing=true",
+				"--requestheader-client-ca-file=" + p.path(frontProxyCACert),
+				"--requestheader-allowed-names=front-proxy-client",
+				"--requestheader-username-headers=X-Remote-User",
+				"--requestheader-group-headers=X-Remote-Group",
+				"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+				"--proxy-client-cert-file=" + p.path(frontProxyCert),
+				"--proxy-client-key-file=" + p.path(frontProxyKeyFile),
+				"--allow-privileged=true",
+				"--profiling=false",
+				v,
+			},
+		},
+		{
+			Name: "kube-controller-manager", Path: filepath.Join(cfg.BinDir, "kube-controller-manager"), Cgroup: cg,
+			Args: []string{
+				"--kubeconfig=" + kc,
+				"--authentication-kubeconfig=" + kc,
+				"--authorization-kubeconfig=" + kc,
+				"--bind-address=127.0.0.1",
+				"--controllers=*",
+				"--service-account-private-key-file=" + p.path(saKey),
+				"--root-ca-file=" + p.path(caCert),
+				"--use-service-account-credentials=true",
+				"--cluster-signing-cert-file=" + p.path(caCert),
+				"--cluster-signing-key-file=" + p.path(caKey),
+				"--service-cluster-ip-range=" + t.ServiceCIDR.String(),
+				"--leader-elect=false",
+				// Quick reactions: this is a test bed, not a fleet.
+				"--node-monitor-period=2s",
+				"--concurrent-deployment-syncs=10",
+				"--concurrent-replicaset-syncs=10",
+				"--concurrent-service-endpoint-syncs=10",
+				"--concurrent-gc-syncs=30",
+				"--profiling=false",
+				v,
+			},
+		},
+		{
+			Name: "kube-scheduler", Path: filepath.Join(cfg.BinDir, "kube-scheduler"), Cgroup: cg,
+			Args: []string{
+				"--kubeconfig=" + kc,
+				"--authentication-kubeconfig=" + kc,
+				"--authorization-kubeconfig=" + kc,
+				"--bind-address=127.0.0.1",
+				"--leader-elect=false",
+				"--profiling=false",
+				v,
+			},
+		},
+	}
+}
+
+// kubelet returns the kubelet stand-in daemon of a node. It runs in the
+// host's namespace (it reaches the apiserver on 127.0.0.1 with
+// Topology.Kubeconfig and enters the node's and pods' namespaces itself) in
+// the node's kubelet cgroup.
+func kubelet(cfg Config, t *Topology, n Node) daemon {
+	return daemon{
+		Name:   "kubelet-" + n.Name,
+		Path:   filepath.Join(cfg.BinDir, "dlb-testbed"),
+		Args:   append([]string{"kubelet", "--topology=" + filepath.Join(t.StateDir, TopologyFile), "--node=" + n.Name}, cfg.KubeletArgs...),
+		Cgroup: n.KubeletCgroup,
+	}
+}
+
+// localcloud returns the localcloud daemon: inside the cloud namespace, in
+// the cloud cgroup.
+func localcloud(cfg Config, t *Topology) daemon {
+	return daemon{
+		Name:   "localcloud",
+		Path:   filepath.Join(cfg.BinDir, "localcloud"),
+		Cgroup: t.CloudCgroup,
+		NetNS:  t.CloudNetNS,
+		Args: []string{
+			"--listen=" + strings.TrimPrefix(t.LocalcloudURL, "http://"),
+			"--state-dir=" + filepath.Join(t.StateDir, "localcloud"),
+			"--lb-cidr=" + t.LoadBalancerCIDR.String(),
+		},
+	}
+}
+
+// anyExited returns the first error of a daemon that has exited.
+func anyExited(ds []*running) error {
+	for _, d := range ds {
+		if err := d.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ctxErr wraps the context's error with what was being waited for.
+func ctxErr(ctx context.Context, what string) error {
+	return fmt.Errorf("wait for %s: %w", what, context.Cause(ctx))
+}

@@ -1,0 +1,130 @@
+package testbed
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Down removes everything a test bed made, found by convention rather than
+// by a record, so it works after a crash of 'up' or of a test: every process
+// in the cgroup tree, the cgroups, every network namespace and host link
+// named dlb-*, the host routes, bpffs pins under /sys/fs/bpf/directlb*,
+// mounts under the state dir and the state dir. It is idempotent: when
+// nothing is left it does nothing and succeeds.
+func Down(ctx context.Context, stateDir string) error {
+	if stateDir == "" || stateDir == "/" {
+		return fmt.Errorf("down: refusing state dir %q", stateDir)
+	}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Processes first: nothing may recreate what is removed below.
+	wait := 15 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	add(killCgroupTree(CgroupRoot, wait))
+	add(removeCgroupTree(CgroupRoot))
+
+	names, err := listNetNS(NamePrefix)
+	add(err)
+	for _, n := range names {
+		add(deleteNetNS(n))
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		add(fmt.Errorf("list host links: %w", err))
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, NamePrefix) {
+			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				add(fmt.Errorf("delete host link %s: %w", l.Attrs().Name, err))
+			}
+		}
+	}
+	add(deleteHostRoutes())
+
+	pins, _ := filepath.Glob(BPFPinPrefix + "*")
+	for _, p := range pins {
+		if err := os.RemoveAll(p); err != nil {
+			add(fmt.Errorf("remove bpf pin %s: %w", p, err))
+		}
+	}
+
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		add(fmt.Errorf("state dir %s: %w", stateDir, err))
+	} else {
+		add(unmountUnder(abs))
+		if err := os.RemoveAll(abs); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			add(fmt.Errorf("remove state dir %s: %w", abs, err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("down: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first.
+func unmountUnder(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	var mounts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			mounts = append(mounts, mp)
+		}
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
+	var errs []error
+	for _, m := range mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
