@@ -29,9 +29,9 @@ func (k *Kubelet) desiredNode() *v1.Node {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: k.node.Name,
 			Labels: map[string]string{
-				v1.LabelHostname:   k.node.Name,
-				v1.LabelOSStable:   runtime.GOOS,
-				v1.LabelArchStable: runtime.GOARCH,
+				v1.LabelHostname:      k.node.Name,
+				v1.LabelOSStable:      runtime.GOOS,
+				v1.LabelArchStable:    runtime.GOARCH,
 				"directlb.io/testbed": "true",
 			},
 			Annotations: map[string]string{"directlb.io/primary-eni": k.node.ENIs[0].ID},

@@ -24,7 +24,7 @@ type PodState struct {
 	NetNS       string     `json:"netns"`              // pod netns name (the node's for hostNetwork)
 	HostVeth    string     `json:"hostVeth,omitempty"` // node-side veth
 	IP          netip.Addr `json:"ip"`
-	ENI         int        `json:"eni"`                // index of the ENI the address belongs to
+	ENI         int        `json:"eni"` // index of the ENI the address belongs to
 	ENIDevice   string     `json:"eniDevice,omitempty"`
 	ENIID       string     `json:"eniID,omitempty"`
 	Cgroup      string     `json:"cgroup"`
