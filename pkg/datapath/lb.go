@@ -264,7 +264,14 @@ func (lb *LoadBalancer) applyLocked(upserts []Service, deletes []Frontend) (Appl
 			st.ServicesChanged++
 		}
 	}
+	upserted := make(map[Frontend]bool, len(upserts))
+	for _, s := range upserts {
+		upserted[s.Frontend] = true
+	}
 	for _, fe := range deletes {
+		if upserted[fe] {
+			continue // deleted by one owner and wanted by another
+		}
 		if lb.planDelete(&p, fe) {
 			st.ServicesDeleted++
 		}

@@ -1,0 +1,218 @@
+// Package proxy is the node agent's control plane for ClusterIP load
+// balancing: it watches Services and EndpointSlices, decides which endpoints
+// serve each Service on this node with kube-proxy's rules, and programs the
+// result into the datapath incrementally.
+package proxy
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/directlb/directlb/pkg/datapath"
+)
+
+// Labels kube-proxy honours; a Service carrying either is not ours.
+const (
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelHeadless         = "service.kubernetes.io/headless"
+)
+
+// ServiceSelector is the label selector kube-proxy uses for its Service
+// informer; the agent uses the same one.
+const ServiceSelector = "!" + LabelServiceProxyName + ",!" + LabelHeadless
+
+// DefaultAffinityTimeout is Kubernetes' default for sessionAffinity ClientIP.
+const DefaultAffinityTimeout = 10800 * time.Second
+
+// Handled reports whether the agent programs this Service at all:
+// ExternalName and headless Services, and those another proxy owns
+// (service-proxy-name label), are skipped, as kube-proxy skips them.
+func Handled(svc *v1.Service) bool {
+	if svc == nil {
+		return false
+	}
+	if _, ok := svc.Labels[LabelServiceProxyName]; ok {
+		return false
+	}
+	if _, ok := svc.Labels[LabelHeadless]; ok {
+		return false
+	}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		return false
+	}
+	if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == v1.ClusterIPNone {
+		return false
+	}
+	return true
+}
+
+func toProtocol(p v1.Protocol) (datapath.Protocol, bool) {
+	switch p {
+	case v1.ProtocolTCP, "":
+		return datapath.TCP, true
+	case v1.ProtocolUDP:
+		return datapath.UDP, true
+	}
+	return 0, false
+}
+
+// endpointState is one endpoint's address with its conditions.
+type endpointState struct {
+	addr        netip.AddrPort
+	ready       bool
+	serving     bool
+	terminating bool
+	local       bool
+}
+
+// Desired returns the datapath Services (one per ClusterIP × port) that
+// svc needs on node nodeName, given the EndpointSlices that belong to it.
+// Which endpoints serve follows kube-proxy:
+//   - ready endpoints serve;
+//   - if none is ready, serving-but-terminating ones serve (KEP-1669), so a
+//     rollout that leaves only terminating pods does not drop traffic;
+//   - internalTrafficPolicy Local keeps only endpoints on this node, and
+//     applies the same fallback among them;
+//   - with no endpoint left the Service is still programmed, with none, so
+//     that connections are refused at once.
+func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
+	if !Handled(svc) {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, s := range clusterIPs(svc) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			continue // IPv6 frontends are not programmed yet
+		}
+		ips = append(ips, a)
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	var timeout time.Duration
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		timeout = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+
+	var out []datapath.Service
+	for _, port := range svc.Spec.Ports {
+		proto, ok := toProtocol(port.Protocol)
+		if !ok {
+			continue // SCTP is not translated
+		}
+		backends := chooseEndpoints(endpointsFor(slices, port, nodeName), local)
+		for _, ip := range ips {
+			out = append(out, datapath.Service{
+				Frontend:        datapath.Frontend{Addr: ip, Port: uint16(port.Port), Proto: proto},
+				Backends:        backends,
+				AffinityTimeout: timeout,
+			})
+		}
+	}
+	return out
+}
+
+func clusterIPs(svc *v1.Service) []string {
+	if len(svc.Spec.ClusterIPs) > 0 {
+		return svc.Spec.ClusterIPs
+	}
+	return []string{svc.Spec.ClusterIP}
+}
+
+// endpointsFor collects the IPv4 endpoints of the slices for one Service
+// port: the slice port with the same name and protocol.
+func endpointsFor(eps []*discoveryv1.EndpointSlice, port v1.ServicePort, nodeName string) []endpointState {
+	proto := port.Protocol
+	if proto == "" {
+		proto = v1.ProtocolTCP
+	}
+	var out []endpointState
+	for _, s := range eps {
+		if s == nil || s.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		var target int32
+		for _, p := range s.Ports {
+			name, pproto := "", v1.ProtocolTCP
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if p.Protocol != nil {
+				pproto = *p.Protocol
+			}
+			if name == port.Name && pproto == proto && p.Port != nil {
+				target = *p.Port
+				break
+			}
+		}
+		if target <= 0 || target > 65535 {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			a, err := netip.ParseAddr(ep.Addresses[0])
+			if err != nil || !a.Is4() {
+				continue
+			}
+			// Conditions as EndpointSlice defines them: nil ready means
+			// ready; nil serving means as ready; nil terminating means not.
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ready
+			if ep.Conditions.Serving != nil {
+				serving = *ep.Conditions.Serving
+			}
+			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			out = append(out, endpointState{
+				addr:        netip.AddrPortFrom(a, uint16(target)),
+				ready:       ready,
+				serving:     serving,
+				terminating: terminating,
+				local:       ep.NodeName != nil && *ep.NodeName == nodeName,
+			})
+		}
+	}
+	return out
+}
+
+func chooseEndpoints(eps []endpointState, local bool) []netip.AddrPort {
+	if local {
+		eps = slices.DeleteFunc(eps, func(e endpointState) bool { return !e.local })
+	}
+	var ready, fallback []netip.AddrPort
+	for _, e := range eps {
+		switch {
+		case e.ready && !e.terminating:
+			ready = append(ready, e.addr)
+		case e.serving && e.terminating:
+			fallback = append(fallback, e.addr)
+		}
+	}
+	chosen := ready
+	if len(chosen) == 0 {
+		chosen = fallback
+	}
+	slices.SortFunc(chosen, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	return slices.Compact(chosen)
+}
+
+// serviceName returns the Service an EndpointSlice belongs to.
+func serviceName(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
+	name := s.Labels[discoveryv1.LabelServiceName]
+	if name == "" || strings.Contains(name, "/") {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: s.Namespace, Name: name}, true
+}

@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/directlb/directlb/pkg/datapath"
+)
+
+const thisNode = "node-1"
+
+func service(mut ...func(*v1.Service)) *v1.Service {
+	s := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{
+			Type:       v1.ServiceTypeClusterIP,
+			ClusterIP:  "10.96.0.10",
+			ClusterIPs: []string{"10.96.0.10"},
+			Ports:      []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}},
+		},
+	}
+	for _, m := range mut {
+		m(s)
+	}
+	return s
+}
+
+type ep struct {
+	addr                        string
+	node                        string
+	ready, serving, terminating *bool
+}
+
+func slice(name string, port int32, eps ...ep) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(port), Protocol: ptr.To(v1.ProtocolTCP)}},
+	}
+	for _, e := range eps {
+		node := e.node
+		if node == "" {
+			node = thisNode
+		}
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{e.addr},
+			NodeName:   ptr.To(node),
+			Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Serving: e.serving, Terminating: e.terminating},
+		})
+	}
+	return s
+}
+
+var (
+	yes = ptr.To(true)
+	no  = ptr.To(false)
+)
+
+func ready(addr, node string) ep { return ep{addr: addr, node: node, ready: yes, serving: yes, terminating: no} }
+func terminating(addr, node string, serving bool) ep {
+	return ep{addr: addr, node: node, ready: no, serving: ptr.To(serving), terminating: yes}
+}
+
+func backends(s ...string) []netip.AddrPort {
+	out := []netip.AddrPort{}
+	for _, a := range s {
+		out = append(out, netip.MustParseAddrPort(a))
+	}
+	return out
+}
+
+func tcp80(bs []netip.AddrPort) []datapath.Service {
+	return []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: datapath.TCP}, Backends: bs}}
+}
+
+func TestDesired(t *testing.T) {
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   []datapath.Service
+	}{
+		{
+			name:   "ready endpoints from two slices, deduplicated and sorted",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.2", ""), ready("10.1.0.1", "node-2")), slice("b", 8080, ready("10.1.0.1", "node-2"))},
+			want:   tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080")),
+		},
+		{
+			name:   "nil conditions mean ready",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.1"})},
+			want:   tcp80(backends("10.1.0.1:8080")),
+		},
+		{
+			name:   "not ready and terminating are left out while one is ready",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""), terminating("10.1.0.2", "", true), ep{addr: "10.1.0.3", ready: no, serving: no, terminating: no})},
+			want:   tcp80(backends("10.1.0.1:8080")),
+		},
+		{
+			name:   "serving terminating endpoints serve when none is ready (KEP-1669)",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.2", "", true), terminating("10.1.0.3", "", false), ep{addr: "10.1.0.4", ready: no, serving: no})},
+			want:   tcp80(backends("10.1.0.2:8080")),
+		},
+		{
+			name:   "no endpoints: programmed empty, so it refuses",
+			svc:    service(),
+			slices: nil,
+			want:   tcp80(backends()),
+		},
+		{
+			name: "internalTrafficPolicy Local keeps this node's endpoints",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))},
+			want:   tcp80(backends("10.1.0.2:8080")),
+		},
+		{
+			name: "Local: the terminating fallback applies among local endpoints",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
+			want:   tcp80(backends("10.1.0.2:8080")),
+		},
+		{
+			name: "Local with no local endpoint has none",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want:   tcp80(backends()),
+		},
+		{
+			name:   "port matched by name; other ports of the slice ignored",
+			svc:    service(func(s *v1.Service) { s.Spec.Ports[0].Name = "metrics" }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+			want:   tcp80(backends()),
+		},
+		{
+			name: "session affinity ClientIP with its timeout",
+			svc: service(func(s *v1.Service) {
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](30)}}
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+			want: []datapath.Service{{
+				Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: datapath.TCP},
+				Backends: backends("10.1.0.1:8080"), AffinityTimeout: 30 * time.Second,
+			}},
+		},
+		{
+			name: "UDP and SCTP ports: UDP programmed, SCTP skipped",
+			svc: service(func(s *v1.Service) {
+				s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "sctp", Port: 99, Protocol: v1.ProtocolSCTP}}
+			}),
+			slices: []*discoveryv1.EndpointSlice{{
+				ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "a"},
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Port: ptr.To[int32](5353), Protocol: ptr.To(v1.ProtocolUDP)}, {Name: ptr.To("sctp"), Port: ptr.To[int32](99), Protocol: ptr.To(v1.ProtocolSCTP)}},
+				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}}},
+			}},
+			want: []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")}},
+		},
+		{
+			name:   "IPv6 slices and addresses are ignored",
+			svc:    service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00::10"} }),
+			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice { s := slice("a", 8080, ep{addr: "fd00::1"}); s.AddressType = discoveryv1.AddressTypeIPv6; return s }()},
+			want:   tcp80(backends()),
+		},
+		{
+			name:   "headless Service ignored",
+			svc:    service(func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone; s.Spec.ClusterIPs = []string{v1.ClusterIPNone} }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+		},
+		{
+			name:   "ExternalName ignored",
+			svc:    service(func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName; s.Spec.ExternalName = "example.com" }),
+			slices: nil,
+		},
+		{
+			name:   "service-proxy-name label: another proxy's Service",
+			svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "other"} }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+		},
+		{
+			name:   "headless label ignored",
+			svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelHeadless: ""} }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Desired(c.svc, c.slices, thisNode)
+			if diff := cmp.Diff(c.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}

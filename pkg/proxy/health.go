@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Health tracks whether the datapath keeps up with the apiserver, the way
+// kube-proxy's healthz server does: it is unhealthy when a change has been
+// waiting longer than the timeout without being programmed.
+type Health struct {
+	mu          sync.Mutex
+	timeout     time.Duration
+	now         func() time.Time
+	lastUpdated time.Time
+	oldestQueue time.Time
+}
+
+// NewHealth returns a Health that turns unhealthy when a queued change waits
+// longer than timeout. It starts with the initial sync queued.
+func NewHealth(timeout time.Duration) *Health {
+	h := &Health{timeout: timeout, now: time.Now}
+	h.oldestQueue = h.now()
+	return h
+}
+
+// QueuedUpdate records that a change is waiting to be programmed.
+func (h *Health) QueuedUpdate() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.oldestQueue.IsZero() {
+		h.oldestQueue = h.now()
+	}
+}
+
+// Updated records that everything queued so far is programmed.
+func (h *Health) Updated() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastUpdated = h.now()
+	h.oldestQueue = time.Time{}
+}
+
+// Status returns whether the agent is healthy, with the times kube-proxy
+// reports.
+func (h *Health) Status() (healthy bool, lastUpdated, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now = h.now()
+	healthy = h.oldestQueue.IsZero() || now.Sub(h.oldestQueue) < h.timeout
+	return healthy, h.lastUpdated, now
+}
+
+type healthBody struct {
+	LastUpdated  string `json:"lastUpdated"`
+	CurrentTime  string `json:"currentTime"`
+	NodeEligible *bool  `json:"nodeEligible,omitempty"`
+}
+
+// ServeHTTP answers /healthz and /livez with kube-proxy's JSON body:
+// 200 when healthy, 503 when a change has waited too long.
+func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	healthy, last, now := h.Status()
+	body := healthBody{LastUpdated: last.String(), CurrentTime: now.String()}
+	if r.URL.Path == "/healthz" {
+		// This agent does not take part in node draining of external
+		// load balancers, so the node is always eligible.
+		eligible := true
+		body.NodeEligible = &eligible
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if healthy {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(body)
+}

@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the agent's sync metrics. Names follow kube-proxy's where the
+// meaning is the same, so dashboards built for kube-proxy keep working.
+type Metrics struct {
+	SyncDuration               prometheus.Histogram
+	NetworkProgrammingDuration prometheus.Histogram
+	LastSyncTimestamp          prometheus.Gauge
+	EndpointChangesTotal       prometheus.Counter
+	EndpointChangesPending     prometheus.Gauge
+	ServiceChangesTotal        prometheus.Counter
+	ServiceChangesPending      prometheus.Gauge
+	SyncFailuresTotal          prometheus.Counter
+	MapWritesTotal             prometheus.Counter
+	ProgrammedServices         prometheus.Gauge
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_duration_seconds",
+			Help:    "SyncProxyRules latency in seconds: one batch of changes written to the BPF maps.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
+		NetworkProgrammingDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Subsystem: "kubeproxy", Name: "network_programming_duration_seconds",
+			Help: "In-cluster network programming latency in seconds: from an EndpointSlice's last-change-trigger-time to programmed.",
+			Buckets: append(prometheus.LinearBuckets(0.001, 0.001, 9),
+				prometheus.ExponentialBuckets(0.01, 2, 14)...),
+		}),
+		LastSyncTimestamp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_last_timestamp_seconds",
+			Help: "The last time the datapath was successfully programmed.",
+		}),
+		EndpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_total",
+			Help: "Cumulative EndpointSlice changes seen.",
+		}),
+		EndpointChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_pending",
+			Help: "EndpointSlice changes not yet programmed.",
+		}),
+		ServiceChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_service_changes_total",
+			Help: "Cumulative Service changes seen.",
+		}),
+		ServiceChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Subsystem: "kubeproxy", Name: "sync_proxy_rules_service_changes_pending",
+			Help: "Service changes not yet programmed.",
+		}),
+		SyncFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "sync_failures_total",
+			Help: "Syncs that failed to write the BPF maps (each is retried with a full sync).",
+		}),
+		MapWritesTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "bpf_map_writes_total",
+			Help: "BPF map entries written or deleted.",
+		}),
+		ProgrammedServices: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "programmed_frontends",
+			Help: "ClusterIP frontends (IP, port, protocol) programmed in the datapath.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
+			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
+			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices)
+	}
+	return m
+}

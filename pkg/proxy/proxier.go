@@ -1,0 +1,394 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/directlb/directlb/pkg/datapath"
+)
+
+// Programmer writes Services into the datapath; *datapath.LoadBalancer is
+// one. Apply and Sync write only what differs from what is programmed.
+type Programmer interface {
+	Apply(upserts []datapath.Service, deletes []datapath.Frontend) (datapath.ApplyStats, error)
+	Sync(desired []datapath.Service) (datapath.ApplyStats, error)
+}
+
+// Config configures a Proxier.
+type Config struct {
+	Client     kubernetes.Interface
+	NodeName   string
+	Programmer Programmer
+	// SyncWindow is how long changes are gathered after the first one
+	// before they are programmed together.
+	SyncWindow time.Duration
+	// RetryPeriod is the wait before a full sync after a failed one.
+	RetryPeriod time.Duration
+	Metrics     *Metrics
+	Health      *Health
+	Logger      *zap.Logger
+}
+
+// Proxier keeps the datapath in step with Services and EndpointSlices.
+type Proxier struct {
+	cfg       Config
+	factory   informers.SharedInformerFactory
+	epFactory informers.SharedInformerFactory
+	services  corelisters.ServiceLister
+
+	mu         sync.Mutex
+	slices     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
+	dirty      map[types.NamespacedName]time.Time // earliest trigger time, zero if unknown
+	svcPending int
+	epPending  int
+	full       bool
+	kick       chan struct{}
+
+	// programmed is touched only by the sync loop.
+	programmed map[types.NamespacedName][]datapath.Frontend
+	synced     chan struct{}
+}
+
+// New sets up the informers; Run starts them.
+func New(cfg Config) (*Proxier, error) {
+	if cfg.Client == nil || cfg.Programmer == nil {
+		return nil, fmt.Errorf("proxy: client and programmer are required")
+	}
+	if cfg.SyncWindow <= 0 {
+		cfg.SyncWindow = 5 * time.Millisecond
+	}
+	if cfg.RetryPeriod <= 0 {
+		cfg.RetryPeriod = time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Health == nil {
+		cfg.Health = NewHealth(time.Minute)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	p := &Proxier{
+		cfg:        cfg,
+		slices:     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
+		dirty:      map[types.NamespacedName]time.Time{},
+		full:       true,
+		kick:       make(chan struct{}, 1),
+		programmed: map[types.NamespacedName][]datapath.Frontend{},
+		synced:     make(chan struct{}),
+	}
+	// The same server-side filters as kube-proxy: Services another proxy
+	// owns or that are headless never reach us.
+	p.factory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = ServiceSelector }))
+	p.epFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = discoveryv1.LabelServiceName + "," + "!" + LabelHeadless
+		}))
+	svcInformer := p.factory.Core().V1().Services()
+	p.services = svcInformer.Lister()
+	if _, err := svcInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.onService(o) },
+		UpdateFunc: func(_, o any) { p.onService(o) },
+		DeleteFunc: func(o any) { p.onService(o) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch services: %w", err)
+	}
+	if _, err := p.epFactory.Discovery().V1().EndpointSlices().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.onSlice(o, false) },
+		UpdateFunc: func(_, o any) { p.onSlice(o, false) },
+		DeleteFunc: func(o any) { p.onSlice(o, true) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch endpointslices: %w", err)
+	}
+	return p, nil
+}
+
+func unwrap(o any) any {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return o
+}
+
+func (p *Proxier) onService(o any) {
+	svc, ok := unwrap(o).(*v1.Service)
+	if !ok {
+		return
+	}
+	p.cfg.Metrics.ServiceChangesTotal.Inc()
+	p.mu.Lock()
+	p.svcPending++
+	p.cfg.Metrics.ServiceChangesPending.Set(float64(p.svcPending))
+	p.markLocked(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, time.Time{})
+	p.mu.Unlock()
+}
+
+func (p *Proxier) onSlice(o any, deleted bool) {
+	s, ok := unwrap(o).(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	name, ok := serviceName(s)
+	if !ok {
+		return
+	}
+	var trigger time.Time
+	if v, ok := s.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			trigger = t
+		}
+	}
+	p.cfg.Metrics.EndpointChangesTotal.Inc()
+	p.mu.Lock()
+	if deleted {
+		delete(p.slices[name], s.Name)
+		if len(p.slices[name]) == 0 {
+			delete(p.slices, name)
+		}
+	} else {
+		if p.slices[name] == nil {
+			p.slices[name] = map[string]*discoveryv1.EndpointSlice{}
+		}
+		p.slices[name][s.Name] = s
+	}
+	p.epPending++
+	p.cfg.Metrics.EndpointChangesPending.Set(float64(p.epPending))
+	p.markLocked(name, trigger)
+	p.mu.Unlock()
+}
+
+func (p *Proxier) markLocked(name types.NamespacedName, trigger time.Time) {
+	if old, ok := p.dirty[name]; !ok || (!trigger.IsZero() && (old.IsZero() || trigger.Before(old))) {
+		p.dirty[name] = trigger
+	}
+	p.cfg.Health.QueuedUpdate()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Synced is closed after the first full sync has programmed the datapath.
+func (p *Proxier) Synced() <-chan struct{} { return p.synced }
+
+// Run starts the informers, programs the full desired state once they have
+// synced (removing what an earlier run left that is no longer wanted), and
+// then programs changes as they come, until ctx ends.
+func (p *Proxier) Run(ctx context.Context) error {
+	p.factory.Start(ctx.Done())
+	p.epFactory.Start(ctx.Done())
+	defer p.factory.Shutdown()
+	defer p.epFactory.Shutdown()
+	for typ, ok := range p.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("wait for %v informer to sync: %w", typ, ctx.Err())
+		}
+	}
+	for typ, ok := range p.epFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("wait for %v informer to sync: %w", typ, ctx.Err())
+		}
+	}
+	p.cfg.Logger.Info("informers synced, programming all services")
+	first := true
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		if err := p.syncOnce(); err != nil {
+			p.cfg.Metrics.SyncFailuresTotal.Inc()
+			p.cfg.Logger.Error("program datapath", zap.Error(err))
+			retry.Reset(p.cfg.RetryPeriod)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-retry.C:
+			}
+			continue
+		}
+		if first {
+			first = false
+			close(p.synced)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.kick:
+		}
+		// Gather what else arrives within the window into one batch.
+		t := time.NewTimer(p.cfg.SyncWindow)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// syncOnce programs every dirty Service, or everything after a failure or
+// at start.
+func (p *Proxier) syncOnce() error {
+	p.mu.Lock()
+	full := p.full
+	dirty := p.dirty
+	p.dirty = map[types.NamespacedName]time.Time{}
+	svcPending, epPending := p.svcPending, p.epPending
+	p.svcPending, p.epPending = 0, 0
+	p.mu.Unlock()
+	p.cfg.Metrics.ServiceChangesPending.Set(0)
+	p.cfg.Metrics.EndpointChangesPending.Set(0)
+
+	start := time.Now()
+	var st datapath.ApplyStats
+	var err error
+	if full {
+		st, err = p.syncAll()
+	} else {
+		st, err = p.syncDirty(dirty)
+	}
+	if err != nil {
+		p.mu.Lock()
+		p.full = true
+		for n, tt := range dirty {
+			if _, ok := p.dirty[n]; !ok {
+				p.dirty[n] = tt
+			}
+		}
+		p.svcPending += svcPending
+		p.epPending += epPending
+		p.mu.Unlock()
+		return err
+	}
+	p.mu.Lock()
+	p.full = false
+	p.mu.Unlock()
+
+	done := time.Now()
+	p.cfg.Metrics.SyncDuration.Observe(done.Sub(start).Seconds())
+	p.cfg.Metrics.LastSyncTimestamp.Set(float64(done.UnixNano()) / 1e9)
+	p.cfg.Metrics.MapWritesTotal.Add(float64(st.Writes))
+	for _, tt := range dirty {
+		if !tt.IsZero() {
+			p.cfg.Metrics.NetworkProgrammingDuration.Observe(done.Sub(tt).Seconds())
+		}
+	}
+	n := 0
+	for _, fes := range p.programmed {
+		n += len(fes)
+	}
+	p.cfg.Metrics.ProgrammedServices.Set(float64(n))
+	p.cfg.Health.Updated()
+	if st.Writes > 0 || full {
+		p.cfg.Logger.Debug("programmed datapath",
+			zap.Bool("full", full),
+			zap.Int("services", len(dirty)),
+			zap.Int("changed", st.ServicesChanged),
+			zap.Int("deleted", st.ServicesDeleted),
+			zap.Int("writes", st.Writes),
+			zap.Duration("took", done.Sub(start)))
+	}
+	return nil
+}
+
+func (p *Proxier) slicesOf(name types.NamespacedName) []*discoveryv1.EndpointSlice {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*discoveryv1.EndpointSlice, 0, len(p.slices[name]))
+	for _, s := range p.slices[name] {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (p *Proxier) desiredFor(name types.NamespacedName) ([]datapath.Service, error) {
+	svc, err := p.services.Services(name.Namespace).Get(name.Name)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get service %s: %w", name, err)
+	}
+	return Desired(svc, p.slicesOf(name), p.cfg.NodeName), nil
+}
+
+func frontends(svcs []datapath.Service) []datapath.Frontend {
+	out := make([]datapath.Frontend, len(svcs))
+	for i, s := range svcs {
+		out[i] = s.Frontend
+	}
+	return out
+}
+
+func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
+	list, err := p.services.List(labels.Everything())
+	if err != nil {
+		return datapath.ApplyStats{}, fmt.Errorf("list services: %w", err)
+	}
+	var all []datapath.Service
+	programmed := map[types.NamespacedName][]datapath.Frontend{}
+	for _, svc := range list {
+		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		d := Desired(svc, p.slicesOf(name), p.cfg.NodeName)
+		if len(d) > 0 {
+			programmed[name] = frontends(d)
+			all = append(all, d...)
+		}
+	}
+	st, err := p.cfg.Programmer.Sync(all)
+	if err != nil {
+		return st, err
+	}
+	p.programmed = programmed
+	return st, nil
+}
+
+func (p *Proxier) syncDirty(dirty map[types.NamespacedName]time.Time) (datapath.ApplyStats, error) {
+	var upserts []datapath.Service
+	var deletes []datapath.Frontend
+	next := map[types.NamespacedName][]datapath.Frontend{}
+	for name := range dirty {
+		d, err := p.desiredFor(name)
+		if err != nil {
+			return datapath.ApplyStats{}, err
+		}
+		want := map[datapath.Frontend]bool{}
+		for _, s := range d {
+			want[s.Frontend] = true
+		}
+		for _, fe := range p.programmed[name] {
+			if !want[fe] {
+				deletes = append(deletes, fe)
+			}
+		}
+		upserts = append(upserts, d...)
+		next[name] = frontends(d)
+	}
+	st, err := p.cfg.Programmer.Apply(upserts, deletes)
+	if err != nil {
+		return st, err
+	}
+	for name, fes := range next {
+		if len(fes) == 0 {
+			delete(p.programmed, name)
+		} else {
+			p.programmed[name] = fes
+		}
+	}
+	return st, nil
+}
