@@ -23,6 +23,18 @@ import (
 // mounts under the state dir and the state dir. It is idempotent: when
 // nothing is left it does nothing and succeeds.
 func Down(ctx context.Context, stateDir string) error {
+	return down(ctx, stateDir, isTestbedName)
+}
+
+// isTestbedName matches every namespace and host link name a test bed (and
+// its kubelet stand-ins) may make.
+func isTestbedName(name string) bool { return strings.HasPrefix(name, NamePrefix) }
+
+// down is Down with the namespace and link names it removes narrowed to
+// those ours matches (tests use this so as not to touch other packages'
+// test namespaces that share the prefix while 'go test' runs packages in
+// parallel).
+func down(ctx context.Context, stateDir string, ours func(string) bool) error {
 	if stateDir == "" || stateDir == "/" {
 		return fmt.Errorf("down: refusing state dir %q", stateDir)
 	}
@@ -43,14 +55,16 @@ func Down(ctx context.Context, stateDir string) error {
 	names, err := listNetNS(NamePrefix)
 	add(err)
 	for _, n := range names {
-		add(deleteNetNS(n))
+		if ours(n) {
+			add(deleteNetNS(n))
+		}
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
 		add(fmt.Errorf("list host links: %w", err))
 	}
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, NamePrefix) {
+		if ours(l.Attrs().Name) {
 			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 				add(fmt.Errorf("delete host link %s: %w", l.Attrs().Name, err))
 			}
@@ -127,4 +141,51 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// Leftovers lists what a test bed may leave behind, by the same conventions
+// Down uses: namespaces and host links named dlb-*, host routes with the
+// test bed's protocol, the cgroup tree, bpffs pins and the state dir. Empty
+// means clean.
+func Leftovers(stateDir string) ([]string, error) {
+	return leftovers(stateDir, isTestbedName)
+}
+
+func leftovers(stateDir string, ours func(string) bool) ([]string, error) {
+	var out []string
+	names, err := listNetNS(NamePrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if ours(n) {
+			out = append(out, "netns "+n)
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list host links: %w", err)
+	}
+	for _, l := range links {
+		if ours(l.Attrs().Name) {
+			out = append(out, "link "+l.Attrs().Name)
+		}
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProto}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, fmt.Errorf("list host routes: %w", err)
+	}
+	for _, r := range routes {
+		out = append(out, "route "+r.String())
+	}
+	for _, p := range []string{CgroupRoot, stateDir} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			out = append(out, "path "+p)
+		}
+	}
+	pins, _ := filepath.Glob(BPFPinPrefix + "*")
+	for _, p := range pins {
+		out = append(out, "bpf pin "+p)
+	}
+	return out, nil
 }

@@ -24,7 +24,7 @@ func createNetNS(name string) error {
 		return fmt.Errorf("create netns %s: %w", name, err)
 	}
 	err := onFreshThread(func() error {
-		ns, err := netns.NewNamed(name) // switches this thread into it
+		ns, err := netns.NewNamed(name) // switches this thread into it; onFreshThread switches back
 		if err != nil {
 			return err
 		}
@@ -93,8 +93,9 @@ func netnsHandle(name string) (*netlink.Handle, error) {
 }
 
 // InNetNS runs fn on an OS thread that is inside the named network
-// namespace. Sockets fn opens stay in that namespace. The thread is thrown
-// away afterwards, so no other goroutine ever runs in the namespace.
+// namespace. Sockets fn opens stay in that namespace. The thread returns to
+// its namespace afterwards (or is thrown away), so no other goroutine ever
+// runs in the namespace.
 func InNetNS(name string, fn func() error) error {
 	ns, err := netns.GetFromName(name)
 	if err != nil {
@@ -109,12 +110,28 @@ func InNetNS(name string, fn func() error) error {
 	})
 }
 
-// onFreshThread runs fn on a locked OS thread that exits when fn returns.
+// onFreshThread runs fn on a locked OS thread and puts the thread back into
+// its original network namespace afterwards. If that fails the thread stays
+// locked and dies with the goroutine. (The goroutine may land on the main
+// thread, which Go never lets die; so restoring is required, not optional:
+// /proc/<pid>/ns/net is the main thread's namespace.)
 func onFreshThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		errc <- fn()
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		err = fn()
+		if rerr := netns.Set(orig); rerr != nil {
+			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", rerr))
+			return // still locked: the thread is thrown away
+		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
