@@ -1,15 +1,25 @@
-// Command node-agent is part of directlb; see docs/ for what it does.
+// Command node-agent replaces kube-proxy on a node: it load-balances
+// ClusterIP traffic at the socket level with eBPF. See docs/node-agent.md.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/directlb/directlb/pkg/agent"
 )
 
 func main() {
+	var cfg agent.Config
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
+	cfg.BindFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
 			os.Exit(0)
@@ -17,6 +27,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	fmt.Fprintln(os.Stderr, "node-agent: not built yet")
-	os.Exit(1)
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "node-agent:", err)
+		os.Exit(2)
+	}
+	level, _ := zapcore.ParseLevel(cfg.LogLevel)
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	log, err := zc.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "node-agent: logger:", err)
+		os.Exit(1)
+	}
+	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg, log); err != nil {
+		log.Error("node-agent failed", zap.Error(err))
+		log.Sync()
+		os.Exit(1)
+	}
 }

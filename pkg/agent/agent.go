@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/directlb/directlb/pkg/datapath"
+	"github.com/directlb/directlb/pkg/proxy"
+)
+
+// Cleanup removes the agent's programs, links and pins, and kube-proxy's
+// leftovers, in the current network namespace.
+func Cleanup(ctx context.Context, cfg Config, log *zap.Logger) error {
+	var errs []error
+	if err := datapath.Cleanup(cfg.BPFRoot); err != nil {
+		errs = append(errs, fmt.Errorf("remove datapath pins under %s: %w", cfg.BPFRoot, err))
+	} else {
+		log.Info("removed datapath programs and pins", zap.String("bpfRoot", cfg.BPFRoot))
+	}
+	if err := CleanupKubeProxy(ctx, ExecRunner); err != nil {
+		errs = append(errs, err)
+	} else {
+		log.Info("removed kube-proxy iptables and nftables leftovers")
+	}
+	return errors.Join(errs...)
+}
+
+// RestConfig builds the apiserver client configuration: the kubeconfig (or
+// in-cluster), with the host replaced by --k8s-service-host/-port.
+func RestConfig(cfg Config) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	switch {
+	case cfg.Kubeconfig != "":
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	default:
+		rc, err = rest.InClusterConfig()
+		if err != nil && cfg.K8sServiceHost != "" {
+			// In-cluster without the service environment: token and CA
+			// from the service account, host from the flags.
+			rc, err = &rest.Config{
+				TLSClientConfig: rest.TLSClientConfig{CAFile: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"},
+				BearerTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+			}, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apiserver client config: %w", err)
+	}
+	if cfg.K8sServiceHost != "" {
+		port := cfg.K8sServicePort
+		if port == 0 {
+			port = 443
+		}
+		rc.Host = "https://" + net.JoinHostPort(cfg.K8sServiceHost, strconv.Itoa(port))
+	}
+	rc.QPS, rc.Burst = 50, 100
+	rc.UserAgent = "directlb-node-agent"
+	return rc, nil
+}
+
+// Run starts the agent and blocks until ctx ends or something fails. On
+// return the pinned maps and links stay, so traffic keeps flowing through a
+// restart.
+func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	if cfg.Cleanup {
+		return Cleanup(ctx, cfg, log)
+	}
+	if err := datapath.CheckKernel(); err != nil {
+		return fmt.Errorf("kernel check: %w", err)
+	}
+	if err := datapath.IsCgroup2(cfg.CgroupRoot); err != nil {
+		return fmt.Errorf("--cgroup-root: %w", err)
+	}
+	node, err := cfg.NodeName()
+	if err != nil {
+		return err
+	}
+	rc, err := RestConfig(cfg)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("apiserver client: %w", err)
+	}
+
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: dp.Maps})
+	st, err := lb.Restore()
+	if err != nil {
+		return fmt.Errorf("restore from pinned maps: %w", err)
+	}
+	// Attach after the restore: a new program then reads maps that
+	// already hold what the previous run programmed.
+	if err := dp.Attach(); err != nil {
+		return err
+	}
+	log.Info("datapath attached",
+		zap.String("node", node),
+		zap.String("cgroup", cfg.CgroupRoot),
+		zap.String("bpfRoot", cfg.BPFRoot),
+		zap.String("clusterCIDR", cfg.ClusterCIDR),
+		zap.Int("restoredServices", st.Services),
+		zap.Int("restoredBackends", st.Backends),
+		zap.Int("removedStale", st.Removed))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+	health := proxy.NewHealth(cfg.HealthTimeout)
+	p, err := proxy.New(proxy.Config{
+		Client:     client,
+		NodeName:   node,
+		Programmer: lb,
+		SyncWindow: cfg.SyncWindow,
+		Metrics:    metrics,
+		Health:     health,
+		Logger:     log.Named("proxy"),
+	})
+	if err != nil {
+		return err
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	if cfg.MetricsBindAddress != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		serve(ctx, g, log, "metrics", cfg.MetricsBindAddress, mux)
+	}
+	if cfg.HealthzBindAddress != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", health)
+		mux.Handle("/livez", health)
+		serve(ctx, g, log, "healthz", cfg.HealthzBindAddress, mux)
+	}
+	g.Go(func() error { return p.Run(ctx) })
+	g.Go(func() error {
+		select {
+		case <-p.Synced():
+			log.Info("initial sync done")
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+func serve(ctx context.Context, g *errgroup.Group, log *zap.Logger, what, addr string, h http.Handler) {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen for %s on %s: %w", what, addr, err)
+		}
+		log.Info("serving", zap.String("server", what), zap.String("address", ln.Addr().String()))
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", what, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+}

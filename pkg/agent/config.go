@@ -1,0 +1,132 @@
+// Package agent wires the node agent: configuration, the kernel check, the
+// datapath, the control plane, the metrics and health servers, and
+// --cleanup.
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+)
+
+// Config is the node agent's configuration; every field is a flag.
+type Config struct {
+	Kubeconfig       string
+	HostnameOverride string
+	// CgroupRoot is the cgroup v2 directory whose processes get ClusterIP
+	// translation (the whole machine when it is the v2 root).
+	CgroupRoot string
+	// BPFRoot is where maps and links are pinned (on a bpffs).
+	BPFRoot            string
+	ClusterCIDR        string
+	MetricsBindAddress string
+	HealthzBindAddress string
+	// K8sServiceHost and K8sServicePort reach the apiserver directly, so
+	// the agent does not depend on the ClusterIP it programs.
+	K8sServiceHost string
+	K8sServicePort int
+	// SyncWindow gathers changes into one batch.
+	SyncWindow time.Duration
+	// HealthTimeout is how long a change may wait before /healthz turns 503.
+	HealthTimeout time.Duration
+	Cleanup       bool
+	LogLevel      string
+}
+
+// DefaultCgroupRoot is the cgroup v2 mount: /sys/fs/cgroup on a unified
+// host, /sys/fs/cgroup/unified on a hybrid one.
+func DefaultCgroupRoot() string {
+	var st unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return "/sys/fs/cgroup"
+	}
+	return "/sys/fs/cgroup/unified"
+}
+
+// BindFlags registers the flags, with kube-proxy's names where they mean
+// the same.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.StringVar(&c.HostnameOverride, "hostname-override", "", "The node's name as Kubernetes knows it; defaults to $NODE_NAME, then the hostname.")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", DefaultCgroupRoot(), "cgroup v2 directory to attach the socket load balancer to; its processes and those of its descendants get ClusterIP translation.")
+	fs.StringVar(&c.BPFRoot, "bpf-root", "/sys/fs/bpf/directlb", "Directory on a bpffs where maps and links are pinned (a bpffs is mounted at /sys/fs/bpf if needed). Use one per agent on a shared kernel.")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "", "The pods' CIDR (comma-separated for several). Validated and logged; the socket load balancer does not masquerade, so it changes nothing else.")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", ":10249", "Address for /metrics (Prometheus); empty turns it off.")
+	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", ":10256", "Address for /healthz and /livez; empty turns it off.")
+	fs.StringVar(&c.K8sServiceHost, "k8s-service-host", "", "Apiserver host to use instead of the kubeconfig's or in-cluster one.")
+	fs.IntVar(&c.K8sServicePort, "k8s-service-port", 0, "Apiserver port with --k8s-service-host (default 443).")
+	fs.DurationVar(&c.SyncWindow, "sync-window", 5*time.Millisecond, "How long changes are gathered into one batch before they are programmed.")
+	fs.DurationVar(&c.HealthTimeout, "healthz-timeout", time.Minute, "How long a change may wait to be programmed before /healthz answers 503.")
+	fs.BoolVar(&c.Cleanup, "cleanup", false, "Remove this agent's programs, links and pins under --bpf-root, and kube-proxy's iptables and nftables leftovers, then exit.")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "Log level: debug, info, warn or error.")
+}
+
+// Validate checks the flags.
+func (c *Config) Validate() error {
+	if c.BPFRoot == "" || !strings.HasPrefix(c.BPFRoot, "/") {
+		return fmt.Errorf("--bpf-root %q: must be an absolute path", c.BPFRoot)
+	}
+	if c.Cleanup {
+		return nil
+	}
+	if c.CgroupRoot == "" || !strings.HasPrefix(c.CgroupRoot, "/") {
+		return fmt.Errorf("--cgroup-root %q: must be an absolute path", c.CgroupRoot)
+	}
+	if c.ClusterCIDR != "" {
+		for _, s := range strings.Split(c.ClusterCIDR, ",") {
+			if _, err := netip.ParsePrefix(strings.TrimSpace(s)); err != nil {
+				return fmt.Errorf("--cluster-cidr %q: %w", c.ClusterCIDR, err)
+			}
+		}
+	}
+	for flag, addr := range map[string]string{"--metrics-bind-address": c.MetricsBindAddress, "--healthz-bind-address": c.HealthzBindAddress} {
+		if addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q: %w", flag, addr, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return fmt.Errorf("%s %q: bad port: %w", flag, addr, err)
+		}
+	}
+	if c.K8sServicePort < 0 || c.K8sServicePort > 65535 {
+		return fmt.Errorf("--k8s-service-port %d: out of range", c.K8sServicePort)
+	}
+	if c.K8sServicePort != 0 && c.K8sServiceHost == "" {
+		return fmt.Errorf("--k8s-service-port needs --k8s-service-host")
+	}
+	if c.SyncWindow < 0 {
+		return fmt.Errorf("--sync-window %v: must not be negative", c.SyncWindow)
+	}
+	if c.HealthTimeout <= 0 {
+		return fmt.Errorf("--healthz-timeout %v: must be positive", c.HealthTimeout)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// NodeName is the node this agent serves.
+func (c *Config) NodeName() (string, error) {
+	if c.HostnameOverride != "" {
+		return strings.ToLower(strings.TrimSpace(c.HostnameOverride)), nil
+	}
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return strings.ToLower(n), nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("node name: %w", err)
+	}
+	return strings.ToLower(h), nil
+}

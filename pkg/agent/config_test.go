@@ -1,0 +1,54 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "defaults", args: nil},
+		{name: "all flags", args: []string{"--kubeconfig=/k", "--hostname-override=Node-1", "--cgroup-root=/sys/fs/cgroup/unified/directlb/node-1", "--bpf-root=/sys/fs/bpf/directlb/node-1", "--cluster-cidr=10.100.0.0/16", "--metrics-bind-address=127.0.0.1:0", "--healthz-bind-address=", "--k8s-service-host=10.100.0.2", "--k8s-service-port=6443"}},
+		{name: "relative bpf root", args: []string{"--bpf-root=bpf"}, wantErr: "--bpf-root"},
+		{name: "bad cidr", args: []string{"--cluster-cidr=10.0.0.0"}, wantErr: "--cluster-cidr"},
+		{name: "bad metrics address", args: []string{"--metrics-bind-address=10249"}, wantErr: "--metrics-bind-address"},
+		{name: "port without host", args: []string{"--k8s-service-port=6443"}, wantErr: "--k8s-service-host"},
+		{name: "bad log level", args: []string{"--log-level=loud"}, wantErr: "--log-level"},
+		{name: "cleanup needs only the bpf root", args: []string{"--cleanup", "--cgroup-root="}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var cfg Config
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			cfg.BindFlags(fs)
+			if err := fs.Parse(c.args); err != nil {
+				t.Fatal(err)
+			}
+			err := cfg.Validate()
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+				t.Fatalf("error %v, want one about %s", err, c.wantErr)
+			}
+		})
+	}
+}
+
+func TestNodeName(t *testing.T) {
+	t.Setenv("NODE_NAME", "from-env")
+	c := Config{HostnameOverride: " Node-1 "}
+	if n, _ := c.NodeName(); n != "node-1" {
+		t.Errorf("override: %q", n)
+	}
+	c.HostnameOverride = ""
+	if n, _ := c.NodeName(); n != "from-env" {
+		t.Errorf("env: %q", n)
+	}
+}
