@@ -6,7 +6,6 @@
 package kubelet
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -50,6 +49,9 @@ type Config struct {
 	StateDir string
 	// Nsenter is the nsenter binary that puts containers into their netns.
 	Nsenter string
+	// PodNetNSPrefix starts every pod network namespace's name; the rest is
+	// "<node>-<first 8 hex of the pod UID>".
+	PodNetNSPrefix string
 
 	HeartbeatInterval time.Duration
 	LeaseDuration     time.Duration
@@ -70,6 +72,7 @@ func DefaultConfig() Config {
 		TopologyFile:      "/run/directlb-testbed/topology.json",
 		Images:            append([]string{}, DefaultImages...),
 		Nsenter:           "nsenter",
+		PodNetNSPrefix:    testbed.NamePrefix + "pod-",
 		HeartbeatInterval: 10 * time.Second,
 		LeaseDuration:     40 * time.Second,
 		RestartBackoff:    time.Second,
@@ -90,6 +93,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.EchoCommand, "echo-command", c.EchoCommand, "command of the built-in echo server (default: this executable, echo)")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "state dir (default: the topology's)")
 	fs.StringVar(&c.Nsenter, "nsenter", c.Nsenter, "nsenter binary")
+	fs.StringVar(&c.PodNetNSPrefix, "pod-netns-prefix", c.PodNetNSPrefix, "prefix of pod network namespace names (<prefix><node>-<uid8>)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often the Lease is renewed and the Node's Ready condition refreshed")
 	fs.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "the Lease's duration")
 	fs.DurationVar(&c.RestartBackoff, "restart-backoff", c.RestartBackoff, "first delay before restarting a container that exited")
@@ -109,6 +113,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseImageMap(c.Images); err != nil {
 		return err
+	}
+	if c.PodNetNSPrefix == "" {
+		return errors.New("--pod-netns-prefix is empty")
 	}
 	if c.HeartbeatInterval <= 0 || c.LeaseDuration <= c.HeartbeatInterval {
 		return fmt.Errorf("lease duration %s must exceed heartbeat interval %s", c.LeaseDuration, c.HeartbeatInterval)
@@ -140,19 +147,6 @@ func (c *Config) complete(topo *testbed.Topology) error {
 		}
 	}
 	return nil
-}
-
-// ReadTopology reads a topology.json.
-func ReadTopology(file string) (*testbed.Topology, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read topology: %w", err)
-	}
-	var t testbed.Topology
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("parse topology %s: %w", file, err)
-	}
-	return &t, nil
 }
 
 // ImageRule maps an image pattern to a binary.

@@ -59,7 +59,7 @@ func New(cfg Config, log *zap.Logger) (*Kubelet, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	topo, err := ReadTopology(cfg.TopologyFile)
+	topo, err := testbed.Load(cfg.TopologyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -248,11 +248,11 @@ func (k *Kubelet) sweep(known map[types.UID]bool) {
 	}
 	knownNS, knownVeth := map[string]bool{}, map[string]bool{}
 	for uid := range known {
-		knownNS[podNetNSName(k.node.Name, uid)] = true
+		knownNS[k.podNetNSName(uid)] = true
 		knownVeth[hostVethName(uid)] = true
 	}
 	nsEnts, _ := os.ReadDir(NetnsDir)
-	prefix := podNetNSName(k.node.Name, "")
+	prefix := k.podNetNSName("")
 	for _, e := range nsEnts {
 		if strings.HasPrefix(e.Name(), prefix) && !knownNS[e.Name()] {
 			k.log.Info("sweeping orphan netns", zap.String("netns", e.Name()))
@@ -298,12 +298,12 @@ func (k *Kubelet) sweep(known map[types.UID]bool) {
 	}
 }
 
-func podNetNSName(node string, uid types.UID) string {
+func (k *Kubelet) podNetNSName(uid types.UID) string {
 	u := strings.ReplaceAll(string(uid), "-", "")
 	if len(u) > 8 {
 		u = u[:8]
 	}
-	return "dlb-pod-" + node + "-" + u
+	return k.cfg.PodNetNSPrefix + k.node.Name + "-" + u
 }
 
 func hostVethName(uid types.UID) string {
@@ -367,7 +367,7 @@ func (k *Kubelet) podChanged(o any) {
 		}
 		eni := k.node.ENIs[al.ENI]
 		st.IP, st.ENI, st.ENIDevice, st.ENIID = al.Addr, al.ENI, eni.Device, eni.ID
-		st.NetNS = podNetNSName(k.node.Name, cur.UID)
+		st.NetNS = k.podNetNSName(cur.UID)
 		st.HostVeth = hostVethName(cur.UID)
 	}
 	if err := k.store.save(st); err != nil {
