@@ -1,0 +1,115 @@
+// Package controller holds directlb's lb-controller: the Service reconciler
+// (load balancer, listeners, target groups) and the target reconciler (pod
+// IPs from EndpointSlices registered as targets), their configuration,
+// events, conditions and metrics.
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config is the lb-controller's configuration; every field is a flag.
+type Config struct {
+	// ClusterName goes into the directlb.io/cluster ownership tag and the
+	// cloud resource names; it must be unique among the clusters sharing a
+	// cloud account.
+	ClusterName   string
+	CloudEndpoint string
+	CloudRegion   string
+	// VPCID is the VPC target groups are created in ("" = cloud default).
+	VPCID string
+	// Concurrency is the number of parallel reconciles per controller.
+	Concurrency int
+	// LoadBalancerClasses are the spec.loadBalancerClass values owned.
+	LoadBalancerClasses []string
+	// ManageDefaultClass is whether Services without a class are owned.
+	ManageDefaultClass bool
+	// ResyncPeriod is how often a converged Service is checked against the
+	// cloud again (drift repair).
+	ResyncPeriod time.Duration
+	// TargetBatchWindow is how long the target reconciler waits after an
+	// EndpointSlice or Pod change before acting, so a burst becomes one
+	// pass per Service.
+	TargetBatchWindow time.Duration
+	// TargetRefreshPeriod is how long the cloud's target list stays cached
+	// before it is read again.
+	TargetRefreshPeriod time.Duration
+
+	LeaderElect             bool
+	LeaderElectionNamespace string
+	MetricsBindAddress      string
+	HealthProbeBindAddress  string
+	Kubeconfig              string
+}
+
+// DefaultConfig returns the defaults the flags have.
+func DefaultConfig() Config {
+	return Config{
+		CloudRegion:            "us-east-1",
+		Concurrency:            4,
+		ManageDefaultClass:     true,
+		ResyncPeriod:           10 * time.Minute,
+		TargetBatchWindow:      100 * time.Millisecond,
+		TargetRefreshPeriod:    2 * time.Minute,
+		MetricsBindAddress:     ":8080",
+		HealthProbeBindAddress: ":8081",
+	}
+}
+
+// BindFlags registers the flags, with c's current values as defaults.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of this cluster, in cloud ownership tags and resource names (required)")
+	fs.StringVar(&c.CloudEndpoint, "cloud-endpoint", c.CloudEndpoint, "load balancer API endpoint URL (empty: the cloud's default, e.g. AWS)")
+	fs.StringVar(&c.CloudRegion, "cloud-region", c.CloudRegion, "cloud region")
+	fs.StringVar(&c.VPCID, "vpc-id", c.VPCID, "VPC to create target groups in (empty: the cloud's default)")
+	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "parallel reconciles per controller")
+	fs.StringArrayVar(&c.LoadBalancerClasses, "load-balancer-class", c.LoadBalancerClasses, "a spec.loadBalancerClass value this controller owns (repeatable)")
+	fs.BoolVar(&c.ManageDefaultClass, "manage-default-class", c.ManageDefaultClass, "own direct-access Services that set no loadBalancerClass")
+	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "how often a converged Service is compared with the cloud again")
+	fs.DurationVar(&c.TargetBatchWindow, "target-batch-window", c.TargetBatchWindow, "delay that coalesces a burst of endpoint changes into one target update per Service")
+	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run leader election (needed with more than one replica)")
+	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the leader election Lease (empty: the pod's namespace)")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, `address of the Prometheus metrics endpoint ("0" disables it)`)
+	fs.StringVar(&c.HealthProbeBindAddress, "health-probe-bind-address", c.HealthProbeBindAddress, `address of /healthz and /readyz ("0" disables it)`)
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (empty: in-cluster config or $KUBECONFIG)")
+}
+
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate reports every invalid setting.
+func (c *Config) Validate() error {
+	var errs []error
+	if !clusterNameRE.MatchString(c.ClusterName) {
+		errs = append(errs, fmt.Errorf("--cluster-name %q: must be 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", c.ClusterName))
+	}
+	if c.Concurrency < 1 || c.Concurrency > 100 {
+		errs = append(errs, fmt.Errorf("--concurrency %d: must be from 1 to 100", c.Concurrency))
+	}
+	for _, cl := range c.LoadBalancerClasses {
+		if cl == "" {
+			errs = append(errs, errors.New("--load-balancer-class: must not be empty (use --manage-default-class for Services without a class)"))
+		}
+	}
+	if !c.ManageDefaultClass && len(c.LoadBalancerClasses) == 0 {
+		errs = append(errs, errors.New("--manage-default-class=false needs at least one --load-balancer-class, or the controller owns nothing"))
+	}
+	if c.ResyncPeriod < 10*time.Second {
+		errs = append(errs, fmt.Errorf("--resync-period %s: must be at least 10s", c.ResyncPeriod))
+	}
+	if c.TargetBatchWindow < 0 || c.TargetBatchWindow > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--target-batch-window %s: must be from 0 to 10s", c.TargetBatchWindow))
+	}
+	if c.TargetRefreshPeriod < time.Second {
+		errs = append(errs, fmt.Errorf("--target-refresh-period %s: must be at least 1s", c.TargetRefreshPeriod))
+	}
+	if c.CloudRegion == "" {
+		errs = append(errs, errors.New("--cloud-region: must not be empty"))
+	}
+	return errors.Join(errs...)
+}

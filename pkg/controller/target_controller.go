@@ -1,0 +1,449 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// MaxTargetsPerCall is the most targets one Register/Deregister call carries.
+const MaxTargetsPerCall = 200
+
+// verifyDelay is how soon after a change the cloud's target list is read
+// again, to catch what a lost response or another writer changed.
+const verifyDelay = 10 * time.Second
+
+// TargetReconciler registers the pod IPs and ports of a direct-access
+// Service's EndpointSlices as targets of its target groups. It only calls
+// RegisterTargets, DeregisterTargets and DescribeTargetHealth.
+type TargetReconciler struct {
+	Client       client.Client
+	Cloud        cloud.LoadBalancers
+	Classes      service.ClassFilter
+	TargetGroups *TargetGroups
+	// RefreshPeriod is how long a target group's target list is cached.
+	RefreshPeriod time.Duration
+
+	mu    sync.Mutex
+	cache map[string]*cachedTargets // by target group ARN
+	// readySeen is when the controller saw an IP turn ready, for the
+	// endpoint-ready → target-registered histogram.
+	readySeen map[string]time.Time
+}
+
+type cachedTargets struct {
+	targets   map[cloud.Target]bool
+	refreshAt time.Time
+}
+
+// Reconcile makes the targets of one Service's target groups match its
+// eligible endpoints.
+func (r *TargetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	tgs := r.TargetGroups.Get(req.NamespacedName)
+	svc := &corev1.Service{}
+	if err := r.Client.Get(ctx, req.NamespacedName, svc); err != nil || !service.Wanted(svc, r.Classes) || len(tgs) == 0 {
+		r.forget(tgs)
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	eps, err := r.endpoints(ctx, svc)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	next := r.RefreshPeriod
+	for _, tg := range tgs {
+		wait, err := r.sync(ctx, tg, eps)
+		if err != nil {
+			kind := "retryable"
+			if deploy.IsPermanent(err) {
+				kind = "permanent"
+			}
+			reconcileErrors.WithLabelValues("targets", kind).Inc()
+			return ctrl.Result{}, fmt.Errorf("sync targets of %s: %w", service.Key(svc), err)
+		}
+		next = min(next, wait)
+	}
+	return ctrl.Result{RequeueAfter: max(next, time.Second)}, nil
+}
+
+// endpoint is an eligible endpoint: its IP and its port numbers by
+// (port name, protocol).
+type endpoint struct {
+	ip    string
+	ports map[portID]int32
+}
+
+type portID struct {
+	name     string
+	protocol corev1.Protocol
+}
+
+func (r *TargetReconciler) endpoints(ctx context.Context, svc *corev1.Service) ([]endpoint, error) {
+	var slices discoveryv1.EndpointSliceList
+	if err := r.Client.List(ctx, &slices, client.InNamespace(svc.Namespace),
+		client.MatchingLabels{discoveryv1.LabelServiceName: svc.Name}); err != nil {
+		return nil, fmt.Errorf("list endpoint slices of %s: %w", service.Key(svc), err)
+	}
+	var out []endpoint
+	for _, s := range slices.Items {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		ports := map[portID]int32{}
+		for _, p := range s.Ports {
+			if p.Port == nil {
+				continue
+			}
+			id := portID{protocol: corev1.ProtocolTCP}
+			if p.Name != nil {
+				id.name = *p.Name
+			}
+			if p.Protocol != nil {
+				id.protocol = *p.Protocol
+			}
+			ports[id] = *p.Port
+		}
+		for _, ep := range s.Endpoints {
+			ok, err := r.eligible(ctx, svc.Namespace, ep)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out = append(out, endpoint{ip: ep.Addresses[0], ports: ports})
+			}
+		}
+	}
+	return out, nil
+}
+
+// eligible: an endpoint with an address, not terminating, that is ready —
+// or whose containers are ready and whose only unmet readiness gates are
+// directlb's own (they can only turn True once the target is registered).
+func (r *TargetReconciler) eligible(ctx context.Context, ns string, ep discoveryv1.Endpoint) (bool, error) {
+	if len(ep.Addresses) == 0 || isTrue(ep.Conditions.Terminating) {
+		return false, nil
+	}
+	ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+	if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" {
+		return ready, nil
+	}
+	pod := &corev1.Pod{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: ep.TargetRef.Name}, pod); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return false, nil // gone already
+		}
+		return false, fmt.Errorf("get pod %s/%s: %w", ns, ep.TargetRef.Name, err)
+	}
+	if pod.DeletionTimestamp != nil {
+		return false, nil
+	}
+	return ready || WaitsOnlyForDirectlbGates(pod), nil
+}
+
+// WaitsOnlyForDirectlbGates reports whether pod's containers are ready and
+// every readiness gate it still waits for is a directlb target-health gate.
+func WaitsOnlyForDirectlbGates(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || !podCondition(pod, corev1.ContainersReady) {
+		return false
+	}
+	unmet := 0
+	for _, g := range pod.Spec.ReadinessGates {
+		if podCondition(pod, g.ConditionType) {
+			continue
+		}
+		if !strings.HasPrefix(string(g.ConditionType), service.ReadinessGatePrefix) {
+			return false
+		}
+		unmet++
+	}
+	return unmet > 0
+}
+
+func podCondition(pod *corev1.Pod, t corev1.PodConditionType) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == t {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }
+
+// sync makes one target group's targets match eps and returns how long its
+// cached target list stays fresh.
+func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps []endpoint) (time.Duration, error) {
+	want := map[cloud.Target]bool{}
+	for _, ep := range eps {
+		for _, p := range tg.Ports {
+			if n, ok := ep.ports[portID{p.Name, p.Protocol}]; ok {
+				want[cloud.Target{IP: ep.ip, Port: n}] = true
+			}
+		}
+	}
+	have, err := r.registered(ctx, tg.ARN)
+	if err != nil {
+		return 0, err
+	}
+	var add, remove []cloud.Target
+	for t := range want {
+		if !have.targets[t] {
+			add = append(add, t)
+		}
+	}
+	for t := range have.targets {
+		if !want[t] {
+			remove = append(remove, t)
+		}
+	}
+	sortTargets(add)
+	sortTargets(remove)
+	logger := log.FromContext(ctx)
+	for _, batch := range chunks(add, MaxTargetsPerCall) {
+		if err := r.Cloud.RegisterTargets(ctx, tg.ARN, batch); err != nil {
+			r.invalidate(tg.ARN, err)
+			return 0, fmt.Errorf("register targets %s: %w", tg.Spec.Name, err)
+		}
+		r.applied(tg.ARN, batch, true)
+		logger.Info("registered targets", "targetGroup", tg.Spec.Name, "count", len(batch))
+	}
+	for _, batch := range chunks(remove, MaxTargetsPerCall) {
+		if err := r.Cloud.DeregisterTargets(ctx, tg.ARN, batch); err != nil {
+			r.invalidate(tg.ARN, err)
+			return 0, fmt.Errorf("deregister targets %s: %w", tg.Spec.Name, err)
+		}
+		r.applied(tg.ARN, batch, false)
+		logger.Info("deregistered targets", "targetGroup", tg.Spec.Name, "count", len(batch))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Until(have.refreshAt), nil
+}
+
+// registered returns the cached target list of a target group, reading it
+// from the cloud when it is missing or stale. Draining targets are already
+// on their way out and do not count.
+func (r *TargetReconciler) registered(ctx context.Context, arn string) (*cachedTargets, error) {
+	r.mu.Lock()
+	c, ok := r.cache[arn]
+	r.mu.Unlock()
+	if ok && time.Now().Before(c.refreshAt) {
+		return c, nil
+	}
+	health, err := r.Cloud.DescribeTargetHealth(ctx, arn)
+	cloudTargetReads.Inc()
+	if err != nil {
+		return nil, fmt.Errorf("describe target health %s: %w", arn, err)
+	}
+	c = &cachedTargets{targets: map[cloud.Target]bool{}, refreshAt: time.Now().Add(r.RefreshPeriod)}
+	for _, h := range health {
+		if h.State != cloud.TargetDraining {
+			c.targets[h.Target] = true
+		}
+	}
+	r.mu.Lock()
+	if r.cache == nil {
+		r.cache = map[string]*cachedTargets{}
+	}
+	r.cache[arn] = c
+	r.mu.Unlock()
+	return c, nil
+}
+
+// applied records a successful change in the cache, observes the
+// registration latency, and schedules a verifying read.
+func (r *TargetReconciler) applied(arn string, ts []cloud.Target, registered bool) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.cache[arn]
+	if c == nil {
+		c = &cachedTargets{targets: map[cloud.Target]bool{}} // refreshAt zero: read again next pass
+		r.cache[arn] = c
+	}
+	for _, t := range ts {
+		if registered {
+			c.targets[t] = true
+			if seen, ok := r.readySeen[t.IP]; ok {
+				targetRegistration.Observe(now.Sub(seen).Seconds())
+				delete(r.readySeen, t.IP)
+			}
+		} else {
+			delete(c.targets, t)
+			delete(r.readySeen, t.IP)
+		}
+	}
+	op := "deregister"
+	if registered {
+		op = "register"
+	}
+	targetChanges.WithLabelValues(op).Add(float64(len(ts)))
+	if v := now.Add(verifyDelay); v.Before(c.refreshAt) {
+		c.refreshAt = v
+	}
+}
+
+// invalidate drops a target group's cache after a failed call: the next
+// pass reads the truth.
+func (r *TargetReconciler) invalidate(arn string, _ error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.cache, arn)
+}
+
+func (r *TargetReconciler) forget(tgs []deploy.TargetGroup) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, tg := range tgs {
+		delete(r.cache, tg.ARN)
+	}
+}
+
+// sawReady records when the controller first saw ip turn eligible.
+func (r *TargetReconciler) sawReady(ip string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.readySeen == nil || len(r.readySeen) > 100000 {
+		r.readySeen = map[string]time.Time{}
+	}
+	if _, ok := r.readySeen[ip]; !ok {
+		r.readySeen[ip] = at
+	}
+}
+
+func sortTargets(ts []cloud.Target) {
+	sort.Slice(ts, func(i, j int) bool {
+		if ts[i].IP != ts[j].IP {
+			return ts[i].IP < ts[j].IP
+		}
+		return ts[i].Port < ts[j].Port
+	})
+}
+
+func chunks[T any](s []T, n int) [][]T {
+	var out [][]T
+	for len(s) > 0 {
+		k := min(n, len(s))
+		out = append(out, s[:k])
+		s = s[k:]
+	}
+	return out
+}
+
+// readyIPs are the addresses of a slice's ready, non-terminating endpoints.
+func readyIPs(s *discoveryv1.EndpointSlice) map[string]bool {
+	out := map[string]bool{}
+	if s == nil {
+		return out
+	}
+	for _, ep := range s.Endpoints {
+		if len(ep.Addresses) > 0 && !isTrue(ep.Conditions.Terminating) && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+			out[ep.Addresses[0]] = true
+		}
+	}
+	return out
+}
+
+// sliceHandler enqueues the slice's Service after the batch window and
+// notes when endpoints turned ready.
+func (r *TargetReconciler) sliceHandler(window time.Duration) handler.Funcs {
+	enqueue := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], obj client.Object, old *discoveryv1.EndpointSlice) {
+		s, ok := obj.(*discoveryv1.EndpointSlice)
+		if !ok {
+			return
+		}
+		name := s.Labels[discoveryv1.LabelServiceName]
+		if name == "" {
+			return
+		}
+		key := types.NamespacedName{Namespace: s.Namespace, Name: name}
+		if !r.TargetGroups.Has(key) {
+			return
+		}
+		now := time.Now()
+		before := readyIPs(old)
+		for ip := range readyIPs(s) {
+			if !before[ip] {
+				r.sawReady(ip, now)
+			}
+		}
+		addAfter(q, key, window)
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object, nil)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			old, _ := e.ObjectOld.(*discoveryv1.EndpointSlice)
+			enqueue(q, e.ObjectNew, old)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object, nil)
+		},
+	}
+}
+
+// podHandler enqueues the Services whose directlb readiness gates a pod
+// carries: their endpoints do not change when such a pod's containers turn
+// ready (the pod is not Ready until the gate is True).
+func (r *TargetReconciler) podHandler(window time.Duration) handler.Funcs {
+	enqueue := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], obj client.Object, old *corev1.Pod) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		for _, g := range pod.Spec.ReadinessGates {
+			name, ok := strings.CutPrefix(string(g.ConditionType), service.ReadinessGatePrefix)
+			if !ok {
+				continue
+			}
+			key := types.NamespacedName{Namespace: pod.Namespace, Name: name}
+			if !r.TargetGroups.Has(key) {
+				continue
+			}
+			if pod.Status.PodIP != "" && WaitsOnlyForDirectlbGates(pod) && (old == nil || !WaitsOnlyForDirectlbGates(old)) {
+				r.sawReady(pod.Status.PodIP, time.Now())
+			}
+			addAfter(q, key, window)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object, nil)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			old, _ := e.ObjectOld.(*corev1.Pod)
+			enqueue(q, e.ObjectNew, old)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object, nil)
+		},
+	}
+}
+
+func addAfter(q workqueue.TypedRateLimitingInterface[reconcile.Request], key types.NamespacedName, d time.Duration) {
+	req := reconcile.Request{NamespacedName: key}
+	if d <= 0 {
+		q.Add(req)
+		return
+	}
+	q.AddAfter(req, d)
+}
+
