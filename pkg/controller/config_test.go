@@ -1,0 +1,71 @@
+package controller
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
+)
+
+func TestConfigFlags(t *testing.T) {
+	c := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	c.BindFlags(fs)
+	err := fs.Parse([]string{"--cluster-name=dev-1", "--cloud-endpoint=http://10.100.0.3:4566",
+		"--load-balancer-class=a/b", "--load-balancer-class=c/d", "--manage-default-class=false",
+		"--concurrency=8", "--resync-period=1m", "--leader-elect"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.ClusterName, want.CloudEndpoint = "dev-1", "http://10.100.0.3:4566"
+	want.LoadBalancerClasses, want.ManageDefaultClass = []string{"a/b", "c/d"}, false
+	want.Concurrency, want.ResyncPeriod, want.LeaderElect = 8, time.Minute, true
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   []string // substrings of the error, "" for none
+	}{
+		{"defaults with a name", func(*Config) {}, nil},
+		{"no cluster name", func(c *Config) { c.ClusterName = "" }, []string{"--cluster-name"}},
+		{"upper case name", func(c *Config) { c.ClusterName = "Dev" }, []string{"--cluster-name"}},
+		{"everything wrong", func(c *Config) {
+			c.Concurrency, c.ResyncPeriod, c.TargetBatchWindow, c.TargetRefreshPeriod = 0, time.Second, time.Minute, 0
+			c.LoadBalancerClasses, c.CloudRegion = []string{""}, ""
+		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--cloud-region"}},
+		{"owns nothing", func(c *Config) { c.ManageDefaultClass = false }, []string{"--manage-default-class"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.ClusterName = "dev"
+			tt.mutate(&c)
+			err := c.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Validate: no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %s", err, w)
+				}
+			}
+		})
+	}
+}
