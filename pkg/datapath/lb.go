@@ -253,8 +253,29 @@ func (lb *LoadBalancer) Sync(desired []Service) (ApplyStats, error) {
 }
 
 func (lb *LoadBalancer) applyLocked(upserts []Service, deletes []Frontend) (ApplyStats, error) {
-	var p plan
 	var st ApplyStats
+	nb := 0
+	for _, s := range upserts {
+		nb += len(s.Backends)
+	}
+	p := plan{
+		slotKeys:   make([]ServiceKey, 0, nb),
+		slotVals:   make([]ServiceValue, 0, nb),
+		masterKeys: make([]ServiceKey, 0, len(upserts)),
+		masterVals: make([]ServiceValue, 0, len(upserts)),
+	}
+	if len(lb.services) == 0 && len(upserts) > 64 {
+		// Programming from scratch: size the indexes once.
+		lb.services = make(map[Frontend]*programmed, len(upserts))
+		lb.svcIDs = make(map[ServiceID]Frontend, len(upserts))
+		if len(lb.backends) == 0 {
+			lb.backendIDs = make(map[Backend]BackendID, nb)
+			lb.backends = make(map[BackendID]Backend, nb)
+			lb.refs = make(map[BackendID]int, nb)
+			p.newBackendIDs = make([]BackendID, 0, nb)
+			p.newBackends = make([]Backend, 0, nb)
+		}
+	}
 	for _, s := range upserts {
 		changed, err := lb.planUpsert(&p, s)
 		if err != nil {
@@ -394,14 +415,13 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 
 	// The wanted backends, deduplicated, in the given order.
 	want := make([]Backend, 0, len(s.Backends))
-	seen := make(map[Backend]bool, len(s.Backends))
+	seen := newSet[Backend](len(s.Backends))
 	for _, ap := range s.Backends {
 		b := Backend{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: fe.Proto}
 		if !b.Addr.Is4() {
 			return false, fmt.Errorf("program service %s: backend %s is not IPv4", fe, ap)
 		}
-		if !seen[b] {
-			seen[b] = true
+		if seen.add(b) {
 			want = append(want, b)
 		}
 	}
@@ -410,7 +430,7 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	if old != nil && old.timeout == timeout && old.flags == flags && len(old.slots) == len(want) {
 		same := true
 		for _, id := range old.slots {
-			if !seen[lb.backends[id]] {
+			if !seen.has(lb.backends[id]) {
 				same = false
 				break
 			}
@@ -434,32 +454,32 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 
 	ids := make([]BackendID, len(want))
-	wantIDs := make(map[BackendID]bool, len(want))
+	wantIDs := newSet[BackendID](len(want))
 	for i, b := range want {
 		id, err := lb.acquireBackend(p, b)
 		if err != nil {
 			return false, fmt.Errorf("program service %s: %w", fe, err)
 		}
 		ids[i] = id
-		wantIDs[id] = true
+		wantIDs.add(id)
 	}
 	cur.slots = assignSlots(oldSlots, ids, wantIDs)
 
-	oldIDs := make(map[BackendID]bool, len(oldSlots))
+	oldIDs := newSet[BackendID](len(oldSlots))
 	for _, id := range oldSlots {
-		oldIDs[id] = true
+		oldIDs.add(id)
 	}
 	oldAffinity := old != nil && old.flags&FlagAffinity != 0
 	if flags&FlagAffinity != 0 {
 		for _, id := range cur.slots {
-			if !oldAffinity || !oldIDs[id] {
+			if !oldAffinity || !oldIDs.has(id) {
 				p.matchAdds = append(p.matchAdds, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
 			}
 		}
 	}
 	if oldAffinity {
 		for _, id := range oldSlots {
-			if flags&FlagAffinity == 0 || !wantIDs[id] {
+			if flags&FlagAffinity == 0 || !wantIDs.has(id) {
 				p.matchDeletes = append(p.matchDeletes, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
 			}
 		}
@@ -496,22 +516,23 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 // assignSlots keeps every backend that stays in the slot it has, puts new
 // backends into freed slots first, and moves backends from the tail into the
 // holes left when the Service shrinks.
-func assignSlots(old, ids []BackendID, want map[BackendID]bool) []BackendID {
+func assignSlots(old, ids []BackendID, want *set[BackendID]) []BackendID {
+	if len(old) == 0 {
+		return slices.Clone(ids)
+	}
 	slots := make([]BackendID, 0, max(len(old), len(ids)))
-	placed := make(map[BackendID]bool, len(ids))
+	placed := newSet[BackendID](len(ids))
 	for _, id := range old {
-		if want[id] && !placed[id] {
+		if want.has(id) && placed.add(id) {
 			slots = append(slots, id)
-			placed[id] = true
 		} else {
 			slots = append(slots, 0)
 		}
 	}
 	var fresh []BackendID
 	for _, id := range ids {
-		if !placed[id] {
+		if placed.add(id) {
 			fresh = append(fresh, id)
-			placed[id] = true
 		}
 	}
 	for i := range slots {

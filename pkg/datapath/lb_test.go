@@ -243,9 +243,9 @@ func TestAssignSlots(t *testing.T) {
 		{"grow", []BackendID{1}, []BackendID{2, 1, 3}, []BackendID{1, 2, 3}},
 	}
 	for _, c := range cases {
-		want := map[BackendID]bool{}
+		want := newSet[BackendID](len(c.ids))
 		for _, id := range c.ids {
-			want[id] = true
+			want.add(id)
 		}
 		got := assignSlots(c.old, c.ids, want)
 		if diff := cmp.Diff(c.want, got); diff != "" {
