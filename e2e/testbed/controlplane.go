@@ -9,7 +9,7 @@ import (
 )
 
 // controlPlane returns the control-plane daemons: etcd, kube-apiserver,
-// kube-controller-manager and kube-scheduler, all on the host.
+// kube-controller-manager and kube-scheduler, in that order, all on the host.
 func controlPlane(cfg Config, t *Topology) []daemon {
 	p := pki{dir: filepath.Join(t.StateDir, "pki")}
 	v := "--v=" + strconv.Itoa(cfg.Verbosity)

@@ -95,8 +95,12 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}
 	log.Info("network and certificates ready", zap.Duration("elapsed", time.Since(begin)))
 
+	// etcd and the apiserver first; the controller manager and the
+	// scheduler once the apiserver is ready (the controller manager exits
+	// if it cannot read its delegated authentication config at start).
+	cp := controlPlane(cfg, t)
 	var daemons []*running
-	for _, d := range controlPlane(cfg, t) {
+	for _, d := range cp[:2] {
 		r, err := d.start(t.StateDir)
 		if err != nil {
 			return t, err
@@ -122,6 +126,13 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		return t, err
 	}
 	log.Info("apiserver ready", zap.Duration("elapsed", time.Since(begin)))
+	for _, d := range cp[2:] {
+		r, err := d.start(t.StateDir)
+		if err != nil {
+			return t, err
+		}
+		daemons = append(daemons, r)
+	}
 
 	if cfg.Kubelets {
 		for _, n := range t.Nodes {

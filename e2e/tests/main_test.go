@@ -1,0 +1,178 @@
+// Package tests holds the end-to-end tests. TestMain brings the local test
+// bed up once for the whole package (from DLB_BIN_DIR, default ../../bin)
+// and tears it down at the end, unless DLB_TESTBED_KEEP=1.
+package tests
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/directlb/directlb/e2e/testbed"
+)
+
+// Bed is the test bed the package's tests run on.
+type Bed struct {
+	Topology *testbed.Topology
+	Client   kubernetes.Interface
+	BinDir   string
+}
+
+var (
+	// bed is set by TestMain when the test bed is up; tests get it through
+	// requireBed.
+	bed *Bed
+	// skipReason says why bed is nil.
+	skipReason string
+)
+
+// requireBed returns the test bed or skips the test, saying why.
+func requireBed(t *testing.T) *Bed {
+	t.Helper()
+	if bed == nil {
+		t.Skip(skipReason)
+	}
+	return bed
+}
+
+// Kubectl runs bin/kubectl with the test bed's admin kubeconfig and returns
+// its combined output.
+func (b *Bed) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, "kubectl"), append([]string{"--kubeconfig", b.Topology.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// MustKubectl is Kubectl that fails the test on error (1 minute bound).
+func (b *Bed) MustKubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	out, err := b.Kubectl(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	switch {
+	case testing.Short():
+		skipReason = "end-to-end tests do not run in -short mode"
+		return m.Run()
+	case os.Geteuid() != 0:
+		skipReason = "end-to-end tests need root (network namespaces, cgroups, BPF)"
+		fmt.Fprintln(os.Stderr, "e2e: not root, skipping every test:", skipReason)
+		return m.Run()
+	}
+	cfg := testbed.DefaultConfig()
+	cfg.BinDir = os.Getenv("DLB_BIN_DIR")
+	if cfg.BinDir == "" {
+		cfg.BinDir = "../../bin"
+	}
+	cfg.Log = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	if err := cfg.CheckBinaries(); err != nil {
+		skipReason = fmt.Sprintf("binaries missing in %s (make tools build): %v", cfg.BinDir, err)
+		fmt.Fprintln(os.Stderr, "e2e: skipping every test:", skipReason)
+		return m.Run()
+	}
+	keep := os.Getenv("DLB_TESTBED_KEEP") == "1"
+
+	ctx := context.Background()
+	topo, err := reuseOrUp(ctx, cfg, keep)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: test bed:", err)
+		if !keep {
+			tearDown(ctx, cfg.StateDir)
+		}
+		return 1
+	}
+	cs, err := testbed.Clientset(topo)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	bed = &Bed{Topology: topo, Client: cs, BinDir: cfg.BinDir}
+
+	code := m.Run()
+
+	if keep {
+		fmt.Fprintf(os.Stderr, "e2e: DLB_TESTBED_KEEP=1: test bed left up; export KUBECONFIG=%s; 'make down' removes it\n", topo.Kubeconfig)
+		return code
+	}
+	if !tearDown(ctx, cfg.StateDir) && code == 0 {
+		code = 1
+	}
+	return code
+}
+
+// reuseOrUp brings a fresh test bed up. With keep, a test bed left up by an
+// earlier run with keep is reused if its apiserver answers.
+func reuseOrUp(ctx context.Context, cfg testbed.Config, keep bool) (*testbed.Topology, error) {
+	if keep {
+		if t, err := testbed.Load(cfg.StateDir); err == nil {
+			if cs, err := testbed.Clientset(t); err == nil {
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err = cs.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(cctx, "default", metav1.GetOptions{})
+				cancel()
+				if err == nil {
+					fmt.Fprintln(os.Stderr, "e2e: reusing the test bed in", cfg.StateDir)
+					return t, nil
+				}
+			}
+		}
+	}
+	// Whatever is left of an earlier bed (a crashed run, a 'make up') goes.
+	if err := testbed.Down(ctx, cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("remove the previous test bed: %w", err)
+	}
+	begin := time.Now()
+	t, err := testbed.Up(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: test bed up in %.1fs (%d nodes)\n", time.Since(begin).Seconds(), len(t.Nodes))
+	return t, nil
+}
+
+// tearDown removes the test bed and checks that nothing is left; it reports
+// whether both worked.
+func tearDown(ctx context.Context, stateDir string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err := testbed.Down(ctx, stateDir)
+	left, lerr := testbed.Leftovers(stateDir)
+	err = errors.Join(err, lerr)
+	if len(left) > 0 {
+		err = errors.Join(err, fmt.Errorf("left after down: %s", strings.Join(left, ", ")))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: tear down:", err)
+		return false
+	}
+	return true
+}
