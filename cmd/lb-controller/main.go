@@ -15,9 +15,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/controller"
 )
 
@@ -32,6 +34,8 @@ func run() error {
 	cfg := controller.DefaultConfig()
 	fs := pflag.NewFlagSet("lb-controller", pflag.ContinueOnError)
 	cfg.BindFlags(fs)
+	awsCfg := cloudaws.DefaultConfig()
+	bindCloudFlags(fs, &awsCfg)
 	zapOpts := zap.Options{}
 	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	zapOpts.BindFlags(goFlags)
@@ -63,7 +67,7 @@ func run() error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 	ctx := ctrl.SetupSignalHandler()
-	lbs, err := newCloud(ctx, cfg)
+	lbs, err := newCloud(ctx, cfg, awsCfg)
 	if err != nil {
 		return err
 	}
@@ -87,7 +91,27 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return clientcmd.BuildConfigFromFlags("", kubeconfig)
 }
 
-// newCloud builds the load balancer API client.
-func newCloud(_ context.Context, _ controller.Config) (cloud.LoadBalancers, error) {
-	return nil, errors.New("no cloud provider is built in yet (pkg/cloud/aws is not wired)")
+// bindCloudFlags adds the ELBv2 client's tuning flags (--aws-*); region and
+// endpoint come from --cloud-region and --cloud-endpoint instead.
+func bindCloudFlags(fs *pflag.FlagSet, c *cloudaws.Config) {
+	awsFlags := pflag.NewFlagSet("aws", pflag.ContinueOnError)
+	c.BindFlags(awsFlags)
+	awsFlags.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "aws-region" && f.Name != "aws-endpoint" {
+			fs.AddFlag(f)
+		}
+	})
+}
+
+// newCloud builds the ELBv2 client (AWS, or localcloud by endpoint); its
+// per-operation call metrics go to the controller's registry.
+func newCloud(ctx context.Context, cfg controller.Config, awsCfg cloudaws.Config) (cloud.LoadBalancers, error) {
+	awsCfg.Region = cfg.CloudRegion
+	awsCfg.Endpoint = cfg.CloudEndpoint
+	awsCfg.Registerer = ctrlmetrics.Registry
+	c, err := cloudaws.New(ctx, awsCfg)
+	if err != nil {
+		return nil, fmt.Errorf("cloud client: %w", err)
+	}
+	return c, nil
 }
