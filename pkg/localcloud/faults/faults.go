@@ -234,6 +234,7 @@ func crossed(prev, n, f float64) bool {
 	const eps = 1e-9
 	return math.Ceil(n*f-eps) > math.Ceil(prev*f-eps)
 }
+
 // ParseRules builds rules from flag maps: throttle and serverError map an
 // action (or *) to a fraction, latency maps it to a duration.
 func ParseRules(throttle, serverError, latency map[string]string) (map[string]Rule, error) {
