@@ -52,6 +52,10 @@ type Config struct {
 	// KubeletArgs are extra arguments for every kubelet stand-in (for
 	// example its image map).
 	KubeletArgs []string
+	// APIServerArgs and ControllerManagerArgs are extra arguments for
+	// kube-apiserver and kube-controller-manager (e.g. feature gates).
+	APIServerArgs         []string
+	ControllerManagerArgs []string
 	// Localcloud starts BinDir/localcloud inside the cloud namespace.
 	Localcloud bool
 	// Timeout bounds the whole bring-up.
@@ -85,6 +89,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.SourceDestCheck, "source-dest-check", c.SourceDestCheck, "drop VPC frames whose IPv4 source is not owned by the ENI they came from")
 	fs.BoolVar(&c.Kubelets, "kubelets", c.Kubelets, "start a kubelet stand-in per node and wait for the nodes to be Ready")
 	fs.StringArrayVar(&c.KubeletArgs, "kubelet-arg", c.KubeletArgs, "extra argument for every kubelet stand-in (repeatable)")
+	fs.StringArrayVar(&c.APIServerArgs, "apiserver-arg", c.APIServerArgs, "extra argument for kube-apiserver (repeatable)")
+	fs.StringArrayVar(&c.ControllerManagerArgs, "controller-manager-arg", c.ControllerManagerArgs, "extra argument for kube-controller-manager (repeatable)")
 	fs.BoolVar(&c.Localcloud, "localcloud", c.Localcloud, "start bin/localcloud in the cloud namespace")
 	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "bound on the whole bring-up")
 	fs.IntVar(&c.Verbosity, "v", c.Verbosity, "klog verbosity of the Kubernetes daemons")

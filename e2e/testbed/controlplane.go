@@ -35,7 +35,7 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 		},
 		{
 			Name: "kube-apiserver", Path: filepath.Join(cfg.BinDir, "kube-apiserver"), Cgroup: cg,
-			Args: []string{
+			Args: append([]string{
 				"--etcd-servers=" + etcdClientURL,
 				"--bind-address=0.0.0.0",
 				"--secure-port=" + strconv.Itoa(apiServerPort),
@@ -61,11 +61,11 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 				"--allow-privileged=true",
 				"--profiling=false",
 				v,
-			},
+			}, cfg.APIServerArgs...),
 		},
 		{
 			Name: "kube-controller-manager", Path: filepath.Join(cfg.BinDir, "kube-controller-manager"), Cgroup: cg,
-			Args: []string{
+			Args: append([]string{
 				"--kubeconfig=" + kc,
 				"--authentication-kubeconfig=" + kc,
 				"--authorization-kubeconfig=" + kc,
@@ -86,7 +86,7 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 				"--concurrent-gc-syncs=30",
 				"--profiling=false",
 				v,
-			},
+			}, cfg.ControllerManagerArgs...),
 		},
 		{
 			Name: "kube-scheduler", Path: filepath.Join(cfg.BinDir, "kube-scheduler"), Cgroup: cg,
