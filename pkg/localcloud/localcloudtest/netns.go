@@ -37,6 +37,9 @@ const (
 	// (200, or 500 while Fail is set); EchoUDPPort echoes "<addr>:<payload>".
 	EchoHTTPPort = 8080
 	EchoUDPPort  = 5353
+	// EchoBulkPort reads a decimal byte count and a newline, writes that
+	// many bytes and closes: a throughput source.
+	EchoBulkPort = 9000
 	// APIPort is localcloud's API port on the cloud namespace's address.
 	APIPort = 4566
 
@@ -95,6 +98,12 @@ func runEcho(addrs []string, failDir string) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+		bulk, err := net.Listen("tcp4", net.JoinHostPort(a, fmt.Sprint(EchoBulkPort)))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		go serveBulk(bulk)
 		go func() {
 			buf := make([]byte, 2048)
 			for {
@@ -110,9 +119,33 @@ func runEcho(addrs []string, failDir string) {
 	select {}
 }
 
+func serveBulk(ln net.Listener) {
+	chunk := make([]byte, 256<<10)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var n int64
+			if _, err := fmt.Fscanf(bufio.NewReader(c), "%d\n", &n); err != nil {
+				return
+			}
+			for n > 0 {
+				w := min(n, int64(len(chunk)))
+				if _, err := c.Write(chunk[:w]); err != nil {
+					return
+				}
+				n -= w
+			}
+		}()
+	}
+}
+
 // Net is the test network.
 type Net struct {
-	t       *testing.T
+	t       testing.TB
 	ID      string
 	Cloud   string // netns of localcloud
 	Targets string // netns of the echo servers
@@ -136,7 +169,7 @@ func run(t testing.TB, args ...string) {
 }
 
 // New builds the network with n targets; it skips if not root.
-func New(t *testing.T, n int) *Net {
+func New(t testing.TB, n int) *Net {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veths and routes")
