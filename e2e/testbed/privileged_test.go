@@ -24,6 +24,14 @@ func requireClean(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, links, cgroups")
 	}
+	unlock, err := Lock(t.Context(), nil)
+	if errors.Is(err, ErrLocked) {
+		t.Skipf("not touching the test bed: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	present, err := Present(DefaultStateDir)
 	if err != nil {
 		t.Fatal(err)

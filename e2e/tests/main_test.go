@@ -102,7 +102,19 @@ func run(m *testing.M) int {
 	}
 	keep := os.Getenv("DLB_TESTBED_KEEP") == "1"
 
+	// One e2e run (or up/down) at a time on this machine: the names are
+	// fixed, so a second run would tear this one's bed down.
 	ctx := context.Background()
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	unlock, err := testbed.Lock(lctx, func(holder string) {
+		fmt.Fprintf(os.Stderr, "e2e: waiting for process %s to release %s\n", holder, testbed.LockFile)
+	})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer unlock()
 	topo, err := reuseOrUp(ctx, cfg, keep)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: test bed:", err)

@@ -28,6 +28,11 @@ func runUp(args []string) error {
 	cfg.Log = newLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	unlock, err := testbed.Lock(ctx, waitingMessage)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	begin := time.Now()
 	t, err := testbed.Up(ctx, cfg)
 	if err != nil {
@@ -36,6 +41,10 @@ func runUp(args []string) error {
 	fmt.Printf("test bed up in %.1fs: %d nodes, apiserver %s\nexport KUBECONFIG=%s\n",
 		time.Since(begin).Seconds(), len(t.Nodes), t.APIServer, t.Kubeconfig)
 	return nil
+}
+
+func waitingMessage(holder string) {
+	fmt.Fprintf(os.Stderr, "waiting for process %s to release %s (an e2e run, up or down)\n", holder, testbed.LockFile)
 }
 
 func newLogger() *zap.Logger {
