@@ -206,6 +206,13 @@ func TestUpDown(t *testing.T) {
 		t.Errorf("kubeconfig: %v", err)
 	}
 
+	// Down works from names alone: lose the records, as a crash of 'up'
+	// before it wrote them would.
+	for _, rec := range []string{TopologyFile, "run"} {
+		if err := os.RemoveAll(filepath.Join(cfg.StateDir, rec)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	downed = true
 	if err := down(ctx, cfg.StateDir, plannedName); err != nil {
 		t.Fatalf("down: %v", err)

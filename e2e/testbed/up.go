@@ -176,6 +176,7 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		}); err != nil {
 			return t, err
 		}
+		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("elapsed", time.Since(begin)))
 	}
 	log.Info("test bed up",
 		zap.Duration("bringUp", time.Since(begin)),
