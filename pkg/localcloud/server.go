@@ -81,7 +81,7 @@ func (s *Server) AdminAddr() string {
 
 // Start starts health checks, the datapath and the HTTP servers.
 func (s *Server) Start(ctx context.Context) error {
-	ctx, s.cancel = context.WithCancel(context.Background())
+	ctx, s.cancel = context.WithCancel(ctx)
 	var healthSrc api.TargetHealthSource = api.StaticHealth{}
 	if s.cfg.Datapath {
 		var statePath string
