@@ -184,6 +184,12 @@ func (w *podWorker) setWaitingAll(reason, msg string) {
 // ensureContainers creates the runtime entries and adopts processes that an
 // earlier stand-in started.
 func (w *podWorker) ensureContainers(pod *v1.Pod) {
+	var adopted []*container
+	defer func() {
+		for _, c := range adopted {
+			w.watch(pod, c, c.proc)
+		}
+	}()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, spec := range pod.Spec.Containers {
@@ -201,7 +207,7 @@ func (w *podWorker) ensureContainers(pod *v1.Pod) {
 			if procAlive(cs.PID, cs.StartTicks) {
 				w.log.Info("adopting container process", zap.String("container", spec.Name), zap.Int("pid", cs.PID))
 				c.proc = adoptProc(cs.PID, cs.StartTicks)
-				w.watch(pod, c, c.proc)
+				adopted = append(adopted, c) // watched once w.mu is released
 			} else {
 				// It ended while no stand-in watched.
 				cs.LastExit = &ExitState{ExitCode: -1, Reason: "Unknown", StartedAt: cs.StartedAt, FinishedAt: time.Now()}

@@ -13,11 +13,16 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -36,12 +41,14 @@ const echoImage = "example.com/echo:1"
 // ptNamespace creates a namespace for one test and deletes it afterwards.
 func ptNamespace(t *testing.T, b *Bed, name string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create namespace %s: %v", name, err)
-	}
+	// A namespace of an earlier run on a kept test bed may still be going.
+	ptPoll(t, 90*time.Second, "create namespace "+name, func(ctx context.Context) (bool, string) {
+		_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("create namespace %s: %v", name, err)
+		}
+		return err == nil, fmt.Sprint(err)
+	})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -586,4 +593,140 @@ func TestPodFailingReadinessProbe(t *testing.T) {
 		t.Fatalf("set health 503: %d %v", code, err)
 	}
 	notReady("after /healthz starts failing")
+}
+
+// ptRestartKubelet kills node's kubelet stand-in with SIGKILL (a crash),
+// runs during() while it is down, and starts it again with the same command
+// line, in the same cgroup, logging to the same file.
+func ptRestartKubelet(t *testing.T, b *Bed, node string, during func()) {
+	t.Helper()
+	n, ok := b.Topology.Node(node)
+	if !ok {
+		t.Fatalf("no node %s", node)
+	}
+	pidFile := filepath.Join(b.Topology.StateDir, "run", "kubelet-"+node+".pid")
+	raw, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("kubelet pid: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatalf("kubelet pid file %s: %v", pidFile, err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatalf("kubelet %d command line: %v", pid, err)
+	}
+	argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(argv) < 2 || argv[1] != "kubelet" {
+		t.Fatalf("pid %d is not a kubelet stand-in: %q", pid, argv)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill kubelet: %v", err)
+	}
+	ptPoll(t, 10*time.Second, "old kubelet gone", func(context.Context) (bool, string) {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err != nil || strings.Contains(string(st), ") Z "), "running"
+	})
+	during()
+
+	cg, err := os.Open(n.KubeletCgroup)
+	if err != nil {
+		t.Fatalf("kubelet cgroup: %v", err)
+	}
+	defer cg.Close()
+	logf, err := os.OpenFile(filepath.Join(b.Topology.StateDir, "logs", "kubelet-"+node+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatalf("kubelet log: %v", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = b.Topology.StateDir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("restart kubelet: %v", err)
+	}
+	go func() { _ = cmd.Wait() }() // reap it if it ever exits while we run
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatalf("kubelet pid file: %v", err)
+	}
+}
+
+// A crashed and restarted kubelet stand-in picks its pods up: a running pod
+// keeps its process, address and readiness; a pod force-deleted while the
+// stand-in was down leaves nothing behind; a pod deleted gracefully while it
+// was down is terminated and deleted; a new pod does not get an address in
+// use.
+func TestKubeletRestartAdoptsPods(t *testing.T) {
+	b := requireBed(t)
+	node := b.Topology.Nodes[0].Name
+	ns := ptNamespace(t, b, "e2e-pods-restart")
+	mk := func(name string) *corev1.Pod {
+		return ptCreatePod(t, b, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{ptEchoContainer()}, TerminationGracePeriodSeconds: ptr.To(int64(10))},
+		})
+	}
+	pods := map[string]*corev1.Pod{}
+	for _, name := range []string{"keep", "forced", "graceful"} {
+		mk(name)
+	}
+	for _, name := range []string{"keep", "forced", "graceful"} {
+		pods[name] = ptWaitPod(t, b, ns, name, 60*time.Second, "Ready", ptReady)
+	}
+	keep := pods["keep"]
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	ptRestartKubelet(t, b, node, func() {
+		if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "forced", metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+			t.Fatalf("force delete: %v", err)
+		}
+		if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "graceful", metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		// With no kubelet, nobody finishes the graceful deletion.
+		time.Sleep(time.Second)
+		if _, err := b.Client.CoreV1().Pods(ns).Get(ctx, "graceful", metav1.GetOptions{}); err != nil {
+			t.Fatalf("gracefully deleted pod with its kubelet down: %v, want still there", err)
+		}
+	})
+
+	for _, name := range []string{"forced", "graceful"} {
+		p := pods[name]
+		ptPoll(t, 30*time.Second, name+" pod gone and its sandbox removed", func(ctx context.Context) (bool, string) {
+			_, err := b.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			left := ptSandboxLeft(b.Topology, node, p.UID)
+			return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
+		})
+	}
+	// The running pod was adopted, not restarted.
+	time.Sleep(2 * time.Second)
+	now := ptWaitPod(t, b, ns, "keep", 10*time.Second, "Ready", ptReady)
+	if diff := cmp.Diff(keep.Status.ContainerStatuses[0].ContainerID, now.Status.ContainerStatuses[0].ContainerID); diff != "" || now.Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Errorf("adopted container changed (restarts %d; container ID -before +after):\n%s", now.Status.ContainerStatuses[0].RestartCount, diff)
+	}
+	if now.Status.PodIP != keep.Status.PodIP {
+		t.Errorf("adopted pod's address changed: %s → %s", keep.Status.PodIP, now.Status.PodIP)
+	}
+	if code, body, err := ptGet("http://" + net.JoinHostPort(keep.Status.PodIP, "8080") + "/"); err != nil || code != 200 || body != "keep\n" {
+		t.Errorf("adopted pod: GET / = %d %q %v", code, body, err)
+	}
+	// A new pod gets an address nobody holds, and runs.
+	mk("fresh")
+	fresh := ptWaitPod(t, b, ns, "fresh", 60*time.Second, "Ready", ptReady)
+	if fresh.Status.PodIP == keep.Status.PodIP {
+		t.Errorf("new pod got the adopted pod's address %s", fresh.Status.PodIP)
+	}
+	// Deleting the adopted pod goes through the adopted process: SIGTERM by
+	// polling /proc, then the final delete.
+	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "keep", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete adopted pod: %v", err)
+	}
+	ptPoll(t, 20*time.Second, "adopted pod terminated and deleted", func(ctx context.Context) (bool, string) {
+		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "keep", metav1.GetOptions{})
+		left := ptSandboxLeft(b.Topology, node, keep.UID)
+		return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
+	})
 }
