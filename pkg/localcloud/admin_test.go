@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
@@ -84,5 +85,41 @@ func TestAdmin(t *testing.T) {
 	}
 	if code, body := do("GET", "/metrics", ""); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics: %d", code)
+	}
+}
+
+func TestDrainEndsWithoutDatapath(t *testing.T) {
+	cfg := localcloud.DefaultConfig()
+	cfg.Listen, cfg.StateDir, cfg.Datapath = "127.0.0.1:0", "", false
+	srv, err := localcloud.New(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	st := srv.Store()
+	tg, _ := st.CreateTargetGroup("drain", "TCP", 80, "", store.DefaultHealthCheck(), nil)
+	if _, err := st.ModifyTargetGroupAttributes(tg.ARN, map[string]string{store.AttrDeregistrationDelay: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.RegisterTargets(tg.ARN, []store.Target{{IP: "10.0.0.1"}})
+	if err := st.DeregisterTargets(tg.ARN, []store.Target{{IP: "10.0.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		got, _ := st.GetTargetGroup(tg.ARN)
+		if len(got.Targets) == 0 {
+			break
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("target still draining 3s after deregistration with a 1s delay: %+v", got.Targets)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Errorf("drain ended after %s, before the 1s delay", d)
 	}
 }

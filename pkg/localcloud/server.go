@@ -140,13 +140,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.serve(s.apiLn, apiMux)
 
-	if s.cfg.Datapath {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.reconcileLoop(ctx)
-		}()
-	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.reconcileLoop(ctx)
+	}()
 	s.log.Info("localcloud serving", zap.String("api", s.Addr()), zap.String("admin", s.AdminAddr()),
 		zap.Bool("datapath", s.cfg.Datapath), zap.String("stateDir", s.cfg.StateDir))
 	return nil
@@ -164,8 +162,8 @@ func (s *Server) serve(ln net.Listener, h http.Handler) {
 	}()
 }
 
-// reconcileLoop keeps health checks and the datapath in line with the
-// state, and ends deregistration delays.
+// reconcileLoop ends deregistration delays and, with the datapath on,
+// keeps health checks and the datapath in line with the state.
 func (s *Server) reconcileLoop(ctx context.Context) {
 	changes := s.store.Subscribe()
 	timer := time.NewTimer(0)
@@ -176,13 +174,17 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 			s.log.Error("expire draining targets", zap.Error(err))
 			next = time.Now().Add(time.Second)
 		}
-		snap := s.store.Snapshot()
-		s.checker.Sync(snap)
-		if err := s.dp.Sync(snap); err != nil {
-			s.log.Error("datapath sync", zap.Error(err))
-			if next.IsZero() || time.Until(next) > time.Second {
-				next = time.Now().Add(time.Second)
+		var healthChanges <-chan struct{}
+		if s.dp != nil {
+			snap := s.store.Snapshot()
+			s.checker.Sync(snap)
+			if err := s.dp.Sync(snap); err != nil {
+				s.log.Error("datapath sync", zap.Error(err))
+				if next.IsZero() || time.Until(next) > time.Second {
+					next = time.Now().Add(time.Second)
+				}
 			}
+			healthChanges = s.checker.Changes()
 		}
 		if !timer.Stop() {
 			select {
@@ -199,7 +201,7 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changes:
-		case <-s.checker.Changes():
+		case <-healthChanges:
 		case <-tc:
 		}
 	}
