@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,13 +120,19 @@ type harness struct {
 	ctrls *Controllers
 }
 
-// start runs a fresh manager with a fresh cloud for one test, in a new
-// namespace.
+// start runs a fresh manager with a fresh in-memory cloud for one test, in
+// a new namespace.
 func start(t *testing.T, mutate ...func(*Config)) *harness {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip("reconciler tests need a real kube-apiserver and etcd: " + skipReason)
-	}
+	c, ns := newNamespace(t)
+	fc := fake.New()
+	cfg := testConfig(t, mutate...)
+	ctrls, _ := runManager(t, ns, fc, cfg)
+	return &harness{t: t, ns: ns, c: c, cloud: fc, ctrls: ctrls}
+}
+
+func testConfig(t *testing.T, mutate ...func(*Config)) Config {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.ClusterName = "envtest"
 	cfg.TargetBatchWindow = 50 * time.Millisecond
@@ -136,6 +143,15 @@ func start(t *testing.T, mutate ...func(*Config)) *harness {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// newNamespace skips the test without envtest, else makes a namespace.
+func newNamespace(t *testing.T) (client.Client, string) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip("reconciler tests need a real kube-apiserver and etcd: " + skipReason)
+	}
 	c, err := client.New(restConfig, client.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +160,13 @@ func start(t *testing.T, mutate ...func(*Config)) *harness {
 	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		t.Fatal(err)
 	}
-	// Each test's manager sees only its own namespace.
+	return c, ns
+}
+
+// runManager starts a manager that sees only ns; stop cancels it and waits
+// (it also runs at cleanup).
+func runManager(t *testing.T, ns string, lbs cloud.LoadBalancers, cfg Config) (*Controllers, func()) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -154,21 +176,24 @@ func start(t *testing.T, mutate ...func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fc := fake.New()
-	ctrls, err := Setup(mgr, cfg, fc)
+	ctrls, err := Setup(mgr, cfg, lbs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	return &harness{t: t, ns: ns, c: c, cloud: fc, ctrls: ctrls}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return ctrls, stop
 }
 
 // eventually polls cond every 50 ms for up to 20 s.
@@ -231,7 +256,6 @@ func (h *harness) update(name string, mutate func(*corev1.Service)) {
 	}
 	h.t.Fatal("update: too many conflicts")
 }
-
 
 // events returns "Type/Reason" of the events about a Service, sorted, once each.
 func (h *harness) events(name string) []string {

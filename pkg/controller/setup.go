@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -16,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/directlb/directlb/pkg/cloud"
@@ -62,7 +66,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 	err := ctrl.NewControllerManagedBy(mgr).
 		Named("service").
 		For(&corev1.Service{}, builder.WithPredicates(relevant, specChanged)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: cfg.Concurrency}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: cfg.Concurrency, RateLimiter: retryLimiter()}).
 		Complete(timed("service", svcs))
 	if err != nil {
 		return nil, fmt.Errorf("set up service controller: %w", err)
@@ -77,7 +81,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
 		Named("targets").
-		WithOptions(controller.Options{MaxConcurrentReconciles: cfg.Concurrency}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: cfg.Concurrency, RateLimiter: retryLimiter()}).
 		WatchesRawSource(source.Channel(tgs.notify, &handler.EnqueueRequestForObject{})).
 		Watches(&discoveryv1.EndpointSlice{}, targets.sliceHandler(cfg.TargetBatchWindow)).
 		Watches(&corev1.Pod{}, targets.podHandler(cfg.TargetBatchWindow)).
@@ -86,4 +90,14 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 		return nil, fmt.Errorf("set up target controller: %w", err)
 	}
 	return &Controllers{Services: svcs, Targets: targets, TargetGroups: tgs}, nil
+}
+
+// retryLimiter backs a failing item off exponentially from 100 ms up to
+// 30 s (controller-runtime's default goes to 16 minutes, too slow for a
+// throttled cloud that recovers in seconds), with an overall 50/s bucket.
+func retryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](100*time.Millisecond, 30*time.Second),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(50), 300)},
+	)
 }

@@ -446,4 +446,3 @@ func addAfter(q workqueue.TypedRateLimitingInterface[reconcile.Request], key typ
 	}
 	q.AddAfter(req, d)
 }
-

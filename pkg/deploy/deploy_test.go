@@ -109,8 +109,8 @@ func TestDeployChanges(t *testing.T) {
 			wantCalls: map[string]int{"ModifyTargetGroup": 2},
 		},
 		{
-			name: "new target port: new target group, listener moved, old group deleted",
-			next: newService("web", func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(9090) }),
+			name:      "new target port: new target group, listener moved, old group deleted",
+			next:      newService("web", func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(9090) }),
 			wantCalls: map[string]int{"CreateTargetGroup": 1, "ModifyListener": 1, "DeleteTargetGroup": 1},
 		},
 		{

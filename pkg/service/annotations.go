@@ -18,17 +18,17 @@ const AnnotationPrefix = "service.directlb.io/"
 
 // Service annotations; users type these names, keep them stable.
 const (
-	AnnotationDirectAccess        = AnnotationPrefix + "direct-access"
-	AnnotationScheme              = AnnotationPrefix + "scheme"
-	AnnotationHCProtocol          = AnnotationPrefix + "healthcheck-protocol"
-	AnnotationHCPort              = AnnotationPrefix + "healthcheck-port"
-	AnnotationHCPath              = AnnotationPrefix + "healthcheck-path"
-	AnnotationHCInterval          = AnnotationPrefix + "healthcheck-interval"
-	AnnotationHCTimeout           = AnnotationPrefix + "healthcheck-timeout"
-	AnnotationHCHealthyThreshold  = AnnotationPrefix + "healthcheck-healthy-threshold"
+	AnnotationDirectAccess         = AnnotationPrefix + "direct-access"
+	AnnotationScheme               = AnnotationPrefix + "scheme"
+	AnnotationHCProtocol           = AnnotationPrefix + "healthcheck-protocol"
+	AnnotationHCPort               = AnnotationPrefix + "healthcheck-port"
+	AnnotationHCPath               = AnnotationPrefix + "healthcheck-path"
+	AnnotationHCInterval           = AnnotationPrefix + "healthcheck-interval"
+	AnnotationHCTimeout            = AnnotationPrefix + "healthcheck-timeout"
+	AnnotationHCHealthyThreshold   = AnnotationPrefix + "healthcheck-healthy-threshold"
 	AnnotationHCUnhealthyThreshold = AnnotationPrefix + "healthcheck-unhealthy-threshold"
-	AnnotationDeregistrationDelay = AnnotationPrefix + "deregistration-delay"
-	AnnotationReadinessGate       = AnnotationPrefix + "readiness-gate"
+	AnnotationDeregistrationDelay  = AnnotationPrefix + "deregistration-delay"
+	AnnotationReadinessGate        = AnnotationPrefix + "readiness-gate"
 )
 
 // Schemes.
@@ -43,13 +43,13 @@ const TrafficPort = "traffic-port"
 // Defaults, the same as an AWS Network Load Balancer's for ip targets,
 // except a shorter deregistration delay (pods go away often).
 const (
-	DefaultHCProtocol          = "TCP"
-	DefaultHCPath              = "/"
-	DefaultHCInterval          = 10
-	DefaultHCTimeout           = 6
-	DefaultHCHealthyThreshold  = 3
+	DefaultHCProtocol           = "TCP"
+	DefaultHCPath               = "/"
+	DefaultHCInterval           = 10
+	DefaultHCTimeout            = 6
+	DefaultHCHealthyThreshold   = 3
 	DefaultHCUnhealthyThreshold = 3
-	DefaultDeregistrationDelay = 30
+	DefaultDeregistrationDelay  = 30
 )
 
 // Options are a Service's directlb annotations, parsed and validated.

@@ -1,0 +1,210 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/localcloud"
+)
+
+// These tests run the reconcilers against a real kube-apiserver and a real
+// localcloud API server (in-process, no datapath) through the real SDK.
+
+const (
+	lcKey    = "AKIDCONTROLLERTEST"
+	lcSecret = "controller-test-secret"
+)
+
+func startLocalcloud(t *testing.T, mutate func(*localcloud.Config)) *localcloud.Server {
+	t.Helper()
+	cfg := localcloud.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.StateDir = t.TempDir()
+	cfg.Datapath = false
+	cfg.AccessKeyID, cfg.SecretAccessKey = lcKey, lcSecret
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := localcloud.New(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+func sdkClient(t *testing.T, srv *localcloud.Server, attempts int) *cloudaws.Client {
+	t.Helper()
+	cfg := cloudaws.DefaultConfig()
+	cfg.Region = "us-east-1"
+	cfg.Endpoint = "http://" + srv.Addr()
+	cfg.MaxAttempts = attempts
+	cfg.MaxBackoff = 50 * time.Millisecond
+	cfg.RateLimits = map[string]cloudaws.Limit{} // the test is about faults, not client-side pacing
+	cfg.Credentials = credentials.NewStaticCredentialsProvider(lcKey, lcSecret, "")
+	c, err := cloudaws.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitFor polls cond every 100 ms up to limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		last = why
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s; last: %s", limit, what, last)
+}
+
+// TestLocalcloudFaultsAndRestart: 20 Services against a localcloud that
+// throttles 30% of calls, fails 10% with 5xx and adds latency; the
+// controller is stopped in the middle of creating them and a new one
+// started. Everything converges with no duplicate; targets follow an
+// EndpointSlice; deleting the Services leaves the cloud empty (all checked
+// through the SDK).
+func TestLocalcloudFaultsAndRestart(t *testing.T) {
+	c, ns := newNamespace(t)
+	ctx := context.Background()
+	srv := startLocalcloud(t, func(cfg *localcloud.Config) {
+		cfg.FaultThrottle = map[string]string{"*": "0.3"}
+		cfg.Fault5xx = map[string]string{"*": "0.1"}
+		cfg.FaultLatency = map[string]string{"*": "10ms"}
+	})
+	cfg := testConfig(t, func(c *Config) { c.ClusterName = "lc-" + ns })
+	h := &harness{t: t, ns: ns, c: c}
+	_, stop := runManager(t, ns, sdkClient(t, srv, 10), cfg)
+
+	const n = 20
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+		h.service(names[i], nil)
+	}
+	withIngress := func() int {
+		k := 0
+		for _, name := range names {
+			if len(h.get(name).Status.LoadBalancer.Ingress) > 0 {
+				k++
+			}
+		}
+		return k
+	}
+	waitFor(t, 60*time.Second, "a few Services converged", func() (bool, string) {
+		k := withIngress()
+		return k >= 3, fmt.Sprintf("%d with an address", k)
+	})
+	stop() // a crash in the middle of creating them
+	t.Logf("controller stopped with %d of %d Services converged", withIngress(), n)
+	runManager(t, ns, sdkClient(t, srv, 10), cfg)
+
+	waitFor(t, 90*time.Second, "every Service converged", func() (bool, string) {
+		k := withIngress()
+		return k == n, fmt.Sprintf("%d of %d with an address", k, n)
+	})
+
+	check := sdkClient(t, srv, 30)
+	owner := cloud.Tags{cloud.TagCluster: cfg.ClusterName}
+	lbs, err := check.ListLoadBalancers(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgs, err := check.ListTargetGroups(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lbs) != n || len(tgs) != n {
+		t.Fatalf("%d load balancers and %d target groups, want %d each", len(lbs), len(tgs), n)
+	}
+	lbRange := netip.MustParsePrefix("198.51.100.0/24")
+	byService := map[string]cloud.LoadBalancer{}
+	for _, lb := range lbs {
+		key := lb.Tags[cloud.TagService]
+		if _, dup := byService[key]; dup {
+			t.Errorf("two load balancers for %s", key)
+		}
+		byService[key] = lb
+		ls, err := check.ListListeners(ctx, lb.ARN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ls) != 1 || ls[0].Port != 80 || ls[0].Protocol != cloud.ProtocolTCP {
+			t.Errorf("%s: listeners %+v, want one TCP/80", lb.Name, ls)
+		}
+	}
+	for _, name := range names {
+		ing := h.get(name).Status.LoadBalancer.Ingress
+		lb := byService[ns+"/"+name]
+		ip, err := netip.ParseAddr(ing[0].IP)
+		if err != nil || !lbRange.Contains(ip) || len(lb.Addresses) == 0 || lb.Addresses[0] != ing[0].IP {
+			t.Errorf("%s: ingress %+v, load balancer addresses %v; want an address from %s", name, ing, lb.Addresses, lbRange)
+		}
+	}
+
+	// Targets follow an EndpointSlice.
+	h.slice("s00", epOf("10.1.0.1", true, false, ""), epOf("10.1.0.2", true, false, ""), epOf("10.1.0.3", false, false, ""))
+	var tgARN string
+	for _, tg := range tgs {
+		if tg.Tags[cloud.TagService] == ns+"/s00" {
+			tgARN = tg.ARN
+		}
+	}
+	want := []string{"10.1.0.1:8080", "10.1.0.2:8080"}
+	waitFor(t, 30*time.Second, "targets registered in localcloud", func() (bool, string) {
+		th, err := check.DescribeTargetHealth(ctx, tgARN)
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []string
+		for _, x := range th {
+			got = append(got, x.Target.String())
+		}
+		sort.Strings(got)
+		return cmp.Equal(want, got), fmt.Sprintf("targets %v", got)
+	})
+
+	for _, name := range names {
+		if err := c.Delete(ctx, h.get(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 90*time.Second, "Services gone and the cloud empty", func() (bool, string) {
+		left := 0
+		for _, name := range names {
+			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &corev1.Service{}); client.IgnoreNotFound(err) == nil && err == nil {
+				left++
+			}
+		}
+		lbs, err1 := check.ListLoadBalancers(ctx, owner)
+		tgs, err2 := check.ListTargetGroups(ctx, owner)
+		if err1 != nil || err2 != nil {
+			return false, fmt.Sprintf("list: %v %v", err1, err2)
+		}
+		return left == 0 && len(lbs) == 0 && len(tgs) == 0,
+			fmt.Sprintf("%d Services, %d load balancers, %d target groups left", left, len(lbs), len(tgs))
+	})
+}
