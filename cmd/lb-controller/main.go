@@ -36,8 +36,6 @@ func run() error {
 	cfg.BindFlags(fs)
 	awsCfg := cloudaws.DefaultConfig()
 	bindCloudFlags(fs, &awsCfg)
-	gateCfg := defaultGateConfig()
-	gateCfg.BindFlags(fs)
 	zapOpts := zap.Options{}
 	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	zapOpts.BindFlags(goFlags)
@@ -49,9 +47,6 @@ func run() error {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	if err := gateCfg.Validate(); err != nil {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
@@ -76,11 +71,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ctrls, err := controller.Setup(mgr, cfg, lbs)
-	if err != nil {
-		return err
-	}
-	if err := setupGates(ctx, mgr, cfg, gateCfg, lbs, ctrls); err != nil {
+	if _, err := controller.Setup(mgr, cfg, lbs); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
