@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,7 +105,6 @@ type Datapath struct {
 
 	mu        sync.Mutex
 	listeners map[string]*listener // by listener ARN + "/" + protocol
-	addrs     map[string]bool
 
 	flows *prometheus.CounterVec
 }
@@ -133,7 +133,6 @@ func New(cfg Config) (*Datapath, error) {
 		cfg:       cfg,
 		link:      link,
 		listeners: map[string]*listener{},
-		addrs:     map[string]bool{},
 		flows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "localcloud_datapath_flows_total",
 			Help: "Flows (TCP connections, UDP flows) by protocol and result (forwarded, refused, no_target).",
@@ -147,35 +146,37 @@ func New(cfg Config) (*Datapath, error) {
 	return d, nil
 }
 
+// ensureAddresses adds the wanted addresses that the interface lacks and
+// removes addresses in the LB CIDR that no load balancer owns.
 func (d *Datapath) ensureAddresses(want map[string]bool) error {
+	have, err := netlink.AddrList(d.link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", d.cfg.Interface, err)
+	}
+	present := map[string]bool{}
 	var errs []error
+	for _, a := range have {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ones, _ := a.Mask.Size()
+		if !ok || ones != 32 {
+			continue
+		}
+		present[ip.String()] = true
+		if !d.cfg.LBCIDR.IsValid() || !d.cfg.LBCIDR.Contains(ip) || want[ip.String()] {
+			continue
+		}
+		if err := netlink.AddrDel(d.link, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			errs = append(errs, fmt.Errorf("remove %s from %s: %w", ip, d.cfg.Interface, err))
+		}
+	}
 	for a := range want {
 		ip := net.ParseIP(a)
-		if ip == nil {
+		if ip == nil || present[a] {
 			continue
 		}
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}}
 		if err := netlink.AddrReplace(d.link, addr); err != nil {
 			errs = append(errs, fmt.Errorf("add %s to %s: %w", a, d.cfg.Interface, err))
-			continue
-		}
-		d.addrs[a] = true
-	}
-	if d.cfg.LBCIDR.IsValid() {
-		have, err := netlink.AddrList(d.link, netlink.FAMILY_V4)
-		if err != nil {
-			return errors.Join(append(errs, fmt.Errorf("list addresses of %s: %w", d.cfg.Interface, err))...)
-		}
-		for _, a := range have {
-			ip, ok := netip.AddrFromSlice(a.IP.To4())
-			ones, _ := a.Mask.Size()
-			if !ok || ones != 32 || !d.cfg.LBCIDR.Contains(ip) || want[ip.String()] {
-				continue
-			}
-			if err := netlink.AddrDel(d.link, &a); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s from %s: %w", ip, d.cfg.Interface, err))
-			}
-			delete(d.addrs, ip.String())
 		}
 	}
 	return errors.Join(errs...)
