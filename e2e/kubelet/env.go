@@ -21,6 +21,7 @@ type envContext struct {
 	HostIP      string
 	ServiceHost string // the kubernetes Service's ClusterIP
 	ServicePort string
+	Kubeconfig  string // the pod's kubeconfig (ServiceAccount token), if any
 }
 
 // containerEnv builds the container's environment as the kubelet does:
@@ -44,6 +45,9 @@ func containerEnv(ctx context.Context, client kubernetes.Interface, ec envContex
 		set("KUBERNETES_SERVICE_PORT", ec.ServicePort)
 		set("KUBERNETES_SERVICE_PORT_HTTPS", ec.ServicePort)
 		set("KUBERNETES_PORT", "tcp://"+ec.ServiceHost+":"+ec.ServicePort)
+	}
+	if ec.Kubeconfig != "" {
+		set(EnvKubeconfig, ec.Kubeconfig)
 	}
 	for _, ef := range c.EnvFrom {
 		data, err := envFromData(ctx, client, ec.Pod.Namespace, ef)

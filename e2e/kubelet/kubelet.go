@@ -38,6 +38,9 @@ type Kubelet struct {
 	topo   *testbed.Topology
 	node   testbed.Node
 	client kubernetes.Interface
+	// apiCA is the apiserver's CA from the admin kubeconfig (used when a
+	// namespace has no kube-root-ca.crt yet).
+	apiCA  []byte
 	images ImageMap
 	store  stateStore
 	lister corelisters.PodLister
@@ -92,6 +95,12 @@ func New(cfg Config, log *zap.Logger) (*Kubelet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
+	apiCA := rc.CAData
+	if len(apiCA) == 0 && rc.CAFile != "" {
+		if apiCA, err = os.ReadFile(rc.CAFile); err != nil {
+			return nil, fmt.Errorf("read apiserver CA: %w", err)
+		}
+	}
 	var ranges []PodRange
 	for i, e := range node.ENIs {
 		if e.PodRange.IsValid() {
@@ -104,6 +113,7 @@ func New(cfg Config, log *zap.Logger) (*Kubelet, error) {
 		topo:    topo,
 		node:    *node,
 		client:  client,
+		apiCA:   apiCA,
 		images:  images,
 		store:   stateStore{dir: filepath.Join(cfg.StateDir, "nodes", node.Name, "pods")},
 		dialer:  NetnsDialer(filepath.Join(NetnsDir, node.NetNS)),

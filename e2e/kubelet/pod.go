@@ -54,6 +54,7 @@ type podWorker struct {
 	terminating bool
 	deadline    time.Time
 	lastStatus  []byte
+	kubeconfig  string // the pod's kubeconfig, written before its first container starts
 	stateDirty  bool
 }
 
@@ -238,6 +239,15 @@ func (w *podWorker) startDue(ctx context.Context, pod *v1.Pod) {
 func (w *podWorker) startContainer(ctx context.Context, pod *v1.Pod, c *container) {
 	ec := envContext{Pod: pod, PodIP: w.st.IP.String(), HostIP: w.k.node.ENIs[0].Addr.Addr().String()}
 	ec.ServiceHost, ec.ServicePort = w.k.apiServiceEndpoint(ctx)
+	if w.kubeconfig == "" {
+		kc, err := podCredentials(ctx, w.k.client, pod, w.k.topo.APIServer, w.k.apiCA, filepath.Join(w.k.store.dir, string(w.st.UID), "serviceaccount"))
+		if err != nil {
+			w.startFailed(c, "CreateContainerConfigError", err)
+			return
+		}
+		w.kubeconfig = kc
+	}
+	ec.Kubeconfig = w.kubeconfig
 	env, err := containerEnv(ctx, w.k.client, ec, &c.spec)
 	if err != nil {
 		w.startFailed(c, "CreateContainerConfigError", err)

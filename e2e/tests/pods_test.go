@@ -25,12 +25,15 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/testbed"
@@ -729,4 +732,55 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 		left := ptSandboxLeft(b.Topology, node, keep.UID)
 		return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
 	})
+}
+
+// A pod gets its ServiceAccount's token as a kubeconfig (KUBECONFIG in its
+// environment; there is no mount namespace for the usual token path) that
+// reaches the apiserver at its VPC address with the cluster CA and
+// authenticates as the pod's ServiceAccount.
+func TestPodServiceAccountKubeconfig(t *testing.T) {
+	b := requireBed(t)
+	ns := ptNamespace(t, b, "e2e-pods-sa")
+	ptCreatePod(t, b, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: ns},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}},
+	})
+	p := ptWaitPod(t, b, ns, "sa", 60*time.Second, "Ready", ptReady)
+	pid, err := strconv.Atoi(strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "testbed://"))
+	if err != nil {
+		t.Fatalf("container ID %q: %v", p.Status.ContainerStatuses[0].ContainerID, err)
+	}
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("container environment: %v", err)
+	}
+	var kubeconfig string
+	for _, kv := range strings.Split(string(environ), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "KUBECONFIG="); ok {
+			kubeconfig = v
+		}
+	}
+	if kubeconfig == "" {
+		t.Fatalf("no KUBECONFIG in the container's environment")
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatalf("pod kubeconfig: %v", err)
+	}
+	if want := b.Topology.APIServer; rc.Host != want {
+		t.Errorf("pod kubeconfig server %s, want %s", rc.Host, want)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	review, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("whoami with the pod's kubeconfig: %v", err)
+	}
+	if want := "system:serviceaccount:" + ns + ":default"; review.Status.UserInfo.Username != want {
+		t.Errorf("pod authenticates as %q, want %q", review.Status.UserInfo.Username, want)
+	}
 }
