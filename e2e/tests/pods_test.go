@@ -784,3 +784,41 @@ func TestPodServiceAccountKubeconfig(t *testing.T) {
 		t.Errorf("pod authenticates as %q, want %q", review.Status.UserInfo.Username, want)
 	}
 }
+
+// A hostNetwork pod runs in its node's namespace: its pod IP is the node's
+// primary ENI address, it answers there, and deleting it leaves the node's
+// network alone.
+func TestPodHostNetwork(t *testing.T) {
+	b := requireBed(t)
+	ns := ptNamespace(t, b, "e2e-pods-hostnet")
+	node := b.Topology.Nodes[len(b.Topology.Nodes)-1]
+	c := ptEchoContainer()
+	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 18080}}
+	ptCreatePod(t, b, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "hostnet", Namespace: ns},
+		Spec:       corev1.PodSpec{HostNetwork: true, NodeName: node.Name, Containers: []corev1.Container{c}},
+	})
+	p := ptWaitPod(t, b, ns, "hostnet", 60*time.Second, "Ready", ptReady)
+	want := node.ENIs[0].Addr.Addr().String()
+	if p.Status.PodIP != want || p.Status.HostIP != want {
+		t.Errorf("hostNetwork pod: podIP %s hostIP %s, want both %s", p.Status.PodIP, p.Status.HostIP, want)
+	}
+	if code, body, err := ptGet("http://" + net.JoinHostPort(want, "18080") + "/"); err != nil || code != 200 || body != "hostnet\n" {
+		t.Errorf("GET %s:18080/ = %d %q %v", want, code, body, err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "hostnet", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	ptPoll(t, 20*time.Second, "hostNetwork pod deleted", func(ctx context.Context) (bool, string) {
+		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "hostnet", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	if _, err := os.Stat(filepath.Join("/run/netns", node.NetNS)); err != nil {
+		t.Errorf("node namespace after deleting a hostNetwork pod: %v", err)
+	}
+	if code, _, err := ptGet("http://" + net.JoinHostPort(want, "18080") + "/"); err == nil {
+		t.Errorf("deleted hostNetwork pod still answers (%d)", code)
+	}
+}
