@@ -69,6 +69,8 @@ func runHelper(mode string, args []string) int {
 			answer, peer, err = tcpOnce(target)
 		case "udp":
 			answer, peer, err = udpOnce(target)
+		case "udp-connected":
+			answer, peer, err = udpConnectedOnce(target)
 		default:
 			fmt.Fprintln(out, "bad mode")
 			return 2
@@ -136,6 +138,32 @@ func udpOnce(target string) (string, string, error) {
 		return "", "", err
 	}
 	return string(buf[:n]), from.String(), nil
+}
+
+// udpConnectedOnce connects a UDP socket (connect4 translates) and reads
+// the reply with read(2), as most resolvers do.
+func udpConnectedOnce(target string) (string, string, error) {
+	c, err := net.DialTimeout("udp4", target, 2*time.Second)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	sa, err := unix.Getpeername(fdOf(c.(*net.UDPConn)))
+	if err != nil {
+		return "", "", err
+	}
+	in4 := sa.(*unix.SockaddrInet4)
+	peer := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return "", "", err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", "", err
+	}
+	return string(buf[:n]), peer, nil
 }
 
 type result struct {
@@ -467,11 +495,11 @@ func TestUDPReplyComesFromClusterIP(t *testing.T) {
 	fe := frontend(4, 5353, UDP)
 	b.apply(Service{Frontend: fe, Backends: addrs})
 
-	rs := b.run("udp", target(fe), 30)
+	rs := append(b.run("udp", target(fe), 30), b.run("udp-connected", target(fe), 30)...)
 	got := counts(t, rs)
 	for _, n := range names {
 		if got[n] == 0 {
-			t.Errorf("UDP backend %s got nothing in 30: %v", n, got)
+			t.Errorf("UDP backend %s got nothing in 60: %v", n, got)
 		}
 	}
 	for _, r := range rs {

@@ -64,7 +64,9 @@ var (
 	no  = ptr.To(false)
 )
 
-func ready(addr, node string) ep { return ep{addr: addr, node: node, ready: yes, serving: yes, terminating: no} }
+func ready(addr, node string) ep {
+	return ep{addr: addr, node: node, ready: yes, serving: yes, terminating: no}
+}
 func terminating(addr, node string, serving bool) ep {
 	return ep{addr: addr, node: node, ready: no, serving: ptr.To(serving), terminating: yes}
 }
@@ -174,14 +176,21 @@ func TestDesired(t *testing.T) {
 			want: []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")}},
 		},
 		{
-			name:   "IPv6 slices and addresses are ignored",
-			svc:    service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00::10"} }),
-			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice { s := slice("a", 8080, ep{addr: "fd00::1"}); s.AddressType = discoveryv1.AddressTypeIPv6; return s }()},
-			want:   tcp80(backends()),
+			name: "IPv6 slices and addresses are ignored",
+			svc:  service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00::10"} }),
+			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+				s := slice("a", 8080, ep{addr: "fd00::1"})
+				s.AddressType = discoveryv1.AddressTypeIPv6
+				return s
+			}()},
+			want: tcp80(backends()),
 		},
 		{
-			name:   "headless Service ignored",
-			svc:    service(func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone; s.Spec.ClusterIPs = []string{v1.ClusterIPNone} }),
+			name: "headless Service ignored",
+			svc: service(func(s *v1.Service) {
+				s.Spec.ClusterIP = v1.ClusterIPNone
+				s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
+			}),
 			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
 		},
 		{

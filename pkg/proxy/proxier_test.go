@@ -165,4 +165,3 @@ func TestHealthGoesStale(t *testing.T) {
 		t.Fatal("healthy with a change waiting 11s")
 	}
 }
-
