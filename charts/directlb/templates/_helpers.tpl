@@ -1,0 +1,88 @@
+{{/* Name of the chart, for labels. */}}
+{{- define "directlb.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object's name: the release name, plus "-directlb" unless it already says so. */}}
+{{- define "directlb.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "directlb.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "directlb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: directlb
+{{- end -}}
+
+{{- define "directlb.controller.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "directlb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: lb-controller
+{{- end -}}
+
+{{- define "directlb.nodeAgent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "directlb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node-agent
+{{- end -}}
+
+{{- define "directlb.controller.fullname" -}}
+{{- printf "%s-controller" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{- define "directlb.nodeAgent.fullname" -}}
+{{- printf "%s-node-agent" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{- define "directlb.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create -}}
+{{- default (include "directlb.controller.fullname" .) .Values.controller.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.controller.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "directlb.nodeAgent.serviceAccountName" -}}
+{{- if .Values.nodeAgent.serviceAccount.create -}}
+{{- default (include "directlb.nodeAgent.fullname" .) .Values.nodeAgent.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.nodeAgent.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "directlb.controller.image" -}}
+{{- printf "%s:%s" .Values.controller.image.repository (default .Chart.AppVersion .Values.controller.image.tag) -}}
+{{- end -}}
+
+{{- define "directlb.nodeAgent.image" -}}
+{{- printf "%s:%s" .Values.nodeAgent.image.repository (default .Chart.AppVersion .Values.nodeAgent.image.tag) -}}
+{{- end -}}
+
+{{/* Webhook objects: Service, configuration, certificate Secret. */}}
+{{- define "directlb.webhook.serviceName" -}}
+{{- printf "%s-webhook" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{- define "directlb.webhook.configName" -}}
+{{- printf "%s-pods" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{- define "directlb.webhook.secretName" -}}
+{{- printf "%s-webhook-tls" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{/* The port of a bind address such as ":8080" or "0.0.0.0:8080". */}}
+{{- define "directlb.port" -}}
+{{- $p := splitList ":" . | last -}}
+{{- if not (regexMatch "^[0-9]+$" $p) -}}
+{{- fail (printf "bind address %q: want host:port with a numeric port" .) -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
