@@ -79,7 +79,7 @@ var valueSets = []struct {
 	{
 		name: "defaults",
 		kinds: map[string]int{"Deployment": 1, "DaemonSet": 1, "PodDisruptionBudget": 1, "ServiceAccount": 2,
-			"ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "RoleBinding": 1,
+			"ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "RoleBinding": 1, "Lease": 1,
 			"MutatingWebhookConfiguration": 0, "ServiceMonitor": 0, "Certificate": 0, "Secret": 0, "Service": 0},
 	},
 	{
