@@ -132,7 +132,7 @@ func (s *Server) Start(ctx context.Context) error {
 	} else {
 		s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen)
 		if err != nil {
-			s.apiLn.Close()
+			_ = s.apiLn.Close()
 			s.cancel()
 			return fmt.Errorf("listen %s: %w", s.cfg.AdminListen, err)
 		}

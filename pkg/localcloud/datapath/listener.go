@@ -50,7 +50,7 @@ func (l *listener) setBackends(b *backends) {
 	}
 	l.mu.Unlock()
 	for _, c := range gone {
-		c.Close()
+		_ = c.Close()
 	}
 	if len(gone) > 0 {
 		l.dp.cfg.Log.Info("closed flows of removed targets", zap.String("listener", l.addr), zap.Int("flows", len(gone)))
@@ -72,13 +72,13 @@ func (l *listener) close() {
 	}
 	l.mu.Unlock()
 	if l.tcp != nil {
-		l.tcp.Close()
+		_ = l.tcp.Close()
 	}
 	if l.udp != nil {
-		l.udp.Close()
+		_ = l.udp.Close()
 	}
 	for _, c := range all {
-		c.Close()
+		_ = c.Close()
 	}
 	l.wg.Wait()
 }
@@ -93,8 +93,8 @@ type tcpConn struct {
 
 func (c *tcpConn) Close() error {
 	c.once.Do(func() {
-		c.client.Close()
-		c.server.Close()
+		_ = c.client.Close()
+		_ = c.server.Close()
 	})
 	return nil
 }
@@ -139,14 +139,14 @@ func (l *listener) proxyTCP(client *net.TCPConn) {
 		l.dp.flows.WithLabelValues("TCP", "no_target").Inc()
 		// An NLB resets connections it cannot forward.
 		_ = client.SetLinger(0)
-		client.Close()
+		_ = client.Close()
 		return
 	}
 	c := &tcpConn{client: client, server: server.(*net.TCPConn), target: chosen.key}
 	l.mu.Lock()
 	if l.closed || !l.backends.Load().present[chosen.key] {
 		l.mu.Unlock()
-		c.Close()
+		_ = c.Close()
 		return
 	}
 	l.conns[c] = struct{}{}
@@ -169,7 +169,7 @@ func (l *listener) proxyTCP(client *net.TCPConn) {
 		_ = c.client.CloseWrite()
 	}()
 	wg.Wait()
-	c.Close()
+	_ = c.Close()
 	l.mu.Lock()
 	delete(l.conns, c)
 	l.mu.Unlock()
@@ -241,7 +241,7 @@ func (l *listener) flow(client *net.UDPAddr) *udpFlow {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		server.Close()
+		_ = server.Close()
 		return nil
 	}
 	l.flows[k] = f
@@ -299,7 +299,7 @@ func (l *listener) expireUDP() {
 		}
 		l.mu.Unlock()
 		for _, f := range idle {
-			f.Close()
+			_ = f.Close()
 		}
 	}
 }

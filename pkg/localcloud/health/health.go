@@ -254,7 +254,7 @@ func (c *Checker) check(ctx context.Context, k key, hc store.HealthCheck) error 
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if !matches(hc.Matcher, resp.StatusCode) {
 			return codeMismatch{resp.StatusCode}
 		}

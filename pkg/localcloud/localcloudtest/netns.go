@@ -127,7 +127,7 @@ func serveBulk(ln net.Listener) {
 			return
 		}
 		go func() {
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			var n int64
 			if _, err := fmt.Fscanf(bufio.NewReader(c), "%d\n", &n); err != nil {
 				return
@@ -298,7 +298,7 @@ func (nt *Net) StartLocalcloud(stateDir string, extra ...string) {
 	for {
 		resp, err := http.Get(nt.APIEndpoint() + "/metrics")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			return
 		}
 		if time.Now().After(deadline) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -71,8 +72,11 @@ func TestVerify(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			err := Verify(tc.req(), creds, tc.verify)
 			got := ""
-			if err != nil {
-				got = err.(*Error).Code
+			var e *Error
+			if errors.As(err, &e) {
+				got = e.Code
+			} else if err != nil {
+				got = "other: " + err.Error()
 			}
 			if got != tc.code {
 				t.Errorf("Verify: %v; want code %q", err, tc.code)

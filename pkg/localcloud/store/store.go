@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -99,26 +100,26 @@ func WriteFileAtomic(path string, data []byte) error {
 	}
 	tmp := f.Name()
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
+		_ = f.Close()
+		_ = os.Remove(tmp)
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
+		_ = f.Close()
+		_ = os.Remove(tmp)
 		return err
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return err
 	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
-		d.Close()
+		_ = d.Close()
 	}
 	return nil
 }
@@ -821,8 +822,10 @@ func (s *Store) DeregisterTargets(arn string, targets []Target) error {
 	if err := s.checkTargets(tg, targets); err != nil {
 		return err
 	}
-	var delay int
-	fmt.Sscanf(tg.Attributes[AttrDeregistrationDelay], "%d", &delay)
+	delay, err := strconv.Atoi(tg.Attributes[AttrDeregistrationDelay])
+	if err != nil {
+		delay = 300
+	}
 	until := s.cfg.Now().Add(time.Duration(delay) * time.Second).UTC()
 	drop := map[Target]bool{}
 	for _, t := range targets {
