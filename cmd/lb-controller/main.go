@@ -36,6 +36,8 @@ func run() error {
 	cfg.BindFlags(fs)
 	awsCfg := cloudaws.DefaultConfig()
 	bindCloudFlags(fs, &awsCfg)
+	gateCfg := defaultGateConfig()
+	gateCfg.BindFlags(fs)
 	zapOpts := zap.Options{}
 	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	zapOpts.BindFlags(goFlags)
@@ -47,6 +49,9 @@ func run() error {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := gateCfg.Validate(); err != nil {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
@@ -71,7 +76,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if _, err := controller.Setup(mgr, cfg, lbs); err != nil {
+	ctrls, err := controller.Setup(mgr, cfg, lbs)
+	if err != nil {
+		return err
+	}
+	if err := setupGates(ctx, mgr, cfg, gateCfg, lbs, ctrls); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -1,0 +1,342 @@
+// Package drain holds the drain wait endpoint: the preStop httpGet the
+// readiness-gate webhook injects calls it, and it answers only when the
+// pod's targets have left every target group of its Services (the load
+// balancer deregistered them and their deregistration delay is over), or at
+// a ceiling. The pod keeps serving its open connections until then.
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/readinessgate"
+)
+
+// IndexToken indexes pods by their drain token annotation.
+const IndexToken = "directlb.io/drain-token"
+
+// Results of a drain wait.
+const (
+	ResultDrained   = "drained"
+	ResultNotTarget = "not_target"
+	ResultTimeout   = "timeout"
+	ResultCanceled  = "canceled"
+)
+
+var (
+	drainsStarted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "directlb_drains_started_total",
+		Help: "Drain waits started for terminating pods that are load balancer targets.",
+	})
+	drainsCompleted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "directlb_drains_completed_total",
+		Help: "Drain waits finished, by result (drained, timeout, canceled).",
+	}, []string{"result"})
+	drainDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "directlb_drain_duration_seconds",
+		Help:    "Time from the pod's deletion to its last target leaving the load balancer.",
+		Buckets: []float64{0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300},
+	})
+)
+
+func init() {
+	metrics.Registry.MustRegister(drainsStarted, drainsCompleted, drainDuration)
+}
+
+// Config configures the endpoint; every field is a flag.
+type Config struct {
+	// BindAddress is where the plain-HTTP endpoint listens ("0": off). It
+	// runs only when Host is set.
+	BindAddress string
+	// Host and Port are what the injected preStop httpGet calls: an
+	// address the kubelet reaches (a node-local address, the controller
+	// Service's ClusterIP, or in the test bed the host 10.100.0.2). An
+	// empty Host injects no hook.
+	Host string
+	Port int32
+	// MaxWait is the ceiling of one wait.
+	MaxWait time.Duration
+	// PollInterval is how often a target group's health is read while
+	// pods wait on it (shared by every waiter of the group).
+	PollInterval time.Duration
+}
+
+// DefaultConfig returns the flag defaults.
+func DefaultConfig() Config {
+	return Config{BindAddress: ":8082", Port: 8082, MaxWait: 5 * time.Minute, PollInterval: time.Second}
+}
+
+// BindFlags registers the flags.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.BindAddress, "drain-bind-address", c.BindAddress, `address of the drain wait endpoint the injected preStop hook calls ("0" disables it)`)
+	fs.StringVar(&c.Host, "drain-host", c.Host, "host the injected preStop httpGet calls (empty: inject no preStop hook)")
+	fs.Int32Var(&c.Port, "drain-port", c.Port, "port the injected preStop httpGet calls")
+	fs.DurationVar(&c.MaxWait, "drain-max-wait", c.MaxWait, "ceiling of one drain wait")
+	fs.DurationVar(&c.PollInterval, "drain-poll-interval", c.PollInterval, "target-health poll interval while pods drain")
+}
+
+// Validate reports every invalid setting.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Host != "" && (c.Port < 1 || c.Port > 65535) {
+		errs = append(errs, fmt.Errorf("--drain-port %d: must be from 1 to 65535", c.Port))
+	}
+	if c.MaxWait < time.Second || c.MaxWait > time.Hour {
+		errs = append(errs, fmt.Errorf("--drain-max-wait %s: must be from 1s to 1h", c.MaxWait))
+	}
+	if c.PollInterval < 100*time.Millisecond || c.PollInterval > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--drain-poll-interval %s: must be from 100ms to 10s", c.PollInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// Hook is the preStop target for the webhook.
+func (c *Config) Hook() readinessgate.DrainHook {
+	if c.Host == "" || c.BindAddress == "0" {
+		return readinessgate.DrainHook{}
+	}
+	return readinessgate.DrainHook{Host: c.Host, Port: c.Port, Scheme: corev1.URISchemeHTTP}
+}
+
+// TargetGroupSource gives a Service's target groups.
+type TargetGroupSource interface {
+	Get(key types.NamespacedName) []deploy.TargetGroup
+}
+
+// Waiter answers drain waits.
+type Waiter struct {
+	Reader client.Reader
+	Cloud  cloud.LoadBalancers
+	// TargetGroups is the leader's registry; ClusterName finds a Service's
+	// target groups by tags where the registry does not know them (on a
+	// replica that is not the leader).
+	TargetGroups TargetGroupSource
+	ClusterName  string
+	Config       Config
+
+	mu     sync.Mutex
+	health map[string]*healthRead // by target group ARN
+}
+
+type healthRead struct {
+	at      time.Time
+	targets []cloud.TargetHealth
+	err     error
+	done    chan struct{}
+}
+
+// NeedLeaderElection: every replica answers waits.
+func (w *Waiter) NeedLeaderElection() bool { return false }
+
+// Start serves the endpoint until ctx ends.
+func (w *Waiter) Start(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /drain/{namespace}/{token}", w.serveWait)
+	ln, err := net.Listen("tcp", w.Config.BindAddress)
+	if err != nil {
+		return fmt.Errorf("drain listen %s: %w", w.Config.BindAddress, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.FromContext(ctx).Info("drain endpoint serving", "address", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("drain server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+func (w *Waiter) serveWait(rw http.ResponseWriter, r *http.Request) {
+	ns, token := r.PathValue("namespace"), r.PathValue("token")
+	res, msg := w.Wait(r.Context(), ns, token)
+	code := http.StatusOK
+	if res == ResultTimeout {
+		// The kubelet records a FailedPreStopHook event and stops the pod.
+		code = http.StatusGatewayTimeout
+	}
+	rw.WriteHeader(code)
+	fmt.Fprintf(rw, "%s: %s\n", res, msg)
+}
+
+// Wait blocks until the pod with the drain token has no target left in any
+// target group of its gated Services, the ceiling passes, or ctx ends.
+func (w *Waiter) Wait(ctx context.Context, namespace, token string) (string, string) {
+	logger := log.FromContext(ctx)
+	pod, err := w.pod(ctx, namespace, token)
+	if err != nil || pod == nil || pod.Status.PodIP == "" || pod.DeletionTimestamp == nil {
+		// Unknown, no address, or a container restart rather than a pod
+		// deletion: nothing to wait for.
+		return ResultNotTarget, "no terminating pod with this token is a target"
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.Config.MaxWait)
+	defer cancel()
+	tgs := w.groups(ctx, pod)
+	if len(tgs) == 0 {
+		return ResultNotTarget, "the pod's Services have no target groups"
+	}
+	deleted := pod.DeletionTimestamp.Time
+	if g := pod.DeletionGracePeriodSeconds; g != nil {
+		deleted = deleted.Add(-time.Duration(*g) * time.Second)
+	}
+	drainsStarted.Inc()
+	logger.Info("drain wait", "pod", namespace+"/"+pod.Name, "ip", pod.Status.PodIP, "targetGroups", len(tgs))
+	for {
+		left, err := w.present(ctx, tgs, pod.Status.PodIP)
+		if err == nil && !left {
+			drainsCompleted.WithLabelValues(ResultDrained).Inc()
+			drainDuration.Observe(time.Since(deleted).Seconds())
+			logger.Info("drained", "pod", namespace+"/"+pod.Name, "seconds", time.Since(deleted).Seconds())
+			return ResultDrained, "the pod's targets have left the load balancer"
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				drainsCompleted.WithLabelValues(ResultTimeout).Inc()
+				logger.Info("drain ceiling reached", "pod", namespace+"/"+pod.Name)
+				return ResultTimeout, fmt.Sprintf("targets still present after %s", w.Config.MaxWait)
+			}
+			drainsCompleted.WithLabelValues(ResultCanceled).Inc()
+			return ResultCanceled, "the caller went away"
+		case <-time.After(w.Config.PollInterval):
+		}
+	}
+}
+
+func (w *Waiter) pod(ctx context.Context, namespace, token string) (*corev1.Pod, error) {
+	var pods corev1.PodList
+	if err := w.Reader.List(ctx, &pods, client.InNamespace(namespace), client.MatchingFields{IndexToken: token}); err != nil {
+		return nil, fmt.Errorf("find pod by drain token: %w", err)
+	}
+	if len(pods.Items) != 1 {
+		return nil, nil
+	}
+	return &pods.Items[0], nil
+}
+
+// groups are the target groups of the Services the pod is gated on.
+func (w *Waiter) groups(ctx context.Context, pod *corev1.Pod) []string {
+	var arns []string
+	for _, name := range readinessgate.GateServices(pod) {
+		key := types.NamespacedName{Namespace: pod.Namespace, Name: name}
+		tgs := w.TargetGroups.Get(key)
+		if len(tgs) > 0 {
+			for _, tg := range tgs {
+				arns = append(arns, tg.ARN)
+			}
+			continue
+		}
+		if w.ClusterName == "" {
+			continue
+		}
+		found, err := w.Cloud.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: w.ClusterName, cloud.TagService: key.String()})
+		if err != nil {
+			log.FromContext(ctx).Error(err, "list target groups", "service", key.String())
+			continue
+		}
+		for _, tg := range found {
+			arns = append(arns, tg.ARN)
+		}
+	}
+	return arns
+}
+
+// present reports whether ip still has a target in any of the groups
+// (registered, initial, healthy or draining alike).
+func (w *Waiter) present(ctx context.Context, arns []string, ip string) (bool, error) {
+	for _, arn := range arns {
+		ts, err := w.read(ctx, arn)
+		if err != nil {
+			if errors.Is(err, cloud.ErrNotFound) {
+				continue // the group is gone, and the target with it
+			}
+			return true, err
+		}
+		for _, t := range ts {
+			if t.IP == ip {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// read returns a target group's health no older than half the poll
+// interval, sharing one call among every waiter of the group.
+func (w *Waiter) read(ctx context.Context, arn string) ([]cloud.TargetHealth, error) {
+	w.mu.Lock()
+	if w.health == nil {
+		w.health = map[string]*healthRead{}
+	}
+	h := w.health[arn]
+	if h == nil || (isDone(h.done) && time.Since(h.at) > w.Config.PollInterval/2) {
+		h = &healthRead{done: make(chan struct{})}
+		w.health[arn] = h
+		go func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			h.targets, h.err = w.Cloud.DescribeTargetHealth(rctx, arn)
+			h.at = time.Now()
+			close(h.done)
+		}()
+	}
+	w.mu.Unlock()
+	select {
+	case <-h.done:
+		return h.targets, h.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func isDone(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// Setup indexes pods by drain token and adds the endpoint to mgr (when
+// its bind address is not "0").
+func Setup(ctx context.Context, mgr ctrl.Manager, w *Waiter) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, IndexToken, indexToken); err != nil {
+		return fmt.Errorf("index pods by drain token: %w", err)
+	}
+	if w.Config.BindAddress == "0" || w.Config.Host == "" {
+		return nil
+	}
+	if err := mgr.Add(w); err != nil {
+		return fmt.Errorf("add drain endpoint: %w", err)
+	}
+	return nil
+}
+
+func indexToken(obj client.Object) []string {
+	if t := obj.GetAnnotations()[readinessgate.AnnotationDrainToken]; t != "" {
+		return []string{t}
+	}
+	return nil
+}

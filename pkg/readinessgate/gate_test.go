@@ -1,0 +1,68 @@
+package readinessgate
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/directlb/directlb/pkg/cloud"
+)
+
+func th(ip string, port int32, s cloud.TargetState) cloud.TargetHealth {
+	return cloud.TargetHealth{Target: cloud.Target{IP: ip, Port: port}, State: s}
+}
+
+func TestEvaluate(t *testing.T) {
+	const ip = "10.100.1.70"
+	tests := []struct {
+		name   string
+		ip     string
+		groups []GroupHealth
+		want   Verdict
+	}{
+		{"no ip", "", []GroupHealth{{Name: "a"}},
+			Verdict{corev1.ConditionFalse, ReasonPodIPPending, "the pod has no IP address yet"}},
+		{"no target groups", ip, nil,
+			Verdict{corev1.ConditionFalse, ReasonLoadBalancerPending, "the Service has no target groups yet"}},
+		{"not registered", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{th("10.100.1.71", 80, cloud.TargetHealthy)}}},
+			Verdict{corev1.ConditionFalse, ReasonRegistering, "a: not registered yet"}},
+		{"initial", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetInitial)}}},
+			Verdict{corev1.ConditionFalse, ReasonRegistering, "a: target 10.100.1.70:80 is initial"}},
+		{"healthy", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetHealthy)}}},
+			Verdict{corev1.ConditionTrue, ReasonHealthy, "healthy in 1 target group(s)"}},
+		{"healthy in both groups", ip, []GroupHealth{
+			{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetHealthy)}},
+			{Name: "b", Targets: []cloud.TargetHealth{th(ip, 443, cloud.TargetHealthy)}}},
+			Verdict{corev1.ConditionTrue, ReasonHealthy, "healthy in 2 target group(s)"}},
+		{"healthy in one group only", ip, []GroupHealth{
+			{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetHealthy)}},
+			{Name: "b", Targets: []cloud.TargetHealth{th(ip, 443, cloud.TargetInitial)}}},
+			Verdict{corev1.ConditionFalse, ReasonRegistering, "b: target 10.100.1.70:443 is initial"}},
+		{"missing in second group", ip, []GroupHealth{
+			{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetHealthy)}},
+			{Name: "b"}},
+			Verdict{corev1.ConditionFalse, ReasonRegistering, "b: not registered yet"}},
+		{"unhealthy with reason", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{
+			{Target: cloud.Target{IP: ip, Port: 80}, State: cloud.TargetUnhealthy, Reason: "Target.FailedHealthChecks"}}}},
+			Verdict{corev1.ConditionFalse, ReasonUnhealthy, "a: target 10.100.1.70:80 is unhealthy (Target.FailedHealthChecks)"}},
+		{"draining beats unhealthy", ip, []GroupHealth{
+			{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetUnhealthy)}},
+			{Name: "b", Targets: []cloud.TargetHealth{th(ip, 443, cloud.TargetDraining)}}},
+			Verdict{corev1.ConditionFalse, ReasonDraining, "a: target 10.100.1.70:80 is unhealthy; b: target 10.100.1.70:443 is draining"}},
+		{"unused", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetUnused)}}},
+			Verdict{corev1.ConditionFalse, ReasonUnused, "a: target 10.100.1.70:80 is unused"}},
+		{"unavailable", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{th(ip, 80, cloud.TargetUnavailable)}}},
+			Verdict{corev1.ConditionFalse, ReasonUnavailable, "a: target 10.100.1.70:80 is unavailable"}},
+		{"two ports one unhealthy", ip, []GroupHealth{{Name: "a", Targets: []cloud.TargetHealth{
+			th(ip, 80, cloud.TargetHealthy), th(ip, 81, cloud.TargetUnhealthy)}}},
+			Verdict{corev1.ConditionFalse, ReasonUnhealthy, "a: target 10.100.1.70:81 is unhealthy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, Evaluate(tt.ip, tt.groups)); diff != "" {
+				t.Errorf("Evaluate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,130 @@
+package readinessgate
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// Options are what Setup wires together.
+type Options struct {
+	Config       Config
+	Classes      service.ClassFilter
+	Cloud        cloud.LoadBalancers
+	TargetGroups TargetGroupSource
+	// Drain is where the injected preStop hook goes (zero: no hook).
+	Drain DrainHook
+	// GetCertificate serves the webhook; nil runs no webhook server.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// CertReady is closed once GetCertificate has a certificate.
+	CertReady <-chan struct{}
+	// Concurrency is the number of parallel gate reconciles.
+	Concurrency int
+}
+
+// Setup adds the pod gate index, the gate writer and the webhook server to
+// mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
+	err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, IndexGates, func(obj client.Object) []string {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			return nil
+		}
+		return GateServices(pod)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("index pods by readiness gate: %w", err)
+	}
+	w := &Writer{
+		Client:       mgr.GetClient(),
+		Cloud:        o.Cloud,
+		TargetGroups: o.TargetGroups,
+		Classes:      o.Classes,
+		Recorder:     mgr.GetEventRecorder("directlb-readiness-gate"),
+		Config:       o.Config,
+	}
+	err = ctrl.NewControllerManagedBy(mgr).
+		Named("readiness-gates").
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, o.Concurrency)}).
+		Watches(&corev1.Pod{}, w.podHandler()).
+		Watches(&corev1.Service{}, w.serviceHandler()).
+		Complete(w)
+	if err != nil {
+		return nil, fmt.Errorf("set up readiness gate writer: %w", err)
+	}
+	if o.GetCertificate != nil && o.Config.WebhookBindAddress != "0" {
+		srv := &Server{
+			Addr: o.Config.WebhookBindAddress,
+			Handler: &Mutator{Reader: mgr.GetCache(), Options: MutateOptions{
+				Classes: o.Classes, Drain: o.Drain, NewToken: NewToken,
+			}, DrainMargin: o.Config.DrainMargin},
+			GetCertificate: o.GetCertificate,
+			Ready:          o.CertReady,
+		}
+		if err := mgr.Add(srv); err != nil {
+			return nil, fmt.Errorf("add webhook server: %w", err)
+		}
+	}
+	return w, nil
+}
+
+type queue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+
+// podHandler enqueues the Services a pod's gates name, after the batch
+// window, and resets their backoff.
+func (w *Writer) podHandler() handler.Funcs {
+	enqueue := func(obj client.Object, q queue) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		for _, name := range GateServices(pod) {
+			key := types.NamespacedName{Namespace: pod.Namespace, Name: name}
+			w.poke(key)
+			q.AddAfter(reconcile.Request{NamespacedName: key}, batchWindow)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) { enqueue(e.Object, q) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) { enqueue(e.ObjectNew, q) },
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) {
+			if pod, ok := e.Object.(*corev1.Pod); ok {
+				w.forget(pod.UID)
+			}
+			enqueue(e.Object, q)
+		},
+	}
+}
+
+// serviceHandler enqueues a Service when it changes or goes, so its gates
+// are released when it stops being direct-access.
+func (w *Writer) serviceHandler() handler.Funcs {
+	enqueue := func(obj client.Object, q queue) {
+		q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)}, batchWindow)
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) { enqueue(e.Object, q) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) { enqueue(e.ObjectNew, q) },
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) { enqueue(e.Object, q) },
+	}
+}
+
+func (w *Writer) forget(uid types.UID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.everTrue, uid)
+	delete(w.graceChecked, uid)
+}

@@ -1,0 +1,294 @@
+package readinessgate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// IndexGates indexes pods by the names of the Services whose directlb
+// readiness gates they carry.
+const IndexGates = "directlb.io/readiness-gates"
+
+// Event reasons on pods.
+const (
+	EventFailOpen         = "ReadinessGateFailOpen"
+	EventGraceTooShort    = "DrainExceedsGracePeriod"
+	EventGateReleased     = "ReadinessGateReleased"
+	batchWindow           = 200 * time.Millisecond
+	pendingBackoffPercent = 150
+)
+
+// GateServices returns the names of the Services whose directlb gates pod
+// carries.
+func GateServices(pod *corev1.Pod) []string {
+	var out []string
+	for _, g := range pod.Spec.ReadinessGates {
+		if name, ok := strings.CutPrefix(string(g.ConditionType), service.ReadinessGatePrefix); ok {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// TargetGroupSource gives a Service's target groups (the lb-controller's
+// registry).
+type TargetGroupSource interface {
+	Get(key types.NamespacedName) []deploy.TargetGroup
+}
+
+// Writer keeps the gate conditions of one Service's pods equal to the
+// cloud's view of their targets. Its requests are Service keys.
+type Writer struct {
+	Client       client.Client
+	Cloud        cloud.LoadBalancers
+	TargetGroups TargetGroupSource
+	Classes      service.ClassFilter
+	Recorder     events.EventRecorder
+	Config       Config
+
+	mu sync.Mutex
+	// pending is the current poll interval of a Service with pending gates.
+	pending map[types.NamespacedName]time.Duration
+	// seen: pods already checked for the grace period, and pods whose gate
+	// has been True once (for the containers-ready → True histogram).
+	graceChecked map[types.UID]bool
+	everTrue     map[types.UID]bool
+}
+
+// Reconcile polls the target health of the Service's target groups once
+// and writes every gate that differs.
+func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var pods corev1.PodList
+	if err := w.Client.List(ctx, &pods, client.InNamespace(req.Namespace), client.MatchingFields{IndexGates: req.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list gated pods of %s: %w", req.NamespacedName, err)
+	}
+	if len(pods.Items) == 0 {
+		w.setPending(req.NamespacedName, 0)
+		return ctrl.Result{}, nil
+	}
+	svc := &corev1.Service{}
+	err := w.Client.Get(ctx, req.NamespacedName, svc)
+	if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, fmt.Errorf("get service %s: %w", req.NamespacedName, err)
+	}
+	gateType := service.ReadinessGateType(req.Name)
+	if err != nil || !service.Wanted(svc, w.Classes) || svc.Annotations[service.AnnotationReadinessGate] == "false" {
+		// No load balancer will ever report on these pods: let them go.
+		v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
+			Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
+		for i := range pods.Items {
+			if _, err := w.write(ctx, &pods.Items[i], gateType, v); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		w.setPending(req.NamespacedName, 0)
+		return ctrl.Result{}, nil
+	}
+
+	groups, err := w.health(ctx, req.NamespacedName)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	pendingAny, changed := false, false
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		w.checkGrace(pod, svc)
+		v := w.decide(pod, gateType, groups)
+		c, err := w.write(ctx, pod, gateType, v)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		changed = changed || c
+		if !v.True() && pod.DeletionTimestamp == nil {
+			pendingAny = true
+		}
+	}
+	if !pendingAny {
+		w.setPending(req.NamespacedName, 0)
+		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
+	}
+	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+}
+
+// health reads every target group of the Service once.
+func (w *Writer) health(ctx context.Context, key types.NamespacedName) ([]GroupHealth, error) {
+	tgs := w.TargetGroups.Get(key)
+	out := make([]GroupHealth, 0, len(tgs))
+	for _, tg := range tgs {
+		ts, err := w.Cloud.DescribeTargetHealth(ctx, tg.ARN)
+		healthPolls.Inc()
+		if err != nil {
+			return nil, fmt.Errorf("describe target health %s: %w", tg.Spec.Name, err)
+		}
+		out = append(out, GroupHealth{Name: tg.Spec.Name, Targets: ts})
+	}
+	return out, nil
+}
+
+// decide applies the fail-open rule on top of Evaluate.
+func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, groups []GroupHealth) Verdict {
+	v := Evaluate(pod.Status.PodIP, groups)
+	if v.True() || pod.DeletionTimestamp != nil {
+		return v
+	}
+	if cur := findCondition(pod, gateType); cur != nil && cur.Status == corev1.ConditionTrue && cur.Reason == ReasonFailOpen {
+		return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen, Message: cur.Message}
+	}
+	if w.Config.FailOpenAfter <= 0 {
+		return v
+	}
+	cr := findCondition(pod, corev1.ContainersReady)
+	if cr == nil || cr.Status != corev1.ConditionTrue || time.Since(cr.LastTransitionTime.Time) < w.Config.FailOpenAfter {
+		return v
+	}
+	return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen,
+		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}
+}
+
+// write patches the gate condition if it differs from v; it reports
+// whether it wrote. The patch carries the pod's UID as a precondition.
+func (w *Writer) write(ctx context.Context, pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) (bool, error) {
+	cur := findCondition(pod, gateType)
+	if cur != nil && cur.Status == v.Status && cur.Reason == v.Reason && cur.Message == v.Message {
+		return false, nil
+	}
+	now := metav1.Now()
+	cond := corev1.PodCondition{Type: gateType, Status: v.Status, Reason: v.Reason, Message: v.Message, LastTransitionTime: now}
+	if cur != nil && cur.Status == v.Status {
+		cond.LastTransitionTime = cur.LastTransitionTime
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"uid": pod.UID},
+		"status":   map[string]any{"conditions": []corev1.PodCondition{cond}},
+	})
+	if err != nil {
+		return false, err
+	}
+	if err := w.Client.Status().Patch(ctx, pod, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return false, nil
+		}
+		return false, fmt.Errorf("patch gate of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	logger := log.FromContext(ctx)
+	logger.V(1).Info("readiness gate", "pod", pod.Namespace+"/"+pod.Name, "gate", string(gateType), "status", string(v.Status), "reason", v.Reason)
+	if cur == nil || cur.Status != v.Status {
+		gateFlips.WithLabelValues(string(v.Status), v.Reason).Inc()
+	}
+	switch {
+	case v.Reason == ReasonFailOpen && (cur == nil || cur.Reason != ReasonFailOpen):
+		gateFailOpen.Inc()
+		w.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventFailOpen, "SetReadinessGate",
+			"gate %s set True without a healthy target: %s", gateType, v.Message)
+	case v.Reason == ReasonReleased:
+		w.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, EventGateReleased, "SetReadinessGate", "gate %s released: %s", gateType, v.Message)
+	case v.Reason == ReasonHealthy:
+		w.observeReady(pod, now.Time)
+	}
+	return true, nil
+}
+
+// observeReady records containers-ready → gate True the first time the
+// gate of a pod turns True.
+func (w *Writer) observeReady(pod *corev1.Pod, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.everTrue == nil || len(w.everTrue) > 100000 {
+		w.everTrue = map[types.UID]bool{}
+	}
+	if w.everTrue[pod.UID] {
+		return
+	}
+	w.everTrue[pod.UID] = true
+	if cr := findCondition(pod, corev1.ContainersReady); cr != nil && cr.Status == corev1.ConditionTrue {
+		gateReadyLatency.Observe(at.Sub(cr.LastTransitionTime.Time).Seconds())
+	}
+}
+
+// checkGrace warns once per pod when the drain hook cannot finish within
+// the pod's termination grace period.
+func (w *Writer) checkGrace(pod *corev1.Pod, svc *corev1.Service) {
+	if pod.Annotations[AnnotationInjected] == "" {
+		return
+	}
+	w.mu.Lock()
+	if w.graceChecked == nil || len(w.graceChecked) > 100000 {
+		w.graceChecked = map[types.UID]bool{}
+	}
+	done := w.graceChecked[pod.UID]
+	w.graceChecked[pod.UID] = true
+	w.mu.Unlock()
+	if done {
+		return
+	}
+	opts, err := service.ParseAnnotations(svc.Annotations)
+	if err != nil {
+		return // the Service reconciler reports it
+	}
+	if msg := GraceWarning(pod, int64(opts.DeregistrationDelaySeconds), int64(w.Config.DrainMargin.Seconds())); msg != "" {
+		w.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventGraceTooShort, "CheckDrain", "%s", msg)
+	}
+}
+
+func (w *Writer) setPending(key types.NamespacedName, d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pending == nil {
+		w.pending = map[types.NamespacedName]time.Duration{}
+	}
+	if d == 0 {
+		delete(w.pending, key)
+		return
+	}
+	w.pending[key] = d
+}
+
+// nextPending is the poll interval for a Service with pending gates:
+// PollInterval after a change, then 1.5× per unchanged pass, capped.
+func (w *Writer) nextPending(key types.NamespacedName, changed bool) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pending == nil {
+		w.pending = map[types.NamespacedName]time.Duration{}
+	}
+	d, ok := w.pending[key]
+	if !ok || changed {
+		d = w.Config.PollInterval
+	} else {
+		d = min(d*pendingBackoffPercent/100, w.Config.MaxPendingInterval)
+	}
+	w.pending[key] = d
+	return d
+}
+
+// poke resets a Service's backoff (a pod changed).
+func (w *Writer) poke(key types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.pending, key)
+}
+
+func findCondition(pod *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition {
+	for i := range pod.Status.Conditions {
+		if pod.Status.Conditions[i].Type == t {
+			return &pod.Status.Conditions[i]
+		}
+	}
+	return nil
+}
