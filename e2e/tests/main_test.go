@@ -86,6 +86,9 @@ func run(m *testing.M) int {
 		return m.Run()
 	}
 	cfg := testbed.DefaultConfig()
+	// The load-balancer tests need the cloud; tests that start their own
+	// localcloud use this one when it runs.
+	cfg.Localcloud = true
 	cfg.BinDir = os.Getenv("DLB_BIN_DIR")
 	if cfg.BinDir == "" {
 		cfg.BinDir = "../../bin"

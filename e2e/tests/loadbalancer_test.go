@@ -1,0 +1,369 @@
+package tests
+
+// The lb-controller, seen the way a user sees it: annotate a Service, get an
+// EXTERNAL-IP from the cloud whose targets are the pods themselves, and the
+// cloud follows scaling, annotation changes and removal. The cloud is the
+// test bed's localcloud, checked through the real SDK.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+const (
+	lbtCluster = "e2e-lb"
+	// localcloud's default credentials (the test bed starts it with them).
+	lbtAccessKey = "AKIDLOCALCLOUD"
+	lbtSecretKey = "localcloud-secret"
+)
+
+// lbtController runs bin/lb-controller as a host process against the bed's
+// apiserver and localcloud until the test ends.
+func lbtController(t *testing.T, b *Bed) {
+	t.Helper()
+	bin := filepath.Join(b.BinDir, "lb-controller")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not built (make build): %v", bin, err)
+	}
+	logPath := filepath.Join(t.TempDir(), "lb-controller.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "--cluster-name="+lbtCluster, "--kubeconfig="+b.Topology.Kubeconfig,
+		"--cloud-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--target-batch-window=50ms",
+		// Readiness gates and drain have their own tests (issue 6).
+		"--readiness-gates=false", "--drain-bind-address=0")
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+lbtAccessKey, "AWS_SECRET_ACCESS_KEY="+lbtSecretKey)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start lb-controller: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			if len(out) > 8000 {
+				out = out[len(out)-8000:]
+			}
+			t.Logf("lb-controller log (tail):\n%s", out)
+		}
+	})
+}
+
+func lbtCloud(t *testing.T, b *Bed) *cloudaws.Client {
+	t.Helper()
+	cfg := cloudaws.DefaultConfig()
+	cfg.Region = "us-east-1"
+	cfg.Endpoint = b.Topology.LocalcloudURL
+	cfg.Credentials = credentials.NewStaticCredentialsProvider(lbtAccessKey, lbtSecretKey, "")
+	c, err := cloudaws.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// lbtTargets returns the Service's target group and its targets that are
+// not draining, sorted.
+func lbtTargets(ctx context.Context, c cloud.LoadBalancers, svcKey string) (cloud.TargetGroup, []string, string) {
+	tgs, err := c.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: svcKey})
+	if err != nil || len(tgs) != 1 {
+		return cloud.TargetGroup{}, nil, fmt.Sprintf("target groups %d, err %v", len(tgs), err)
+	}
+	th, err := c.DescribeTargetHealth(ctx, tgs[0].ARN)
+	if err != nil {
+		return tgs[0], nil, err.Error()
+	}
+	var out, states []string
+	for _, h := range th {
+		states = append(states, fmt.Sprintf("%s=%s", h.Target, h.State))
+		if h.State != cloud.TargetDraining {
+			out = append(out, h.Target.String())
+		}
+	}
+	sort.Strings(out)
+	return tgs[0], out, strings.Join(states, " ")
+}
+
+func lbtPodTargets(ctx context.Context, b *Bed, ns string) ([]string, int, string) {
+	l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		return nil, 0, err.Error()
+	}
+	var want, states []string
+	for _, p := range l.Items {
+		states = append(states, fmt.Sprintf("%s ready=%v ip=%s", p.Name, ptReady(&p), p.Status.PodIP))
+		if ptReady(&p) {
+			want = append(want, p.Status.PodIP+":8080")
+		}
+	}
+	sort.Strings(want)
+	return want, len(l.Items), strings.Join(states, "; ")
+}
+
+func TestLoadBalancerDirectAccess(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-lb")
+	lbtController(t, b)
+	lc := lbtCloud(t, b)
+	ctx := t.Context()
+	key := ns + "/echo"
+
+	labels := map[string]string{"app": "echo"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(3)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:                    []corev1.Container{ptEchoContainer()},
+					TerminationGracePeriodSeconds: ptr.To(int64(2)),
+				},
+			},
+		},
+	}
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment: %v", err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
+			service.AnnotationDirectAccess:        "true",
+			service.AnnotationHCProtocol:          "HTTP",
+			service.AnnotationHCPath:              "/healthz",
+			service.AnnotationHCInterval:          "5",
+			service.AnnotationHCHealthyThreshold:  "2",
+			service.AnnotationDeregistrationDelay: "2",
+		}},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: labels,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}
+	created := time.Now()
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+
+	// EXTERNAL-IP within 10 s, from the load-balancer range.
+	var lbIP string
+	ptPoll(t, 10*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
+			lbIP = ing[0].IP
+		}
+		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
+	})
+	t.Logf("EXTERNAL-IP %s after %.1fs", lbIP, time.Since(created).Seconds())
+	if a, err := netip.ParseAddr(lbIP); err != nil || !b.Topology.LoadBalancerCIDR.Contains(a) {
+		t.Fatalf("EXTERNAL-IP %q is not in %s", lbIP, b.Topology.LoadBalancerCIDR)
+	}
+	if out := b.MustKubectl(t, "get", "svc", "-n", ns, "echo"); !strings.Contains(out, lbIP) {
+		t.Errorf("kubectl get svc does not show %s:\n%s", lbIP, out)
+	}
+
+	// The targets follow the ready pods: pod IPs and target ports only.
+	follow := func(replicas int, limit time.Duration) {
+		t.Helper()
+		var want []string
+		ptPoll(t, 120*time.Second, fmt.Sprintf("%d pods ready and no other pod", replicas), func(ctx context.Context) (bool, string) {
+			var n int
+			var state string
+			want, n, state = lbtPodTargets(ctx, b, ns)
+			return len(want) == replicas && n == replicas, state
+		})
+		begin := time.Now()
+		ptPoll(t, limit, fmt.Sprintf("targets = the %d pods", replicas), func(ctx context.Context) (bool, string) {
+			_, got, states := lbtTargets(ctx, lc, key)
+			return cmp.Equal(want, got), fmt.Sprintf("want %v, cloud has %s", want, states)
+		})
+		t.Logf("%d replicas: targets followed %.2fs after the pods were ready", replicas, time.Since(begin).Seconds())
+	}
+	follow(3, 5*time.Second)
+
+	// 300 requests through the load balancer reach all 3 pods.
+	ptPoll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
+		tg, _, states := lbtTargets(ctx, lc, key)
+		th, err := lc.DescribeTargetHealth(ctx, tg.ARN)
+		if err != nil {
+			return false, err.Error()
+		}
+		healthy := 0
+		for _, h := range th {
+			if h.State == cloud.TargetHealthy {
+				healthy++
+			}
+		}
+		return healthy == 3, states
+	})
+	seen := map[string]int{}
+	failed := 0
+	for range 300 {
+		code, body, err := ptGet("http://" + lbIP + ":80/")
+		if err != nil || code != 200 {
+			failed++
+			continue
+		}
+		seen[strings.TrimSpace(body)]++
+	}
+	t.Logf("300 requests: %d failed, answers per pod %v", failed, seen)
+	if failed > 0 || len(seen) != 3 {
+		t.Errorf("300 requests: %d failed, %d pods answered (%v); want 0 failed and all 3", failed, len(seen), seen)
+	}
+
+	scale := func(n int32) {
+		t.Helper()
+		s, err := b.Client.AppsV1().Deployments(ns).GetScale(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Spec.Replicas = n
+		if _, err := b.Client.AppsV1().Deployments(ns).UpdateScale(ctx, "echo", s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scale(6)
+	follow(6, 5*time.Second)
+	scale(2)
+	follow(2, 5*time.Second)
+
+	// A health-check annotation change modifies the target group.
+	svcNow, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcNow.Annotations[service.AnnotationHCInterval] = "7"
+	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 10*time.Second, "health-check interval 7 in the cloud", func(ctx context.Context) (bool, string) {
+		tg, _, _ := lbtTargets(ctx, lc, key)
+		return tg.HealthCheck.IntervalSeconds == 7, fmt.Sprintf("%+v", tg.HealthCheck)
+	})
+
+	// An invalid annotation: Warning event, condition, nothing in the cloud.
+	bad := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns, Annotations: map[string]string{
+			service.AnnotationDirectAccess: "true", service.AnnotationScheme: "public"}},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: labels,
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 20*time.Second, "InvalidConfiguration event and condition", func(ctx context.Context) (bool, string) {
+		evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		event := false
+		for _, e := range evs.Items {
+			event = event || (e.Regarding.Name == "bad" && e.Reason == "InvalidConfiguration" && e.Type == corev1.EventTypeWarning)
+		}
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "bad", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		cond := false
+		for _, c := range s.Status.Conditions {
+			cond = cond || (c.Type == "directlb.io/LoadBalancerReady" && c.Reason == "InvalidConfiguration")
+		}
+		return event && cond, fmt.Sprintf("event %v condition %v (%+v)", event, cond, s.Status.Conditions)
+	})
+	if lbs, err := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagService: ns + "/bad"}); err != nil || len(lbs) != 0 {
+		t.Errorf("the invalid Service has %d load balancers (err %v), want none", len(lbs), err)
+	}
+
+	// Removing the annotation removes every cloud resource, then the
+	// finalizer and the address.
+	svcNow, err = b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(svcNow.Annotations, service.AnnotationDirectAccess)
+	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 30*time.Second, "cloud empty after the annotation went", func(ctx context.Context) (bool, string) {
+		owner := cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: key}
+		lbs, err1 := lc.ListLoadBalancers(ctx, owner)
+		tgs, err2 := lc.ListTargetGroups(ctx, owner)
+		s, err3 := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err1 != nil || err2 != nil || err3 != nil {
+			return false, fmt.Sprint(err1, err2, err3)
+		}
+		return len(lbs) == 0 && len(tgs) == 0 && len(s.Finalizers) == 0 && len(s.Status.LoadBalancer.Ingress) == 0,
+			fmt.Sprintf("%d load balancers, %d target groups, finalizers %v, ingress %v", len(lbs), len(tgs), s.Finalizers, s.Status.LoadBalancer.Ingress)
+	})
+
+	// Deleting a direct-access Service removes everything too.
+	if err := b.Client.CoreV1().Services(ns).Delete(ctx, "bad", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svcNow, err = b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcNow.Annotations[service.AnnotationDirectAccess] = "true"
+	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 20*time.Second, "load balancer back", func(ctx context.Context) (bool, string) {
+		lbs, err := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: key})
+		return err == nil && len(lbs) == 1, fmt.Sprint(len(lbs), err)
+	})
+	if err := b.Client.CoreV1().Services(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 30*time.Second, "Service gone and the cloud empty", func(ctx context.Context) (bool, string) {
+		owner := cloud.Tags{cloud.TagCluster: lbtCluster}
+		lbs, err1 := lc.ListLoadBalancers(ctx, owner)
+		tgs, err2 := lc.ListTargetGroups(ctx, owner)
+		_, err3 := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err1 != nil || err2 != nil {
+			return false, fmt.Sprint(err1, err2)
+		}
+		return len(lbs) == 0 && len(tgs) == 0 && err3 != nil,
+			fmt.Sprintf("%d load balancers, %d target groups, get service: %v", len(lbs), len(tgs), err3)
+	})
+}
