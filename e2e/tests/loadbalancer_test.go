@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,8 +40,8 @@ const (
 )
 
 // lbtController runs bin/lb-controller as a host process against the bed's
-// apiserver and localcloud until the test ends.
-func lbtController(t *testing.T, b *Bed) {
+// apiserver and localcloud until the test ends; kill SIGKILLs it.
+func lbtController(t *testing.T, b *Bed) (kill func()) {
 	t.Helper()
 	bin := filepath.Join(b.BinDir, "lb-controller")
 	if _, err := os.Stat(bin); err != nil {
@@ -64,14 +65,20 @@ func lbtController(t *testing.T, b *Bed) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var once sync.Once
+	stop := func(sig syscall.Signal) {
+		once.Do(func() {
+			_ = cmd.Process.Signal(sig)
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
+		stop(syscall.SIGTERM)
 		if t.Failed() {
 			out, _ := os.ReadFile(logPath)
 			if len(out) > 8000 {
@@ -80,6 +87,7 @@ func lbtController(t *testing.T, b *Bed) {
 			t.Logf("lb-controller log (tail):\n%s", out)
 		}
 	})
+	return func() { stop(syscall.SIGKILL) }
 }
 
 func lbtCloud(t *testing.T, b *Bed) *cloudaws.Client {
@@ -365,5 +373,121 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 		}
 		return len(lbs) == 0 && len(tgs) == 0 && err3 != nil,
 			fmt.Sprintf("%d load balancers, %d target groups, get service: %v", len(lbs), len(tgs), err3)
+	})
+}
+
+// TestLoadBalancerControllerKilled: SIGKILL the controller in the middle of
+// creating 20 Services, start a new one: every Service converges with one
+// load balancer, one target group and one listener, and deleting them
+// leaves the cloud empty.
+func TestLoadBalancerControllerKilled(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-lb-kill")
+	lc := lbtCloud(t, b)
+	ctx := t.Context()
+	kill := lbtController(t, b)
+
+	const n = 20
+	for i := range n {
+		s := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s%02d", i), Namespace: ns,
+				Annotations: map[string]string{service.AnnotationDirectAccess: "true"}},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "none"},
+				Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}
+		if _, err := b.Client.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withIP := func(ctx context.Context) (int, string) {
+		l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return 0, err.Error()
+		}
+		k := 0
+		for _, s := range l.Items {
+			if len(s.Status.LoadBalancer.Ingress) > 0 {
+				k++
+			}
+		}
+		return k, fmt.Sprintf("%d of %d with an EXTERNAL-IP", k, len(l.Items))
+	}
+	ptPoll(t, 30*time.Second, "the first Services converge", func(ctx context.Context) (bool, string) {
+		k, state := withIP(ctx)
+		return k >= 1, state
+	})
+	kill()
+	k, _ := withIP(ctx)
+	t.Logf("SIGKILL with %d of %d Services converged", k, n)
+	lbtController(t, b)
+	ptPoll(t, 60*time.Second, "every Service converged after the restart", func(ctx context.Context) (bool, string) {
+		k, state := withIP(ctx)
+		return k == n, state
+	})
+
+	owner := cloud.Tags{cloud.TagCluster: lbtCluster}
+	lbs, err := lc.ListLoadBalancers(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgs, err := lc.ListTargetGroups(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perService := map[string]int{}
+	for _, lb := range lbs {
+		if strings.HasPrefix(lb.Tags[cloud.TagService], ns+"/") {
+			perService[lb.Tags[cloud.TagService]]++
+			ls, err := lc.ListListeners(ctx, lb.ARN)
+			if err != nil || len(ls) != 1 {
+				t.Errorf("%s: %d listeners (err %v), want 1", lb.Name, len(ls), err)
+			}
+		}
+	}
+	tgCount := 0
+	for _, tg := range tgs {
+		if strings.HasPrefix(tg.Tags[cloud.TagService], ns+"/") {
+			tgCount++
+		}
+	}
+	if len(perService) != n || tgCount != n {
+		t.Errorf("%d Services with load balancers and %d target groups, want %d each", len(perService), tgCount, n)
+	}
+	for svc, c := range perService {
+		if c != 1 {
+			t.Errorf("%s has %d load balancers", svc, c)
+		}
+	}
+
+	for i := range n {
+		if err := b.Client.CoreV1().Services(ns).Delete(ctx, fmt.Sprintf("s%02d", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ptPoll(t, 60*time.Second, "Services gone and nothing left in the cloud", func(ctx context.Context) (bool, string) {
+		l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		left := 0
+		lbs, err1 := lc.ListLoadBalancers(ctx, owner)
+		tgs, err2 := lc.ListTargetGroups(ctx, owner)
+		if err1 != nil || err2 != nil {
+			return false, fmt.Sprint(err1, err2)
+		}
+		for _, lb := range lbs {
+			if strings.HasPrefix(lb.Tags[cloud.TagService], ns+"/") {
+				left++
+			}
+		}
+		for _, tg := range tgs {
+			if strings.HasPrefix(tg.Tags[cloud.TagService], ns+"/") {
+				left++
+			}
+		}
+		return len(l.Items) == 0 && left == 0, fmt.Sprintf("%d Services, %d cloud resources left", len(l.Items), left)
 	})
 }
