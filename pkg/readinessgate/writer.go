@@ -3,12 +3,14 @@ package readinessgate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -93,7 +95,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
 			Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
 		for i := range pods.Items {
-			if _, err := w.write(ctx, &pods.Items[i], gateType, v); err != nil {
+			if _, err := w.Write(ctx, &pods.Items[i], gateType, v); err != nil {
 				return ctrl.Result{}, err
 			}
 		}
@@ -110,7 +112,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		pod := &pods.Items[i]
 		w.checkGrace(pod, svc)
 		v := w.decide(pod, gateType, groups)
-		c, err := w.write(ctx, pod, gateType, v)
+		c, err := w.Write(ctx, pod, gateType, v)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -161,9 +163,9 @@ func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, group
 		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}
 }
 
-// write patches the gate condition if it differs from v; it reports
+// Write patches the gate condition if it differs from v; it reports
 // whether it wrote. The patch carries the pod's UID as a precondition.
-func (w *Writer) write(ctx context.Context, pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) (bool, error) {
+func (w *Writer) Write(ctx context.Context, pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) (bool, error) {
 	cur := findCondition(pod, gateType)
 	if cur != nil && cur.Status == v.Status && cur.Reason == v.Reason && cur.Message == v.Message {
 		return false, nil
@@ -181,8 +183,8 @@ func (w *Writer) write(ctx context.Context, pod *corev1.Pod, gateType corev1.Pod
 		return false, err
 	}
 	if err := w.Client.Status().Patch(ctx, pod, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return false, nil
+		if client.IgnoreNotFound(err) == nil || IsUIDMismatch(err) {
+			return false, nil // gone, or replaced by a pod of the same name
 		}
 		return false, fmt.Errorf("patch gate of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
@@ -202,6 +204,21 @@ func (w *Writer) write(ctx context.Context, pod *corev1.Pod, gateType corev1.Pod
 		w.observeReady(pod, now.Time)
 	}
 	return true, nil
+}
+
+// IsUIDMismatch reports whether err is the apiserver refusing a patch whose
+// metadata.uid precondition does not match the object.
+func IsUIDMismatch(err error) bool {
+	var se apierrors.APIStatus
+	if !apierrors.IsInvalid(err) || !errors.As(err, &se) || se.Status().Details == nil {
+		return false
+	}
+	for _, c := range se.Status().Details.Causes {
+		if c.Field == "metadata.uid" {
+			return true
+		}
+	}
+	return false
 }
 
 // observeReady records containers-ready → gate True the first time the

@@ -1,0 +1,523 @@
+package readinessgate_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/directlb/directlb/pkg/certs"
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/cloud/fake"
+	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/readinessgate"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// These tests run the gate writer and the webhook against a real
+// kube-apiserver and etcd (controller-runtime's envtest); the cloud is the
+// in-memory fake with target health set by the test.
+
+var (
+	restConfig *rest.Config
+	skipReason string
+	nsCounter  atomic.Int32
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	assets, why := envtestAssets()
+	if why != "" || testing.Short() {
+		if why == "" {
+			why = "-short"
+		}
+		skipReason = why
+		return m.Run()
+	}
+	defer os.RemoveAll(assets)
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.InfoLevel)))
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		return 1
+	}
+	restConfig = cfg
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop envtest:", err)
+	}
+	return code
+}
+
+func envtestAssets() (string, string) {
+	binDir := os.Getenv("DLB_BIN_DIR")
+	if binDir == "" {
+		binDir, _ = filepath.Abs("../../bin")
+	}
+	want := map[string]string{
+		"etcd":           "/usr/bin/etcd",
+		"kube-apiserver": filepath.Join(binDir, "kube-apiserver"),
+		"kubectl":        filepath.Join(binDir, "kubectl"),
+	}
+	if p := os.Getenv("KUBEBUILDER_ASSETS"); p != "" {
+		for name := range want {
+			want[name] = filepath.Join(p, name)
+		}
+	}
+	dir, err := os.MkdirTemp("", "dlbt-readinessgate-assets-")
+	if err != nil {
+		return "", err.Error()
+	}
+	for name, src := range want {
+		if _, err := os.Stat(src); err != nil {
+			os.RemoveAll(dir)
+			return "", fmt.Sprintf("envtest needs %s at %s (run `make tools deps`): %v", name, src, err)
+		}
+		if err := os.Symlink(src, filepath.Join(dir, name)); err != nil {
+			os.RemoveAll(dir)
+			return "", err.Error()
+		}
+	}
+	return dir, ""
+}
+
+// healthCloud is the fake cloud whose targets report the state the test
+// sets per IP (healthy when unset).
+type healthCloud struct {
+	*fake.Cloud
+	mu    sync.Mutex
+	state map[string]cloud.TargetState
+}
+
+func (h *healthCloud) set(ip string, s cloud.TargetState) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.state[ip] = s
+}
+
+func (h *healthCloud) DescribeTargetHealth(ctx context.Context, arn string) ([]cloud.TargetHealth, error) {
+	ts, err := h.Cloud.DescribeTargetHealth(ctx, arn)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range ts {
+		if s, ok := h.state[ts[i].IP]; ok {
+			ts[i].State = s
+		}
+	}
+	return ts, err
+}
+
+type staticGroups map[types.NamespacedName][]deploy.TargetGroup
+
+func (s staticGroups) Get(k types.NamespacedName) []deploy.TargetGroup { return s[k] }
+
+func newNamespace(t *testing.T, labels map[string]string) (client.Client, string) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip("needs a real kube-apiserver and etcd: " + skipReason)
+	}
+	c, err := client.New(restConfig, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := fmt.Sprintf("rg%d", nsCounter.Add(1))
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}); err != nil {
+		t.Fatal(err)
+	}
+	return c, ns
+}
+
+func startManager(t *testing.T, ns string, setup func(context.Context, ctrl.Manager)) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	setup(ctx, mgr)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		last = why
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last: %s", what, last)
+}
+
+func directService(ns, name string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{service.AnnotationDirectAccess: "true"}},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: map[string]string{"app": name},
+			Ports:    []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}},
+		},
+	}
+}
+
+func gateCondition(c client.Client, ns, pod, svc string) (*corev1.PodCondition, error) {
+	p := &corev1.Pod{}
+	if err := c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: pod}, p); err != nil {
+		return nil, err
+	}
+	for i := range p.Status.Conditions {
+		if p.Status.Conditions[i].Type == service.ReadinessGateType(svc) {
+			return &p.Status.Conditions[i], nil
+		}
+	}
+	return nil, nil
+}
+
+func waitGate(t *testing.T, c client.Client, ns, pod, svc string, status corev1.ConditionStatus, reason string) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("gate %s %s", status, reason), func() (bool, string) {
+		cond, err := gateCondition(c, ns, pod, svc)
+		if err != nil || cond == nil {
+			return false, fmt.Sprint("no condition ", err)
+		}
+		return cond.Status == status && cond.Reason == reason, fmt.Sprintf("%s %s: %s", cond.Status, cond.Reason, cond.Message)
+	})
+}
+
+// TestGateWriter follows one pod's gate through registration, health,
+// failing health checks, recovery, and the Service opting out.
+func TestGateWriter(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	lb, err := hc.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "lb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := hc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg-web", Protocol: cloud.ProtocolTCP, Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.CreateListener(ctx, cloud.ListenerSpec{LoadBalancerARN: lb.ARN, Protocol: cloud.ProtocolTCP, Port: 80, TargetGroupARN: tg.ARN}); err != nil {
+		t.Fatal(err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: "web"}
+	groups := staticGroups{key: {{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-web"}}}}}
+
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	cfg.WatchInterval = time.Second
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-1", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{
+			Containers:     []corev1.Container{{Name: "app", Image: "echo"}},
+			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("web")}},
+		},
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonPodIPPending)
+
+	const ip = "10.100.1.70"
+	setIP(t, c, pod, ip)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonRegistering)
+
+	hc.set(ip, cloud.TargetInitial)
+	if err := hc.RegisterTargets(ctx, tg.ARN, []cloud.Target{{IP: ip, Port: 8080}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonRegistering)
+
+	hc.set(ip, cloud.TargetHealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
+
+	// Keeps watching: a target that fails health checks later flips it back.
+	hc.set(ip, cloud.TargetUnhealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+	hc.set(ip, cloud.TargetHealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
+	hc.set(ip, cloud.TargetUnhealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+
+	// The Service stops being direct-access: its gates are released.
+	svc := &corev1.Service{}
+	if err := c.Get(ctx, key, svc); err != nil {
+		t.Fatal(err)
+	}
+	delete(svc.Annotations, service.AnnotationDirectAccess)
+	if err := c.Update(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonReleased)
+}
+
+// TestGateWriterServiceDeleted: the gates of a deleted Service are released.
+func TestGateWriterServiceDeleted(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: staticGroups{},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	svc := directService(ns, "api")
+	if err := c.Create(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "api-1", Labels: map[string]string{"app": "api"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}},
+			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("api")}}},
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	setIP(t, c, pod, "10.100.1.80")
+	waitGate(t, c, ns, "api-1", "api", corev1.ConditionFalse, readinessgate.ReasonLoadBalancerPending)
+	if err := c.Delete(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	waitGate(t, c, ns, "api-1", "api", corev1.ConditionTrue, readinessgate.ReasonReleased)
+}
+
+// TestStatusPatchUIDPrecondition: a gate patch computed for a pod that was
+// since replaced by another with the same name is refused.
+func TestStatusPatchUIDPrecondition(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	mk := func() *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "p"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}}}}
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old := mk()
+	if err := c.Delete(ctx, old, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "pod gone", func() (bool, string) {
+		err := c.Get(ctx, client.ObjectKeyFromObject(old), &corev1.Pod{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	mk()
+	w := &readinessgate.Writer{Client: c}
+	wrote, err := w.Write(ctx, old, service.ReadinessGateType("web"), readinessgate.Verdict{Status: corev1.ConditionTrue, Reason: readinessgate.ReasonHealthy})
+	if err != nil || wrote {
+		t.Fatalf("patch of the replaced pod: wrote %v, err %v; want refused by the UID precondition and skipped", wrote, err)
+	}
+	cond, err := gateCondition(c, ns, "p", "web")
+	if err != nil || cond != nil {
+		t.Fatalf("the new pod got a condition: %v %v", cond, err)
+	}
+}
+
+func setIP(t *testing.T, c client.Client, pod *corev1.Pod, ip string) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"status":{"podIP":%q,"podIPs":[{"ip":%q}]}}`, ip, ip)
+	if err := c.Status().Patch(context.Background(), pod, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestWebhook runs the webhook server with self-generated certificates the
+// apiserver trusts through the CA bundle the controller publishes, then
+// stops it and checks both failure policies.
+func TestWebhook(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	_, optedOut := newNamespace(t, map[string]string{readinessgate.NamespaceOptOutLabel: readinessgate.NamespaceOptOutValue})
+	ctx := context.Background()
+	port := freePort(t)
+	cfg := readinessgate.DefaultConfig()
+	cfg.WebhookBindAddress = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg.WebhookURL = fmt.Sprintf("https://127.0.0.1:%d%s", port, readinessgate.WebhookPath)
+	cfg.WebhookConfigName = "dlbt-readinessgate-" + ns
+	cfg.WebhookTimeout = 2 * time.Second
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Delete(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: cfg.WebhookConfigName}})
+	})
+	for _, n := range []string{ns, optedOut} {
+		for _, s := range []*corev1.Service{directService(n, "web"), func() *corev1.Service {
+			s := directService(n, "optout")
+			s.Annotations[service.AnnotationReadinessGate] = "false"
+			s.Spec.Selector = map[string]string{"app": "web"}
+			return s
+		}()} {
+			if err := c.Create(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	mctx, stop := context.WithCancel(context.Background())
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}, optedOut: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := &certs.Manager{Client: mgr.GetClient(), Config: certs.Config{Secret: ns + "/webhook-tls", Validity: time.Hour, CheckInterval: time.Minute},
+		Hosts: cfg.Hosts(),
+		OnCABundle: func(ctx context.Context, b []byte) error {
+			return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), cfg, b)
+		}}
+	if err := mgr.Add(cm); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readinessgate.Setup(mctx, mgr, readinessgate.Options{
+		Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: fake.New(), TargetGroups: staticGroups{},
+		Drain:          readinessgate.DrainHook{Host: "10.100.0.2", Port: 8082, Scheme: corev1.URISchemeHTTP},
+		GetCertificate: cm.GetCertificate, CertReady: cm.Ready(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(mctx) }()
+	stopped := false
+	stopMgr := func() {
+		if !stopped {
+			stopped = true
+			stop()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stopMgr)
+
+	newPod := func(namespace string) (*corev1.Pod, error) {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, GenerateName: "web-", Labels: map[string]string{"app": "web"}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}}},
+		}
+		return p, c.Create(ctx, p)
+	}
+	// The apiserver learns the bundle and the cache fills: retry until the
+	// first pod comes back mutated.
+	var pod *corev1.Pod
+	eventually(t, "a mutated pod", func() (bool, string) {
+		p, err := newPod(ns)
+		if err != nil {
+			return false, err.Error()
+		}
+		pod = p
+		return len(p.Spec.ReadinessGates) == 1, fmt.Sprintf("gates %v", p.Spec.ReadinessGates)
+	})
+	if got, want := pod.Spec.ReadinessGates[0].ConditionType, service.ReadinessGateType("web"); got != want {
+		t.Errorf("gate %q, want %q", got, want)
+	}
+	tok := pod.Annotations[readinessgate.AnnotationDrainToken]
+	ps := pod.Spec.Containers[0].Lifecycle
+	if tok == "" || ps == nil || ps.PreStop == nil || ps.PreStop.HTTPGet == nil ||
+		ps.PreStop.HTTPGet.Path != readinessgate.DrainPath(ns, tok) || ps.PreStop.HTTPGet.Host != "10.100.0.2" {
+		t.Errorf("drain hook not injected: token %q lifecycle %+v", tok, ps)
+	}
+	// The opted-out namespace is never sent to the webhook.
+	p, err := newPod(optedOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Spec.ReadinessGates) != 0 || p.Annotations[readinessgate.AnnotationDrainToken] != "" {
+		t.Errorf("pod in opted-out namespace mutated: %+v", p.Spec.ReadinessGates)
+	}
+
+	// Controller down. failurePolicy Ignore: pods are created, without gates.
+	stopMgr()
+	p, err = newPod(ns)
+	if err != nil {
+		t.Fatalf("Ignore policy, webhook down: create failed: %v", err)
+	}
+	if len(p.Spec.ReadinessGates) != 0 {
+		t.Errorf("webhook down but pod has gates %v", p.Spec.ReadinessGates)
+	}
+	// failurePolicy Fail: creation is refused while the webhook is down.
+	cfg.WebhookFailurePolicy = readinessgate.FailurePolicyFail
+	if err := readinessgate.EnsureConfiguration(ctx, c, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "pod creation refused under Fail", func() (bool, string) {
+		_, err := newPod(ns)
+		return err != nil, fmt.Sprint("created: ", err)
+	})
+}
