@@ -1,0 +1,118 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/cloud/fake"
+	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+func eps(n int, port int32) []endpoint {
+	out := make([]endpoint, n)
+	for i := range out {
+		out[i] = endpoint{ip: fmt.Sprintf("10.%d.%d.%d", i/65536, (i/256)%256, i%256),
+			ports: map[portID]int32{{name: "http", protocol: corev1.ProtocolTCP}: port}}
+	}
+	return out
+}
+
+// TestSyncBatchesAndCaches: 450 endpoints are registered in batches of at
+// most 200 (the fake refuses larger calls), a pass with nothing new makes no
+// call at all (the target list is cached), and scaling down deregisters in
+// batches too.
+func TestSyncBatchesAndCaches(t *testing.T) {
+	ctx := context.Background()
+	fc := fake.New()
+	created, err := fc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg", Protocol: cloud.ProtocolTCP, Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := deploy.TargetGroup{ARN: created.ARN, TargetGroup: service.TargetGroup{
+		Spec:  created.TargetGroupSpec,
+		Ports: []service.Port{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("http")}},
+	}}
+	r := &TargetReconciler{Cloud: fc, RefreshPeriod: time.Hour}
+
+	steps := []struct {
+		name      string
+		endpoints []endpoint
+		wantCalls map[string]int
+		wantCount int
+	}{
+		{"450 new", eps(450, 8080), map[string]int{"DescribeTargetHealth": 1, "RegisterTargets": 3}, 450},
+		{"nothing new", eps(450, 8080), map[string]int{}, 450},
+		{"down to 10", eps(10, 8080), map[string]int{"DeregisterTargets": 3}, 10},
+		{"other port name does not match", []endpoint{{ip: "10.9.9.9", ports: map[portID]int32{{name: "metrics", protocol: corev1.ProtocolTCP}: 9090}}},
+			map[string]int{"DeregisterTargets": 1}, 0},
+	}
+	for _, st := range steps {
+		before := fc.Calls()
+		if _, err := r.sync(ctx, tg, st.endpoints); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		got := fc.Calls()
+		for op, n := range before {
+			got[op] -= n
+			if got[op] == 0 {
+				delete(got, op)
+			}
+		}
+		if diff := cmp.Diff(st.wantCalls, got); diff != "" {
+			t.Errorf("%s: calls (-want +got):\n%s", st.name, diff)
+		}
+		if n := len(fc.Snapshot().Targets["tg"]); n != st.wantCount {
+			t.Errorf("%s: %d targets in the cloud, want %d", st.name, n, st.wantCount)
+		}
+	}
+}
+
+func TestWaitsOnlyForDirectlbGates(t *testing.T) {
+	cond := func(typ corev1.PodConditionType, ok bool) corev1.PodCondition {
+		s := corev1.ConditionFalse
+		if ok {
+			s = corev1.ConditionTrue
+		}
+		return corev1.PodCondition{Type: typ, Status: s}
+	}
+	gate := service.ReadinessGateType("web")
+	other := corev1.PodConditionType("example.com/other")
+	tests := []struct {
+		name  string
+		gates []corev1.PodConditionType
+		conds []corev1.PodCondition
+		del   bool
+		want  bool
+	}{
+		{"containers ready, our gate pending", []corev1.PodConditionType{gate}, []corev1.PodCondition{cond(corev1.ContainersReady, true), cond(corev1.PodReady, false)}, false, true},
+		{"two directlb gates pending", []corev1.PodConditionType{gate, service.ReadinessGateType("api")}, []corev1.PodCondition{cond(corev1.ContainersReady, true)}, false, true},
+		{"containers not ready", []corev1.PodConditionType{gate}, []corev1.PodCondition{cond(corev1.ContainersReady, false)}, false, false},
+		{"another gate pending too", []corev1.PodConditionType{gate, other}, []corev1.PodCondition{cond(corev1.ContainersReady, true), cond(other, false)}, false, false},
+		{"other gate met, ours pending", []corev1.PodConditionType{gate, other}, []corev1.PodCondition{cond(corev1.ContainersReady, true), cond(other, true)}, false, true},
+		{"no gates", nil, []corev1.PodCondition{cond(corev1.ContainersReady, true)}, false, false},
+		{"our gate already true", []corev1.PodConditionType{gate}, []corev1.PodCondition{cond(corev1.ContainersReady, true), cond(gate, true)}, false, false},
+		{"terminating", []corev1.PodConditionType{gate}, []corev1.PodCondition{cond(corev1.ContainersReady, true)}, true, false},
+	}
+	for _, tt := range tests {
+		p := &corev1.Pod{Status: corev1.PodStatus{Conditions: tt.conds}}
+		for _, g := range tt.gates {
+			p.Spec.ReadinessGates = append(p.Spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: g})
+		}
+		if tt.del {
+			now := metav1.Now()
+			p.DeletionTimestamp = &now
+		}
+		if got := WaitsOnlyForDirectlbGates(p); got != tt.want {
+			t.Errorf("%s: WaitsOnlyForDirectlbGates = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
