@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
@@ -30,8 +32,11 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/directlb/directlb/pkg/agent"
+	"github.com/directlb/directlb/pkg/certs"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/controller"
+	"github.com/directlb/directlb/pkg/drain"
+	"github.com/directlb/directlb/pkg/readinessgate"
 )
 
 const (
@@ -259,14 +264,35 @@ func checkRBAC(t *testing.T, objs []object) {
 // nodeName stands in for $(NODE_NAME), which the kubelet expands in args.
 const nodeName = "node-1"
 
+// controllerConfig is every configuration lb-controller's main binds.
+type controllerConfig struct {
+	controller.Config
+	Gates readinessgate.Config
+	Certs certs.Config
+	Drain drain.Config
+}
+
+// Validate validates as lb-controller's main does.
+func (c *controllerConfig) Validate() error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	if !c.Gates.Enabled {
+		return nil
+	}
+	return errors.Join(c.Gates.Validate(), c.Certs.Validate(), c.Drain.Validate())
+}
+
 // controllerFlags is lb-controller's flag set as its main builds it: the
 // Config's flags, the ELBv2 client's --aws-* flags without region and
-// endpoint, and controller-runtime's zap flags.
-func controllerFlags() (*pflag.FlagSet, *controller.Config) {
-	cfg := controller.DefaultConfig()
+// endpoint, the readiness-gate, certificate and drain flags, and
+// controller-runtime's zap flags.
+func controllerFlags() (*pflag.FlagSet, *controllerConfig) {
+	cfg := &controllerConfig{Config: controller.DefaultConfig(), Gates: readinessgate.DefaultConfig(),
+		Certs: certs.DefaultConfig(), Drain: drain.DefaultConfig()}
 	fs := pflag.NewFlagSet("lb-controller", pflag.ContinueOnError)
 	fs.SetOutput(&bytes.Buffer{})
-	cfg.BindFlags(fs)
+	cfg.Config.BindFlags(fs)
 	awsCfg := cloudaws.DefaultConfig()
 	awsFlags := pflag.NewFlagSet("aws", pflag.ContinueOnError)
 	awsCfg.BindFlags(awsFlags)
@@ -275,10 +301,29 @@ func controllerFlags() (*pflag.FlagSet, *controller.Config) {
 			fs.AddFlag(f)
 		}
 	})
+	cfg.Gates.BindFlags(fs)
+	cfg.Certs.BindFlags(fs)
+	cfg.Drain.BindFlags(fs)
 	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	(&zap.Options{}).BindFlags(goFlags)
 	fs.AddGoFlagSet(goFlags)
-	return fs, &cfg
+	return fs, cfg
+}
+
+// controllerConfigOf parses the rendered lb-controller arguments.
+func controllerConfigOf(t *testing.T, objs []object) *controllerConfig {
+	t.Helper()
+	for _, c := range containers(objs) {
+		if strings.HasPrefix(c.Image, "ghcr.io/directlb/lb-controller:") {
+			fs, cfg := controllerFlags()
+			if err := fs.Parse(c.Args); err != nil {
+				t.Fatal(err)
+			}
+			return cfg
+		}
+	}
+	t.Fatal("no lb-controller container")
+	return nil
 }
 
 func agentFlags() (*pflag.FlagSet, *agent.Config) {
@@ -365,9 +410,21 @@ func checkWebhook(t *testing.T, objs []object) {
 	if svc == nil || !services[svc.Name] || svc.Namespace != namespace {
 		t.Fatalf("webhook points at %+v; services rendered: %v", svc, services)
 	}
-	if wh.NamespaceSelector == nil || len(wh.NamespaceSelector.MatchExpressions) != 1 ||
-		!slices.Contains(wh.NamespaceSelector.MatchExpressions[0].Values, namespace) {
-		t.Errorf("webhook does not exclude its own namespace: %+v", wh.NamespaceSelector)
+	// The chart renders the configuration lb-controller keeps up to date
+	// (--manage-webhook-configuration), so neither undoes the other.
+	cfg := controllerConfigOf(t, objs)
+	if !cfg.Gates.ManageWebhookConfiguration || cfg.Gates.WebhookConfigName != hook.Name || !cfg.Gates.WebhookEnabled() {
+		t.Errorf("controller flags do not manage webhook %s: %+v", hook.Name, cfg.Gates)
+	}
+	if !slices.Contains(cfg.Gates.ExcludeNamespaces, namespace) {
+		t.Errorf("webhook does not exclude its own namespace: %v", cfg.Gates.ExcludeNamespaces)
+	}
+	want, err := readinessgate.DesiredConfiguration(cfg.Gates, wh.ClientConfig.CABundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want.Webhooks, hook.Webhooks); diff != "" {
+		t.Errorf("rendered webhook differs from lb-controller's (-controller +chart):\n%s", diff)
 	}
 	if secret == nil {
 		if _, ok := hook.Annotations["cert-manager.io/inject-ca-from"]; !ok || len(wh.ClientConfig.CABundle) != 0 {
@@ -375,8 +432,15 @@ func checkWebhook(t *testing.T, objs []object) {
 		}
 		return
 	}
-	if !bytes.Equal(wh.ClientConfig.CABundle, secret.Data["ca.crt"]) {
-		t.Errorf("caBundle is not the Secret's ca.crt")
+	if !bytes.Equal(wh.ClientConfig.CABundle, secret.Data[certs.KeyCABundle]) {
+		t.Errorf("caBundle is not the Secret's %s", certs.KeyCABundle)
+	}
+	// The controller keeps the chart's certificates: nothing is due.
+	if cfg.Certs.Secret != namespace+"/"+secret.Name {
+		t.Errorf("--webhook-cert-secret %q, want %s/%s", cfg.Certs.Secret, namespace, secret.Name)
+	}
+	if _, changed, err := certs.Renew(secret.Data, cfg.Gates.Hosts(), cfg.Certs.Validity, time.Now()); err != nil || changed {
+		t.Errorf("lb-controller would renew the chart's certificates at once (changed %v, %v)", changed, err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(secret.Data["ca.crt"]) {

@@ -86,3 +86,12 @@ app.kubernetes.io/component: node-agent
 {{- end -}}
 {{- $p -}}
 {{- end -}}
+
+{{/* Namespaces the webhook never sees: the release's own first, then webhook.excludeNamespaces. */}}
+{{- define "directlb.webhook.excludeNamespaces" -}}
+{{- $out := list .Release.Namespace -}}
+{{- range .Values.webhook.excludeNamespaces -}}
+{{- if not (has . $out) -}}{{- $out = append $out . -}}{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
