@@ -102,6 +102,7 @@ func setupGates(ctx context.Context, mgr ctrl.Manager, cfg controller.Config, g 
 	}
 	return drain.Setup(ctx, mgr, &drain.Waiter{
 		Reader:       mgr.GetCache(),
+		APIReader:    mgr.GetAPIReader(),
 		Cloud:        lbs,
 		TargetGroups: ctrls.TargetGroups,
 		ClusterName:  cfg.ClusterName,

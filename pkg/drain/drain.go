@@ -122,7 +122,11 @@ type TargetGroupSource interface {
 // Waiter answers drain waits.
 type Waiter struct {
 	Reader client.Reader
-	Cloud  cloud.LoadBalancers
+	// APIReader reads a pod from the apiserver when the cache has not yet
+	// seen its deletion (the kubelet may call before the controller's
+	// watch delivers it); nil skips that check.
+	APIReader client.Reader
+	Cloud     cloud.LoadBalancers
 	// TargetGroups is the leader's registry; ClusterName finds a Service's
 	// target groups by tags where the registry does not know them (on a
 	// replica that is not the leader).
@@ -185,6 +189,12 @@ func (w *Waiter) serveWait(rw http.ResponseWriter, r *http.Request) {
 func (w *Waiter) Wait(ctx context.Context, namespace, token string) (string, string) {
 	logger := log.FromContext(ctx)
 	pod, err := w.pod(ctx, namespace, token)
+	if err == nil && pod != nil && pod.DeletionTimestamp == nil && w.APIReader != nil {
+		fresh := &corev1.Pod{}
+		if err := w.APIReader.Get(ctx, client.ObjectKeyFromObject(pod), fresh); err == nil && fresh.UID == pod.UID {
+			pod = fresh
+		}
+	}
 	if err != nil || pod == nil || pod.Status.PodIP == "" || pod.DeletionTimestamp == nil {
 		// Unknown, no address, or a container restart rather than a pod
 		// deletion: nothing to wait for.

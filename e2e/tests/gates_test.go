@@ -1,0 +1,349 @@
+package tests
+
+// Readiness gates, seen the way a user sees them: a pod of a direct-access
+// Service gets the gate target-health.directlb.io/<service> at creation and
+// is Ready only while the load balancer reports its target healthy; with
+// the controller down, pod creation follows the webhook's failure policy.
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/directlb/directlb/pkg/readinessgate"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+const rgCluster = "e2e-rg"
+
+// rgController runs bin/lb-controller as a host process with readiness
+// gates and drain: the webhook and the drain endpoint listen on the host's
+// VPC address (the apiserver and the nodes' kubelets reach it there). It
+// returns a SIGKILL. The webhook configuration is deleted at cleanup.
+type rgCtl struct {
+	webhookConfig string
+	kill          func()
+	logPath       string
+}
+
+func rgFreePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "10.100.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func rgController(t *testing.T, b *Bed, ns string, extra ...string) *rgCtl {
+	t.Helper()
+	bin := filepath.Join(b.BinDir, "lb-controller")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not built (make build): %v", bin, err)
+	}
+	host := b.Topology.HostAddr.String()
+	whPort, drainPort := rgFreePort(t), rgFreePort(t)
+	c := &rgCtl{webhookConfig: "directlb-" + ns, logPath: filepath.Join(t.TempDir(), "lb-controller.log")}
+	logf, err := os.Create(c.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"--cluster-name=" + rgCluster, "--kubeconfig=" + b.Topology.Kubeconfig,
+		"--cloud-endpoint=" + b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--target-batch-window=50ms",
+		"--webhook-bind-address=" + net.JoinHostPort(host, strconv.Itoa(whPort)),
+		"--webhook-url=https://" + net.JoinHostPort(host, strconv.Itoa(whPort)) + readinessgate.WebhookPath,
+		"--webhook-configuration-name=" + c.webhookConfig,
+		"--webhook-cert-secret=" + ns + "/directlb-webhook-tls",
+		"--webhook-timeout=3s",
+		"--drain-host=" + host, "--drain-port=" + strconv.Itoa(drainPort),
+		"--drain-bind-address=" + net.JoinHostPort(host, strconv.Itoa(drainPort)),
+		"--gate-max-pending-interval=3s",
+	}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+lbtAccessKey, "AWS_SECRET_ACCESS_KEY="+lbtSecretKey)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start lb-controller: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var once sync.Once
+	stop := func(sig syscall.Signal) {
+		once.Do(func() {
+			_ = cmd.Process.Signal(sig)
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	c.kill = func() { stop(syscall.SIGKILL) }
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, c.webhookConfig, metav1.DeleteOptions{})
+	})
+	t.Cleanup(func() {
+		stop(syscall.SIGTERM)
+		if t.Failed() {
+			out, _ := os.ReadFile(c.logPath)
+			if len(out) > 12000 {
+				out = out[len(out)-12000:]
+			}
+			t.Logf("lb-controller log (tail):\n%s", out)
+		}
+	})
+	return c
+}
+
+// rgDeleteServices deletes the namespace's Services and waits until the
+// controller has removed their cloud resources (finalizer gone). Register
+// it after rgController so it runs while the controller still does.
+func rgDeleteServices(t *testing.T, b *Bed, ns string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, s := range l.Items {
+				_ = b.Client.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
+			}
+		}
+		for ctx.Err() == nil {
+			l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+			if err == nil && len(l.Items) == 0 {
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		t.Errorf("services of %s not deleted within 60s (cloud cleanup)", ns)
+	})
+}
+
+// rgService is a direct-access Service with a fast HTTP health check and a
+// short deregistration delay.
+func rgService(ns, name string, selector map[string]string, extra map[string]string) *corev1.Service {
+	ann := map[string]string{
+		service.AnnotationDirectAccess:         "true",
+		service.AnnotationHCProtocol:           "HTTP",
+		service.AnnotationHCPath:               "/healthz",
+		service.AnnotationHCInterval:           "5",
+		service.AnnotationHCTimeout:            "2",
+		service.AnnotationHCHealthyThreshold:   "2",
+		service.AnnotationHCUnhealthyThreshold: "2",
+		service.AnnotationDeregistrationDelay:  "5",
+	}
+	for k, v := range extra {
+		ann[k] = v
+	}
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: selector,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}
+}
+
+// rgWaitWebhook waits until a dry-run pod selected by svc comes back with
+// the Service's gate: the configuration, its CA bundle and the controller's
+// cache are all in place.
+func rgWaitWebhook(t *testing.T, b *Bed, ns, svc string, labels map[string]string) {
+	t.Helper()
+	ptPoll(t, 60*time.Second, "webhook adds the gate", func(ctx context.Context) (bool, string) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns, Labels: labels},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}}}
+		got, err := b.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return false, err.Error()
+		}
+		return rgHasGate(got, svc), fmt.Sprintf("gates %v", got.Spec.ReadinessGates)
+	})
+}
+
+func rgHasGate(p *corev1.Pod, svc string) bool {
+	for _, g := range p.Spec.ReadinessGates {
+		if g.ConditionType == service.ReadinessGateType(svc) {
+			return true
+		}
+	}
+	return false
+}
+
+func rgGate(p *corev1.Pod, svc string) (corev1.ConditionStatus, string) {
+	for _, c := range p.Status.Conditions {
+		if c.Type == service.ReadinessGateType(svc) {
+			return c.Status, c.Reason
+		}
+	}
+	return "", ""
+}
+
+// TestReadinessGateFollowsTargetHealth: a pod whose target fails the load
+// balancer's health check keeps its gate False and is never Ready; healthy,
+// the gate turns True; unhealthy again, False.
+func TestReadinessGateFollowsTargetHealth(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-gates")
+	rgController(t, b, ns)
+	rgDeleteServices(t, b, ns)
+	ctx := t.Context()
+	labels := map[string]string{"app": "web"}
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rgWaitWebhook(t, b, ns, "web", labels)
+
+	// The kubelet's readiness probe is a TCP check and passes; the load
+	// balancer's HTTP check of /healthz gets 500.
+	ctr := ptEchoContainer()
+	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}, PeriodSeconds: 1}
+	ctr.Env = []corev1.EnvVar{{Name: "ECHO_HEALTH_STATUS", Value: "500"}}
+	pod, err := b.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: ns, Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{ctr}, TerminationGracePeriodSeconds: ptrInt64(15)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rgHasGate(pod, "web") {
+		t.Fatalf("pod created without the gate: %v", pod.Spec.ReadinessGates)
+	}
+
+	watchUntil := func(timeout time.Duration, what string, cond func(*corev1.Pod) bool, never func(*corev1.Pod) bool) *corev1.Pod {
+		t.Helper()
+		var last *corev1.Pod
+		ptPoll(t, timeout, what, func(ctx context.Context) (bool, string) {
+			p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			last = p
+			if never != nil && never(p) {
+				t.Fatalf("%s: pod became Ready while its target is unhealthy: %+v", what, p.Status.Conditions)
+			}
+			s, r := rgGate(p, "web")
+			return cond(p), fmt.Sprintf("gate %s/%s containersReady=%s ready=%s", s, r,
+				ptCondition(p, corev1.ContainersReady), ptCondition(p, corev1.PodReady))
+		})
+		return last
+	}
+	ready := func(p *corev1.Pod) bool { return ptCondition(p, corev1.PodReady) == corev1.ConditionTrue }
+	unhealthy := func(p *corev1.Pod) bool {
+		s, r := rgGate(p, "web")
+		return s == corev1.ConditionFalse && r == readinessgate.ReasonUnhealthy && ptCondition(p, corev1.ContainersReady) == corev1.ConditionTrue
+	}
+	p := watchUntil(60*time.Second, "gate False/Unhealthy", unhealthy, ready)
+	// Stays so: several more health-check rounds, never Ready.
+	end := time.Now().Add(12 * time.Second)
+	for time.Now().Before(end) {
+		p = watchUntil(5*time.Second, "still unhealthy", unhealthy, ready)
+		time.Sleep(time.Second)
+	}
+	ip := p.Status.PodIP
+
+	setHealth := func(code int) {
+		t.Helper()
+		if c, _, err := ptGet(fmt.Sprintf("http://%s:8080/control/health?status=%d", ip, code)); err != nil || c != 200 {
+			t.Fatalf("set health of %s to %d: %d %v", ip, code, c, err)
+		}
+	}
+	setHealth(200)
+	begin := time.Now()
+	watchUntil(40*time.Second, "gate True and pod Ready", func(p *corev1.Pod) bool {
+		s, r := rgGate(p, "web")
+		return s == corev1.ConditionTrue && r == readinessgate.ReasonHealthy && ready(p)
+	}, nil)
+	t.Logf("healthy → gate True and Ready in %.1fs", time.Since(begin).Seconds())
+
+	setHealth(500)
+	begin = time.Now()
+	watchUntil(40*time.Second, "gate False again and pod not Ready", func(p *corev1.Pod) bool {
+		return unhealthy(p) && !ready(p)
+	}, nil)
+	t.Logf("unhealthy → gate False and not Ready in %.1fs", time.Since(begin).Seconds())
+}
+
+func ptrInt64(v int64) *int64 { return &v }
+
+// TestReadinessGateControllerDown: with the controller down, failurePolicy
+// Ignore (the default) lets pods be created, without gates; Fail refuses
+// them until the webhook is back.
+func TestReadinessGateControllerDown(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-gates-down")
+	ctl := rgController(t, b, ns)
+	ctx := t.Context()
+	labels := map[string]string{"app": "web"}
+	// No load balancer needed: a Service the controller does not own (no
+	// cloud resources, nothing to clean up) would not be gated, so use a
+	// direct-access one and delete it while the controller runs.
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rgWaitWebhook(t, b, ns, "web", labels)
+	whc, err := b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, ctl.webhookConfig, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := whc.Webhooks[0].FailurePolicy; p == nil || *p != admissionregistrationv1.Ignore {
+		t.Fatalf("failurePolicy %v, want Ignore (the documented default)", p)
+	}
+
+	ctl.kill()
+	pod := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}}}
+	}
+	begin := time.Now()
+	got, err := b.Client.CoreV1().Pods(ns).Create(ctx, pod("down-ignore"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		t.Fatalf("Ignore, controller down: pod creation failed: %v", err)
+	}
+	if len(got.Spec.ReadinessGates) != 0 {
+		t.Fatalf("Ignore, controller down: pod has gates %v", got.Spec.ReadinessGates)
+	}
+	t.Logf("Ignore, controller down: pod created without gates in %.2fs", time.Since(begin).Seconds())
+
+	fail := admissionregistrationv1.Fail
+	whc.Webhooks[0].FailurePolicy = &fail
+	if _, err := b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, whc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 20*time.Second, "Fail, controller down: creation refused", func(ctx context.Context) (bool, string) {
+		_, err := b.Client.CoreV1().Pods(ns).Create(ctx, pod("down-fail"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err != nil && !apierrors.IsAlreadyExists(err), fmt.Sprintf("created (err %v)", err)
+	})
+	_, err = b.Client.CoreV1().Pods(ns).Create(ctx, pod("down-fail"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	t.Logf("Fail, controller down: %v", err)
+
+	// The Service's finalizer needs a controller: start one again to clean up.
+	_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, ctl.webhookConfig, metav1.DeleteOptions{})
+	rgController(t, b, ns)
+	rgDeleteServices(t, b, ns)
+}
