@@ -39,6 +39,9 @@ type Config struct {
 	// TargetRefreshPeriod is how long the cloud's target list stays cached
 	// before it is read again.
 	TargetRefreshPeriod time.Duration
+	// CloudInventoryTTL is how long the list of this cluster's load
+	// balancers and target groups is cached (0: list per Service pass).
+	CloudInventoryTTL time.Duration
 
 	LeaderElect             bool
 	LeaderElectionNamespace string
@@ -56,6 +59,7 @@ func DefaultConfig() Config {
 		ResyncPeriod:           10 * time.Minute,
 		TargetBatchWindow:      100 * time.Millisecond,
 		TargetRefreshPeriod:    2 * time.Minute,
+		CloudInventoryTTL:      time.Minute,
 		MetricsBindAddress:     ":8080",
 		HealthProbeBindAddress: ":8081",
 	}
@@ -73,6 +77,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "how often a converged Service is compared with the cloud again")
 	fs.DurationVar(&c.TargetBatchWindow, "target-batch-window", c.TargetBatchWindow, "delay that coalesces a burst of endpoint changes into one target update per Service")
 	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached")
+	fs.DurationVar(&c.CloudInventoryTTL, "cloud-inventory-ttl", c.CloudInventoryTTL, "how long this cluster's load balancers and target groups, found by tags, are cached (0 lists them on every Service pass)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run leader election (needed with more than one replica)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the leader election Lease (empty: the pod's namespace)")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, `address of the Prometheus metrics endpoint ("0" disables it)`)
@@ -107,6 +112,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TargetRefreshPeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--target-refresh-period %s: must be at least 1s", c.TargetRefreshPeriod))
+	}
+	if c.CloudInventoryTTL < 0 || c.CloudInventoryTTL > time.Hour {
+		errs = append(errs, fmt.Errorf("--cloud-inventory-ttl %s: must be from 0 to 1h", c.CloudInventoryTTL))
 	}
 	if c.CloudRegion == "" {
 		errs = append(errs, errors.New("--cloud-region: must not be empty"))

@@ -42,7 +42,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 	svcs := &ServiceReconciler{
 		Client:       mgr.GetClient(),
 		Recorder:     mgr.GetEventRecorder("directlb-lb-controller"),
-		Deployer:     &deploy.Deployer{Cloud: lbs},
+		Deployer:     &deploy.Deployer{Cloud: deploy.NewInventory(lbs, cfg.CloudInventoryTTL)},
 		Model:        service.Config{ClusterName: cfg.ClusterName, VPCID: cfg.VPCID},
 		Classes:      classes,
 		TargetGroups: tgs,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -185,7 +186,13 @@ func TestCrashAnywhere(t *testing.T) {
 		{name: "delete", from: newService("web")},
 	}
 	for _, st := range steps {
-		for _, afterApply := range []bool{false, true} {
+		for _, mode := range []struct {
+			afterApply bool
+			// cached: the pass runs through an Inventory and the same
+			// Deployer (same process) retries after the failure.
+			cached bool
+		}{{false, false}, {true, false}, {false, true}, {true, true}} {
+			afterApply := mode.afterApply
 			n := 1
 			for ; ; n++ {
 				c := fake.New()
@@ -196,6 +203,15 @@ func TestCrashAnywhere(t *testing.T) {
 					}
 				}
 				broken := &Deployer{Cloud: faulty.New(c, faulty.Config{FailCall: n, FailAfterApply: afterApply})}
+				if mode.cached {
+					broken.Cloud = NewInventory(broken.Cloud, time.Hour)
+					if st.from != nil { // warm the inventory, then count calls from here
+						if _, err := broken.Cloud.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: "test"}); err != nil {
+							continue
+						}
+					}
+					clean = broken
+				}
 				var err error
 				var want shape
 				if st.to != nil {
@@ -216,10 +232,10 @@ func TestCrashAnywhere(t *testing.T) {
 					_, err = clean.Delete(ctx, build(t, st.from).Spec.Tags)
 				}
 				if err != nil {
-					t.Fatalf("%s: crash at call %d (after apply %v): next pass: %v", st.name, n, afterApply, err)
+					t.Fatalf("%s: crash at call %d (after apply %v, cached %v): next pass: %v", st.name, n, afterApply, mode.cached, err)
 				}
 				if diff := cmp.Diff(want, shapeOf(c.Snapshot())); diff != "" {
-					t.Errorf("%s: crash at call %d (after apply %v): cloud (-want +got):\n%s", st.name, n, afterApply, diff)
+					t.Errorf("%s: crash at call %d (after apply %v, cached %v): cloud (-want +got):\n%s", st.name, n, afterApply, mode.cached, diff)
 				}
 				if n > 50 {
 					t.Fatalf("%s: more than 50 calls in one pass", st.name)
@@ -228,7 +244,7 @@ func TestCrashAnywhere(t *testing.T) {
 			if n < 5 {
 				t.Errorf("%s: only %d calls cut short; the pass is too short to test", st.name, n-1)
 			}
-			t.Logf("%s (after apply %v): cut short at each of %d calls", st.name, afterApply, n-1)
+			t.Logf("%s (after apply %v, cached %v): cut short at each of %d calls", st.name, afterApply, mode.cached, n-1)
 		}
 	}
 }
@@ -237,10 +253,19 @@ func TestCrashAnywhere(t *testing.T) {
 // throttles 30% of calls and fails 10% with 5xx, retrying each Service like
 // the reconciler does, then deletes them all the same way.
 func TestFaultyCloudConverges(t *testing.T) {
+	for _, cached := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cached=%v", cached), func(t *testing.T) { testFaultyCloudConverges(t, cached) })
+	}
+}
+
+func testFaultyCloudConverges(t *testing.T, cached bool) {
 	ctx := context.Background()
 	c := fake.New()
 	fc := faulty.New(c, faulty.Config{ThrottleRate: 0.3, ServerErrorRate: 0.1, Seed: 7})
 	d := &Deployer{Cloud: fc}
+	if cached {
+		d.Cloud = NewInventory(fc, time.Hour)
+	}
 	var lbs []service.LoadBalancer
 	for i := range 20 {
 		lbs = append(lbs, build(t, newService(fmt.Sprintf("svc-%d", i))))
@@ -295,5 +320,61 @@ func TestDeleteNothingIsSuccess(t *testing.T) {
 	found, err := (&Deployer{Cloud: fake.New()}).Delete(context.Background(), cloud.Tags{cloud.TagCluster: "test", cloud.TagService: "ns/none"})
 	if err != nil || found {
 		t.Fatalf("Delete = %v, %v; want false, nil", found, err)
+	}
+}
+
+// TestInventoryListsOncePerTTL: 50 Services deployed and deleted through an
+// Inventory list the cloud once, not once per Service, and end as without it.
+func TestInventoryListsOncePerTTL(t *testing.T) {
+	ctx := context.Background()
+	c := fake.New()
+	d := &Deployer{Cloud: NewInventory(c, time.Hour)}
+	var lbs []service.LoadBalancer
+	for i := range 50 {
+		lbs = append(lbs, build(t, newService(fmt.Sprintf("svc-%d", i))))
+	}
+	for _, lb := range lbs {
+		if _, err := d.Deploy(ctx, lb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A second pass changes nothing.
+	for _, lb := range lbs {
+		res, err := d.Deploy(ctx, lb)
+		if err != nil || res.Changed {
+			t.Fatalf("second pass: changed %v, %v", res.Changed, err)
+		}
+	}
+	if diff := cmp.Diff(expected(t, lbs...), shapeOf(c.Snapshot())); diff != "" {
+		t.Errorf("cloud (-want +got):\n%s", diff)
+	}
+	calls := c.Calls()
+	if calls["ListLoadBalancers"] != 1 || calls["ListTargetGroups"] != 1 {
+		t.Errorf("list calls %v, want one of each", calls)
+	}
+	for _, lb := range lbs {
+		if _, err := d.Delete(ctx, lb.Spec.Tags); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if diff := cmp.Diff(shape{}, shapeOf(c.Snapshot())); diff != "" {
+		t.Errorf("cloud after delete (-want +got):\n%s", diff)
+	}
+	// A resource deleted behind its back is found missing and re-read.
+	if _, err := d.Deploy(ctx, lbs[0]); err != nil {
+		t.Fatal(err)
+	}
+	snap := c.Snapshot()
+	if err := c.DeleteLoadBalancer(ctx, snap.LoadBalancers[0].ARN); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Deploy(ctx, lbs[0]); err == nil {
+		t.Fatal("deploy over a stale inventory: no error")
+	}
+	if _, err := d.Deploy(ctx, lbs[0]); err != nil {
+		t.Fatalf("deploy after the inventory dropped its copy: %v", err)
+	}
+	if diff := cmp.Diff(expected(t, lbs[0]), shapeOf(c.Snapshot())); diff != "" {
+		t.Errorf("cloud (-want +got):\n%s", diff)
 	}
 }
