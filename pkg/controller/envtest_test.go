@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -389,6 +390,7 @@ func TestServiceLifecycle(t *testing.T) {
 	// Endpoints: ready ones register; a not-ready one, a terminating one and
 	// a not-ready pod waiting on another gate do not; a pod waiting only on
 	// directlb's gate does.
+	registrations := registrationCount(t)
 	h.gatedPod("gated", "web", "10.0.0.9")
 	sl := h.slice("web",
 		epOf("10.0.0.1", true, false, ""),
@@ -402,6 +404,10 @@ func TestServiceLifecycle(t *testing.T) {
 		got := h.targets()
 		return cmp.Equal(want, got), fmt.Sprintf("targets %v want %v", got, want)
 	})
+
+	if n := registrationCount(t) - registrations; n < 3 {
+		t.Errorf("directlb_target_registration_seconds observed %d registrations, want 3", n)
+	}
 
 	// Scale: one goes, two come; a ready endpoint becomes terminating.
 	sl.Endpoints = []discoveryv1.Endpoint{
@@ -549,4 +555,15 @@ func TestClassFilter(t *testing.T) {
 // controller names.
 func skipNameValidation() config.Controller {
 	return config.Controller{SkipNameValidation: ptr(true)}
+}
+
+// registrationCount is the sample count of the endpoint-ready →
+// target-registered histogram.
+func registrationCount(t *testing.T) uint64 {
+	t.Helper()
+	m := &dto.Metric{}
+	if err := targetRegistration.Write(m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }
