@@ -24,7 +24,18 @@ func requireClean(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, links, cgroups")
 	}
-	unlock, err := Lock(t.Context(), nil)
+	// By default these tests do not wait for a test bed in use; with
+	// DLB_TESTBED_WAIT=<duration> they wait that long for the lock and then
+	// remove an idle (kept or crashed) test bed.
+	var waiting func(string)
+	ctx := t.Context()
+	if d, err := time.ParseDuration(os.Getenv("DLB_TESTBED_WAIT")); err == nil && d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+		waiting = func(holder string) { t.Logf("waiting up to %s for process %s to release %s", d, holder, LockFile) }
+	}
+	unlock, err := Lock(ctx, waiting)
 	if errors.Is(err, ErrLocked) {
 		t.Skipf("not touching the test bed: %v", err)
 	}
@@ -35,6 +46,15 @@ func requireClean(t *testing.T) {
 	present, err := Present(DefaultStateDir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if present && waiting != nil {
+		// Asked to wait: holding the lock, a present bed is a kept or
+		// crashed one, which the e2e TestMain would remove too.
+		t.Logf("removing the idle test bed in %s", DefaultStateDir)
+		if err := Down(ctx, DefaultStateDir); err != nil {
+			t.Fatal(err)
+		}
+		present = false
 	}
 	if present {
 		t.Skip("a test bed is up on this machine (make down first); not touching it")
