@@ -17,23 +17,28 @@ type Allocation struct {
 	ENI  int
 }
 
-// Allocator hands out pod addresses from a node's ENI pod ranges. It
-// balances the ENIs (fewest addresses in use first; on a tie it rotates) and
-// never gives out an address that is reserved or allocated.
+// Allocator hands out pod addresses from a node's ENI pod ranges and never
+// gives out an address that is reserved or allocated.
+//
+// It spreads each workload (a group: the pods of one controller, e.g. a
+// ReplicaSet) over the ENIs: the range holding the fewest of the group's
+// pods on this node wins; a tie goes to the node's first range (node i
+// starts at range (i-1) mod 2), so the first pods of a workload on
+// neighbouring nodes use different ENIs whatever else runs there.
 type Allocator struct {
 	ranges []PodRange
+	first  int
 	owner  map[netip.Addr]string
 	byOwn  map[string]Allocation
-	next   int // range index preferred on a tie
+	group  map[string]string // owner → group
 }
 
-// NewAllocator returns an allocator over ranges; first is the range preferred
-// on the first tie (vary it per node so that single pods on several nodes use
-// both ENIs).
+// NewAllocator returns an allocator over ranges; first is the range that
+// wins ties.
 func NewAllocator(ranges []PodRange, first int) *Allocator {
-	a := &Allocator{ranges: ranges, owner: map[netip.Addr]string{}, byOwn: map[string]Allocation{}}
+	a := &Allocator{ranges: ranges, owner: map[netip.Addr]string{}, byOwn: map[string]Allocation{}, group: map[string]string{}}
 	if len(ranges) > 0 {
-		a.next = ((first % len(ranges)) + len(ranges)) % len(ranges)
+		a.first = ((first % len(ranges)) + len(ranges)) % len(ranges)
 	}
 	return a
 }
@@ -47,9 +52,10 @@ func (a *Allocator) rangeOf(addr netip.Addr) int {
 	return -1
 }
 
-// Reserve records that owner holds addr (from persisted state or the
-// apiserver). It fails if addr is outside the ranges or held by another owner.
-func (a *Allocator) Reserve(owner string, addr netip.Addr) (Allocation, error) {
+// Reserve records that owner (of group) holds addr, from persisted state or
+// the apiserver. It fails if addr is outside the ranges or held by another
+// owner.
+func (a *Allocator) Reserve(owner, group string, addr netip.Addr) (Allocation, error) {
 	i := a.rangeOf(addr)
 	if i < 0 {
 		return Allocation{}, fmt.Errorf("address %s is in none of the node's pod ranges", addr)
@@ -63,34 +69,37 @@ func (a *Allocator) Reserve(owner string, addr netip.Addr) (Allocation, error) {
 	al := Allocation{Addr: addr, ENI: a.ranges[i].ENI}
 	a.owner[addr] = owner
 	a.byOwn[owner] = al
+	a.group[owner] = group
 	return al, nil
 }
 
-// Allocate gives owner an address; an owner that has one gets the same one
-// again. prefer, if valid and free, is taken first (a pod's address from
-// before a restart).
-func (a *Allocator) Allocate(owner string, prefer netip.Addr) (Allocation, error) {
+// Allocate gives owner (of group) an address; an owner that has one gets the
+// same one again. prefer, if valid and free, is taken first (a pod's
+// address from before a restart).
+func (a *Allocator) Allocate(owner, group string, prefer netip.Addr) (Allocation, error) {
 	if al, ok := a.byOwn[owner]; ok {
 		return al, nil
 	}
 	if prefer.IsValid() {
 		if _, held := a.owner[prefer]; !held && a.rangeOf(prefer) >= 0 {
-			return a.Reserve(owner, prefer)
+			return a.Reserve(owner, group, prefer)
 		}
 	}
 	if len(a.ranges) == 0 {
 		return Allocation{}, fmt.Errorf("no pod ranges")
 	}
 	count := make([]int, len(a.ranges))
-	for addr := range a.owner {
-		if i := a.rangeOf(addr); i >= 0 {
-			count[i]++
+	for o, al := range a.byOwn {
+		if a.group[o] == group {
+			if i := a.rangeOf(al.Addr); i >= 0 {
+				count[i]++
+			}
 		}
 	}
-	// Try ranges in order of fewest in use, ties starting at a.next.
+	// Ranges in order of fewest of the group's pods, ties from a.first on.
 	order := make([]int, 0, len(a.ranges))
 	for k := range a.ranges {
-		order = append(order, (a.next+k)%len(a.ranges))
+		order = append(order, (a.first+k)%len(a.ranges))
 	}
 	for x := 1; x < len(order); x++ {
 		for y := x; y > 0 && count[order[y]] < count[order[y-1]]; y-- {
@@ -99,11 +108,9 @@ func (a *Allocator) Allocate(owner string, prefer netip.Addr) (Allocation, error
 	}
 	for _, i := range order {
 		for addr := a.ranges[i].Prefix.Masked().Addr(); a.ranges[i].Prefix.Contains(addr); addr = addr.Next() {
-			if _, held := a.owner[addr]; held {
-				continue
+			if _, held := a.owner[addr]; !held {
+				return a.Reserve(owner, group, addr)
 			}
-			a.next = (i + 1) % len(a.ranges)
-			return a.Reserve(owner, addr)
 		}
 	}
 	return Allocation{}, fmt.Errorf("pod ranges exhausted")
@@ -114,6 +121,7 @@ func (a *Allocator) Release(owner string) {
 	if al, ok := a.byOwn[owner]; ok {
 		delete(a.owner, al.Addr)
 		delete(a.byOwn, owner)
+		delete(a.group, owner)
 	}
 }
 

@@ -14,57 +14,54 @@ var twoRanges = []PodRange{
 
 func a(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-func TestAllocatorBalancesENIs(t *testing.T) {
+func TestAllocatorSpreadsWorkloads(t *testing.T) {
+	type req struct{ owner, group string }
 	cases := []struct {
 		name    string
 		first   int
-		reserve map[string]string // owner → address held before
-		owners  []string
+		reserve []req // held before, in order, addresses from allocation
+		reqs    []req
 		want    []Allocation
 	}{
 		{
-			name:   "alternates from ENI 0",
-			first:  0,
-			owners: []string{"p1", "p2", "p3", "p4"},
+			name: "a workload alternates, starting at the node's first ENI",
+			reqs: []req{{"p1", "rs"}, {"p2", "rs"}, {"p3", "rs"}, {"p4", "rs"}},
 			want: []Allocation{
 				{a("10.100.1.64"), 0}, {a("10.100.1.128"), 1},
 				{a("10.100.1.65"), 0}, {a("10.100.1.129"), 1},
 			},
 		},
 		{
-			name:   "second node starts on ENI 1",
-			first:  1,
-			owners: []string{"p1", "p2"},
-			want:   []Allocation{{a("10.100.1.128"), 1}, {a("10.100.1.64"), 0}},
+			name:  "second node starts on ENI 1",
+			first: 1,
+			reqs:  []req{{"p1", "rs"}, {"p2", "rs"}},
+			want:  []Allocation{{a("10.100.1.128"), 1}, {a("10.100.1.64"), 0}},
 		},
 		{
-			name:    "fewest in use first, reserved addresses skipped",
-			first:   0,
-			reserve: map[string]string{"old1": "10.100.1.64", "old2": "10.100.1.65"},
-			owners:  []string{"p1", "p2", "p3"},
-			want: []Allocation{
-				{a("10.100.1.128"), 1}, {a("10.100.1.129"), 1},
-				{a("10.100.1.66"), 0},
-			},
+			name:    "other workloads do not move a new workload's first pod",
+			first:   1,
+			reserve: []req{{"o1", "other"}, {"o2", "other"}, {"o3", "other"}},
+			reqs:    []req{{"p1", "rs"}, {"p2", "rs"}},
+			// other took .128, .64, .129; rs still starts on ENI 1.
+			want: []Allocation{{a("10.100.1.130"), 1}, {a("10.100.1.65"), 0}},
 		},
 		{
-			name:   "same owner gets the same address",
-			first:  0,
-			owners: []string{"p1", "p1"},
-			want:   []Allocation{{a("10.100.1.64"), 0}, {a("10.100.1.64"), 0}},
+			name: "same owner gets the same address",
+			reqs: []req{{"p1", ""}, {"p1", ""}},
+			want: []Allocation{{a("10.100.1.64"), 0}, {a("10.100.1.64"), 0}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			al := NewAllocator(twoRanges, c.first)
-			for o, ad := range c.reserve {
-				if _, err := al.Reserve(o, a(ad)); err != nil {
+			for _, r := range c.reserve {
+				if _, err := al.Allocate(r.owner, r.group, netip.Addr{}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			var got []Allocation
-			for _, o := range c.owners {
-				g, err := al.Allocate(o, netip.Addr{})
+			for _, r := range c.reqs {
+				g, err := al.Allocate(r.owner, r.group, netip.Addr{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -82,7 +79,7 @@ func TestAllocatorNeverTwice(t *testing.T) {
 	seen := map[netip.Addr]string{}
 	for i := range 128 {
 		owner := string(rune('A'+i%26)) + string(rune('a'+i/26))
-		g, err := al.Allocate(owner, netip.Addr{})
+		g, err := al.Allocate(owner, "", netip.Addr{})
 		if err != nil {
 			t.Fatalf("allocation %d: %v", i, err)
 		}
@@ -91,12 +88,12 @@ func TestAllocatorNeverTwice(t *testing.T) {
 		}
 		seen[g.Addr] = owner
 	}
-	if _, err := al.Allocate("one-too-many", netip.Addr{}); err == nil {
+	if _, err := al.Allocate("one-too-many", "", netip.Addr{}); err == nil {
 		t.Error("allocation beyond 2×/26: no error")
 	}
 	// A released address can be given again, and a preferred one is honoured.
 	al.Release("Aa")
-	g, err := al.Allocate("new", a("10.100.1.64"))
+	g, err := al.Allocate("new", "", a("10.100.1.64"))
 	if err != nil || g.Addr != a("10.100.1.64") {
 		t.Errorf("allocate preferred released address: %v %v", g, err)
 	}
@@ -104,7 +101,7 @@ func TestAllocatorNeverTwice(t *testing.T) {
 
 func TestAllocatorReserveConflicts(t *testing.T) {
 	al := NewAllocator(twoRanges, 0)
-	if _, err := al.Reserve("p1", a("10.100.1.70")); err != nil {
+	if _, err := al.Reserve("p1", "", a("10.100.1.70")); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
@@ -118,13 +115,13 @@ func TestAllocatorReserveConflicts(t *testing.T) {
 		{"p3", "10.100.1.130", true}, // ENI 1
 	}
 	for _, c := range cases {
-		_, err := al.Reserve(c.owner, a(c.addr))
+		_, err := al.Reserve(c.owner, "", a(c.addr))
 		if (err == nil) != c.ok {
 			t.Errorf("Reserve(%s, %s) = %v, want ok=%v", c.owner, c.addr, err, c.ok)
 		}
 	}
 	// A preferred address that is held is not given to another owner.
-	g, err := al.Allocate("p4", a("10.100.1.70"))
+	g, err := al.Allocate("p4", "", a("10.100.1.70"))
 	if err != nil || g.Addr == a("10.100.1.70") {
 		t.Errorf("Allocate with held preference = %v, %v", g, err)
 	}

@@ -221,7 +221,7 @@ func (k *Kubelet) adopt() error {
 		if st.HostNetwork || !st.IP.IsValid() {
 			continue
 		}
-		if _, err := k.alloc.Reserve(string(st.UID), st.IP); err != nil {
+		if _, err := k.alloc.Reserve(string(st.UID), st.Group, st.IP); err != nil {
 			k.log.Error("reserve address from state", zap.String("uid", string(st.UID)), zap.Error(err))
 		}
 	}
@@ -370,7 +370,8 @@ func (k *Kubelet) podChanged(o any) {
 		st.IP = k.node.ENIs[0].Addr.Addr()
 	} else {
 		prefer, _ := netip.ParseAddr(cur.Status.PodIP)
-		al, err := k.alloc.Allocate(string(cur.UID), prefer)
+		st.Group = workloadOf(cur)
+		al, err := k.alloc.Allocate(string(cur.UID), st.Group, prefer)
 		if err != nil {
 			k.log.Error("allocate pod address", zap.String("pod", cur.Namespace+"/"+cur.Name), zap.Error(err))
 			return
@@ -387,6 +388,15 @@ func (k *Kubelet) podChanged(o any) {
 	}
 	k.log.Info("new pod", zap.String("pod", cur.Namespace+"/"+cur.Name), zap.String("ip", st.IP.String()), zap.String("eni", st.ENIID))
 	k.startWorker(st)
+}
+
+// workloadOf names the pod's controller (its ReplicaSet, StatefulSet, ...)
+// for spreading its pods over the ENIs; "" for a pod without one.
+func workloadOf(pod *v1.Pod) string {
+	if ref := metav1.GetControllerOf(pod); ref != nil {
+		return string(ref.UID)
+	}
+	return ""
 }
 
 // startWorker runs a worker for st; k.mu is held.

@@ -21,6 +21,7 @@ type PodState struct {
 	Namespace   string     `json:"namespace"`
 	Name        string     `json:"name"`
 	HostNetwork bool       `json:"hostNetwork,omitempty"`
+	Group       string     `json:"group,omitempty"`    // controller UID, for spreading over ENIs
 	NetNS       string     `json:"netns"`              // pod netns name (the node's for hostNetwork)
 	HostVeth    string     `json:"hostVeth,omitempty"` // node-side veth
 	IP          netip.Addr `json:"ip"`
