@@ -116,7 +116,7 @@ func New(cfg Config, log *zap.Logger) (*Kubelet, error) {
 		apiCA:   apiCA,
 		images:  images,
 		store:   stateStore{dir: filepath.Join(cfg.StateDir, "nodes", node.Name, "pods")},
-		dialer:  NetnsDialer(filepath.Join(NetnsDir, node.NetNS)),
+		dialer:  NetnsDialer(node.NetNS),
 		alloc:   NewAllocator(ranges, nodeOrdinal(node.Name)),
 		workers: map[types.UID]*podWorker{},
 	}, nil

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -23,45 +24,12 @@ const NetnsDir = "/run/netns"
 // neighbour entry for the node-side veth (as the AWS VPC CNI does).
 var PodGateway = netip.MustParseAddr("169.254.1.1")
 
-// inNetns runs fn on an OS thread switched into the named namespace. If the
-// thread cannot be switched back it is left locked, so Go discards it.
-func inNetns(nsPath string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", nsPath, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", nsPath, err)
-			return
-		}
-		ferr := fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// NetnsDialer dials from inside a network namespace: the socket is created on
-// a thread switched into it, and stays there.
-func NetnsDialer(nsPath string) Dialer {
+// NetnsDialer dials from inside the named network namespace: the socket is
+// created on a thread switched into it, and stays there.
+func NetnsDialer(name string) Dialer {
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		var c net.Conn
-		err := inNetns(nsPath, func() error {
+		err := testbed.InNetNS(name, func() error {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, network, address)
@@ -232,7 +200,7 @@ func setupPodNetwork(n PodNetwork) error {
 // ARP request only when forwarding is on and the route to the address goes
 // through another device, i.e. the pod's veth).
 func prepareNode(nodeNetNS string, eniDevices []string) error {
-	return inNetns(filepath.Join(NetnsDir, nodeNetNS), func() error {
+	return testbed.InNetNS(nodeNetNS, func() error {
 		writes := map[string]string{"/proc/sys/net/ipv4/ip_forward": "1"}
 		for _, d := range eniDevices {
 			writes["/proc/sys/net/ipv4/neigh/"+d+"/proxy_delay"] = "0"
