@@ -657,4 +657,3 @@ func BenchmarkSideBySide(b *testing.B) {
 		})
 	}
 }
-
