@@ -1,0 +1,498 @@
+package tests
+
+// The user's story with the Helm chart: `helm install` directlb into the test
+// bed, the controller and the agents run as the chart's ServiceAccounts (the
+// kubelet stand-in hands each pod its ServiceAccount token), kube-proxy is
+// nowhere, the examples get an external IP that reaches every pod,
+// `helm upgrade` keeps the webhook certificates, and after deleting the
+// Service and `helm uninstall` nothing is left in the cloud or the cluster.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+)
+
+const (
+	chRelease     = "dlbt-chart"
+	chNamespace   = "dlbt-chart-system"
+	chAppNS       = "dlbt-chart-app"
+	chClusterName = "dlbt-chart"
+	chChart       = "../../charts/directlb"
+	chLBCIDR      = "198.51.100.0/24"
+	chLBClass     = "dlbt-chart.directlb.io/lb"
+	// Localcloud's default access key (what the chart's Secret carries).
+	chAccessKey = "AKIDLOCALCLOUD"
+	chSecretKey = "localcloud-secret"
+)
+
+var (
+	chController = chRelease + "-directlb-controller"
+	chAgent      = chRelease + "-directlb-node-agent"
+)
+
+func chBPFRoot(node string) string { return filepath.Join(testbed.BPFPinPrefix, "chart-"+node) }
+
+// chHelm runs helm against the test bed (2 minute bound per call unless
+// the arguments carry their own --timeout).
+func chHelm(t *testing.T, b *Bed, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, "helm"), append(args, "--kubeconfig", b.Topology.Kubeconfig)...)
+	home := t.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// chLocalcloud returns the test bed's localcloud endpoint, starting one in
+// the cloud namespace for this test when the bed runs none.
+func chLocalcloud(t *testing.T, b *Bed) string {
+	t.Helper()
+	if u := b.Topology.LocalcloudURL; u != "" {
+		return u
+	}
+	bin := filepath.Join(b.BinDir, "localcloud")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("the test bed runs no localcloud and %s is not built (make build): %v", bin, err)
+	}
+	addr := b.Topology.CloudAddr.String() + ":4566"
+	logPath := filepath.Join(t.TempDir(), "localcloud.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+b.Topology.CloudNetNS, "--", bin,
+		"--listen="+addr, "--state-dir=", "--lb-cidr="+chLBCIDR,
+		"--access-key-id="+chAccessKey, "--secret-access-key="+chSecretKey)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// In the cloud's cgroup (before entering its namespace), so 'down'
+	// would kill it with the rest.
+	if err := cipStartInCgroup(cmd, b.Topology.CloudCgroup); err != nil {
+		t.Fatalf("start localcloud: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	u := "http://" + addr
+	ptPoll(t, 20*time.Second, "localcloud answers at "+u, func(context.Context) (bool, string) {
+		select {
+		case err := <-done:
+			t.Fatalf("localcloud exited: %v\n%s", err, cipTail(logPath))
+		default:
+		}
+		code, _, err := ptGet(u + "/")
+		return err == nil && code > 0, fmt.Sprint(err)
+	})
+	return u
+}
+
+func chCloud(t *testing.T, endpoint string) cloud.LoadBalancers {
+	t.Helper()
+	cfg := cloudaws.DefaultConfig()
+	cfg.Region = "us-east-1"
+	cfg.Endpoint = endpoint
+	cfg.MaxAttempts = 3
+	cfg.Credentials = credentials.NewStaticCredentialsProvider(chAccessKey, chSecretKey, "")
+	c, err := cloudaws.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// chCloudLeft lists what the cloud still has for the chart's cluster name.
+func chCloudLeft(ctx context.Context, c cloud.LoadBalancers) ([]string, error) {
+	var left []string
+	tags := cloud.Tags{cloud.TagCluster: chClusterName}
+	lbs, err := c.ListLoadBalancers(ctx, tags)
+	if err != nil {
+		return nil, err
+	}
+	for _, lb := range lbs {
+		left = append(left, "load balancer "+lb.ARN)
+	}
+	tgs, err := c.ListTargetGroups(ctx, tags)
+	if err != nil {
+		return nil, err
+	}
+	for _, tg := range tgs {
+		left = append(left, "target group "+tg.ARN)
+	}
+	return left, nil
+}
+
+// chPodLogs returns the logs the kubelet stand-in wrote for the release's
+// pods, by pod name.
+func chPodLogs(t *testing.T, b *Bed) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // also from Cleanup
+	defer cancel()
+	pods, err := b.Client.CoreV1().Pods(chNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := map[string]string{}
+	for _, p := range pods.Items {
+		for _, c := range p.Spec.Containers {
+			data, err := os.ReadFile(filepath.Join(b.Topology.StateDir, "nodes", p.Spec.NodeName, "pods", string(p.UID), c.Name+".log"))
+			if err != nil {
+				t.Errorf("log of %s/%s: %v", p.Name, c.Name, err)
+				continue
+			}
+			logs[p.Name] += string(data)
+		}
+	}
+	return logs
+}
+
+// chNewNamespace creates a namespace (waiting out one of an earlier run that
+// is still going); TestChart's cleanup deletes it in the right order.
+func chNewNamespace(t *testing.T, b *Bed, name string) string {
+	t.Helper()
+	ptPoll(t, 90*time.Second, "create namespace "+name, func(ctx context.Context) (bool, string) {
+		_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("create namespace %s: %v", name, err)
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+	return name
+}
+
+func TestChart(t *testing.T) {
+	b := requireBed(t)
+	for _, bin := range []string{"helm", "lb-controller", "node-agent"} {
+		if _, err := os.Stat(filepath.Join(b.BinDir, bin)); err != nil {
+			t.Skipf("%s is not built (make tools build): %v", bin, err)
+		}
+	}
+	endpoint := chLocalcloud(t, b)
+	lbs := chCloud(t, endpoint)
+
+	// Cleanup in the order docs/chart.md gives: the app (its Service's
+	// finalizer needs the controller), then the release, then the agents'
+	// pins.
+	installed := false
+	t.Cleanup(func() {
+		if t.Failed() && installed {
+			for pod, log := range chPodLogs(t, b) {
+				lines := strings.Split(strings.TrimSpace(log), "\n")
+				t.Logf("last lines of %s:\n%s", pod, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := b.Client.CoreV1().Namespaces().Delete(ctx, chAppNS, metav1.DeleteOptions{}); err == nil || !apierrors.IsNotFound(err) {
+			for ctx.Err() == nil {
+				if _, err := b.Client.CoreV1().Namespaces().Get(ctx, chAppNS, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+					break
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+		if installed {
+			if out, err := chHelm(t, b, "uninstall", chRelease, "-n", chNamespace, "--wait", "--timeout", "90s"); err != nil && !strings.Contains(out, "not found") {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
+		_ = b.Client.CoreV1().Namespaces().Delete(ctx, chNamespace, metav1.DeleteOptions{})
+		for _, n := range b.Topology.Nodes {
+			out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+n.NetNS, "--",
+				filepath.Join(b.BinDir, "node-agent"), "--cleanup", "--bpf-root="+chBPFRoot(n.Name)).CombinedOutput()
+			if err != nil {
+				t.Errorf("node-agent --cleanup on %s: %v\n%s", n.Name, err, out)
+			}
+		}
+	})
+
+	ns := chNewNamespace(t, b, chNamespace)
+	_, err := b.Client.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "localcloud-credentials"},
+		StringData: map[string]string{"AWS_ACCESS_KEY_ID": chAccessKey, "AWS_SECRET_ACCESS_KEY": chSecretKey},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// helm install, as a user would on the test bed.
+	begin := time.Now()
+	installed = true
+	if _, err := chHelm(t, b, "install", chRelease, chChart, "-n", ns,
+		"-f", filepath.Join(chChart, "ci", "testbed-values.yaml"),
+		"--set", "clusterName="+chClusterName,
+		"--set", "cloud.endpoint="+endpoint,
+		"--set", "nodeAgent.bpfRoot="+filepath.Join(testbed.BPFPinPrefix, "chart-$(NODE_NAME)"),
+		// Only this test's Service: a direct-access Service another test
+		// left behind must not get this release's finalizer.
+		"--set", "controller.loadBalancerClasses={"+chLBClass+"}",
+		"--set", "controller.manageDefaultClass=false",
+		// The readiness-gate webhook stays off (the chart's default): with
+		// it on, lb-controller reads its Secret through a cluster-wide
+		// cache the chart's RBAC rightly denies (docs/chart.md).
+		"--wait", "--timeout", "3m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("helm install --wait: %.1fs", time.Since(begin).Seconds())
+
+	// The controller and the agents run as the chart's ServiceAccounts.
+	pods, err := b.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := map[string]int{}
+	for _, p := range pods.Items {
+		if !ptReady(&p) {
+			t.Errorf("pod %s is not ready: %s", p.Name, p.Status.Phase)
+		}
+		running[p.Spec.ServiceAccountName]++
+	}
+	if diff := cmp.Diff(map[string]int{chController: 2, chAgent: len(b.Topology.Nodes)}, running); diff != "" {
+		t.Fatalf("ready pods by ServiceAccount (-want +got):\n%s", diff)
+	}
+
+	// kube-proxy is nowhere; the node agent is the DaemonSet.
+	ds := b.MustKubectl(t, "get", "daemonsets", "-A", "-o", "custom-columns=NS:.metadata.namespace,NAME:.metadata.name,READY:.status.numberReady", "--no-headers")
+	t.Logf("kubectl get daemonsets -A:\n%s", ds)
+	if !strings.Contains(ds, chAgent) || strings.Contains(ds, "kube-proxy") {
+		t.Errorf("daemonsets: want %s and no kube-proxy:\n%s", chAgent, ds)
+	}
+
+	// The agents synced Services and EndpointSlices through their RBAC.
+	for _, n := range b.Topology.Nodes {
+		u := "http://" + n.ENIs[0].Addr.Addr().String() + ":10256/healthz"
+		ptPoll(t, 30*time.Second, "agent on "+n.Name+" synced", func(context.Context) (bool, string) {
+			code, body, err := ptGet(u)
+			return err == nil && code == 200 && strings.Contains(body, "lastUpdated") && !strings.Contains(body, `"lastUpdated":"0001-01-01`), fmt.Sprint(code, body, err)
+		})
+	}
+
+	// RBAC: what the controller needs it has, and no more.
+	sa := "system:serviceaccount:" + ns + ":" + chController
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"update", "services", "--subresource=status", "-A"}, "yes"},
+		{[]string{"update", "services", "--subresource=finalizers", "-A"}, "yes"},
+		{[]string{"list", "endpointslices.discovery.k8s.io", "-A"}, "yes"},
+		{[]string{"patch", "pods", "--subresource=status", "-A"}, "yes"},
+		{[]string{"patch", "pods", "-A"}, "no"},
+		{[]string{"update", "leases.coordination.k8s.io/lb-controller.directlb.io", "-n", ns}, "yes"},
+		{[]string{"get", "secrets", "-n", ns}, "no"},
+		{[]string{"get", "secrets/localcloud-credentials", "-n", ns}, "no"},
+		{[]string{"delete", "services", "-A"}, "no"},
+		{[]string{"update", "nodes"}, "no"},
+		{[]string{"update", "leases.coordination.k8s.io/other", "-n", ns}, "no"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		out, _ := b.Kubectl(ctx, append([]string{"auth", "can-i", "--as", sa}, tc.args...)...)
+		cancel()
+		// The answer is the last line (warnings come first).
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if got := strings.TrimSpace(lines[len(lines)-1]); got != tc.want {
+			t.Errorf("%s can-i %v: %q, want %s", chController, tc.args, got, tc.want)
+		}
+	}
+
+	// The examples: an EXTERNAL-IP that reaches every pod, with the pods'
+	// IPs as the cloud's targets.
+	chNewNamespace(t, b, chAppNS)
+	b.MustKubectl(t, "apply", "-n", chAppNS, "-f", "../../examples/echo-deployment.yaml")
+	raw, err := os.ReadFile("../../examples/echo-service.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example corev1.Service
+	if err := yaml.UnmarshalStrict(raw, &example); err != nil {
+		t.Fatal(err)
+	}
+	example.Spec.LoadBalancerClass = ptr.To(chLBClass)
+	if _, err := b.Client.CoreV1().Services(chAppNS).Create(t.Context(), &example, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	begin = time.Now()
+	var extIP string
+	ptPoll(t, 90*time.Second, "EXTERNAL-IP of "+chAppNS+"/echo", func(ctx context.Context) (bool, string) {
+		svc, err := b.Client.CoreV1().Services(chAppNS).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if in := svc.Status.LoadBalancer.Ingress; len(in) > 0 && in[0].IP != "" {
+			extIP = in[0].IP
+			return true, ""
+		}
+		return false, fmt.Sprintf("status %+v", svc.Status)
+	})
+	t.Logf("EXTERNAL-IP %s after %.1fs", extIP, time.Since(begin).Seconds())
+	t.Logf("kubectl get svc:\n%s", b.MustKubectl(t, "get", "svc", "-n", chAppNS))
+	if a, err := netip.ParseAddr(extIP); err != nil || !netip.MustParsePrefix(chLBCIDR).Contains(a) {
+		t.Fatalf("EXTERNAL-IP %q is not in %s", extIP, chLBCIDR)
+	}
+	podIPs := map[string]string{} // name → IP
+	ptPoll(t, 90*time.Second, "3 echo pods ready", func(ctx context.Context) (bool, string) {
+		list, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+		if err != nil {
+			return false, err.Error()
+		}
+		clear(podIPs)
+		for _, p := range list.Items {
+			if ptReady(&p) {
+				podIPs[p.Name] = p.Status.PodIP
+			}
+		}
+		return len(podIPs) == 3, fmt.Sprint(podIPs)
+	})
+	var wantTargets []string
+	for _, ip := range podIPs {
+		wantTargets = append(wantTargets, ip+":8080")
+	}
+	slices.Sort(wantTargets)
+	ptPoll(t, 60*time.Second, "the cloud's healthy targets are the pods", func(ctx context.Context) (bool, string) {
+		tgs, err := lbs.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: chClusterName, cloud.TagService: chAppNS + "/echo"})
+		if err != nil || len(tgs) != 1 {
+			return false, fmt.Sprint(tgs, err)
+		}
+		th, err := lbs.DescribeTargetHealth(ctx, tgs[0].ARN)
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []string
+		healthy := 0
+		for _, h := range th {
+			got = append(got, h.Target.String())
+			if h.State == cloud.TargetHealthy {
+				healthy++
+			}
+		}
+		slices.Sort(got)
+		return slices.Equal(got, wantTargets) && healthy == len(wantTargets), fmt.Sprintf("targets %v (%d healthy), want %v", got, healthy, wantTargets)
+	})
+	seen := map[string]int{}
+	failed := 0
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; i < 300 && time.Now().Before(deadline); i++ {
+		code, body, err := ptGet("http://" + extIP + "/")
+		if err != nil || code != 200 {
+			failed++
+			continue
+		}
+		seen[strings.TrimSpace(body)]++
+	}
+	t.Logf("responses by pod: %v, failed: %d", seen, failed)
+	for name := range podIPs {
+		if seen[name] == 0 {
+			t.Errorf("no response from pod %s through %s: %v", name, extIP, seen)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d requests through %s failed", failed, extIP)
+	}
+
+	// helm upgrade rolls the controller; the Service keeps working.
+	if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", ns, "--reuse-values",
+		"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
+		t.Fatal(err)
+	}
+	dep, err := b.Client.AppsV1().Deployments(ns).Get(t.Context(), chController, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args := dep.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--concurrency=5") {
+		t.Errorf("upgraded controller args %v lack --concurrency=5", args)
+	}
+	for i := 0; i < 20; i++ {
+		if code, body, err := ptGet("http://" + extIP + "/"); err != nil || code != 200 {
+			t.Errorf("after the upgrade, request %d: %d %q %v", i, code, body, err)
+		}
+	}
+
+	// No RBAC denial in any log of the release's pods; and the logs are
+	// really theirs: one controller led, every agent synced.
+	leaders, synced := 0, 0
+	for pod, log := range chPodLogs(t, b) {
+		if strings.Contains(log, "Successfully acquired lease") {
+			leaders++
+		}
+		if strings.Contains(log, "initial sync done") {
+			synced++
+		}
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(strings.ToLower(line), "forbidden") {
+				t.Errorf("%s: %s", pod, line)
+			}
+		}
+	}
+	if leaders < 1 || synced != len(b.Topology.Nodes) {
+		t.Errorf("logs show %d leaders and %d synced agents, want at least 1 and %d", leaders, synced, len(b.Topology.Nodes))
+	}
+
+	// Uninstall in the documented order: the Service first, while the
+	// controller runs, then the release.
+	b.MustKubectl(t, "delete", "service", "echo", "-n", chAppNS, "--wait=true", "--timeout=60s")
+	ptPoll(t, 60*time.Second, "the cloud forgets the Service", func(ctx context.Context) (bool, string) {
+		left, err := chCloudLeft(ctx, lbs)
+		return err == nil && len(left) == 0, fmt.Sprint(left, err)
+	})
+	if _, err := chHelm(t, b, "uninstall", chRelease, "-n", ns, "--wait", "--timeout", "2m"); err != nil {
+		t.Fatal(err)
+	}
+	installed = false
+	ptPoll(t, 60*time.Second, "the release's pods are gone", func(ctx context.Context) (bool, string) {
+		list, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == 0, fmt.Sprint(len(list.Items), err)
+	})
+	sel := "app.kubernetes.io/instance=" + chRelease
+	left := b.MustKubectl(t, "get", "all,secrets,serviceaccounts,roles,rolebindings,leases,poddisruptionbudgets,configmaps,events",
+		"-n", ns, "-o", "name")
+	var leftover []string
+	for _, l := range strings.Fields(left) {
+		// What the namespace itself holds, and this test's Secret.
+		if strings.HasPrefix(l, "configmap/kube-root-ca.crt") || strings.HasPrefix(l, "serviceaccount/default") ||
+			l == "secret/localcloud-credentials" || strings.HasPrefix(l, "event") {
+			continue
+		}
+		leftover = append(leftover, l)
+	}
+	cluster := b.MustKubectl(t, "get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations", "-l", sel, "-o", "name")
+	leftover = append(leftover, strings.Fields(cluster)...)
+	if len(leftover) > 0 {
+		t.Errorf("left after helm uninstall: %v", leftover)
+	}
+	if left, err := chCloudLeft(t.Context(), lbs); err != nil || len(left) > 0 {
+		t.Errorf("left in the cloud after helm uninstall: %v %v", left, err)
+	}
+}
