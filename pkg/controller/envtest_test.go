@@ -567,3 +567,16 @@ func registrationCount(t *testing.T) uint64 {
 	}
 	return m.GetHistogram().GetSampleCount()
 }
+
+// TestEndpointsBeforeLoadBalancer: endpoints that exist before the load
+// balancer does are registered once its target group exists.
+func TestEndpointsBeforeLoadBalancer(t *testing.T) {
+	h := start(t)
+	h.slice("early", epOf("10.3.0.1", true, false, ""), epOf("10.3.0.2", true, false, ""))
+	h.service("early", nil)
+	want := []string{"10.3.0.1:8080", "10.3.0.2:8080"}
+	h.eventually("targets registered", func() (bool, string) {
+		got := h.targets()
+		return cmp.Equal(want, got), fmt.Sprintf("targets %v want %v", got, want)
+	})
+}
