@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -520,4 +521,79 @@ func TestWebhook(t *testing.T) {
 		_, err := newPod(ns)
 		return err != nil, fmt.Sprint("created: ", err)
 	})
+}
+
+// TestGateFailOpen: with --gate-fail-open-after, a pod whose containers have
+// been ready that long gets its gate True (reason FailOpen) while its target
+// is still unhealthy, and a Warning event says so.
+func TestGateFailOpen(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	lb, _ := hc.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "lb"})
+	tg, _ := hc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg-web", Protocol: cloud.ProtocolTCP, Port: 8080})
+	if _, err := hc.CreateListener(ctx, cloud.ListenerSpec{LoadBalancerARN: lb.ARN, Protocol: cloud.ProtocolTCP, Port: 80, TargetGroupARN: tg.ARN}); err != nil {
+		t.Fatal(err)
+	}
+	const ip = "10.100.1.90"
+	hc.set(ip, cloud.TargetUnhealthy)
+	if err := hc.RegisterTargets(ctx, tg.ARN, []cloud.Target{{IP: ip, Port: 8080}}); err != nil {
+		t.Fatal(err)
+	}
+	groups := staticGroups{{Namespace: ns, Name: "web"}: {{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-web"}}}}}
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	cfg.FailOpenAfter = 4 * time.Second
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-1"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}},
+			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("web")}}},
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	readyAt := time.Now()
+	patch := fmt.Sprintf(`{"status":{"podIP":%q,"conditions":[{"type":"ContainersReady","status":"True","lastTransitionTime":%q}]}}`,
+		ip, readyAt.UTC().Format(time.RFC3339))
+	if err := c.Status().Patch(ctx, pod, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if cond, err := gateCondition(c, ns, "web-1", "web"); err != nil || cond == nil || cond.Reason != readinessgate.ReasonUnhealthy {
+		t.Fatalf("before the fail-open timeout: gate %+v, err %v; want False/Unhealthy", cond, err)
+	}
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonFailOpen)
+	if since := time.Since(readyAt); since < cfg.FailOpenAfter-time.Second {
+		t.Errorf("failed open %s after containers ready, want ≥ %s", since, cfg.FailOpenAfter)
+	}
+	eventually(t, "Warning event "+readinessgate.EventFailOpen, func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+			return false, err.Error()
+		}
+		var seen []string
+		for _, e := range evs.Items {
+			seen = append(seen, e.Type+"/"+e.Reason)
+			if e.Type == corev1.EventTypeWarning && e.Reason == readinessgate.EventFailOpen && e.Regarding.Name == "web-1" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(seen)
+	})
+	// Healthy later: the normal rules take over.
+	hc.set(ip, cloud.TargetHealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
+	hc.set(ip, cloud.TargetUnhealthy)
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
 }

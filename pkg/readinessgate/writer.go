@@ -152,7 +152,9 @@ func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, group
 	if cur := findCondition(pod, gateType); cur != nil && cur.Status == corev1.ConditionTrue && cur.Reason == ReasonFailOpen {
 		return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen, Message: cur.Message}
 	}
-	if w.Config.FailOpenAfter <= 0 {
+	if w.Config.FailOpenAfter <= 0 || w.wasHealthy(pod.UID) {
+		// Fail open covers a target that never became healthy; one that
+		// was healthy and fails its checks now turns the gate False.
 		return v
 	}
 	cr := findCondition(pod, corev1.ContainersReady)
@@ -236,6 +238,12 @@ func (w *Writer) observeReady(pod *corev1.Pod, at time.Time) {
 	if cr := findCondition(pod, corev1.ContainersReady); cr != nil && cr.Status == corev1.ConditionTrue {
 		gateReadyLatency.Observe(at.Sub(cr.LastTransitionTime.Time).Seconds())
 	}
+}
+
+func (w *Writer) wasHealthy(uid types.UID) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.everTrue[uid]
 }
 
 // checkGrace warns once per pod when the drain hook cannot finish within
