@@ -1,0 +1,422 @@
+package tests
+
+// The reason to use directlb: a rolling update of a direct-access
+// Deployment under steady load through the load balancer loses no request.
+// The same rollout with readiness gates and drain opted out loses some —
+// otherwise the test would prove nothing.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// Load: new connections and keep-alive connections at once, ≥ 200 req/s.
+const (
+	roNewConnRate   = 200 // requests/s, each on a new TCP connection
+	roKeepAliveRate = 100 // requests/s over a pool of keep-alive connections
+	roMaxLoad       = 10 * time.Minute
+	roReplicas      = 10
+)
+
+// roLoad is a bounded open-loop load generator: rate requests per second
+// until stop or maxDur, and at most rate×maxDur requests.
+type roLoad struct {
+	total, failed atomic.Int64
+	mu            sync.Mutex
+	errs          map[string]int
+}
+
+func (l *roLoad) run(ctx context.Context, url string, rate int, keepAlive bool, maxDur time.Duration, wg *sync.WaitGroup) {
+	defer wg.Done()
+	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 16, MaxConnsPerHost: 16, IdleConnTimeout: 30 * time.Second}
+	if !keepAlive {
+		tr.MaxConnsPerHost = 0
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	ctx, cancel := context.WithTimeout(ctx, maxDur)
+	defer cancel()
+	limit := int64(rate) * int64(maxDur/time.Second)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	sem := make(chan struct{}, 256)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	for sent := int64(0); sent < limit; sent++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
+			defer func() { <-sem }()
+			err := roGet(client, url)
+			l.total.Add(1)
+			if err != nil {
+				l.failed.Add(1)
+				l.mu.Lock()
+				kind := "new-conn"
+				if keepAlive {
+					kind = "keep-alive"
+				}
+				l.errs[kind+": "+roErrClass(err)]++
+				l.mu.Unlock()
+			}
+		}()
+	}
+}
+
+func roGet(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "web-") {
+		return fmt.Errorf("status %d body %q", resp.StatusCode, body)
+	}
+	return nil
+}
+
+func roErrClass(err error) string {
+	s := err.Error()
+	for _, k := range []string{"connection refused", "connection reset", "EOF", "timeout", "deadline", "status"} {
+		if strings.Contains(s, k) {
+			return k
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "deadline"
+	}
+	return s
+}
+
+// roTimes records, per pod, when the test saw its containers ready, its
+// gate True, its deletion and its disappearance.
+type roTimes struct {
+	events                               int
+	mu                                   sync.Mutex
+	containersReady, gateTrue, del, gone map[types.UID]time.Time
+}
+
+// watch follows the namespace's pods until ctx ends, watching again when
+// the apiserver ends a watch.
+func (r *roTimes) watch(ctx context.Context, t *testing.T, b *Bed, ns, svc string) {
+	go func() {
+		rv := ""
+		for ctx.Err() == nil {
+			if rv == "" {
+				// List, then watch from there (the test bed's etcd 3.4 cannot
+				// stream the initial list as a watch).
+				l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					time.Sleep(200 * time.Millisecond)
+					continue
+				}
+				for i := range l.Items {
+					r.observe(&l.Items[i], false, svc)
+				}
+				rv = l.ResourceVersion
+			}
+			w, err := b.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{ResourceVersion: rv, AllowWatchBookmarks: true})
+			if err != nil {
+				rv = ""
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			for ev := range w.ResultChan() {
+				p, ok := ev.Object.(*corev1.Pod)
+				if !ok {
+					if ev.Type == watch.Error {
+						rv = "" // too old: start over from the current state
+					}
+					continue
+				}
+				rv = p.ResourceVersion
+				if ev.Type == watch.Bookmark {
+					continue
+				}
+				r.observe(p, ev.Type == watch.Deleted, svc)
+			}
+			w.Stop()
+		}
+	}()
+}
+
+func (r *roTimes) observe(p *corev1.Pod, deleted bool, svc string) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events++
+	first := func(m map[types.UID]time.Time) {
+		if _, ok := m[p.UID]; !ok {
+			m[p.UID] = now
+		}
+	}
+	if ptCondition(p, corev1.ContainersReady) == corev1.ConditionTrue {
+		first(r.containersReady)
+	}
+	if s, _ := rgGate(p, svc); s == corev1.ConditionTrue {
+		first(r.gateTrue)
+	}
+	if p.DeletionTimestamp != nil {
+		first(r.del)
+	}
+	if deleted {
+		first(r.gone)
+	}
+}
+
+func roPercentiles(d []time.Duration) (p50, p99 time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	idx := func(q float64) int { return min(len(d)-1, int(q*float64(len(d)-1)+0.5)) }
+	return d[idx(0.5)], d[idx(0.99)]
+}
+
+// pairs returns to[uid]-from[uid] for pods in both maps and created after
+// since.
+func roPairs(from, to map[types.UID]time.Time, since time.Time) []time.Duration {
+	var out []time.Duration
+	for uid, a := range from {
+		if z, ok := to[uid]; ok && a.After(since) {
+			out = append(out, z.Sub(a))
+		}
+	}
+	return out
+}
+
+type roResult struct {
+	total, failed int64
+	errs          map[string]int
+	duration      time.Duration
+	readyToGate   []time.Duration
+	deleteToGone  []time.Duration
+}
+
+// roRollout sets up a 10-replica direct-access Deployment behind a load
+// balancer, rolls it (maxSurge 1, maxUnavailable 0) under load and returns
+// what the load generator saw.
+func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
+	ctx := t.Context()
+	labels := map[string]string{"app": "web"}
+	extra := map[string]string{}
+	if !gates {
+		extra[service.AnnotationReadinessGate] = "false"
+	}
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, extra), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if gates {
+		rgWaitWebhook(t, b, ns, "web", labels)
+	}
+	ctr := ptEchoContainer()
+	ctr.Env = []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(roReplicas)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
+				MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+			}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:                    []corev1.Container{ctr},
+					TerminationGracePeriodSeconds: ptr.To(int64(30)),
+				},
+			},
+		},
+	}
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var lbIP string
+	ptPoll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
+			lbIP = ing[0].IP
+		}
+		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
+	})
+	lc := lbtCloud(t, b)
+	roSettled(t, b, lc, ns, 4*time.Minute)
+	url := "http://" + lbIP + ":80/"
+	for i := range 50 {
+		if err := roGet(&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url); err != nil {
+			t.Fatalf("before the rollout, request %d through %s failed: %v", i, url, err)
+		}
+	}
+
+	times := &roTimes{containersReady: map[types.UID]time.Time{}, gateTrue: map[types.UID]time.Time{}, del: map[types.UID]time.Time{}, gone: map[types.UID]time.Time{}}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	times.watch(wctx, t, b, ns, "web")
+
+	load := &roLoad{errs: map[string]int{}}
+	lctx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go load.run(lctx, url, roNewConnRate, false, roMaxLoad, &wg)
+	go load.run(lctx, url, roKeepAliveRate, true, roMaxLoad, &wg)
+	time.Sleep(3 * time.Second)
+
+	begin := time.Now()
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"e2e.directlb.io/rollout":%q}}}}}`, begin.Format(time.RFC3339Nano))
+	if _, err := b.Client.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ptPoll(t, 8*time.Minute, "rollout complete, old pods gone", func(ctx context.Context) (bool, string) {
+		d, err := b.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		pods, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		st := d.Status
+		return st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == roReplicas && st.ReadyReplicas == roReplicas &&
+				st.Replicas == roReplicas && len(pods.Items) == roReplicas,
+			fmt.Sprintf("updated %d ready %d replicas %d pods %d", st.UpdatedReplicas, st.ReadyReplicas, st.Replicas, len(pods.Items))
+	})
+	took := time.Since(begin)
+	time.Sleep(3 * time.Second)
+	stopLoad()
+	wg.Wait()
+
+	times.mu.Lock()
+	res := roResult{
+		total: load.total.Load(), failed: load.failed.Load(), errs: load.errs, duration: took,
+		readyToGate:  roPairs(times.containersReady, times.gateTrue, begin),
+		deleteToGone: roPairs(times.del, times.gone, begin),
+	}
+	t.Logf("pod watch: %d events, %d pods seen ready, %d deleted", times.events, len(times.containersReady), len(times.del))
+	times.mu.Unlock()
+	if rate := float64(res.total) / (took + 6*time.Second).Seconds(); rate < 200 {
+		t.Errorf("load was %.0f req/s, want at least 200", rate)
+	}
+	return res
+}
+
+// roSettled waits until the Deployment's pods are all Ready and every one
+// is a healthy target.
+func roSettled(t *testing.T, b *Bed, lc cloud.LoadBalancers, ns string, timeout time.Duration) {
+	t.Helper()
+	ptPoll(t, timeout, fmt.Sprintf("%d pods Ready and healthy targets", roReplicas), func(ctx context.Context) (bool, string) {
+		pods, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return false, err.Error()
+		}
+		ready := 0
+		ips := map[string]bool{}
+		for i := range pods.Items {
+			if ptReady(&pods.Items[i]) {
+				ready++
+				ips[pods.Items[i].Status.PodIP] = true
+			}
+		}
+		tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: rgCluster, cloud.TagService: ns + "/web"})
+		if err != nil || len(tgs) != 1 {
+			return false, fmt.Sprintf("ready %d, target groups %d %v", ready, len(tgs), err)
+		}
+		th, err := lc.DescribeTargetHealth(ctx, tgs[0].ARN)
+		if err != nil {
+			return false, err.Error()
+		}
+		healthy := 0
+		for _, h := range th {
+			if h.State == cloud.TargetHealthy && ips[h.IP] {
+				healthy++
+			}
+		}
+		return ready == roReplicas && len(pods.Items) == roReplicas && healthy == roReplicas,
+			fmt.Sprintf("pods %d ready %d healthy targets %d", len(pods.Items), ready, healthy)
+	})
+}
+
+func roReport(t *testing.T, name string, r roResult) {
+	p50g, p99g := roPercentiles(r.readyToGate)
+	p50d, p99d := roPercentiles(r.deleteToGone)
+	line := fmt.Sprintf("%s: rollout %.1fs, %d requests, %d failed %v; containers-ready→gate p50 %.2fs p99 %.2fs (n=%d); deletion→gone p50 %.2fs p99 %.2fs (n=%d)",
+		name, r.duration.Seconds(), r.total, r.failed, r.errs,
+		p50g.Seconds(), p99g.Seconds(), len(r.readyToGate), p50d.Seconds(), p99d.Seconds(), len(r.deleteToGone))
+	t.Log(line)
+	fmt.Fprintln(os.Stderr, "e2e rollout:", line)
+}
+
+// TestRolloutZeroLoss: readiness gates and drain on — 0 failed requests.
+func TestRolloutZeroLoss(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-rollout")
+	rgController(t, b, ns)
+	rgDeleteServices(t, b, ns)
+	r := roRollout(t, b, ns, true)
+	roReport(t, "gates+drain", r)
+	if r.failed != 0 {
+		t.Errorf("%d of %d requests failed during the rollout with readiness gates and drain: %v", r.failed, r.total, r.errs)
+	}
+	if len(r.readyToGate) < roReplicas {
+		t.Errorf("saw %d new pods go containers-ready → gate True, want %d", len(r.readyToGate), roReplicas)
+	}
+}
+
+// TestRolloutOptedOutLoses: the same rollout with gates and drain opted out
+// (service.directlb.io/readiness-gate: "false") must lose requests, or the
+// zero above would prove nothing.
+func TestRolloutOptedOutLoses(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-rollout-off")
+	rgController(t, b, ns)
+	rgDeleteServices(t, b, ns)
+	r := roRollout(t, b, ns, false)
+	roReport(t, "opted out", r)
+	if r.failed == 0 {
+		t.Errorf("0 of %d requests failed with gates and drain opted out: the rollout test cannot tell them apart", r.total)
+	}
+}
