@@ -74,10 +74,10 @@ func setupGates(ctx context.Context, mgr ctrl.Manager, cfg controller.Config, g 
 				}
 			}
 		} else {
-			m := &certs.Manager{Client: mgr.GetClient(), Config: g.Certs, Hosts: g.Gates.Hosts()}
+			m := &certs.Manager{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Config: g.Certs, Hosts: g.Gates.Hosts()}
 			if g.Gates.ManageWebhookConfiguration {
 				m.OnCABundle = func(ctx context.Context, bundle []byte) error {
-					return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), g.Gates, bundle)
+					return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), mgr.GetAPIReader(), g.Gates, bundle)
 				}
 			}
 			if err := mgr.Add(m); err != nil {
@@ -117,6 +117,6 @@ func (f runnableFunc) NeedLeaderElection() bool        { return false }
 
 func publishOnce(mgr ctrl.Manager, cfg readinessgate.Config) runnableFunc {
 	return func(ctx context.Context) error {
-		return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), cfg, nil)
+		return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), mgr.GetAPIReader(), cfg, nil)
 	}
 }

@@ -91,6 +91,10 @@ func (c *Config) Validate() error {
 // serving certificate.
 type Manager struct {
 	Client client.Client
+	// Reader reads the Secret; give it the manager's API reader
+	// (mgr.GetAPIReader()) so the controller needs no cluster-wide
+	// list/watch of Secrets for a cache. Nil reads through Client.
+	Reader client.Reader
 	Config Config
 	// Hosts are the DNS names or IP addresses the serving certificate
 	// covers.
@@ -167,7 +171,11 @@ func (m *Manager) Check(ctx context.Context) error {
 	m.init()
 	ns, name, _ := strings.Cut(m.Config.Secret, "/")
 	sec := &corev1.Secret{}
-	err := m.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, sec)
+	var r client.Reader = m.Client
+	if m.Reader != nil {
+		r = m.Reader
+	}
+	err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, sec)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("get secret %s: %w", m.Config.Secret, err)

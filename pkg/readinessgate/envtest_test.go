@@ -438,10 +438,10 @@ func TestWebhook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cm := &certs.Manager{Client: mgr.GetClient(), Config: certs.Config{Secret: ns + "/webhook-tls", Validity: time.Hour, CheckInterval: time.Minute},
+	cm := &certs.Manager{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Config: certs.Config{Secret: ns + "/webhook-tls", Validity: time.Hour, CheckInterval: time.Minute},
 		Hosts: cfg.Hosts(),
 		OnCABundle: func(ctx context.Context, b []byte) error {
-			return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), cfg, b)
+			return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), mgr.GetAPIReader(), cfg, b)
 		}}
 	if err := mgr.Add(cm); err != nil {
 		t.Fatal(err)
@@ -514,7 +514,7 @@ func TestWebhook(t *testing.T) {
 	}
 	// failurePolicy Fail: creation is refused while the webhook is down.
 	cfg.WebhookFailurePolicy = readinessgate.FailurePolicyFail
-	if err := readinessgate.EnsureConfiguration(ctx, c, cfg, nil); err != nil {
+	if err := readinessgate.EnsureConfiguration(ctx, c, nil, cfg, nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "pod creation refused under Fail", func() (bool, string) {

@@ -68,14 +68,19 @@ func DesiredConfiguration(cfg Config, caBundle []byte) (*admissionregistrationv1
 
 // EnsureConfiguration creates or updates the MutatingWebhookConfiguration.
 // A nil caBundle keeps the bundle the object has (cert-manager's CA
-// injector owns it then).
-func EnsureConfiguration(ctx context.Context, c client.Client, cfg Config, caBundle []byte) error {
+// injector owns it then). r reads the object (pass the manager's API
+// reader: no cluster-wide cache of webhook configurations); nil reads
+// through c.
+func EnsureConfiguration(ctx context.Context, c client.Client, r client.Reader, cfg Config, caBundle []byte) error {
+	if r == nil {
+		r = c
+	}
 	want, err := DesiredConfiguration(cfg, caBundle)
 	if err != nil {
 		return err
 	}
 	have := &admissionregistrationv1.MutatingWebhookConfiguration{}
-	err = c.Get(ctx, client.ObjectKey{Name: want.Name}, have)
+	err = r.Get(ctx, client.ObjectKey{Name: want.Name}, have)
 	if apierrors.IsNotFound(err) {
 		if err := c.Create(ctx, want); err != nil {
 			return fmt.Errorf("create mutating webhook configuration %s: %w", want.Name, err)
