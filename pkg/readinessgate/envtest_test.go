@@ -330,15 +330,20 @@ func TestGateWriterServiceDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "api-1", Labels: map[string]string{"app": "api"}},
+		// The drain hook was injected, and 10 s of grace cannot cover the
+		// default 30 s deregistration delay.
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "api-1", Labels: map[string]string{"app": "api"},
+			Annotations: map[string]string{readinessgate.AnnotationInjected: "app"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}},
-			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("api")}}},
+			TerminationGracePeriodSeconds: ptr.To[int64](10),
+			ReadinessGates:                []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("api")}}},
 	}
 	if err := c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
 	setIP(t, c, pod, "10.100.1.80")
 	waitGate(t, c, ns, "api-1", "api", corev1.ConditionFalse, readinessgate.ReasonLoadBalancerPending)
+	waitEvent(t, c, ns, "api-1", readinessgate.EventGraceTooShort)
 	if err := c.Delete(ctx, svc); err != nil {
 		t.Fatal(err)
 	}
@@ -577,23 +582,29 @@ func TestGateFailOpen(t *testing.T) {
 	if since := time.Since(readyAt); since < cfg.FailOpenAfter-time.Second {
 		t.Errorf("failed open %s after containers ready, want ≥ %s", since, cfg.FailOpenAfter)
 	}
-	eventually(t, "Warning event "+readinessgate.EventFailOpen, func() (bool, string) {
-		var evs eventsv1.EventList
-		if err := c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
-			return false, err.Error()
-		}
-		var seen []string
-		for _, e := range evs.Items {
-			seen = append(seen, e.Type+"/"+e.Reason)
-			if e.Type == corev1.EventTypeWarning && e.Reason == readinessgate.EventFailOpen && e.Regarding.Name == "web-1" {
-				return true, ""
-			}
-		}
-		return false, fmt.Sprint(seen)
-	})
+	waitEvent(t, c, ns, "web-1", readinessgate.EventFailOpen)
 	// Healthy later: the normal rules take over.
 	hc.set(ip, cloud.TargetHealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
 	hc.set(ip, cloud.TargetUnhealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+}
+
+// waitEvent waits for a Warning event with reason about the pod.
+func waitEvent(t *testing.T, c client.Client, ns, pod, reason string) {
+	t.Helper()
+	eventually(t, "Warning event "+reason, func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := c.List(context.Background(), &evs, client.InNamespace(ns)); err != nil {
+			return false, err.Error()
+		}
+		var seen []string
+		for _, e := range evs.Items {
+			seen = append(seen, e.Type+"/"+e.Reason)
+			if e.Type == corev1.EventTypeWarning && e.Reason == reason && e.Regarding.Name == pod {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(seen)
+	})
 }
