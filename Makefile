@@ -97,6 +97,9 @@ demo: deps tools build
 .PHONY: bench
 bench: tools build
 	DLB_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 40m ./bench/...
+	@# Rollout under load on the test bed (root): requests lost, containers-ready → gate True and drain p50/p99.
+	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m -v -run '^TestRollout' ./e2e/tests/ 2>&1 | grep -E '^(e2e rollout:|--- |ok|FAIL|panic)' ; \
+	exit $${PIPESTATUS[0]}
 
 ## generate / verify-generate: regenerate the BPF objects and Go bindings.
 .PHONY: generate verify-generate
