@@ -260,11 +260,6 @@ func (s *sbs) startAgent(e *env, name string, attach bool) *agentRun {
 	return a
 }
 
-func (a *agentRun) programmed(fe datapath.Frontend) int {
-	p, _ := a.lb.Programmed(fe)
-	return len(p.Backends)
-}
-
 // kubeProxy is a kube-proxy process in its own network namespace.
 type kubeProxy struct {
 	ns   string
