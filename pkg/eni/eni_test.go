@@ -1,0 +1,331 @@
+package eni
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+func TestValidate(t *testing.T) {
+	good := ENI{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.100.1.11/16"), Gateway: netip.MustParseAddr("10.100.0.1")}
+	tests := []struct {
+		name    string
+		enis    []ENI
+		wantErr bool
+	}{
+		{"ok", []ENI{good}, false},
+		{"no device", []ENI{{Index: 1, Address: good.Address, Gateway: good.Gateway}}, true},
+		{"gateway outside subnet", []ENI{{Index: 1, Device: "eth1", Address: good.Address, Gateway: netip.MustParseAddr("10.1.0.1")}}, true},
+		{"index twice", []ENI{good, {Index: 1, Device: "eth2", Address: good.Address, Gateway: good.Gateway}}, true},
+		{"device twice", []ENI{good, {Index: 2, Device: "eth1", Address: good.Address, Gateway: good.Gateway}}, true},
+		{"no address", []ENI{{Index: 1, Device: "eth1", Gateway: good.Gateway}}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Config{ENIs: tc.enis}.Validate()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Validate() = %v, want error %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// testNS is a network namespace of the test's own, with two "ENIs" (each a
+// veth whose peer stays in the namespace) on 10.200.0.0/16 and pod veths.
+type testNS struct {
+	name string
+	h    *netlink.Handle
+}
+
+func newTestNS(t *testing.T) *testNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, len(t.Name()))
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		_ = netns.DeleteNamed(name)
+		ns, err := netns.NewNamed(name)
+		if err == nil {
+			ns.Close()
+			// The thread is in the new namespace: turn forwarding on
+			// (route lookups with an input interface need it).
+			err = os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		}
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	tn := &testNS{name: name, h: h}
+	tn.veth(t, "eth0", "peer0", "10.200.0.10/16")
+	tn.veth(t, "eth1", "peer1", "10.200.0.11/16")
+	return tn
+}
+
+// veth adds a veth pair in the namespace, both ends up, addr (if any) on name.
+func (n *testNS) veth(t *testing.T, name, peer, addr string) netlink.Link {
+	t.Helper()
+	if err := n.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}); err != nil {
+		t.Fatalf("add veth %s: %v", name, err)
+	}
+	var l netlink.Link
+	for _, d := range []string{peer, name} {
+		var err error
+		if l, err = n.h.LinkByName(d); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if addr != "" {
+		p := netip.MustParsePrefix(addr)
+		if err := n.h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p)}); err != nil {
+			t.Fatalf("address %s on %s: %v", addr, name, err)
+		}
+	}
+	return l
+}
+
+var testENIs = []ENI{
+	{Index: 0, Device: "eth0", Address: netip.MustParsePrefix("10.200.0.10/16"), Gateway: netip.MustParseAddr("10.200.0.1")},
+	{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.200.0.11/16"), Gateway: netip.MustParseAddr("10.200.0.1")},
+}
+
+// state renders the owned rules and routes (and the main-table /32s) as
+// sorted lines, like `ip rule` / `ip route show table all`.
+func (n *testNS) state(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	rules, err := ownedRules(n.h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ru := range rules {
+		k := ruleKeyOf(ru)
+		s := fmt.Sprintf("rule %d", k.prio)
+		if k.src.IsValid() {
+			s += " from " + k.src.String()
+		}
+		if k.dst.IsValid() {
+			s += " to " + k.dst.String()
+		}
+		out = append(out, s+fmt.Sprintf(" lookup %d", k.table))
+	}
+	routes, err := n.h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range routes {
+		k := routeKeyOf(&rt)
+		if rt.Table == unix.RT_TABLE_LOCAL || (rt.Table == unix.RT_TABLE_MAIN && k.dst.Bits() != 32) {
+			continue
+		}
+		l, err := n.h.LinkByIndex(rt.LinkIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := fmt.Sprintf("route table %d %s", rt.Table, k.dst)
+		if k.gw.IsValid() {
+			s += " via " + k.gw.String()
+		}
+		s += " dev " + l.Attrs().Name
+		if rt.Protocol == RouteProtocol {
+			s += " proto eni"
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func baseRoutes() []string {
+	return []string{
+		"route table 100 0.0.0.0/0 via 10.200.0.1 dev eth0 proto eni",
+		"route table 100 10.200.0.0/16 dev eth0 proto eni",
+		"route table 101 0.0.0.0/0 via 10.200.0.1 dev eth1 proto eni",
+		"route table 101 10.200.0.0/16 dev eth1 proto eni",
+	}
+}
+
+func sorted(s ...[]string) []string {
+	out := slices.Concat(s...)
+	slices.Sort(out)
+	return out
+}
+
+func TestSyncPrivileged(t *testing.T) {
+	n := newTestNS(t)
+	n.veth(t, "dlbaaaa0001", "pa1", "")
+	n.veth(t, "dlbaaaa0002", "pa2", "")
+	n.veth(t, "dlbaaaa0003", "pa3", "")
+	// The CNI already routed pod 1; pods 2 and 3 have no host route yet.
+	v1, _ := n.h.LinkByName("dlbaaaa0001")
+	if err := n.h.RouteAdd(&netlink.Route{LinkIndex: v1.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(netip.MustParsePrefix("10.200.1.130/32"))}); err != nil {
+		t.Fatal(err)
+	}
+	pods := []Pod{
+		{Name: "p1", IP: netip.MustParseAddr("10.200.1.130"), Veth: "dlbaaaa0001", ENI: "eth1"},
+		{Name: "p2", IP: netip.MustParseAddr("10.200.1.131"), Veth: "dlbaaaa0002", ENI: "eth1"},
+		{Name: "p3", IP: netip.MustParseAddr("10.200.1.70"), Veth: "dlbaaaa0003", ENI: "eth0"},
+		{Name: "unknown ENI", IP: netip.MustParseAddr("10.200.1.200"), Veth: "dlbaaaa0003", ENI: "eth7"},
+	}
+	r, err := New(Config{Handle: n.h, ENIs: testENIs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Sync(pods)
+	if err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if diff := cmp.Diff(Result{RulesAdded: 6, RoutesAdded: 6, Skipped: 1}, res); diff != "" {
+		t.Errorf("first Sync result (-want +got):\n%s", diff)
+	}
+	all := sorted(baseRoutes(), []string{
+		"route table 254 10.200.1.130/32 dev dlbaaaa0001",
+		"route table 254 10.200.1.131/32 dev dlbaaaa0002 proto eni",
+		"route table 254 10.200.1.70/32 dev dlbaaaa0003 proto eni",
+		"rule 1000 to 10.200.1.130/32 lookup 254",
+		"rule 1000 to 10.200.1.131/32 lookup 254",
+		"rule 1000 to 10.200.1.70/32 lookup 254",
+		"rule 1001 from 10.200.1.130/32 lookup 101",
+		"rule 1001 from 10.200.1.131/32 lookup 101",
+		"rule 1001 from 10.200.1.70/32 lookup 100",
+	})
+	if diff := cmp.Diff(all, n.state(t)); diff != "" {
+		t.Fatalf("after Sync (-want +got):\n%s", diff)
+	}
+
+	// The kernel sends a pod's traffic out of its ENI: to the VPC and
+	// beyond through eth1 for pod 1, to a local pod through its veth.
+	for _, tc := range []struct {
+		from, iif, to, wantDev string
+	}{
+		{"10.200.1.130", "dlbaaaa0001", "198.51.100.7", "eth1"},
+		{"10.200.1.130", "dlbaaaa0001", "10.200.2.140", "eth1"},
+		{"10.200.1.70", "dlbaaaa0003", "198.51.100.7", "eth0"},
+		{"10.200.1.130", "dlbaaaa0001", "10.200.1.131", "dlbaaaa0002"},
+		{"10.200.1.130", "dlbaaaa0001", "10.200.1.70", "dlbaaaa0003"},
+	} {
+		rs, err := n.h.RouteGetWithOptions(net.ParseIP(tc.to), &netlink.RouteGetOptions{Iif: tc.iif, SrcAddr: net.ParseIP(tc.from)})
+		if err != nil {
+			t.Fatalf("route get %s from %s iif %s: %v", tc.to, tc.from, tc.iif, err)
+		}
+		l, err := n.h.LinkByIndex(rs[0].LinkIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().Name != tc.wantDev {
+			t.Errorf("route get %s from %s iif %s: dev %s, want %s", tc.to, tc.from, tc.iif, l.Attrs().Name, tc.wantDev)
+		}
+	}
+
+	// Idempotent: a second Sync changes nothing.
+	res, err = r.Sync(pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Result{Skipped: 1}, res); diff != "" {
+		t.Errorf("second Sync result (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(all, n.state(t)); diff != "" {
+		t.Fatalf("after second Sync (-want +got):\n%s", diff)
+	}
+
+	// Pod 2 goes: its rules and the host route we wrote go.
+	res, err = r.Sync([]Pod{pods[0], pods[2]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Result{RulesDeleted: 2, RoutesDeleted: 1}, res); diff != "" {
+		t.Errorf("Sync after removal result (-want +got):\n%s", diff)
+	}
+	afterRemoval := sorted(baseRoutes(), []string{
+		"route table 254 10.200.1.130/32 dev dlbaaaa0001",
+		"route table 254 10.200.1.70/32 dev dlbaaaa0003 proto eni",
+		"rule 1000 to 10.200.1.130/32 lookup 254",
+		"rule 1000 to 10.200.1.70/32 lookup 254",
+		"rule 1001 from 10.200.1.130/32 lookup 101",
+		"rule 1001 from 10.200.1.70/32 lookup 100",
+	})
+	if diff := cmp.Diff(afterRemoval, n.state(t)); diff != "" {
+		t.Fatalf("after removal (-want +got):\n%s", diff)
+	}
+
+	// Restart: a new Router finds a leftover rule of a pod that went while
+	// it was down and a stale route in its table; it keeps what is right
+	// and removes the rest. (The kernel refuses exact duplicate rules
+	// with NLM_F_EXCL, which both netlink and ip(8) send.)
+	stale := netlink.NewRule()
+	stale.Family, stale.Priority, stale.Table, stale.Src = unix.AF_INET, PriorityFromPod, 101, ipNet(netip.MustParsePrefix("10.200.1.150/32"))
+	if err := n.h.RuleAdd(stale); err != nil {
+		t.Fatal(err)
+	}
+	eth1, _ := n.h.LinkByName("eth1")
+	if err := n.h.RouteAdd(&netlink.Route{Table: 101, LinkIndex: eth1.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("10.9.0.0/16")), Gw: net.ParseIP("10.200.0.1"), Protocol: RouteProtocol}); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := New(Config{Handle: n.h, ENIs: testENIs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = r2.Sync([]Pod{pods[0], pods[2]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Result{RulesDeleted: 1, RoutesDeleted: 1}, res); diff != "" {
+		t.Errorf("restart Sync result (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(afterRemoval, n.state(t)); diff != "" {
+		t.Fatalf("after restart (-want +got):\n%s", diff)
+	}
+
+	// Cleanup leaves only what it did not write.
+	if err := Cleanup(n.h); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	want := []string{"route table 254 10.200.1.130/32 dev dlbaaaa0001"}
+	if diff := cmp.Diff(want, n.state(t)); diff != "" {
+		t.Fatalf("after Cleanup (-want +got):\n%s", diff)
+	}
+	if err := Cleanup(n.h); err != nil {
+		t.Fatalf("second Cleanup: %v", err)
+	}
+}
