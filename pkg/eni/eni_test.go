@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -40,6 +41,8 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+var nsSeq atomic.Int32
+
 // testNS is a network namespace of the test's own, with two "ENIs" (each a
 // veth whose peer stays in the namespace) on 10.200.0.0/16 and pod veths.
 type testNS struct {
@@ -52,7 +55,7 @@ func newTestNS(t *testing.T) *testNS {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace")
 	}
-	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, len(t.Name()))
+	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, nsSeq.Add(1))
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -328,4 +331,55 @@ func TestSyncPrivileged(t *testing.T) {
 	if err := Cleanup(n.h); err != nil {
 		t.Fatalf("second Cleanup: %v", err)
 	}
+}
+
+func TestDiscoverPrivileged(t *testing.T) {
+	n := newTestNS(t)
+	eth0, _ := n.h.LinkByName("eth0")
+	if err := n.h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.200.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	// An eth<N> without an address is not an ENI; a /24 ENI whose subnet
+	// does not hold the default gateway gets the subnet's first address.
+	n.veth(t, "eth5", "peer5", "")
+	n.veth(t, "eth3", "peer3", "10.201.7.20/24")
+	got, err := Discover(n.h, DiscoverConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sortENIs(append(slices.Clone(testENIs), ENI{Index: 3, Device: "eth3", Address: netip.MustParsePrefix("10.201.7.20/24"), Gateway: netip.MustParseAddr("10.201.7.1")}))
+	if diff := cmp.Diff(want, sortENIs(got), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("Discover (-want +got):\n%s", diff)
+	}
+	if _, err := Discover(n.h, DiscoverConfig{Devices: []string{"eth5"}}); err == nil {
+		t.Error("Discover of a listed device without an address: no error")
+	}
+	got, err = Discover(n.h, DiscoverConfig{Devices: []string{"eth1"}, Gateway: netip.MustParseAddr("10.200.0.254")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []ENI{{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.200.0.11/16"), Gateway: netip.MustParseAddr("10.200.0.254")}}; !slices.Equal(want, got) {
+		t.Errorf("Discover eth1 with gateway = %v, want %v", got, want)
+	}
+
+	// Proxy neighbours say which ENI owns a pod address.
+	for ip, dev := range map[string]string{"10.200.1.130": "eth1", "10.200.1.70": "eth0"} {
+		l, _ := n.h.LinkByName(dev)
+		if err := n.h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: net.ParseIP(ip)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owners, err := ProxyOwners(n.h, testENIs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantOwners := map[netip.Addr]string{netip.MustParseAddr("10.200.1.130"): "eth1", netip.MustParseAddr("10.200.1.70"): "eth0"}
+	if diff := cmp.Diff(wantOwners, owners, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("ProxyOwners (-want +got):\n%s", diff)
+	}
+}
+
+func sortENIs(e []ENI) []ENI {
+	slices.SortFunc(e, func(a, b ENI) int { return a.Index - b.Index })
+	return e
 }
