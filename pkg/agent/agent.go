@@ -6,19 +6,23 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/directlb/directlb/pkg/datapath"
+	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/proxy"
 )
 
@@ -30,6 +34,11 @@ func Cleanup(ctx context.Context, cfg Config, log *zap.Logger) error {
 		errs = append(errs, fmt.Errorf("remove datapath pins under %s: %w", cfg.BPFRoot, err))
 	} else {
 		log.Info("removed datapath programs and pins", zap.String("bpfRoot", cfg.BPFRoot))
+	}
+	if err := eni.Cleanup(nil); err != nil {
+		errs = append(errs, fmt.Errorf("remove ENI routing: %w", err))
+	} else {
+		log.Info("removed ENI policy rules and routes")
 	}
 	if err := CleanupKubeProxy(ctx, ExecRunner); err != nil {
 		errs = append(errs, err)
@@ -154,6 +163,13 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		serve(ctx, g, log, "healthz", cfg.HealthzBindAddress, mux)
 	}
 	g.Go(func() error { return p.Run(ctx) })
+	if cfg.ENIRouting {
+		er, err := newENIRouting(cfg, client, node, log.Named("eni"))
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return er.Run(ctx) })
+	}
 	g.Go(func() error {
 		select {
 		case <-p.Synced():
@@ -163,6 +179,37 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+func newENIRouting(cfg Config, client kubernetes.Interface, node string, log *zap.Logger) (*ENIRouting, error) {
+	var gw netip.Addr
+	if cfg.ENIGateway != "" {
+		gw = netip.MustParseAddr(cfg.ENIGateway) // checked by Validate
+	}
+	enis, err := eni.Discover(nil, eni.DiscoverConfig{Devices: cfg.ENIDevices, Gateway: gw})
+	if err != nil {
+		return nil, fmt.Errorf("discover ENIs: %w", err)
+	}
+	for _, e := range enis {
+		log.Info("ENI", zap.String("device", e.Device), zap.Int("index", e.Index), zap.Int("table", e.Table()),
+			zap.String("address", e.Address.String()), zap.String("gateway", e.Gateway.String()))
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	r, err := eni.New(eni.Config{Handle: h, ENIs: enis, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &ENIRouting{
+		Client:   client,
+		NodeName: node,
+		Router:   r,
+		Owners:   func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) },
+		Resync:   cfg.ENIResync,
+		Logger:   log,
+	}, nil
 }
 
 func serve(ctx context.Context, g *errgroup.Group, log *zap.Logger, what, addr string, h http.Handler) {

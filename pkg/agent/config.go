@@ -38,6 +38,15 @@ type Config struct {
 	HealthTimeout time.Duration
 	Cleanup       bool
 	LogLevel      string
+
+	// ENIRouting turns on the per-pod ENI policy routing (pkg/eni).
+	ENIRouting bool
+	// ENIDevices are the ENI links; empty: every eth<N> with an address.
+	ENIDevices []string
+	// ENIGateway overrides the subnets' gateway.
+	ENIGateway string
+	// ENIResync re-reads pods and ENI ownership this often.
+	ENIResync time.Duration
 }
 
 // DefaultCgroupRoot is the cgroup v2 mount: /sys/fs/cgroup on a unified
@@ -64,7 +73,11 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.K8sServicePort, "k8s-service-port", 0, "Apiserver port with --k8s-service-host (default 443).")
 	fs.DurationVar(&c.SyncWindow, "sync-window", 5*time.Millisecond, "How long changes are gathered into one batch before they are programmed.")
 	fs.DurationVar(&c.HealthTimeout, "healthz-timeout", time.Minute, "How long a change may wait to be programmed before /healthz answers 503.")
-	fs.BoolVar(&c.Cleanup, "cleanup", false, "Remove this agent's programs, links and pins under --bpf-root, and kube-proxy's iptables and nftables leftovers, then exit.")
+	fs.BoolVar(&c.Cleanup, "cleanup", false, "Remove this agent's programs, links and pins under --bpf-root, its ENI policy rules and routes, and kube-proxy's iptables and nftables leftovers, then exit.")
+	fs.BoolVar(&c.ENIRouting, "eni-routing", false, "Route each local pod's traffic out of the ENI that owns its address (policy rules and per-ENI tables, see docs/node-agent.md). ENIs come from --eni-devices, pod ownership from the proxy neighbour entries on them.")
+	fs.StringSliceVar(&c.ENIDevices, "eni-devices", nil, "ENI devices for --eni-routing (comma-separated); empty: every eth<N> link with an IPv4 address, N being the device index.")
+	fs.StringVar(&c.ENIGateway, "eni-gateway", "", "Subnet gateway for --eni-routing; empty: the default route's gateway when it is in the ENI's subnet, else the subnet's first address.")
+	fs.DurationVar(&c.ENIResync, "eni-resync", 10*time.Second, "How often --eni-routing re-reads pods and proxy neighbours without an event.")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 }
 
@@ -107,6 +120,14 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthTimeout <= 0 {
 		return fmt.Errorf("--healthz-timeout %v: must be positive", c.HealthTimeout)
+	}
+	if c.ENIGateway != "" {
+		if a, err := netip.ParseAddr(c.ENIGateway); err != nil || !a.Is4() {
+			return fmt.Errorf("--eni-gateway %q: not an IPv4 address", c.ENIGateway)
+		}
+	}
+	if c.ENIResync <= 0 {
+		return fmt.Errorf("--eni-resync %v: must be positive", c.ENIResync)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

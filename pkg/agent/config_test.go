@@ -20,6 +20,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad metrics address", args: []string{"--metrics-bind-address=10249"}, wantErr: "--metrics-bind-address"},
 		{name: "port without host", args: []string{"--k8s-service-port=6443"}, wantErr: "--k8s-service-host"},
 		{name: "bad log level", args: []string{"--log-level=loud"}, wantErr: "--log-level"},
+		{name: "eni routing", args: []string{"--eni-routing", "--eni-devices=eth0,eth1", "--eni-gateway=10.100.0.1", "--eni-resync=5s"}},
+		{name: "bad eni gateway", args: []string{"--eni-routing", "--eni-gateway=10.100.0.0/16"}, wantErr: "--eni-gateway"},
+		{name: "bad eni resync", args: []string{"--eni-resync=0s"}, wantErr: "--eni-resync"},
 		{name: "cleanup needs only the bpf root", args: []string{"--cleanup", "--cgroup-root="}},
 	}
 	for _, c := range cases {

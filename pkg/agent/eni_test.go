@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/directlb/directlb/pkg/eni"
+)
+
+func pod(name, ip string, mod func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec:       corev1.PodSpec{NodeName: "node-1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
+	}
+	if mod != nil {
+		mod(p)
+	}
+	return p
+}
+
+func TestLocalPods(t *testing.T) {
+	owners := map[netip.Addr]string{netip.MustParseAddr("10.100.1.130"): "eth1", netip.MustParseAddr("10.100.1.70"): "eth0"}
+	pods := []*corev1.Pod{
+		pod("a", "10.100.1.130", nil),
+		pod("b", "10.100.1.70", nil),
+		pod("no-owner", "10.100.1.71", nil),
+		pod("pending-no-ip", "", func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending }),
+		pod("host", "10.100.1.10", func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
+		pod("done", "10.100.1.131", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
+		pod("v6", "fd00::1", nil),
+	}
+	want := []eni.Pod{
+		{Name: "ns/a", IP: netip.MustParseAddr("10.100.1.130"), ENI: "eth1"},
+		{Name: "ns/b", IP: netip.MustParseAddr("10.100.1.70"), ENI: "eth0"},
+		{Name: "ns/no-owner", IP: netip.MustParseAddr("10.100.1.71")},
+	}
+	if diff := cmp.Diff(want, LocalPods(pods, owners), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("LocalPods (-want +got):\n%s", diff)
+	}
+}
+
+// TestENIRoutingPrivileged runs the pod informer and the router against a
+// network namespace of its own with an "ENI" eth1 and proxy neighbours.
+func TestENIRoutingPrivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	name := fmt.Sprintf("dlbt-agent-eni-%d", os.Getpid()%100000)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		_ = netns.DeleteNamed(name)
+		ns, err := netns.NewNamed(name)
+		if err == nil {
+			ns.Close()
+		}
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"peer1", "eth1"} {
+		l, _ := h.LinkByName(d)
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eth1, _ := h.LinkByName("eth1")
+	if err := h.AddrAdd(eth1, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("10.100.1.11"), Mask: net.CIDRMask(16, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: eth1.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: net.ParseIP("10.100.1.130")}); err != nil {
+		t.Fatal(err)
+	}
+	enis, err := eni.Discover(h, eni.DiscoverConfig{Gateway: netip.MustParseAddr("10.100.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := eni.New(eni.Config{Handle: h, ENIs: enis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(pod("a", "10.100.1.130", nil))
+	er := &ENIRouting{
+		Client: client, NodeName: "node-1", Router: r, Resync: time.Hour, Logger: zaptest.NewLogger(t),
+		Owners: func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) },
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- er.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := eni.Cleanup(h); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	}()
+
+	fromRules := func() []string {
+		rules, err := h.RuleList(netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, ru := range rules {
+			if ru.Priority == eni.PriorityFromPod && ru.Src != nil {
+				out = append(out, fmt.Sprintf("from %s lookup %d", ru.Src, ru.Table))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	waitFor := func(want []string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := fromRules()
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("rules %v, want %v", got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor([]string{"from 10.100.1.130/32 lookup 101"})
+
+	// A second pod gets its rule once its proxy neighbour is there and the
+	// pod changes; deleting the first removes its rule.
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: eth1.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: net.ParseIP("10.100.1.131")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Pods("ns").Create(ctx, pod("b", "10.100.1.131", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor([]string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.131/32 lookup 101"})
+	if err := client.CoreV1().Pods("ns").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor([]string{"from 10.100.1.131/32 lookup 101"})
+}
