@@ -1,0 +1,327 @@
+package eni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// inNS runs fn on a locked thread inside the named namespace and puts the
+// thread back afterwards (if that fails the thread stays locked and dies).
+func inNS(name string, fn func() error) error {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+func sysctls(t *testing.T, ns string, kv map[string]string) {
+	t.Helper()
+	if err := inNS(ns, func() error {
+		for k, v := range kv {
+			if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("sysctls in %s: %v", ns, err)
+	}
+}
+
+func mkNS(t *testing.T, name string) *netlink.Handle {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		_ = netns.DeleteNamed(name)
+		ns, err := netns.NewNamed(name)
+		if err == nil {
+			ns.Close()
+		}
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	ns.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// wire adds a veth: name in a's namespace, peer in b's, both up.
+func wire(t *testing.T, a *netlink.Handle, name string, b *netlink.Handle, bName, peer string) (netlink.Link, netlink.Link) {
+	t.Helper()
+	bns, err := netns.GetFromName(bName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bns.Close()
+	if err := a.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer, PeerNamespace: netlink.NsFd(int(bns))}); err != nil {
+		t.Fatalf("veth %s/%s: %v", name, peer, err)
+	}
+	la, err := a.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.LinkByName(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.LinkSetUp(la); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.LinkSetUp(lb); err != nil {
+		t.Fatal(err)
+	}
+	return la, lb
+}
+
+func addAddr(t *testing.T, h *netlink.Handle, l netlink.Link, p string) {
+	t.Helper()
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(p))}); err != nil {
+		t.Fatalf("address %s: %v", p, err)
+	}
+}
+
+// TestSourceDestCheckPrivileged builds a small VPC of its own: a bridge
+// with a source/destination check (nftables, bridge family: a frame's IPv4
+// source must be owned by the port it enters on), a client, and a node with
+// two ENIs whose pod sits on the secondary ENI (proxy ARP on eth1, as the
+// CNI does). Without ENI routing the pod's replies leave through eth0 and
+// the check drops them; with Sync they leave through eth1 and arrive; after
+// Cleanup they are dropped again.
+func TestSourceDestCheckPrivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (nftables) for the source/destination check")
+	}
+	p := fmt.Sprintf("dlbt-eni-d%d-", os.Getpid()%100000)
+	vpcNS, nodeNS, podNS, clNS := p+"vpc", p+"node", p+"pod", p+"cl"
+	vpc, node, pod, cl := mkNS(t, vpcNS), mkNS(t, nodeNS), mkNS(t, podNS), mkNS(t, clNS)
+
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := vpc.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	brl, _ := vpc.LinkByName("br0")
+	if err := vpc.LinkSetUp(brl); err != nil {
+		t.Fatal(err)
+	}
+	addAddr(t, vpc, brl, "10.210.0.1/16")
+	sysctls(t, nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0"})
+	port := func(peerH *netlink.Handle, peerNS, dev, vpcPort, addr string) netlink.Link {
+		vp, l := wire(t, vpc, vpcPort, peerH, peerNS, dev)
+		if err := vpc.LinkSetMaster(vp, brl); err != nil {
+			t.Fatal(err)
+		}
+		addAddr(t, peerH, l, addr)
+		return l
+	}
+	// eth0 first: without policy routing the node's /16 goes out eth0.
+	eth0 := port(node, nodeNS, "eth0", "pe0", "10.210.1.10/16")
+	eth1 := port(node, nodeNS, "eth1", "pe1", "10.210.1.11/16")
+	clEth := port(cl, clNS, "eth0", "pcl", "10.210.0.5/16")
+	_ = clEth
+	if err := node.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.210.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	sysctls(t, nodeNS, map[string]string{
+		"ipv4/conf/eth0/rp_filter": "0", "ipv4/conf/eth1/rp_filter": "0",
+		"ipv4/neigh/eth1/proxy_delay": "0", "ipv4/conf/eth1/forwarding": "1",
+	})
+
+	// The pod: 10.210.1.130 on the secondary ENI's range, gateway
+	// 169.254.1.1 = the node-side veth.
+	hostVeth, podEth := wire(t, node, "dlbp0", pod, podNS, "eth0")
+	podIP := netip.MustParseAddr("10.210.1.130")
+	addAddr(t, pod, podEth, "10.210.1.130/32")
+	gw := net.ParseIP("169.254.1.1")
+	if err := pod.NeighSet(&netlink.Neigh{LinkIndex: podEth.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostVeth.Attrs().HardwareAddr}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.RouteAdd(&netlink.Route{LinkIndex: podEth.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(netip.MustParsePrefix("169.254.1.1/32"))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.RouteAdd(&netlink.Route{LinkIndex: podEth.Attrs().Index, Gw: gw}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.RouteAdd(&netlink.Route{LinkIndex: hostVeth.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(netip.PrefixFrom(podIP, 32))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.NeighSet(&netlink.Neigh{LinkIndex: eth1.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: podIP.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The check, like the test bed's.
+	script := `table bridge dlbt_srcdst {
+	chain prerouting {
+		type filter hook prerouting priority -200; policy accept;
+		ether type != ip accept
+		iifname "pe0" ip saddr { 10.210.1.10, 10.210.1.64/26 } accept
+		iifname "pe0" counter drop
+		iifname "pe1" ip saddr { 10.210.1.11, 10.210.1.128/26 } accept
+		iifname "pe1" counter drop
+		iifname "pcl" ip saddr { 10.210.0.5 } accept
+		iifname "pcl" counter drop
+	}
+}
+`
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+vpcNS, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+
+	// A TCP server in the pod that writes "pod" and closes.
+	var ln net.Listener
+	if err := inNS(podNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", "10.210.1.130:8080")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("pod"))
+			c.Close()
+		}
+	}()
+	// get connects from the client (1.5 s bound) and reads the answer.
+	get := func() error {
+		var c net.Conn
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		if err := inNS(clNS, func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, "tcp4", "10.210.1.130:8080")
+			return err
+		}); err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			return err
+		}
+		if string(b) != "pod" {
+			return fmt.Errorf("answer %q, want pod", b)
+		}
+		return nil
+	}
+
+	// eth0Drops is how many frames the check dropped on eth0's port.
+	eth0Drops := func() int {
+		out, err := exec.Command("nsenter", "--net=/run/netns/"+vpcNS, "nft", "list", "chain", "bridge", "dlbt_srcdst", "prerouting").CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			var n int
+			if i := strings.Index(line, `iifname "pe0" counter packets `); i >= 0 {
+				if _, err := fmt.Sscanf(line[i+len(`iifname "pe0" counter packets `):], "%d", &n); err == nil {
+					return n
+				}
+			}
+		}
+		t.Fatalf("no pe0 drop counter in:\n%s", out)
+		return 0
+	}
+	if err := get(); err == nil {
+		t.Fatal("without ENI routing the client reached the pod on eth1: the check did not drop the replies from eth0")
+	}
+	before := eth0Drops()
+	if before == 0 {
+		t.Fatal("without ENI routing the request failed, but not because the check dropped the replies on eth0")
+	}
+	enis := []ENI{
+		{Index: 0, Device: "eth0", Address: netip.MustParsePrefix("10.210.1.10/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
+		{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.210.1.11/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
+	}
+	r, err := New(Config{Handle: node, ENIs: enis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sync([]Pod{{Name: "pod", IP: podIP, ENI: "eth1"}}); err != nil {
+		t.Fatal(err)
+	}
+	var errs []error
+	for i := range 5 {
+		if err := get(); err != nil {
+			errs = append(errs, fmt.Errorf("request %d: %w", i, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("with ENI routing: %v", err)
+	}
+	if n := eth0Drops(); n != before {
+		t.Errorf("with ENI routing the check dropped %d more frames on eth0", n-before)
+	}
+	if err := Cleanup(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(); err == nil {
+		t.Fatal("after Cleanup the client still reached the pod: the replies did not go back to eth0")
+	}
+}
