@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -35,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/cloud/fake"
 	"github.com/directlb/directlb/pkg/service"
@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
-	assets, why := envtestAssets()
+	assets, why := testenv.EnvtestAssets("dlbt-controller-assets-")
 	if why != "" || testing.Short() {
 		if why == "" {
 			why = "-short"
@@ -77,40 +77,6 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "stop envtest:", err)
 	}
 	return code
-}
-
-// envtestAssets makes a directory of symlinks to etcd, kube-apiserver and
-// kubectl, or says why it cannot.
-func envtestAssets() (string, string) {
-	binDir := os.Getenv("DLB_BIN_DIR")
-	if binDir == "" {
-		binDir, _ = filepath.Abs("../../bin")
-	}
-	want := map[string]string{
-		"etcd":           "/usr/bin/etcd",
-		"kube-apiserver": filepath.Join(binDir, "kube-apiserver"),
-		"kubectl":        filepath.Join(binDir, "kubectl"),
-	}
-	if p := os.Getenv("KUBEBUILDER_ASSETS"); p != "" {
-		for name := range want {
-			want[name] = filepath.Join(p, name)
-		}
-	}
-	dir, err := os.MkdirTemp("", "dlbt-controller-assets-")
-	if err != nil {
-		return "", err.Error()
-	}
-	for name, src := range want {
-		if _, err := os.Stat(src); err != nil {
-			os.RemoveAll(dir)
-			return "", fmt.Sprintf("envtest needs %s at %s (run `make tools deps`): %v", name, src, err)
-		}
-		if err := os.Symlink(src, filepath.Join(dir, name)); err != nil {
-			os.RemoveAll(dir)
-			return "", err.Error()
-		}
-	}
-	return dir, ""
 }
 
 type harness struct {

@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/google/go-cmp/cmp"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/localcloud"
@@ -23,46 +22,18 @@ import (
 // These tests run the reconcilers against a real kube-apiserver and a real
 // localcloud API server (in-process, no datapath) through the real SDK.
 
-const (
-	lcKey    = "AKIDCONTROLLERTEST"
-	lcSecret = "controller-test-secret"
-)
-
 func startLocalcloud(t *testing.T, mutate func(*localcloud.Config)) *localcloud.Server {
 	t.Helper()
-	cfg := localcloud.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.StateDir = t.TempDir()
-	cfg.Datapath = false
-	cfg.AccessKeyID, cfg.SecretAccessKey = lcKey, lcSecret
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	srv, err := localcloud.New(cfg, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return testenv.Localcloud(t, mutate)
 }
 
 func sdkClient(t *testing.T, srv *localcloud.Server, attempts int) *cloudaws.Client {
 	t.Helper()
-	cfg := cloudaws.DefaultConfig()
-	cfg.Region = "us-east-1"
-	cfg.Endpoint = "http://" + srv.Addr()
-	cfg.MaxAttempts = attempts
-	cfg.MaxBackoff = 50 * time.Millisecond
-	cfg.RateLimits = map[string]cloudaws.Limit{} // the test is about faults, not client-side pacing
-	cfg.Credentials = credentials.NewStaticCredentialsProvider(lcKey, lcSecret, "")
-	c, err := cloudaws.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testenv.SDKClient(t, srv, func(cfg *cloudaws.Config) {
+		cfg.MaxAttempts = attempts
+		cfg.MaxBackoff = 50 * time.Millisecond
+		cfg.RateLimits = map[string]cloudaws.Limit{} // the test is about faults, not client-side pacing
+	})
 }
 
 // waitFor polls cond every 100 ms up to limit.
