@@ -44,6 +44,7 @@ type cipAgents struct {
 	t      *testing.T
 	b      *Bed
 	agents []*cipAgent
+	extra  []string // more node-agent flags
 }
 
 func cipBPFRoot(node string) string { return filepath.Join(testbed.BPFPinPrefix, node) }
@@ -76,6 +77,7 @@ func (as *cipAgents) start(a *cipAgent) {
 		"--metrics-bind-address=" + healthz + ":10249",
 		"--healthz-bind-address=" + healthz + ":10256",
 	}
+	args = append(args, as.extra...)
 	logf, err := os.OpenFile(a.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		as.t.Fatal(err)
@@ -155,9 +157,9 @@ func (as *cipAgents) cleanup(a *cipAgent) error {
 	return nil
 }
 
-func cipStartAgents(t *testing.T, b *Bed) *cipAgents {
+func cipStartAgents(t *testing.T, b *Bed, extra ...string) *cipAgents {
 	t.Helper()
-	as := &cipAgents{t: t, b: b}
+	as := &cipAgents{t: t, b: b, extra: extra}
 	logDir := t.TempDir()
 	for _, n := range b.Topology.Nodes {
 		a := &cipAgent{node: n, bpfRoot: cipBPFRoot(n.Name), log: filepath.Join(logDir, "node-agent-"+n.Name+".log")}
@@ -450,8 +452,11 @@ func TestClusterIP(t *testing.T) {
 		}
 		n, _ := strconv.Atoi(f[0])
 		failed, _ := strconv.Atoi(f[1])
-		if n < 200 || failed != 0 {
-			t.Errorf("%d requests, %d failed, during agent restarts; want none failed:\n%s", n, failed, out)
+		// At least one request a second over the 60 s, so that every
+		// restart window had traffic; a loaded 2-core machine manages
+		// 150-400 curl runs in that time.
+		if n < 60 || failed != 0 {
+			t.Errorf("%d requests, %d failed, during agent restarts; want at least 60 and none failed:\n%s", n, failed, out)
 		}
 		t.Logf("%d requests during 6 agent restarts, %d failed", n, failed)
 	})
