@@ -1,0 +1,257 @@
+package tests
+
+// The node agent's ENI routing (issue 7), the way a user sees it: with the
+// VPC's source/destination check on, pods on a node's secondary ENI cannot
+// answer the load balancer (or any VPC peer) until the agent routes their
+// traffic out through the ENI that owns their address; restarting the agent
+// keeps it working; --cleanup leaves no rule or route behind.
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/eni"
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// eniOwned counts the ENI rules and routes (pkg/eni owns them) in a node's
+// namespace.
+func eniOwned(t *testing.T, n testbed.Node) (rules, routes int) {
+	t.Helper()
+	ns, err := netns.GetFromPath(filepath.Join("/run/netns", n.NetNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	rs, err := h.RuleList(netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Priority == eni.PriorityToPod || r.Priority == eni.PriorityFromPod {
+			rules++
+		}
+	}
+	rts, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 0, Protocol: eni.RouteProtocol}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules, len(rts)
+}
+
+func TestENIRouting(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ctx := t.Context()
+	for _, n := range b.Topology.Nodes {
+		if r, rt := eniOwned(t, n); r+rt != 0 {
+			t.Fatalf("%s has %d ENI rules and %d ENI routes before the test", n.Name, r, rt)
+		}
+	}
+	ns := ptNamespace(t, b, "e2e-eni")
+	lbtController(t, b)
+	lc := lbtCloud(t, b)
+	key := ns + "/echo"
+	labels := map[string]string{"app": "echo"}
+	const replicas = 6
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, replicas, labels, nil), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment: %v", err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
+			service.AnnotationDirectAccess:        "true",
+			service.AnnotationHCProtocol:          "HTTP",
+			service.AnnotationHCPath:              "/healthz",
+			service.AnnotationHCInterval:          "5",
+			service.AnnotationHCHealthyThreshold:  "2",
+			service.AnnotationDeregistrationDelay: "2",
+		}},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: labels,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+	var lbIP string
+	ptPoll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
+			lbIP = ing[0].IP
+		}
+		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
+	})
+	var want []string
+	ptPoll(t, 120*time.Second, "pods ready", func(ctx context.Context) (bool, string) {
+		var n int
+		var state string
+		want, n, state = lbtPodTargets(ctx, b, ns)
+		return len(want) == replicas && n == replicas, state
+	})
+	ptPoll(t, 30*time.Second, "targets = the pods", func(ctx context.Context) (bool, string) {
+		_, got, states := lbtTargets(ctx, lc, key)
+		return cmp.Equal(want, got), fmt.Sprintf("want %v, cloud has %s", want, states)
+	})
+	pods, state := cipReadyPods(ctx, b, ns, "app=echo")
+	var primary, secondary []corev1.Pod
+	for _, p := range pods {
+		switch ptENI(b.Topology, p.Spec.NodeName, p.Status.PodIP) {
+		case 0:
+			primary = append(primary, p)
+		case 1:
+			secondary = append(secondary, p)
+		}
+	}
+	if len(primary) == 0 || len(secondary) == 0 {
+		t.Fatalf("want pods on both ENIs; %d on ENI 0, %d on ENI 1: %s", len(primary), len(secondary), state)
+	}
+	t.Logf("%d pods on primary ENIs, %d on secondary ENIs", len(primary), len(secondary))
+
+	// healthy counts the targets the load balancer finds healthy.
+	health := func(ctx context.Context) (int, string) {
+		tg, _, states := lbtTargets(ctx, lc, key)
+		th, err := lc.DescribeTargetHealth(ctx, tg.ARN)
+		if err != nil {
+			return 0, err.Error()
+		}
+		n := 0
+		for _, h := range th {
+			if h.State == cloud.TargetHealthy {
+				n++
+			}
+		}
+		return n, states
+	}
+	// reach returns the pods that answered a direct request from the host
+	// (a VPC peer on its own port, like the load balancer).
+	reach := func(ps []corev1.Pod) (ok, failed []string) {
+		for _, p := range ps {
+			code, body, err := ptGet("http://" + p.Status.PodIP + ":8080/")
+			if err == nil && code == 200 && strings.TrimSpace(body) == p.Name {
+				ok = append(ok, p.Name)
+			} else {
+				failed = append(failed, fmt.Sprintf("%s (%s): %v %d", p.Name, p.Status.PodIP, err, code))
+			}
+		}
+		return ok, failed
+	}
+	// throughLB sends n requests through the load balancer and returns the
+	// failures and the answers per pod.
+	throughLB := func(n int) (int, map[string]int) {
+		seen := map[string]int{}
+		failed := 0
+		for range n {
+			code, body, err := ptGet("http://" + lbIP + ":80/")
+			if err != nil || code != 200 {
+				failed++
+				continue
+			}
+			seen[strings.TrimSpace(body)]++
+		}
+		return failed, seen
+	}
+
+	// The check on: pods on secondary ENIs answer through eth0, which the
+	// VPC drops; the load balancer finds them unhealthy.
+	if err := testbed.SetSourceDestCheck(ctx, b.Topology, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := testbed.SetSourceDestCheck(cctx, b.Topology, b.Topology.SourceDestCheck); err != nil {
+			t.Errorf("restore the source/destination check: %v", err)
+		}
+	})
+	if ok, failed := reach(primary); len(failed) > 0 {
+		t.Fatalf("with the check on, pods on primary ENIs must answer; %v answered, failed: %v", ok, failed)
+	}
+	if ok, _ := reach(secondary); len(ok) > 0 {
+		t.Fatalf("with the check on and no ENI routing, pods on secondary ENIs answered: %v (the check is not real)", ok)
+	}
+	ptPoll(t, 60*time.Second, "targets on secondary ENIs unhealthy", func(ctx context.Context) (bool, string) {
+		n, states := health(ctx)
+		return n == len(primary), states
+	})
+
+	// ENI routing on: every pod answers, directly and through the load
+	// balancer.
+	as := cipStartAgents(t, b, "--eni-routing")
+	ptPoll(t, 30*time.Second, "pods on secondary ENIs answer", func(context.Context) (bool, string) {
+		_, failed := reach(secondary)
+		return len(failed) == 0, strings.Join(failed, "; ")
+	})
+	ptPoll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
+		n, states := health(ctx)
+		return n == replicas, states
+	})
+	if failed, seen := throughLB(120); failed > 0 || len(seen) != replicas {
+		t.Fatalf("120 requests through the load balancer with ENI routing: %d failed, answers %v; want 0 failed and all %d pods", failed, seen, replicas)
+	}
+	before := map[string][2]int{}
+	for _, n := range b.Topology.Nodes {
+		r, rt := eniOwned(t, n)
+		before[n.Name] = [2]int{r, rt}
+	}
+
+	// Restart: the routes stay while the agents are down and after.
+	for _, a := range as.agents {
+		as.stop(a)
+	}
+	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
+		t.Errorf("60 requests with the agents stopped: %d failed, answers %v", failed, seen)
+	}
+	for _, a := range as.agents {
+		as.start(a)
+	}
+	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
+		t.Errorf("60 requests after the agents restarted: %d failed, answers %v", failed, seen)
+	}
+	for _, n := range b.Topology.Nodes {
+		r, rt := eniOwned(t, n)
+		if got := [2]int{r, rt}; got != before[n.Name] {
+			t.Errorf("%s: ENI rules and routes %v after restart, %v before", n.Name, got, before[n.Name])
+		}
+	}
+
+	// --cleanup leaves nothing behind, and the check bites again.
+	for _, a := range as.agents {
+		as.stop(a)
+		if err := as.cleanup(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range b.Topology.Nodes {
+		if r, rt := eniOwned(t, n); r+rt != 0 {
+			t.Errorf("%s: %d ENI rules and %d ENI routes left after --cleanup", n.Name, r, rt)
+		}
+	}
+	if ok, _ := reach(secondary); len(ok) > 0 {
+		t.Errorf("after --cleanup pods on secondary ENIs still answered: %v", ok)
+	}
+}
