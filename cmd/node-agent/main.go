@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -21,7 +22,7 @@ func main() {
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
 	cfg.BindFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == pflag.ErrHelp {
+		if errors.Is(err, pflag.ErrHelp) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, err)
@@ -39,13 +40,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "node-agent: logger:", err)
 		os.Exit(1)
 	}
-	defer log.Sync()
+	defer func() { _ = log.Sync() }() // stderr cannot always be synced; nothing to do about it
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("node-agent failed", zap.Error(err))
-		log.Sync()
+		_ = log.Sync()
 		os.Exit(1)
 	}
 }

@@ -231,9 +231,10 @@ func (k *Kubelet) containerArgv(pod *v1.Pod, c *v1.Container, env []string) ([]s
 		argv = append(argv, "--pod-name", pod.Name)
 		var tcp, udp []string
 		for _, p := range c.Ports {
-			if p.Protocol == v1.ProtocolUDP {
+			switch p.Protocol {
+			case v1.ProtocolUDP:
 				udp = append(udp, strconv.Itoa(int(p.ContainerPort)))
-			} else if p.Protocol == "" || p.Protocol == v1.ProtocolTCP {
+			case "", v1.ProtocolTCP:
 				tcp = append(tcp, strconv.Itoa(int(p.ContainerPort)))
 			}
 		}

@@ -95,7 +95,7 @@ func (d daemon) start(stateDir string) (*running, error) {
 func (r *running) check() error {
 	select {
 	case <-r.exited:
-		return fmt.Errorf("%s exited (%v); last log lines:\n%s", r.Name, r.err, tail(r.logPath, 15))
+		return fmt.Errorf("%s exited (%w); last log lines:\n%s", r.Name, r.err, tail(r.logPath, 15))
 	default:
 		return nil
 	}

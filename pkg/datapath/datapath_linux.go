@@ -141,7 +141,7 @@ func Load(cfg Config) (*Datapath, error) {
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load BPF programs: %+v", ve)
+			return nil, fmt.Errorf("load BPF programs: %+v", ve) //nolint:errorlint // %+v prints the whole verifier log
 		}
 		return nil, fmt.Errorf("load BPF programs and maps (pinned in %s): %w", mapsDir(cfg.BPFRoot), err)
 	}

@@ -313,7 +313,7 @@ func (lb *LoadBalancer) applyLocked(upserts []Service, deletes []Frontend) (Appl
 		len(p.masterDeletes) + len(p.slotDeletes) + len(p.matchDeletes) + len(p.backendDels)
 	if err := lb.execute(&p); err != nil {
 		if _, rerr := lb.restoreLocked(); rerr != nil {
-			return st, fmt.Errorf("%w (and re-reading the maps failed: %v)", err, rerr)
+			return st, fmt.Errorf("%w (and re-reading the maps failed: %w)", err, rerr)
 		}
 		return st, err
 	}

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -96,7 +97,8 @@ func TestParseAnnotations(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseAnnotations(tt.in)
 			if tt.problems != nil {
-				ic, ok := err.(*InvalidConfigError)
+				var ic *InvalidConfigError
+				ok := errors.As(err, &ic)
 				if !ok {
 					t.Fatalf("err = %v, want *InvalidConfigError", err)
 				}

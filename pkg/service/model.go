@@ -3,6 +3,7 @@ package service
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -108,8 +109,11 @@ func PortKey(port int32, p cloud.Protocol) string {
 func Build(svc *corev1.Service, cfg Config) (LoadBalancer, error) {
 	opts, err := ParseAnnotations(svc.Annotations)
 	var problems []FieldError
-	if err != nil {
-		problems = err.(*InvalidConfigError).Problems
+	var invalid *InvalidConfigError
+	if errors.As(err, &invalid) {
+		problems = invalid.Problems
+	} else if err != nil {
+		return LoadBalancer{}, err
 	}
 	groups, portProblems := groupPorts(svc.Spec.Ports)
 	problems = append(problems, portProblems...)

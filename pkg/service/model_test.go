@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"regexp"
 	"testing"
 
@@ -107,7 +108,8 @@ func TestBuildInvalid(t *testing.T) {
 	)
 	s.Annotations[AnnotationScheme] = "public"
 	_, err := Build(s, Config{ClusterName: "c1"})
-	ic, ok := err.(*InvalidConfigError)
+	var ic *InvalidConfigError
+	ok := errors.As(err, &ic)
 	if !ok {
 		t.Fatalf("err = %v, want *InvalidConfigError", err)
 	}
