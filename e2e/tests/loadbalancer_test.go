@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -88,6 +89,46 @@ func lbtController(t *testing.T, b *Bed) (kill func()) {
 		}
 	})
 	return func() { stop(syscall.SIGKILL) }
+}
+
+// lbtReleaseOnCleanup deletes every Service in ns when the test ends and
+// waits until the cloud holds nothing tagged for them. Register it after
+// lbtController so it runs while the controller is still up (cleanups run
+// last-in first-out); otherwise the finalizers outlive the controller and
+// the next test's controller inherits the clean-up.
+func lbtReleaseOnCleanup(t *testing.T, b *Bed, ns string, lc cloud.LoadBalancers) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Errorf("list the Services of %s: %v", ns, err)
+			return
+		}
+		for _, s := range l.Items {
+			if err := b.Client.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("delete Service %s/%s: %v", ns, s.Name, err)
+			}
+		}
+		last := ""
+		for ctx.Err() == nil {
+			l, err1 := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+			lbs, err2 := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: lbtCluster})
+			left := 0
+			for _, lb := range lbs {
+				if strings.HasPrefix(lb.Tags[cloud.TagService], ns+"/") {
+					left++
+				}
+			}
+			if err1 == nil && err2 == nil && len(l.Items) == 0 && left == 0 {
+				return
+			}
+			last = fmt.Sprintf("%d Services, %d load balancers (errors %v, %v)", len(l.Items), left, err1, err2)
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Errorf("the Services of %s and their load balancers not gone within 60s: %s", ns, last)
+	})
 }
 
 func lbtCloud(t *testing.T, b *Bed) *cloudaws.Client {
