@@ -72,6 +72,7 @@ func TestHTTPAndControls(t *testing.T) {
 		}{
 			{"/", reply{200, "pod-a\n"}},
 			{"/healthz", reply{200, "200\n"}},
+			{"/client", reply{200, "127.0.0.1\n"}},
 			{"/nope", reply{404, "404 page not found\n"}},
 			{"/control/health?status=500", reply{200, "health 500\n"}},
 			{"/healthz", reply{500, "500\n"}},

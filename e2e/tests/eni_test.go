@@ -71,6 +71,7 @@ func TestENIRouting(t *testing.T) {
 	ns := ptNamespace(t, b, "e2e-eni")
 	lbtController(t, b)
 	lc := lbtCloud(t, b)
+	lbtReleaseOnCleanup(t, b, ns, lc)
 	key := ns + "/echo"
 	labels := map[string]string{"app": "echo"}
 	const replicas = 6
@@ -213,6 +214,51 @@ func TestENIRouting(t *testing.T) {
 	if failed, seen := throughLB(120); failed > 0 || len(seen) != replicas {
 		t.Fatalf("120 requests through the load balancer with ENI routing: %d failed, answers %v; want 0 failed and all %d pods", failed, seen, replicas)
 	}
+	// No SNAT anywhere on the path: a pod on a secondary ENI sees the
+	// host's VPC address on a direct request, and the load balancer's own
+	// VPC address (localcloud connects to targets from it, as an NLB
+	// without client IP preservation does) through the load balancer.
+	for _, p := range secondary {
+		if _, body, err := ptGet("http://" + p.Status.PodIP + ":8080/client"); err != nil || strings.TrimSpace(body) != b.Topology.HostAddr.String() {
+			t.Errorf("pod %s (%s) saw the host's request come from %q (err %v), want %s", p.Name, p.Status.PodIP, strings.TrimSpace(body), err, b.Topology.HostAddr)
+		}
+	}
+	lbSources := map[string]int{}
+	for range 2 * replicas {
+		_, body, err := ptGet("http://" + lbIP + ":80/client")
+		if err != nil {
+			lbSources["error: "+err.Error()]++
+			continue
+		}
+		lbSources[strings.TrimSpace(body)]++
+	}
+	if want := b.Topology.CloudAddr.String(); len(lbSources) != 1 || lbSources[want] == 0 {
+		t.Errorf("sources the pods saw through the load balancer: %v, want only %s", lbSources, want)
+	}
+	// From a pod on a secondary ENI: every pod (same node and other
+	// nodes, either ENI) answers and sees the pod's own address, and the
+	// Service's ClusterIP answers.
+	src := cipSandbox(t, b, &secondary[0])
+	for _, p := range pods {
+		if got := p2(src.curlN(t, "http://"+p.Status.PodIP+":8080/", 2)); got != p.Name+","+p.Name {
+			t.Errorf("pod %s (secondary ENI) to pod %s (%s on %s): %s", secondary[0].Name, p.Name, p.Status.PodIP, p.Spec.NodeName, got)
+		}
+		if got := p2(src.curlN(t, "http://"+p.Status.PodIP+":8080/client", 1)); got != secondary[0].Status.PodIP {
+			t.Errorf("pod %s saw pod %s's request come from %q, want %s", p.Name, secondary[0].Name, got, secondary[0].Status.PodIP)
+		}
+	}
+	cs, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := src.curlN(t, "http://"+cs.Spec.ClusterIP+":80/", 12)
+	for _, a := range answers {
+		if strings.HasPrefix(a, "ERR") || a == "" {
+			t.Errorf("pod %s to ClusterIP %s: %v", secondary[0].Name, cs.Spec.ClusterIP, answers)
+			break
+		}
+	}
+
 	before := map[string][2]int{}
 	for _, n := range b.Topology.Nodes {
 		r, rt := eniOwned(t, n)
@@ -255,3 +301,6 @@ func TestENIRouting(t *testing.T) {
 		t.Errorf("after --cleanup pods on secondary ENIs still answered: %v", ok)
 	}
 }
+
+// p2 joins two curl answers.
+func p2(a []string) string { return strings.Join(a, ",") }
