@@ -28,6 +28,9 @@ type Config struct {
 	TargetSelection   string
 	UDPIdleTimeout    time.Duration
 	MaxPageSize       int
+	// NetworkInterfacesFile seeds ENIs at start (JSON array of
+	// store.NetworkInterface); empty seeds none.
+	NetworkInterfacesFile string
 
 	AWSRateLimits bool
 	RateLimits    map[string]string
@@ -73,6 +76,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TargetSelection, "target-selection", c.TargetSelection, "how a new flow picks a healthy target: flow-hash or round-robin")
 	fs.DurationVar(&c.UDPIdleTimeout, "udp-idle-timeout", c.UDPIdleTimeout, "a UDP flow with no packets for this long is forgotten")
 	fs.IntVar(&c.MaxPageSize, "max-page-size", c.MaxPageSize, "Describe* page size when the request gives none (1-400)")
+	fs.StringVar(&c.NetworkInterfacesFile, "network-interfaces-file", c.NetworkInterfacesFile, "JSON array of ENIs to create or update at start (id, instanceId, deviceIndex, macAddress, subnetCidr, privateIpAddress, pool, addressLimit, description, tags); they are kept in state.json. PUT /admin/network-interfaces/{id} does the same at run time")
 	fs.BoolVar(&c.AWSRateLimits, "aws-rate-limits", c.AWSRateLimits, "throttle each action with token buckets near AWS's published ELBv2 limits")
 	fs.StringToStringVar(&c.RateLimits, "rate-limit", c.RateLimits, "per-action token buckets, Action=rate:burst (* for every action); overrides --aws-rate-limits for those actions")
 	fs.StringToStringVar(&c.FaultThrottle, "fault-throttle", c.FaultThrottle, "fraction of calls answered Throttling (HTTP 400), Action=0.3 (* for every action)")

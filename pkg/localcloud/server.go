@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -55,6 +56,11 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open state: %w", err)
+	}
+	if cfg.NetworkInterfacesFile != "" {
+		if err := seedNetworkInterfaces(st, cfg.NetworkInterfacesFile); err != nil {
+			return nil, err
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -263,6 +269,8 @@ type AdminState struct {
 	TargetGroups  []AdminTargetGroup                `json:"targetGroups"`
 	APICalls      map[string]map[string]int64       `json:"apiCalls"`
 	Datapath      map[string]datapath.ListenerStats `json:"datapath,omitempty"`
+	// NetworkInterfaces are the ENIs (EC2) with their assigned addresses.
+	NetworkInterfaces []store.NetworkInterface `json:"networkInterfaces"`
 }
 
 func (s *Server) adminState() AdminState {
@@ -271,7 +279,7 @@ func (s *Server) adminState() AdminState {
 	if s.checker != nil {
 		health = s.checker
 	}
-	out := AdminState{APICalls: s.faults.Counts()}
+	out := AdminState{APICalls: s.faults.Counts(), NetworkInterfaces: s.networkInterfaces(snap)}
 	for _, lb := range snap.LoadBalancers {
 		out.LoadBalancers = append(out.LoadBalancers, *lb)
 	}
@@ -332,6 +340,79 @@ func (s *Server) adminMux() http.Handler {
 		s.log.Info("faults replaced", zap.Int("rules", len(spec.Rules)), zap.Int("limits", len(spec.Limits)))
 		writeJSON(w, spec)
 	})
+	mux.HandleFunc("GET /admin/network-interfaces", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, s.networkInterfaces(s.store.Snapshot()))
+	})
+	mux.HandleFunc("PUT /admin/network-interfaces/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var ni store.NetworkInterface
+		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err == nil {
+			err = json.Unmarshal(b, &ni)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if ni.ID == "" {
+			ni.ID = r.PathValue("id")
+		}
+		if ni.ID != r.PathValue("id") {
+			http.Error(w, fmt.Sprintf("id %q in the body is not %q of the path", ni.ID, r.PathValue("id")), http.StatusBadRequest)
+			return
+		}
+		out, err := s.store.PutNetworkInterface(ni)
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		s.log.Info("network interface put", zap.String("networkInterface", out.ID), zap.String("instance", out.InstanceID),
+			zap.Int32("deviceIndex", out.DeviceIndex))
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("DELETE /admin/network-interfaces/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.store.DeleteNetworkInterface(r.PathValue("id")); err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+func (s *Server) networkInterfaces(snap store.State) []store.NetworkInterface {
+	out := []store.NetworkInterface{}
+	for _, ni := range snap.NetworkInterfaces {
+		out = append(out, *ni)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func writeStoreError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	var se *store.Error
+	if errors.As(err, &se) {
+		status = se.Status
+	}
+	http.Error(w, err.Error(), status)
+}
+
+// seedNetworkInterfaces creates or updates the ENIs listed in path (a JSON
+// array of store.NetworkInterface).
+func seedNetworkInterfaces(st *store.Store, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read network interfaces: %w", err)
+	}
+	var enis []store.NetworkInterface
+	if err := json.Unmarshal(b, &enis); err != nil {
+		return fmt.Errorf("decode network interfaces %s: %w", path, err)
+	}
+	for _, ni := range enis {
+		if _, err := st.PutNetworkInterface(ni); err != nil {
+			return fmt.Errorf("seed network interface %s: %w", ni.ID, err)
+		}
+	}
+	return nil
 }

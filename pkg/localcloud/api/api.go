@@ -171,11 +171,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.calls.WithLabelValues(actionName, code).Inc()
 		h.duration.WithLabelValues(actionName).Observe(time.Since(start).Seconds())
 	}()
+	ec2 := false
 	fail := func(err error) {
 		ae := toAPIError(err)
 		code = ae.Code
 		h.cfg.Log.Info("api error", zap.String("action", actionName), zap.String("code", ae.Code),
 			zap.String("message", ae.Message), zap.String("requestId", reqID))
+		if ec2 {
+			writeEC2Error(w, ae, reqID)
+			return
+		}
 		writeError(w, ae, reqID)
 	}
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
@@ -184,29 +189,44 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<20)
-	if err := sigv4.Verify(r, h.cfg.Credentials, h.cfg.Now()); err != nil {
+	// Verify reads the body and puts it back (or leaves it unread when it
+	// refuses early), so the form can be parsed either way: it says which
+	// API, and so which error shape, the request is for.
+	authErr := sigv4.Verify(r, h.cfg.Credentials, h.cfg.Now())
+	formErr := r.ParseForm()
+	p := params(r.Form)
+	name := p.str("Action")
+	act, isELB := h.actions()[name]
+	ec2Act, isEC2 := h.ec2Actions()[name]
+	ec2 = isEC2 || (!isELB && p.str("Version") == EC2Version)
+	if authErr != nil {
 		var se *sigv4.Error
-		if errors.As(err, &se) {
-			fail(apiErr(se.Code, http.StatusForbidden, se.Message))
+		if errors.As(authErr, &se) {
+			c := se.Code
+			if ec2 && c == "InvalidClientTokenId" {
+				c = "AuthFailure" // EC2's code for an unknown key
+			}
+			fail(apiErr(c, http.StatusForbidden, se.Message))
 		} else {
-			fail(err)
+			fail(authErr)
 		}
 		return
 	}
-	if err := r.ParseForm(); err != nil {
-		fail(apiErr("MalformedQueryString", 400, err.Error()))
+	if formErr != nil {
+		fail(apiErr("MalformedQueryString", 400, formErr.Error()))
 		return
 	}
-	p := params(r.Form)
-	name := p.str("Action")
-	act, ok := h.actions()[name]
-	if !ok {
+	wantVersion := "2015-12-01"
+	switch {
+	case isEC2:
+		act, wantVersion = ec2Act, EC2Version
+	case !isELB:
 		fail(apiErr("InvalidAction", 400, fmt.Sprintf("action %q is not valid for this web service", name)))
 		return
 	}
 	actionName = name
-	if v := p.str("Version"); v != "" && v != "2015-12-01" {
-		fail(apiErr("InvalidParameterValue", 400, fmt.Sprintf("version %q: localcloud speaks 2015-12-01", v)))
+	if v := p.str("Version"); v != "" && v != wantVersion {
+		fail(apiErr("InvalidParameterValue", 400, fmt.Sprintf("version %q: localcloud speaks %s for %s", v, wantVersion, name)))
 		return
 	}
 	outcome, delay := h.cfg.Faults.Decide(name, time.Now())
@@ -219,7 +239,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch outcome {
 	case faults.Throttled, faults.RateLimited:
-		fail(apiErr("Throttling", 400, "Rate exceeded"))
+		if ec2 {
+			fail(apiErr("RequestLimitExceeded", 503, "Request limit exceeded."))
+		} else {
+			fail(apiErr("Throttling", 400, "Rate exceeded"))
+		}
 		return
 	case faults.ServerError:
 		fail(apiErr("ServiceUnavailable", 503, "Service is unavailable (injected fault)"))
@@ -228,6 +252,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	result, err := act(r.Context(), p)
 	if err != nil {
 		fail(err)
+		return
+	}
+	if ec2 {
+		writeEC2Result(w, name, result, reqID)
 		return
 	}
 	writeResult(w, name, result, reqID)
@@ -659,6 +687,9 @@ func (h *Handler) describeTags(_ context.Context, p params) (any, error) {
 func (h *Handler) Actions() []string {
 	var out []string
 	for a := range h.actions() {
+		out = append(out, a)
+	}
+	for a := range h.ec2Actions() {
 		out = append(out, a)
 	}
 	return out

@@ -96,6 +96,8 @@ type State struct {
 	LoadBalancers map[string]*LoadBalancer `json:"loadBalancers"`
 	Listeners     map[string]*Listener     `json:"listeners"`
 	TargetGroups  map[string]*TargetGroup  `json:"targetGroups"`
+	// NetworkInterfaces are the seeded ENIs (EC2), by ID.
+	NetworkInterfaces map[string]*NetworkInterface `json:"networkInterfaces,omitempty"`
 }
 
 // Error is an ELBv2 API error: its code, message and HTTP status.
