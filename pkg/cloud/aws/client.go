@@ -23,8 +23,9 @@ import (
 	"github.com/directlb/directlb/pkg/cloud"
 )
 
-// Client implements cloud.LoadBalancers on ELBv2. ELB and EC2 are the
-// configured SDK clients (EC2 is there for the ENI calls).
+// Client implements cloud.LoadBalancers on ELBv2 and
+// cloud.NetworkInterfaces on EC2. ELB and EC2 are the configured SDK
+// clients; both share the retryer, rate limits and metrics.
 type Client struct {
 	ELB      *elb.Client
 	EC2      *ec2.Client
@@ -187,6 +188,8 @@ var notFoundCodes = map[string]bool{
 	"LoadBalancerNotFound": true,
 	"TargetGroupNotFound":  true,
 	"ListenerNotFound":     true,
+	// EC2
+	"InvalidNetworkInterfaceID.NotFound": true,
 }
 
 // mapError turns an SDK error into a *cloud.APIError, wrapping

@@ -25,8 +25,10 @@ type Limit struct {
 // ELBv2 API's published defaults, so one controller does not eat the
 // account's whole budget: Describe* 8/s (burst 30), RegisterTargets and
 // DeregisterTargets 4/s (burst 20), load balancer create/delete 1/s (burst
-// 10), other mutating calls 2/s (burst 20). Operations not listed are not
-// limited.
+// 10), other mutating calls 2/s (burst 20); EC2's DescribeNetworkInterfaces
+// 16/s (burst 80) and Assign/UnassignPrivateIpAddresses 4/s (burst 100),
+// under EC2's default request-token buckets (non-mutating 20/s, bucket 100;
+// mutating 5/s, bucket 200). Operations not listed are not limited.
 func DefaultRateLimits() map[string]Limit {
 	m := map[string]Limit{}
 	for _, op := range []string{"DescribeLoadBalancers", "DescribeListeners", "DescribeTargetGroups",
@@ -42,6 +44,10 @@ func DefaultRateLimits() map[string]Limit {
 	for _, op := range []string{"CreateListener", "DeleteListener", "ModifyListener", "CreateTargetGroup",
 		"DeleteTargetGroup", "ModifyTargetGroup", "ModifyTargetGroupAttributes", "AddTags", "RemoveTags"} {
 		m[op] = Limit{Rate: 2, Burst: 20}
+	}
+	m["DescribeNetworkInterfaces"] = Limit{Rate: 16, Burst: 80}
+	for _, op := range []string{"AssignPrivateIpAddresses", "UnassignPrivateIpAddresses"} {
+		m[op] = Limit{Rate: 4, Burst: 100}
 	}
 	return m
 }
