@@ -17,10 +17,13 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/proxy"
@@ -164,7 +167,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	g.Go(func() error { return p.Run(ctx) })
 	if cfg.ENIRouting {
-		er, err := newENIRouting(cfg, client, node, log.Named("eni"))
+		er, err := newENIRouting(ctx, cfg, client, node, reg, log.Named("eni"))
 		if err != nil {
 			return err
 		}
@@ -181,24 +184,40 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	return g.Wait()
 }
 
-func newENIRouting(cfg Config, client kubernetes.Interface, node string, log *zap.Logger) (*ENIRouting, error) {
+func newENIRouting(ctx context.Context, cfg Config, client kubernetes.Interface, node string, reg prometheus.Registerer, log *zap.Logger) (*ENIRouting, error) {
 	var gw netip.Addr
 	if cfg.ENIGateway != "" {
 		gw = netip.MustParseAddr(cfg.ENIGateway) // checked by Validate
-	}
-	enis, err := eni.Discover(nil, eni.DiscoverConfig{Devices: cfg.ENIDevices, Gateway: gw})
-	if err != nil {
-		return nil, fmt.Errorf("discover ENIs: %w", err)
-	}
-	for _, e := range enis {
-		log.Info("ENI", zap.String("device", e.Device), zap.Int("index", e.Index), zap.Int("table", e.Table()),
-			zap.String("address", e.Address.String()), zap.String("gateway", e.Gateway.String()))
 	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle: %w", err)
 	}
-	r, err := eni.New(eni.Config{Handle: h, ENIs: enis, Logger: log})
+	links, defGw, err := eni.Links(h)
+	if err != nil {
+		return nil, err
+	}
+	sc := ENISourceConfig{Source: cfg.ENISource, Links: links, DefaultGateway: defGw, Devices: cfg.ENIDevices, Gateway: gw, Logger: log}
+	if cfg.ENISource != ENISourceLinks {
+		sc.Cloud, sc.NoCloudReason = newEC2(ctx, cfg, reg)
+		sc.InstanceID, sc.NoInstanceReason = instanceID(ctx, cfg, client, node)
+	}
+	src, err := ResolveENIs(ctx, sc, func(enis []eni.ENI) func() (map[netip.Addr]string, error) {
+		return func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) }
+	})
+	if err != nil {
+		return nil, err
+	}
+	if src.Reason != "" {
+		log.Warn("ENIs from links, not EC2", zap.String("eniSource", src.Source), zap.String("reason", src.Reason))
+	} else {
+		log.Info("ENI source", zap.String("eniSource", src.Source), zap.String("instance", sc.InstanceID))
+	}
+	for _, e := range src.ENIs {
+		log.Info("ENI", zap.String("device", e.Device), zap.Int("index", e.Index), zap.Int("table", e.Table()),
+			zap.String("address", e.Address.String()), zap.String("gateway", e.Gateway.String()))
+	}
+	r, err := eni.New(eni.Config{Handle: h, ENIs: src.ENIs, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -206,10 +225,42 @@ func newENIRouting(cfg Config, client kubernetes.Interface, node string, log *za
 		Client:   client,
 		NodeName: node,
 		Router:   r,
-		Owners:   func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) },
+		Owners:   src.Owners,
 		Resync:   cfg.ENIResync,
 		Logger:   log,
 	}, nil
+}
+
+// newEC2 builds the EC2 client, or says why there is none.
+func newEC2(ctx context.Context, cfg Config, reg prometheus.Registerer) (cloud.NetworkInterfaces, string) {
+	region := cfg.AWSRegionOrDefault()
+	if region == "" {
+		return nil, "neither --aws-endpoint nor a region (--aws-region, $AWS_REGION) is set"
+	}
+	ac := cloudaws.DefaultConfig()
+	ac.Region, ac.Endpoint = region, cfg.AWSEndpoint
+	ac.MaxAttempts, ac.MaxBackoff = cfg.AWSMaxAttempts, cfg.AWSMaxBackoff
+	ac.Registerer = reg // directlb_cloud_api_* per EC2 operation
+	c, err := cloudaws.New(ctx, ac)
+	if err != nil {
+		return nil, fmt.Sprintf("EC2 client: %v", err)
+	}
+	return c, ""
+}
+
+// instanceID is --eni-instance-id, else from the Node's spec.providerID.
+func instanceID(ctx context.Context, cfg Config, client kubernetes.Interface, node string) (string, string) {
+	if cfg.ENIInstanceID != "" {
+		return cfg.ENIInstanceID, ""
+	}
+	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Sprintf("no --eni-instance-id and reading Node %s failed: %v", node, err)
+	}
+	if id := InstanceIDFromProviderID(n.Spec.ProviderID); id != "" {
+		return id, ""
+	}
+	return "", fmt.Sprintf("no --eni-instance-id and Node %s has no spec.providerID", node)
 }
 
 func serve(ctx context.Context, g *errgroup.Group, log *zap.Logger, what, addr string, h http.Handler) {

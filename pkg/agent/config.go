@@ -47,7 +47,30 @@ type Config struct {
 	ENIGateway string
 	// ENIResync re-reads pods and ENI ownership this often.
 	ENIResync time.Duration
+	// ENISource is where the ENIs and their addresses come from:
+	// ENISourceAuto, ENISourceEC2 or ENISourceLinks.
+	ENISource string
+	// ENIInstanceID is this node's instance ID for EC2; empty: the last
+	// segment of the Node's spec.providerID.
+	ENIInstanceID string
+	// AWSRegion, AWSEndpoint, AWSMaxAttempts and AWSMaxBackoff configure
+	// the EC2 client (pkg/cloud/aws), with lb-controller's flag names.
+	AWSRegion      string
+	AWSEndpoint    string
+	AWSMaxAttempts int
+	AWSMaxBackoff  time.Duration
 }
+
+// ENI sources.
+const (
+	// ENISourceAuto uses EC2 when a cloud is configured (--aws-endpoint or
+	// a region) and answers with ENIs that match local links, else links.
+	ENISourceAuto = "auto"
+	// ENISourceEC2 uses EC2 and fails when it cannot.
+	ENISourceEC2 = "ec2"
+	// ENISourceLinks uses the eth<N> links and proxy neighbour entries.
+	ENISourceLinks = "links"
+)
 
 // DefaultCgroupRoot is the cgroup v2 mount: /sys/fs/cgroup on a unified
 // host, /sys/fs/cgroup/unified on a hybrid one.
@@ -74,10 +97,16 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.SyncWindow, "sync-window", 5*time.Millisecond, "How long changes are gathered into one batch before they are programmed.")
 	fs.DurationVar(&c.HealthTimeout, "healthz-timeout", time.Minute, "How long a change may wait to be programmed before /healthz answers 503.")
 	fs.BoolVar(&c.Cleanup, "cleanup", false, "Remove this agent's programs, links and pins under --bpf-root, its ENI policy rules and routes, and kube-proxy's iptables and nftables leftovers, then exit.")
-	fs.BoolVar(&c.ENIRouting, "eni-routing", false, "Route each local pod's traffic out of the ENI that owns its address (policy rules and per-ENI tables, see docs/node-agent.md). ENIs come from --eni-devices, pod ownership from the proxy neighbour entries on them.")
+	fs.BoolVar(&c.ENIRouting, "eni-routing", false, "Route each local pod's traffic out of the ENI that owns its address (policy rules and per-ENI tables, see docs/node-agent.md). ENIs and address ownership come from --eni-source.")
 	fs.StringSliceVar(&c.ENIDevices, "eni-devices", nil, "ENI devices for --eni-routing (comma-separated); empty: every eth<N> link with an IPv4 address, N being the device index.")
 	fs.StringVar(&c.ENIGateway, "eni-gateway", "", "Subnet gateway for --eni-routing; empty: the default route's gateway when it is in the ENI's subnet, else the subnet's first address.")
 	fs.DurationVar(&c.ENIResync, "eni-resync", 10*time.Second, "How often --eni-routing re-reads pods and proxy neighbours without an event.")
+	fs.StringVar(&c.ENISource, "eni-source", ENISourceAuto, "Where --eni-routing learns the ENIs and which pod address each owns: ec2 (DescribeNetworkInterfaces of this instance, ENIs mapped to links by MAC), links (eth<N> links and proxy neighbour entries), or auto (ec2 when --aws-endpoint or a region is set and it answers with ENIs of local links, else links, with the reason logged).")
+	fs.StringVar(&c.ENIInstanceID, "eni-instance-id", "", "This node's EC2 instance ID for --eni-source ec2/auto; empty: the last segment of the Node's spec.providerID (aws:///zone/i-..., or the node name in the test bed).")
+	fs.StringVar(&c.AWSRegion, "aws-region", "", "AWS region of the EC2 API; empty: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1 when --aws-endpoint is set.")
+	fs.StringVar(&c.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty uses AWS. Credentials come from the SDK's default chain ($AWS_ACCESS_KEY_ID, ...).")
+	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 10, "Attempts per EC2 call; throttling and 5xx are retried with backoff.")
+	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", 20*time.Second, "Largest backoff between retried EC2 attempts.")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 }
 
@@ -129,6 +158,20 @@ func (c *Config) Validate() error {
 	if c.ENIResync <= 0 {
 		return fmt.Errorf("--eni-resync %v: must be positive", c.ENIResync)
 	}
+	switch c.ENISource {
+	case ENISourceAuto, ENISourceEC2, ENISourceLinks:
+	default:
+		return fmt.Errorf("--eni-source %q: want auto, ec2 or links", c.ENISource)
+	}
+	if c.AWSEndpoint != "" && !strings.HasPrefix(c.AWSEndpoint, "http://") && !strings.HasPrefix(c.AWSEndpoint, "https://") {
+		return fmt.Errorf("--aws-endpoint %q: must be an http:// or https:// URL", c.AWSEndpoint)
+	}
+	if c.AWSMaxAttempts < 1 {
+		return fmt.Errorf("--aws-max-attempts %d: must be at least 1", c.AWSMaxAttempts)
+	}
+	if c.AWSMaxBackoff <= 0 {
+		return fmt.Errorf("--aws-max-backoff %v: must be positive", c.AWSMaxBackoff)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -150,4 +193,19 @@ func (c *Config) NodeName() (string, error) {
 		return "", fmt.Errorf("node name: %w", err)
 	}
 	return strings.ToLower(h), nil
+}
+
+// AWSRegionOrDefault is --aws-region, else $AWS_REGION, else
+// $AWS_DEFAULT_REGION, else us-east-1 when --aws-endpoint is set (any
+// region does for localcloud), else empty: no cloud is configured.
+func (c *Config) AWSRegionOrDefault() string {
+	for _, r := range []string{c.AWSRegion, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")} {
+		if r != "" {
+			return r
+		}
+	}
+	if c.AWSEndpoint != "" {
+		return "us-east-1"
+	}
+	return ""
 }

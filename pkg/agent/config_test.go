@@ -23,6 +23,10 @@ func TestConfigValidate(t *testing.T) {
 		{name: "eni routing", args: []string{"--eni-routing", "--eni-devices=eth0,eth1", "--eni-gateway=10.100.0.1", "--eni-resync=5s"}},
 		{name: "bad eni gateway", args: []string{"--eni-routing", "--eni-gateway=10.100.0.0/16"}, wantErr: "--eni-gateway"},
 		{name: "bad eni resync", args: []string{"--eni-resync=0s"}, wantErr: "--eni-resync"},
+		{name: "eni source ec2", args: []string{"--eni-routing", "--eni-source=ec2", "--eni-instance-id=i-1", "--aws-region=us-east-1", "--aws-endpoint=http://10.100.0.3:4566", "--aws-max-attempts=3", "--aws-max-backoff=1s"}},
+		{name: "bad eni source", args: []string{"--eni-source=imds"}, wantErr: "--eni-source"},
+		{name: "bad aws endpoint", args: []string{"--aws-endpoint=10.100.0.3:4566"}, wantErr: "--aws-endpoint"},
+		{name: "bad aws attempts", args: []string{"--aws-max-attempts=0"}, wantErr: "--aws-max-attempts"},
 		{name: "cleanup needs only the bpf root", args: []string{"--cleanup", "--cgroup-root="}},
 	}
 	for _, c := range cases {
@@ -53,5 +57,26 @@ func TestNodeName(t *testing.T) {
 	c.HostnameOverride = ""
 	if n, _ := c.NodeName(); n != "from-env" {
 		t.Errorf("env: %q", n)
+	}
+}
+
+func TestAWSRegionOrDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name, flag, endpoint, env, defEnv, want string
+	}{
+		{name: "nothing: no cloud"},
+		{name: "flag", flag: "eu-west-1", env: "us-west-2", want: "eu-west-1"},
+		{name: "AWS_REGION", env: "us-west-2", defEnv: "eu-west-1", want: "us-west-2"},
+		{name: "AWS_DEFAULT_REGION", defEnv: "eu-west-1", want: "eu-west-1"},
+		{name: "endpoint alone", endpoint: "http://10.100.0.3:4566", want: "us-east-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("AWS_REGION", tc.env)
+			t.Setenv("AWS_DEFAULT_REGION", tc.defEnv)
+			c := Config{AWSRegion: tc.flag, AWSEndpoint: tc.endpoint}
+			if got := c.AWSRegionOrDefault(); got != tc.want {
+				t.Errorf("region %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -62,40 +62,7 @@ func TestENIRoutingPrivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace")
 	}
-	name := fmt.Sprintf("dlbt-agent-eni-%d", os.Getpid()%100000)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		_ = netns.DeleteNamed(name)
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
-	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := newTestNetns(t, "dlbt-agent-eni")
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -181,4 +148,45 @@ func TestENIRoutingPrivileged(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor([]string{"from 10.100.1.131/32 lookup 101"})
+}
+
+// newTestNetns creates network namespace <prefix>-<pid>, deleted at the
+// end of the test, and returns a netlink handle in it.
+func newTestNetns(t *testing.T, prefix string) *netlink.Handle {
+	t.Helper()
+	name := fmt.Sprintf("%s-%d", prefix, os.Getpid()%100000)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		_ = netns.DeleteNamed(name)
+		ns, err := netns.NewNamed(name)
+		if err == nil {
+			ns.Close()
+		}
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
