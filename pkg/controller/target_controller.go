@@ -154,7 +154,26 @@ func (r *TargetReconciler) eligible(ctx context.Context, ns string, ep discovery
 	if pod.DeletionTimestamp != nil {
 		return false, nil
 	}
-	return ready || WaitsOnlyForDirectlbGates(pod), nil
+	return ready || readyButForDirectlbGates(pod), nil
+}
+
+// readyButForDirectlbGates: not terminating, containers ready, and every
+// unmet readiness gate is directlb's. That is a pod waiting for our gate
+// (it turns True only once the target is registered), and also a pod whose
+// Ready condition or EndpointSlice lags behind gates that are already True
+// (the kubelet recomputes Ready after it sees the gate): deregistering that
+// one would pull a healthy target and send it through its health checks
+// again.
+func readyButForDirectlbGates(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || !podCondition(pod, corev1.ContainersReady) {
+		return false
+	}
+	for _, g := range pod.Spec.ReadinessGates {
+		if !podCondition(pod, g.ConditionType) && !strings.HasPrefix(string(g.ConditionType), service.ReadinessGatePrefix) {
+			return false
+		}
+	}
+	return true
 }
 
 // WaitsOnlyForDirectlbGates reports whether pod's containers are ready and

@@ -114,5 +114,11 @@ func TestWaitsOnlyForDirectlbGates(t *testing.T) {
 		if got := WaitsOnlyForDirectlbGates(p); got != tt.want {
 			t.Errorf("%s: WaitsOnlyForDirectlbGates = %v, want %v", tt.name, got, tt.want)
 		}
+		// Eligible as a target: the same, plus a pod whose gates are all
+		// True but whose Ready (or EndpointSlice) has not caught up.
+		wantEligible := tt.want || tt.name == "no gates" || tt.name == "our gate already true"
+		if got := readyButForDirectlbGates(p); got != wantEligible {
+			t.Errorf("%s: readyButForDirectlbGates = %v, want %v", tt.name, got, wantEligible)
+		}
 	}
 }
