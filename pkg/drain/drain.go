@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,9 +68,13 @@ type Config struct {
 	// Host and Port are what the injected preStop httpGet calls: an
 	// address the kubelet reaches (a node-local address, the controller
 	// Service's ClusterIP, or in the test bed the host 10.100.0.2). An
-	// empty Host injects no hook.
+	// empty Host injects no hook, unless Service is set.
 	Host string
-	Port int32
+	// Service ("namespace/name"), when Host is empty, is the Service whose
+	// ClusterIP the hook calls, read from the cache at each pod admission:
+	// the chart's drain Service in front of the controller replicas.
+	Service string
+	Port    int32
 	// MaxWait is the ceiling of one wait.
 	MaxWait time.Duration
 	// PollInterval is how often a target group's health is read while
@@ -85,7 +90,8 @@ func DefaultConfig() Config {
 // BindFlags registers the flags.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.BindAddress, "drain-bind-address", c.BindAddress, `address of the drain wait endpoint the injected preStop hook calls ("0" disables it)`)
-	fs.StringVar(&c.Host, "drain-host", c.Host, "host the injected preStop httpGet calls (empty: inject no preStop hook)")
+	fs.StringVar(&c.Host, "drain-host", c.Host, "host the injected preStop httpGet calls (empty: the ClusterIP of --drain-service, or no preStop hook)")
+	fs.StringVar(&c.Service, "drain-service", c.Service, "namespace/name of a Service in front of the drain endpoint; with --drain-host empty the injected hook calls its ClusterIP")
 	fs.Int32Var(&c.Port, "drain-port", c.Port, "port the injected preStop httpGet calls")
 	fs.DurationVar(&c.MaxWait, "drain-max-wait", c.MaxWait, "ceiling of one drain wait")
 	fs.DurationVar(&c.PollInterval, "drain-poll-interval", c.PollInterval, "target-health poll interval while pods drain")
@@ -94,8 +100,13 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 // Validate reports every invalid setting.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Host != "" && (c.Port < 1 || c.Port > 65535) {
+	if c.injects() && (c.Port < 1 || c.Port > 65535) {
 		errs = append(errs, fmt.Errorf("--drain-port %d: must be from 1 to 65535", c.Port))
+	}
+	if c.Service != "" {
+		if _, err := parseService(c.Service); err != nil {
+			errs = append(errs, fmt.Errorf("--drain-service %q: %w", c.Service, err))
+		}
 	}
 	if c.MaxWait < time.Second || c.MaxWait > time.Hour {
 		errs = append(errs, fmt.Errorf("--drain-max-wait %s: must be from 1s to 1h", c.MaxWait))
@@ -106,12 +117,30 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// injects: the webhook adds a preStop hook.
+func (c *Config) injects() bool {
+	return c.BindAddress != "0" && (c.Host != "" || c.Service != "")
+}
+
+// parseService parses "namespace/name".
+func parseService(s string) (types.NamespacedName, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return types.NamespacedName{}, errors.New("want namespace/name")
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, nil
+}
+
 // Hook is the preStop target for the webhook.
 func (c *Config) Hook() readinessgate.DrainHook {
-	if c.Host == "" || c.BindAddress == "0" {
+	if !c.injects() {
 		return readinessgate.DrainHook{}
 	}
-	return readinessgate.DrainHook{Host: c.Host, Port: c.Port, Scheme: corev1.URISchemeHTTP}
+	h := readinessgate.DrainHook{Host: c.Host, Port: c.Port, Scheme: corev1.URISchemeHTTP}
+	if c.Host == "" {
+		h.Service, _ = parseService(c.Service) // Validate checked it
+	}
+	return h
 }
 
 // TargetGroupSource gives a Service's target groups.
@@ -335,7 +364,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, w *Waiter) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, IndexToken, indexToken); err != nil {
 		return fmt.Errorf("index pods by drain token: %w", err)
 	}
-	if w.Config.BindAddress == "0" || w.Config.Host == "" {
+	if !w.Config.injects() {
 		return nil
 	}
 	if err := mgr.Add(w); err != nil {

@@ -94,3 +94,40 @@ func TestWait(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigHook: where the injected hook goes for each flag combination,
+// and which are refused.
+func TestConfigHook(t *testing.T) {
+	tests := []struct {
+		name    string
+		mod     func(*Config)
+		want    readinessgate.DrainHook
+		wantErr bool
+	}{
+		{"no host, no service: no hook", func(*Config) {}, readinessgate.DrainHook{}, false},
+		{"host", func(c *Config) { c.Host = "10.100.0.2" },
+			readinessgate.DrainHook{Host: "10.100.0.2", Port: 8082, Scheme: corev1.URISchemeHTTP}, false},
+		{"service", func(c *Config) { c.Service = "sys/drain" },
+			readinessgate.DrainHook{Service: types.NamespacedName{Namespace: "sys", Name: "drain"}, Port: 8082, Scheme: corev1.URISchemeHTTP}, false},
+		{"host wins over service", func(c *Config) { c.Host = "10.0.0.1"; c.Service = "sys/drain" },
+			readinessgate.DrainHook{Host: "10.0.0.1", Port: 8082, Scheme: corev1.URISchemeHTTP}, false},
+		{"endpoint off", func(c *Config) { c.Service = "sys/drain"; c.BindAddress = "0" }, readinessgate.DrainHook{}, false},
+		{"bad service", func(c *Config) { c.Service = "drain" }, readinessgate.DrainHook{}, true},
+		{"bad port", func(c *Config) { c.Service = "sys/drain"; c.Port = 0 }, readinessgate.DrainHook{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.mod(&c)
+			if err := c.Validate(); (err != nil) != tt.wantErr {
+				t.Fatalf("Validate: %v, want error %v", err, tt.wantErr)
+			}
+			if tt.wantErr {
+				return
+			}
+			if diff := cmp.Diff(tt.want, c.Hook()); diff != "" {
+				t.Errorf("Hook (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/directlb/directlb/pkg/service"
@@ -28,11 +29,13 @@ const (
 )
 
 // DrainHook says where the injected preStop httpGet goes. A zero Host
-// disables the injection.
+// disables the injection; the webhook fills Host from Service's ClusterIP
+// when Service is set.
 type DrainHook struct {
-	Host   string
-	Port   int32
-	Scheme corev1.URIScheme
+	Host    string
+	Service types.NamespacedName
+	Port    int32
+	Scheme  corev1.URIScheme
 }
 
 // DrainPath is the path of a pod's drain wait on the drain endpoint.

@@ -10,8 +10,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -236,5 +238,61 @@ func TestHandlePatch(t *testing.T) {
 	resp = m.Handle(context.Background(), req)
 	if !resp.Allowed || len(resp.Patches) != 0 {
 		t.Errorf("unselected pod: allowed %v, %d patches; want allowed, none", resp.Allowed, len(resp.Patches))
+	}
+}
+
+// TestHandleDrainService: with a drain Service instead of a host, the hook
+// calls its ClusterIP; without the Service (or headless) the pod still gets
+// its gate but no hook.
+func TestHandleDrainService(t *testing.T) {
+	web := svc("web", nil, map[string]string{"app": "web"})
+	drainSvc := func(ip string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: "drain"}, Spec: corev1.ServiceSpec{ClusterIP: ip}}
+	}
+	tests := []struct {
+		name     string
+		objs     []client.Object
+		wantHost string // "": no hook
+	}{
+		{"clusterIP", []client.Object{&web, drainSvc("10.96.0.42")}, "10.96.0.42"},
+		{"missing", []client.Object{&web}, ""},
+		{"headless", []client.Object{&web, drainSvc(corev1.ClusterIPNone)}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reader := fake.NewClientBuilder().WithObjects(tt.objs...).Build()
+			m := &Mutator{Reader: reader, Options: MutateOptions{Classes: service.ClassFilter{Default: true},
+				Drain:    DrainHook{Service: types.NamespacedName{Namespace: "sys", Name: "drain"}, Port: 8082, Scheme: corev1.URISchemeHTTP},
+				NewToken: func() string { return "tok" }}}
+			raw, err := json.Marshal(basePod())
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp := m.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				Operation: admissionv1.Create, Namespace: "ns",
+				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Object: runtime.RawExtension{Raw: raw},
+			}})
+			if !resp.Allowed {
+				t.Fatalf("not allowed: %+v", resp.Result)
+			}
+			gotHost, gates := "", false
+			for _, p := range resp.Patches {
+				switch p.Path {
+				case "/spec/readinessGates":
+					gates = true
+				case "/spec/containers/0/lifecycle":
+					b, _ := json.Marshal(p.Value)
+					var lc corev1.Lifecycle
+					if err := json.Unmarshal(b, &lc); err != nil || lc.PreStop == nil || lc.PreStop.HTTPGet == nil {
+						t.Fatalf("lifecycle patch %s: %v", b, err)
+					}
+					gotHost = lc.PreStop.HTTPGet.Host
+				}
+			}
+			if !gates || gotHost != tt.wantHost {
+				t.Errorf("gate patched %v, hook host %q; want true, %q", gates, gotHost, tt.wantHost)
+			}
+		})
 	}
 }

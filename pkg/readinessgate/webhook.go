@@ -14,6 +14,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -48,7 +49,11 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 		webhookRequests.WithLabelValues("error").Inc()
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("list services of namespace %s: %w", req.Namespace, err))
 	}
-	gated := Mutate(pod, req.Namespace, svcs.Items, m.Options)
+	opts := m.Options
+	if opts.Drain.Host == "" && opts.Drain.Service.Name != "" {
+		opts.Drain.Host = m.drainHost(ctx, opts.Drain.Service)
+	}
+	gated := Mutate(pod, req.Namespace, svcs.Items, opts)
 	if len(gated) == 0 {
 		webhookRequests.WithLabelValues("unchanged").Inc()
 		return admission.Allowed("")
@@ -67,6 +72,21 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 		}
 	}
 	return resp
+}
+
+// drainHost is the ClusterIP of the drain Service, or "" (no hook; logged)
+// when it is missing or headless: the pod still gets its gates.
+func (m *Mutator) drainHost(ctx context.Context, key types.NamespacedName) string {
+	var svc corev1.Service
+	if err := m.Reader.Get(ctx, key, &svc); err != nil {
+		log.FromContext(ctx).Error(err, "drain Service: no preStop hook injected", "service", key.String())
+		return ""
+	}
+	if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
+		return ip
+	}
+	log.FromContext(ctx).Info("drain Service has no ClusterIP: no preStop hook injected", "service", key.String())
+	return ""
 }
 
 // maxDelay is the longest deregistration delay among the named Services.
