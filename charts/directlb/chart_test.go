@@ -85,18 +85,17 @@ var valueSets = []struct {
 		name: "defaults",
 		kinds: map[string]int{"Deployment": 1, "DaemonSet": 1, "PodDisruptionBudget": 1, "ServiceAccount": 2,
 			"ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "RoleBinding": 1, "Lease": 1,
-			"MutatingWebhookConfiguration": 0, "ServiceMonitor": 0, "Certificate": 0, "Secret": 0, "Service": 0},
+			"MutatingWebhookConfiguration": 1, "ServiceMonitor": 0, "Certificate": 0, "Issuer": 0, "Secret": 1, "Service": 2},
 	},
 	{
-		name: "webhook with chart certificates",
-		args: []string{"--set", "webhook.enabled=true"},
-		kinds: map[string]int{"MutatingWebhookConfiguration": 1, "Secret": 1, "Service": 1, "Certificate": 0,
-			"Issuer": 0},
+		name:  "webhook off",
+		args:  []string{"--set", "webhook.enabled=false"},
+		kinds: map[string]int{"MutatingWebhookConfiguration": 0, "Secret": 0, "Service": 0, "Role": 1},
 	},
 	{
 		name: "certManager",
 		args: []string{"--set", "webhook.enabled=true", "--set", "certManager.enabled=true"},
-		kinds: map[string]int{"MutatingWebhookConfiguration": 1, "Secret": 0, "Service": 1, "Certificate": 2,
+		kinds: map[string]int{"MutatingWebhookConfiguration": 1, "Secret": 0, "Service": 2, "Certificate": 2,
 			"Issuer": 2},
 	},
 	{
@@ -106,9 +105,14 @@ var valueSets = []struct {
 		kinds: map[string]int{"MutatingWebhookConfiguration": 1, "Secret": 0, "Certificate": 1, "Issuer": 0},
 	},
 	{
+		name:  "drainHost",
+		args:  []string{"--set", "controller.drainHost=10.0.0.7"},
+		kinds: map[string]int{"Service": 1},
+	},
+	{
 		name:  "serviceMonitor",
 		args:  []string{"--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prom"},
-		kinds: map[string]int{"ServiceMonitor": 2, "Service": 2},
+		kinds: map[string]int{"ServiceMonitor": 2, "Service": 4},
 	},
 	{
 		name: "kubeProxyReplacement=false",
@@ -118,7 +122,7 @@ var valueSets = []struct {
 	},
 	{
 		name:  "test bed",
-		args:  []string{"-f", "ci/testbed-values.yaml", "--set", "webhook.enabled=true"},
+		args:  []string{"-f", "ci/testbed-values.yaml"},
 		kinds: map[string]int{"Deployment": 1, "DaemonSet": 1, "MutatingWebhookConfiguration": 1, "Secret": 1},
 	},
 	{
@@ -684,5 +688,85 @@ func TestNotes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestENIRouting: nodeAgent.eniRouting passes --eni-routing and grants the
+// agent list/watch of pods; off, neither.
+func TestENIRouting(t *testing.T) {
+	helm := helmBinary(t)
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprint(on), func(t *testing.T) {
+			objs := render(t, helm, "--set", fmt.Sprintf("nodeAgent.eniRouting=%v", on))
+			flag := false
+			for _, c := range containers(objs) {
+				if strings.HasPrefix(c.Image, "ghcr.io/directlb/node-agent") {
+					flag = slices.Contains(c.Args, "--eni-routing")
+				}
+			}
+			pods := false
+			for _, o := range objs {
+				r, ok := o.Decoded.(*rbacv1.ClusterRole)
+				if !ok || !strings.Contains(r.Name, "node-agent") {
+					continue
+				}
+				for _, rule := range r.Rules {
+					if slices.Contains(rule.Resources, "pods") && slices.Contains(rule.Verbs, "watch") && slices.Contains(rule.Verbs, "list") {
+						pods = true
+					}
+				}
+			}
+			if flag != on || pods != on {
+				t.Errorf("eniRouting=%v: --eni-routing %v, pods list/watch %v; want both %v", on, flag, pods, on)
+			}
+		})
+	}
+}
+
+// TestDrainService: by default the injected hook calls the chart's drain
+// Service, which selects the controller pods on their drain port; a
+// drainHost replaces it.
+func TestDrainService(t *testing.T) {
+	helm := helmBinary(t)
+	objs := render(t, helm)
+	var drainSvc *corev1.Service
+	for _, o := range objs {
+		if s, ok := o.Decoded.(*corev1.Service); ok && strings.HasSuffix(s.Name, "-drain") {
+			drainSvc = s
+		}
+	}
+	if drainSvc == nil {
+		t.Fatal("no drain Service rendered")
+	}
+	var ctrlArgs []string
+	var drainPort int32
+	for _, o := range objs {
+		d, ok := o.Decoded.(*appsv1.Deployment)
+		if !ok {
+			continue
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		ctrlArgs = c.Args
+		for _, p := range c.Ports {
+			if p.Name == "drain" {
+				drainPort = p.ContainerPort
+			}
+		}
+		for k, v := range drainSvc.Spec.Selector {
+			if d.Spec.Template.Labels[k] != v {
+				t.Errorf("drain Service selector %v does not select the controller pods %v", drainSvc.Spec.Selector, d.Spec.Template.Labels)
+			}
+		}
+	}
+	if want := "--drain-service=" + namespace + "/" + drainSvc.Name; !slices.Contains(ctrlArgs, want) {
+		t.Errorf("controller args %v lack %s", ctrlArgs, want)
+	}
+	if p := drainSvc.Spec.Ports; len(p) != 1 || p[0].TargetPort.StrVal != "drain" || drainPort == 0 || !slices.Contains(ctrlArgs, fmt.Sprintf("--drain-port=%d", p[0].Port)) {
+		t.Errorf("drain Service ports %+v, container drain port %d, args %v", p, drainPort, ctrlArgs)
+	}
+	for _, c := range containers(render(t, helm, "--set", "controller.drainHost=10.0.0.7")) {
+		if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--drain-service") }) {
+			t.Errorf("with drainHost, %s args %v still name a drain Service", c.Name, c.Args)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/service"
 )
 
 const (
@@ -260,13 +262,24 @@ func TestChart(t *testing.T) {
 		// left behind must not get this release's finalizer.
 		"--set", "controller.loadBalancerClasses={"+chLBClass+"}",
 		"--set", "controller.manageDefaultClass=false",
-		// The readiness-gate webhook stays off (the chart's default): with
-		// it on, lb-controller reads its Secret through a cluster-wide
-		// cache the chart's RBAC rightly denies (docs/chart.md).
 		"--wait", "--timeout", "3m"); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("helm install --wait: %.1fs", time.Since(begin).Seconds())
+
+	// The VPC's source/destination check on, as in a cloud: pods on
+	// secondary ENIs answer only through the agents' ENI routing
+	// (nodeAgent.eniRouting in the test-bed values).
+	if err := testbed.SetSourceDestCheck(t.Context(), b.Topology, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := testbed.SetSourceDestCheck(ctx, b.Topology, b.Topology.SourceDestCheck); err != nil {
+			t.Errorf("restore the source/destination check: %v", err)
+		}
+	})
 
 	// The controller and the agents run as the chart's ServiceAccounts.
 	pods, err := b.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
@@ -330,8 +343,9 @@ func TestChart(t *testing.T) {
 
 	// The examples: an EXTERNAL-IP that reaches every pod, with the pods'
 	// IPs as the cloud's targets.
+	// The Service first, as the README says: the webhook gives a pod its
+	// readiness gate when a direct-access Service selects it at creation.
 	chNewNamespace(t, b, chAppNS)
-	b.MustKubectl(t, "apply", "-n", chAppNS, "-f", "../../examples/echo-deployment.yaml")
 	raw, err := os.ReadFile("../../examples/echo-service.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -344,6 +358,7 @@ func TestChart(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(chAppNS).Create(t.Context(), &example, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	b.MustKubectl(t, "apply", "-n", chAppNS, "-f", "../../examples/echo-deployment.yaml")
 	begin = time.Now()
 	var extIP string
 	ptPoll(t, 90*time.Second, "EXTERNAL-IP of "+chAppNS+"/echo", func(ctx context.Context) (bool, string) {
@@ -422,6 +437,15 @@ func TestChart(t *testing.T) {
 		t.Errorf("%d requests through %s failed", failed, extIP)
 	}
 
+	// The webhook (the chart's, with the chart's certificates) gave every
+	// pod the gate and the drain hook; the chart's controller set the gates.
+	chCheckGates(t, b)
+
+	// A rolling update under load through the chart's controller and
+	// webhook: the gates hold it, the drain hook empties the old pods;
+	// nothing fails.
+	chRolloutUnderLoad(t, b, extIP)
+
 	// helm upgrade rolls the controller; the Service keeps working.
 	if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", ns, "--reuse-values",
 		"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
@@ -441,23 +465,31 @@ func TestChart(t *testing.T) {
 	}
 
 	// No RBAC denial in any log of the release's pods; and the logs are
-	// really theirs: one controller led, every agent synced.
-	leaders, synced := 0, 0
-	for pod, log := range chPodLogs(t, b) {
-		if strings.Contains(log, "Successfully acquired lease") {
-			leaders++
+	// really theirs: a controller of the upgraded release took the Lease
+	// (the old leader released it on SIGTERM, but the new pods may still
+	// be racing for it, hence the wait), every agent synced.
+	var leaders, synced int
+	var logs map[string]string
+	ptPoll(t, 45*time.Second, "an upgraded controller leads and every agent synced", func(context.Context) (bool, string) {
+		leaders, synced = 0, 0
+		logs = chPodLogs(t, b)
+		for _, log := range logs {
+			if strings.Contains(log, "Successfully acquired lease") {
+				leaders++
+			}
+			if strings.Contains(log, "initial sync done") {
+				synced++
+			}
 		}
-		if strings.Contains(log, "initial sync done") {
-			synced++
-		}
+		return leaders >= 1 && synced == len(b.Topology.Nodes),
+			fmt.Sprintf("logs show %d leaders and %d synced agents, want at least 1 and %d", leaders, synced, len(b.Topology.Nodes))
+	})
+	for pod, log := range logs {
 		for _, line := range strings.Split(log, "\n") {
 			if strings.Contains(strings.ToLower(line), "forbidden") {
 				t.Errorf("%s: %s", pod, line)
 			}
 		}
-	}
-	if leaders < 1 || synced != len(b.Topology.Nodes) {
-		t.Errorf("logs show %d leaders and %d synced agents, want at least 1 and %d", leaders, synced, len(b.Topology.Nodes))
 	}
 
 	// Uninstall in the documented order: the Service first, while the
@@ -494,5 +526,91 @@ func TestChart(t *testing.T) {
 	}
 	if left, err := chCloudLeft(t.Context(), lbs); err != nil || len(left) > 0 {
 		t.Errorf("left in the cloud after helm uninstall: %v %v", left, err)
+	}
+}
+
+// chCheckGates: every echo pod carries the Service's readiness gate, True,
+// and the drain preStop hook the webhook adds.
+func chCheckGates(t *testing.T, b *Bed) {
+	t.Helper()
+	list, err := b.Client.CoreV1().Pods(chAppNS).List(t.Context(), metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list.Items {
+		if !rgHasGate(&p, "echo") {
+			t.Errorf("pod %s has no readiness gate %s (gates %v): the chart's webhook did not mutate it", p.Name, service.ReadinessGateType("echo"), p.Spec.ReadinessGates)
+			continue
+		}
+		if st, reason := rgGate(&p, "echo"); st != corev1.ConditionTrue {
+			t.Errorf("pod %s (%s on %s) gate %s=%s (%s), want True", p.Name, p.Status.PodIP, p.Spec.NodeName, service.ReadinessGateType("echo"), st, reason)
+			chDiagnose(t, b)
+		}
+		if c := p.Spec.Containers[0]; c.Lifecycle == nil || c.Lifecycle.PreStop == nil {
+			t.Errorf("pod %s container %s has no preStop drain hook", p.Name, c.Name)
+		}
+	}
+}
+
+// chRolloutUnderLoad restarts the echo Deployment while new-connection and
+// keep-alive load runs through extIP, until the rollout is complete and the
+// old pods are gone (at most 3 minutes), and wants 0 failed requests.
+func chRolloutUnderLoad(t *testing.T, b *Bed, extIP string) {
+	t.Helper()
+	ctx := t.Context()
+	old, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := &roLoad{prefix: "echo-", errs: map[string]int{}}
+	lctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	url := "http://" + extIP + "/"
+	go load.run(lctx, url, 50, false, 3*time.Minute, &wg)
+	go load.run(lctx, url, 50, true, 3*time.Minute, &wg)
+	begin := time.Now()
+	b.MustKubectl(t, "rollout", "restart", "-n", chAppNS, "deployment/echo")
+	ptPoll(t, 3*time.Minute, "rollout of echo done and the old pods gone", func(ctx context.Context) (bool, string) {
+		list, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+		if err != nil {
+			return false, err.Error()
+		}
+		ready, oldLeft := 0, 0
+		for _, p := range list.Items {
+			if slices.ContainsFunc(old.Items, func(o corev1.Pod) bool { return o.UID == p.UID }) {
+				oldLeft++
+			} else if ptReady(&p) {
+				ready++
+			}
+		}
+		return ready == 3 && oldLeft == 0, fmt.Sprintf("%d new pods ready, %d old pods left", ready, oldLeft)
+	})
+	stop()
+	wg.Wait()
+	t.Logf("rollout through the chart's controller: %.1fs, %d requests, %d failed %v",
+		time.Since(begin).Seconds(), load.total.Load(), load.failed.Load(), load.errs)
+	if load.failed.Load() > 0 {
+		t.Errorf("%d of %d requests failed during the rollout: %v", load.failed.Load(), load.total.Load(), load.errs)
+	}
+	if load.total.Load() < 500 {
+		t.Errorf("only %d requests during the rollout: the load did not run", load.total.Load())
+	}
+	chCheckGates(t, b)
+}
+
+// chDiagnose logs what explains a gate that is not True: the pods'
+// conditions, the ENI rules of every node and the release's log tails.
+func chDiagnose(t *testing.T, b *Bed) {
+	t.Helper()
+	t.Logf("pods:\n%s", b.MustKubectl(t, "get", "pods", "-n", chAppNS, "-o", "wide"))
+	t.Logf("endpointslices:\n%s", b.MustKubectl(t, "get", "endpointslices", "-n", chAppNS, "-o", "yaml"))
+	for _, n := range b.Topology.Nodes {
+		out, _ := exec.Command("ip", "-n", n.NetNS, "rule").CombinedOutput()
+		t.Logf("%s ip rule:\n%s", n.Name, out)
+	}
+	for pod, log := range chPodLogs(t, b) {
+		lines := strings.Split(strings.TrimSpace(log), "\n")
+		t.Logf("last lines of %s:\n%s", pod, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 	}
 }

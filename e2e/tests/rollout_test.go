@@ -40,8 +40,10 @@ const (
 )
 
 // roLoad is a bounded open-loop load generator: rate requests per second
-// until stop or maxDur, and at most rate×maxDur requests.
+// until stop or maxDur, and at most rate×maxDur requests. An answer counts
+// only if it is a 200 whose body starts with prefix (a pod name).
 type roLoad struct {
+	prefix        string
 	total, failed atomic.Int64
 	mu            sync.Mutex
 	errs          map[string]int
@@ -78,7 +80,7 @@ func (l *roLoad) run(ctx context.Context, url string, rate int, keepAlive bool, 
 		go func() {
 			defer inflight.Done()
 			defer func() { <-sem }()
-			err := roGet(client, url)
+			err := roGet(client, url, l.prefix)
 			l.total.Add(1)
 			if err != nil {
 				l.failed.Add(1)
@@ -94,7 +96,7 @@ func (l *roLoad) run(ctx context.Context, url string, rate int, keepAlive bool, 
 	}
 }
 
-func roGet(c *http.Client, url string) error {
+func roGet(c *http.Client, url, prefix string) error {
 	resp, err := c.Get(url)
 	if err != nil {
 		return err
@@ -104,7 +106,7 @@ func roGet(c *http.Client, url string) error {
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "web-") {
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), prefix) {
 		return fmt.Errorf("status %d body %q", resp.StatusCode, body)
 	}
 	return nil
@@ -281,7 +283,7 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 	roSettled(t, b, lc, ns, 4*time.Minute)
 	url := "http://" + lbIP + ":80/"
 	for i := range 50 {
-		if err := roGet(&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url); err != nil {
+		if err := roGet(&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url, "web-"); err != nil {
 			t.Fatalf("before the rollout, request %d through %s failed: %v", i, url, err)
 		}
 	}
@@ -291,7 +293,7 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 	defer wcancel()
 	times.watch(wctx, t, b, ns, "web")
 
-	load := &roLoad{errs: map[string]int{}}
+	load := &roLoad{prefix: "web-", errs: map[string]int{}}
 	lctx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var wg sync.WaitGroup

@@ -78,6 +78,18 @@ app.kubernetes.io/component: node-agent
 {{- printf "%s-webhook-tls" (include "directlb.fullname" .) -}}
 {{- end -}}
 
+{{/* The Service in front of the controllers' drain endpoint. */}}
+{{- define "directlb.drain.serviceName" -}}
+{{- printf "%s-drain" (include "directlb.fullname" .) -}}
+{{- end -}}
+
+{{/* The drain Service is rendered: the webhook injects hooks, the
+endpoint is on, and no drainHost replaces it. */}}
+{{- define "directlb.drain.service" -}}
+{{- $c := .Values.controller -}}
+{{- if and $c.readinessGates .Values.webhook.enabled (ne $c.drainBindAddress "0") (not $c.drainHost) -}}true{{- end -}}
+{{- end -}}
+
 {{/* The port of a bind address such as ":8080" or "0.0.0.0:8080". */}}
 {{- define "directlb.port" -}}
 {{- $p := splitList ":" . | last -}}
