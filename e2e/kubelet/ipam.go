@@ -1,8 +1,17 @@
 package kubelet
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"go.uber.org/zap"
+
+	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/localcloud"
 )
 
 // PodRange is one ENI's range of secondary addresses for pods.
@@ -129,4 +138,55 @@ func (a *Allocator) Release(owner string) {
 func (a *Allocator) Held(owner string) (Allocation, bool) {
 	al, ok := a.byOwn[owner]
 	return al, ok
+}
+
+// CloudIPAM records the Allocator's choices in the cloud, as VPC CNI's IPAM
+// does: the pod's address is assigned to its ENI as a secondary private
+// address (AssignPrivateIpAddresses) before the pod's network is set up,
+// and unassigned when the pod is torn down. The test bed's fabric does not
+// depend on it (proxy neighbours still say which ENI answers for a pod);
+// it keeps localcloud's EC2 view true, for the node agent's
+// --eni-source=ec2.
+type CloudIPAM struct {
+	ENIs cloud.NetworkInterfaces
+	// Timeout bounds one call, retries included.
+	Timeout time.Duration
+	Log     *zap.Logger
+}
+
+// NewCloudIPAM returns a CloudIPAM on localcloud's EC2 API at endpoint,
+// signed with localcloud's default key (the test bed starts it with it).
+func NewCloudIPAM(ctx context.Context, endpoint string, log *zap.Logger) (*CloudIPAM, error) {
+	lc := localcloud.DefaultConfig()
+	ac := cloudaws.DefaultConfig()
+	ac.Region, ac.Endpoint = lc.Region, endpoint
+	ac.MaxAttempts, ac.MaxBackoff = 5, time.Second
+	ac.RateLimits = map[string]cloudaws.Limit{} // pod churn is paced by the test, not by the client
+	ac.Credentials = credentials.NewStaticCredentialsProvider(lc.AccessKeyID, lc.SecretAccessKey, "")
+	c, err := cloudaws.New(ctx, ac)
+	if err != nil {
+		return nil, fmt.Errorf("EC2 client for %s: %w", endpoint, err)
+	}
+	return &CloudIPAM{ENIs: c, Timeout: 10 * time.Second, Log: log}, nil
+}
+
+// Assign assigns addr to the ENI; it is a no-op when the ENI holds it.
+func (c *CloudIPAM) Assign(ctx context.Context, eniID string, addr netip.Addr) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	if _, err := c.ENIs.AssignPrivateIPs(ctx, eniID, []netip.Addr{addr}, 0); err != nil {
+		return fmt.Errorf("assign %s to %s: %w", addr, eniID, err)
+	}
+	return nil
+}
+
+// Unassign frees addr in the cloud. A failure is logged, not returned: a
+// pod's teardown does not wait for the cloud, and the address, which only
+// this node's ENI can hold, is assigned again as a no-op when reused.
+func (c *CloudIPAM) Unassign(ctx context.Context, eniID string, addr netip.Addr) {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	if err := c.ENIs.UnassignPrivateIPs(ctx, eniID, []netip.Addr{addr}); err != nil {
+		c.Log.Warn("unassign pod address in the cloud", zap.String("eni", eniID), zap.String("ip", addr.String()), zap.Error(err))
+	}
 }

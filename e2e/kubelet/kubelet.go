@@ -46,6 +46,10 @@ type Kubelet struct {
 	lister corelisters.PodLister
 	dialer Dialer
 
+	// ipam records pod addresses in localcloud's EC2 API; nil when the
+	// test bed runs no localcloud.
+	ipam *CloudIPAM
+
 	mu      sync.Mutex
 	alloc   *Allocator
 	workers map[types.UID]*podWorker
@@ -107,7 +111,14 @@ func New(cfg Config, log *zap.Logger) (*Kubelet, error) {
 			ranges = append(ranges, PodRange{ENI: i, Prefix: e.PodRange})
 		}
 	}
+	var ipam *CloudIPAM
+	if topo.LocalcloudURL != "" {
+		if ipam, err = NewCloudIPAM(context.Background(), topo.LocalcloudURL, log.With(zap.String("node", node.Name))); err != nil {
+			return nil, err
+		}
+	}
 	return &Kubelet{
+		ipam:    ipam,
 		cfg:     cfg,
 		log:     log.With(zap.String("node", node.Name)),
 		topo:    topo,
@@ -434,6 +445,11 @@ func (k *Kubelet) setupSandbox(st *PodState) error {
 	if st.HostNetwork {
 		return nil
 	}
+	if k.ipam != nil && st.ENIID != "" {
+		if err := k.ipam.Assign(context.Background(), st.ENIID, st.IP); err != nil {
+			return err
+		}
+	}
 	return setupPodNetwork(k.podNetwork(st))
 }
 
@@ -455,6 +471,9 @@ func (k *Kubelet) cleanup(st *PodState) error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if k.ipam != nil && !st.HostNetwork && st.ENIID != "" {
+		k.ipam.Unassign(context.Background(), st.ENIID, st.IP)
 	}
 	return k.store.remove(st.UID)
 }

@@ -128,6 +128,8 @@ func localcloud(cfg Config, t *Topology) daemon {
 			"--listen=" + strings.TrimPrefix(t.LocalcloudURL, "http://"),
 			"--state-dir=" + filepath.Join(t.StateDir, "localcloud"),
 			"--lb-cidr=" + t.LoadBalancerCIDR.String(),
+			// The nodes' ENIs, for the EC2 API (writeCloudENIs).
+			"--network-interfaces-file=" + filepath.Join(t.StateDir, LocalcloudENIsFile),
 		},
 	}
 }

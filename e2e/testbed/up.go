@@ -108,6 +108,9 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		daemons = append(daemons, r)
 	}
 	if cfg.Localcloud {
+		if _, err := writeCloudENIs(t); err != nil {
+			return t, err
+		}
 		r, err := localcloud(cfg, t).start(t.StateDir)
 		if err != nil {
 			return t, err

@@ -4,7 +4,9 @@ package tests
 // VPC's source/destination check on, pods on a node's secondary ENI cannot
 // answer the load balancer (or any VPC peer) until the agent routes their
 // traffic out through the ENI that owns their address; restarting the agent
-// keeps it working; --cleanup leaves no rule or route behind.
+// keeps it working; --cleanup leaves no rule or route behind. The pod
+// addresses go through localcloud's EC2 API (the kubelet stand-ins assign
+// and unassign them) and the agents learn ENIs and ownership from it.
 
 import (
 	"context"
@@ -133,6 +135,14 @@ func TestENIRouting(t *testing.T) {
 	}
 	t.Logf("%d pods on primary ENIs, %d on secondary ENIs", len(primary), len(secondary))
 
+	// The kubelet stand-ins record every pod address in localcloud's EC2
+	// API (AssignPrivateIpAddresses on the ENI whose pod range holds it),
+	// as VPC CNI's IPAM does.
+	ptPoll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
+		missing := eniCloudMismatch(ctx, b, lc, pods)
+		return len(missing) == 0, strings.Join(missing, "; ")
+	})
+
 	// healthy counts the targets the load balancer finds healthy.
 	health := func(ctx context.Context) (int, string) {
 		tg, _, states := lbtTargets(ctx, lc, key)
@@ -201,8 +211,13 @@ func TestENIRouting(t *testing.T) {
 	})
 
 	// ENI routing on: every pod answers, directly and through the load
-	// balancer.
-	as := cipStartAgents(t, b, "--eni-routing")
+	// balancer. The agents learn the ENIs and which addresses each holds
+	// from localcloud's EC2 API (no fallback to links: --eni-source=ec2
+	// fails the agent if EC2 does not answer).
+	t.Setenv("AWS_ACCESS_KEY_ID", lbtAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", lbtSecretKey)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	as := cipStartAgents(t, b, "--eni-routing", "--eni-source=ec2", "--aws-endpoint="+b.Topology.LocalcloudURL, "--eni-resync=2s")
 	ptPoll(t, 30*time.Second, "pods on secondary ENIs answer", func(context.Context) (bool, string) {
 		_, failed := reach(secondary)
 		return len(failed) == 0, strings.Join(failed, "; ")
@@ -300,6 +315,64 @@ func TestENIRouting(t *testing.T) {
 	if ok, _ := reach(secondary); len(ok) > 0 {
 		t.Errorf("after --cleanup pods on secondary ENIs still answered: %v", ok)
 	}
+
+	// The pods go: the kubelet stand-ins unassign their addresses.
+	if err := b.Client.AppsV1().Deployments(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete deployment: %v", err)
+	}
+	ptPoll(t, 60*time.Second, "EC2 no longer lists the pods' addresses", func(ctx context.Context) (bool, string) {
+		held, err := eniCloudAddrs(ctx, b, lc)
+		if err != nil {
+			return false, err.Error()
+		}
+		var still []string
+		for _, p := range pods {
+			if eni, ok := held[p.Status.PodIP]; ok {
+				still = append(still, p.Status.PodIP+" on "+eni)
+			}
+		}
+		return len(still) == 0, strings.Join(still, "; ")
+	})
+}
+
+// eniCloudAddrs maps every secondary address localcloud's EC2 API lists
+// on the nodes' ENIs to its ENI ID.
+func eniCloudAddrs(ctx context.Context, b *Bed, c cloud.NetworkInterfaces) (map[string]string, error) {
+	out := map[string]string{}
+	for _, n := range b.Topology.Nodes {
+		nis, err := c.InstanceNetworkInterfaces(ctx, n.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, ni := range nis {
+			for _, ip := range ni.SecondaryIPs {
+				out[ip.String()] = ni.ID
+			}
+		}
+	}
+	return out, nil
+}
+
+// eniCloudMismatch returns the pods whose address EC2 does not list on the
+// ENI whose pod range holds it.
+func eniCloudMismatch(ctx context.Context, b *Bed, c cloud.NetworkInterfaces, pods []corev1.Pod) []string {
+	held, err := eniCloudAddrs(ctx, b, c)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, p := range pods {
+		n, _ := b.Topology.Node(p.Spec.NodeName)
+		i := ptENI(b.Topology, p.Spec.NodeName, p.Status.PodIP)
+		if n == nil || i < 0 {
+			out = append(out, fmt.Sprintf("%s (%s): no ENI in the topology", p.Name, p.Status.PodIP))
+			continue
+		}
+		if got := held[p.Status.PodIP]; got != n.ENIs[i].ID {
+			out = append(out, fmt.Sprintf("%s (%s): EC2 has it on %q, want %s", p.Name, p.Status.PodIP, got, n.ENIs[i].ID))
+		}
+	}
+	return out
 }
 
 // p2 joins two curl answers.
