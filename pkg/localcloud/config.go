@@ -26,8 +26,11 @@ type Config struct {
 	Datapath          bool
 	DatapathInterface string
 	TargetSelection   string
-	UDPIdleTimeout    time.Duration
-	MaxPageSize       int
+	// ConnectFallback: a TCP connect a target refuses goes to the next
+	// healthy target instead of resetting the client (an NLB resets).
+	ConnectFallback bool
+	UDPIdleTimeout  time.Duration
+	MaxPageSize     int
 	// NetworkInterfacesFile seeds ENIs at start (JSON array of
 	// store.NetworkInterface); empty seeds none.
 	NetworkInterfacesFile string
@@ -74,6 +77,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Datapath, "datapath", c.Datapath, "run health checks and forward traffic (needs CAP_NET_ADMIN); off serves the API only and reports registered targets healthy")
 	fs.StringVar(&c.DatapathInterface, "datapath-interface", c.DatapathInterface, "interface load balancer addresses are added to")
 	fs.StringVar(&c.TargetSelection, "target-selection", c.TargetSelection, "how a new flow picks a healthy target: flow-hash or round-robin")
+	fs.BoolVar(&c.ConnectFallback, "connect-fallback", c.ConnectFallback, "when a target refuses a new TCP connection, try the next healthy one instead of resetting the client as an NLB does")
 	fs.DurationVar(&c.UDPIdleTimeout, "udp-idle-timeout", c.UDPIdleTimeout, "a UDP flow with no packets for this long is forgotten")
 	fs.IntVar(&c.MaxPageSize, "max-page-size", c.MaxPageSize, "Describe* page size when the request gives none (1-400)")
 	fs.StringVar(&c.NetworkInterfacesFile, "network-interfaces-file", c.NetworkInterfacesFile, "JSON array of ENIs to create or update at start (id, instanceId, deviceIndex, macAddress, subnetCidr, privateIpAddress, pool, addressLimit, description, tags); they are kept in state.json. PUT /admin/network-interfaces/{id} does the same at run time")

@@ -100,6 +100,7 @@ func (s *Server) Start(ctx context.Context) error {
 			Interface:      s.cfg.DatapathInterface,
 			LBCIDR:         netip.MustParsePrefix(s.cfg.LBCIDR).Masked(),
 			Selection:      s.cfg.TargetSelection,
+			Fallback:       s.cfg.ConnectFallback,
 			UDPIdleTimeout: s.cfg.UDPIdleTimeout,
 			Health:         s.checker,
 			Log:            s.log.Named("datapath"),

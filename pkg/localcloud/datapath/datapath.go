@@ -43,7 +43,11 @@ type Config struct {
 	// removed. Invalid (zero) disables the cleanup.
 	LBCIDR netip.Prefix
 	// Selection is "flow-hash" or "round-robin".
-	Selection      string
+	Selection string
+	// Fallback: a TCP connect the chosen target refuses goes on to the
+	// other healthy targets; without it the client is reset, as by an
+	// NLB, whose flow is bound to the target it picked.
+	Fallback       bool
 	UDPIdleTimeout time.Duration
 	DialTimeout    time.Duration
 	Health         HealthView

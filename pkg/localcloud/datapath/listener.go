@@ -122,11 +122,20 @@ func (l *listener) acceptTCP() {
 	}
 }
 
+// tcpCandidates are the targets a new TCP flow may be dialled to, in
+// order: only the chosen one, unless fallback.
+func tcpCandidates(picked []backend, fallback bool) []backend {
+	if !fallback && len(picked) > 1 {
+		return picked[:1]
+	}
+	return picked
+}
+
 func (l *listener) proxyTCP(client *net.TCPConn) {
 	b := l.backends.Load()
 	var server net.Conn
 	var chosen backend
-	for _, be := range b.pick(flowHash(client.RemoteAddr()), &l.rr, l.roundRobin()) {
+	for _, be := range tcpCandidates(b.pick(flowHash(client.RemoteAddr()), &l.rr, l.roundRobin()), l.dp.cfg.Fallback) {
 		c, err := net.DialTimeout("tcp4", be.addr, l.dp.cfg.DialTimeout)
 		if err == nil {
 			server, chosen = c, be
