@@ -45,8 +45,9 @@ func TestAWSCLI(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	home := t.TempDir()
 
-	aws := func(secret string, args ...string) (map[string]any, string, error) {
-		cmd := exec.Command(cli, append([]string{"elbv2", "--endpoint-url", "http://" + srv.Addr(), "--output", "json"}, args...)...)
+	// svc is the CLI's service: elbv2 or ec2.
+	aws := func(secret, svc string, args ...string) (map[string]any, string, error) {
+		cmd := exec.Command(cli, append([]string{svc, "--endpoint-url", "http://" + srv.Addr(), "--output", "json"}, args...)...)
 		cmd.Env = []string{
 			"PATH=" + os.Getenv("PATH"), "HOME=" + home,
 			"AWS_ACCESS_KEY_ID=AKIDCLI", "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_DEFAULT_REGION=us-east-1",
@@ -65,13 +66,17 @@ func TestAWSCLI(t *testing.T) {
 		}
 		return v, string(out), nil
 	}
-	must := func(t *testing.T, args ...string) map[string]any {
+	mustSvc := func(t *testing.T, svc string, args ...string) map[string]any {
 		t.Helper()
-		v, out, err := aws("cli-secret", args...)
+		v, out, err := aws("cli-secret", svc, args...)
 		if err != nil {
-			t.Fatalf("aws elbv2 %s: %v: %s", strings.Join(args, " "), err, out)
+			t.Fatalf("aws %s %s: %v: %s", svc, strings.Join(args, " "), err, out)
 		}
 		return v
+	}
+	must := func(t *testing.T, args ...string) map[string]any {
+		t.Helper()
+		return mustSvc(t, "elbv2", args...)
 	}
 	first := func(t *testing.T, v map[string]any, list, field string) string {
 		t.Helper()
@@ -99,7 +104,51 @@ func TestAWSCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	for _, ni := range []store.NetworkInterface{
+		{ID: "eni-cli-0", InstanceID: "node-1", MAC: "02:d1:0a:64:01:0a", SubnetCIDR: "10.100.0.0/16", PrivateIP: "10.100.1.10", Pool: "10.100.1.64/26"},
+		{ID: "eni-cli-1", InstanceID: "node-1", DeviceIndex: 1, MAC: "02:d1:0a:64:01:0b", SubnetCIDR: "10.100.0.0/16", PrivateIP: "10.100.1.11", Pool: "10.100.1.128/26"},
+	} {
+		if _, err := st.PutNetworkInterface(ni); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.AssignPrivateIPs("eni-cli-0", []string{"10.100.1.70"}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+
 	// The CLI runs are independent: run them side by side.
+	t.Run("ec2-describe-network-interfaces", func(t *testing.T) {
+		t.Parallel()
+		v := mustSvc(t, "ec2", "describe-network-interfaces", "--filters", "Name=attachment.instance-id,Values=node-1", "Name=addresses.private-ip-address,Values=10.100.1.70")
+		nis, _ := v["NetworkInterfaces"].([]any)
+		if len(nis) != 1 {
+			t.Fatalf("describe-network-interfaces: %d ENIs, want 1: %v", len(nis), v)
+		}
+		ni := nis[0].(map[string]any)
+		var addrs []string
+		for _, a := range ni["PrivateIpAddresses"].([]any) {
+			addrs = append(addrs, a.(map[string]any)["PrivateIpAddress"].(string))
+		}
+		att, _ := ni["Attachment"].(map[string]any)
+		if ni["NetworkInterfaceId"] != "eni-cli-0" || ni["MacAddress"] != "02:d1:0a:64:01:0a" || att["InstanceId"] != "node-1" ||
+			strings.Join(addrs, ",") != "10.100.1.10,10.100.1.70" {
+			t.Errorf("describe-network-interfaces: %v", ni)
+		}
+	})
+	t.Run("ec2-assign-private-ip-addresses", func(t *testing.T) {
+		t.Parallel()
+		v := mustSvc(t, "ec2", "assign-private-ip-addresses", "--network-interface-id", "eni-cli-1", "--secondary-private-ip-address-count", "2")
+		got, _ := v["AssignedPrivateIpAddresses"].([]any)
+		if len(got) != 2 || got[0].(map[string]any)["PrivateIpAddress"] != "10.100.1.128" {
+			t.Errorf("assign-private-ip-addresses: %v, want 10.100.1.128 and .129", v)
+		}
+	})
+	t.Run("ec2-not-found", func(t *testing.T) {
+		t.Parallel()
+		if _, out, err := aws("cli-secret", "ec2", "unassign-private-ip-addresses", "--network-interface-id", "eni-nope", "--private-ip-addresses", "10.100.1.70"); err == nil || !strings.Contains(out, "InvalidNetworkInterfaceID.NotFound") {
+			t.Errorf("unassign on an unknown ENI: %v %s; want InvalidNetworkInterfaceID.NotFound", err, out)
+		}
+	})
 	t.Run("describe-load-balancers", func(t *testing.T) {
 		t.Parallel()
 		lbs := must(t, "describe-load-balancers")
@@ -125,13 +174,13 @@ func TestAWSCLI(t *testing.T) {
 	// Errors come back in the shape the CLI understands.
 	t.Run("not-found", func(t *testing.T) {
 		t.Parallel()
-		if _, out, err := aws("cli-secret", "describe-target-health", "--target-group-arn", tgARN+"x"); err == nil || !strings.Contains(out, "TargetGroupNotFound") {
+		if _, out, err := aws("cli-secret", "elbv2", "describe-target-health", "--target-group-arn", tgARN+"x"); err == nil || !strings.Contains(out, "TargetGroupNotFound") {
 			t.Errorf("describe-target-health of an unknown group: %v %s; want TargetGroupNotFound", err, out)
 		}
 	})
 	t.Run("wrong-secret", func(t *testing.T) {
 		t.Parallel()
-		if _, out, err := aws("wrong", "describe-load-balancers"); err == nil || !strings.Contains(out, "SignatureDoesNotMatch") {
+		if _, out, err := aws("wrong", "elbv2", "describe-load-balancers"); err == nil || !strings.Contains(out, "SignatureDoesNotMatch") {
 			t.Errorf("wrong secret: %v %s; want SignatureDoesNotMatch", err, out)
 		}
 	})
