@@ -105,35 +105,7 @@ func TestENIRoutingPrivileged(t *testing.T) {
 		}
 	}()
 
-	fromRules := func() []string {
-		rules, err := h.RuleList(netlink.FAMILY_V4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, ru := range rules {
-			if ru.Priority == eni.PriorityFromPod && ru.Src != nil {
-				out = append(out, fmt.Sprintf("from %s lookup %d", ru.Src, ru.Table))
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
-	waitFor := func(want []string) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			got := fromRules()
-			if slices.Equal(got, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("rules %v, want %v", got, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitFor([]string{"from 10.100.1.130/32 lookup 101"})
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101"})
 
 	// A second pod gets its rule once its proxy neighbour is there and the
 	// pod changes; deleting the first removes its rule.
@@ -143,11 +115,11 @@ func TestENIRoutingPrivileged(t *testing.T) {
 	if _, err := client.CoreV1().Pods("ns").Create(ctx, pod("b", "10.100.1.131", nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor([]string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.131/32 lookup 101"})
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.131/32 lookup 101"})
 	if err := client.CoreV1().Pods("ns").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor([]string{"from 10.100.1.131/32 lookup 101"})
+	waitFromRules(t, h, []string{"from 10.100.1.131/32 lookup 101"})
 }
 
 // newTestNetns creates network namespace <prefix>-<pid>, deleted at the
@@ -189,4 +161,31 @@ func newTestNetns(t *testing.T, prefix string) *netlink.Handle {
 	}
 	t.Cleanup(h.Close)
 	return h
+}
+
+// waitFromRules waits up to 10 s for h's `from <pod> lookup <table>` rules
+// (priority eni.PriorityFromPod) to be want, sorted.
+func waitFromRules(t *testing.T, h *netlink.Handle, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rules, err := h.RuleList(netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, ru := range rules {
+			if ru.Priority == eni.PriorityFromPod && ru.Src != nil {
+				got = append(got, fmt.Sprintf("from %s lookup %d", ru.Src, ru.Table))
+			}
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rules %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -359,31 +358,7 @@ func TestENIRoutingFromEC2Privileged(t *testing.T) {
 			t.Errorf("Cleanup: %v", err)
 		}
 	}()
-	waitRules := func(want []string) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			rules, err := h.RuleList(netlink.FAMILY_V4)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, ru := range rules {
-				if ru.Priority == eni.PriorityFromPod && ru.Src != nil {
-					got = append(got, fmt.Sprintf("from %s lookup %d", ru.Src, ru.Table))
-				}
-			}
-			slices.Sort(got)
-			if slices.Equal(got, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("rules %v, want %v", got, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitRules([]string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.64/32 lookup 100"})
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.64/32 lookup 100"})
 
 	// The cloud moves 10.100.1.130 to the primary ENI: the next resync
 	// follows.
@@ -396,5 +371,5 @@ func TestENIRoutingFromEC2Privileged(t *testing.T) {
 	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-0", []netip.Addr{a("10.100.1.130")}, 0); err != nil {
 		t.Fatal(err)
 	}
-	waitRules([]string{"from 10.100.1.130/32 lookup 100", "from 10.100.1.140/32 lookup 100", "from 10.100.1.64/32 lookup 100"})
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 100", "from 10.100.1.140/32 lookup 100", "from 10.100.1.64/32 lookup 100"})
 }
