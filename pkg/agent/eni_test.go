@@ -6,20 +6,18 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/directlb/directlb/internal/netnstest"
 	"github.com/directlb/directlb/pkg/eni"
 )
 
@@ -126,41 +124,7 @@ func TestENIRoutingPrivileged(t *testing.T) {
 // end of the test, and returns a netlink handle in it.
 func newTestNetns(t *testing.T, prefix string) *netlink.Handle {
 	t.Helper()
-	name := fmt.Sprintf("%s-%d", prefix, os.Getpid()%100000)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		_ = netns.DeleteNamed(name)
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
-	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return h
+	return netnstest.New(t, fmt.Sprintf("%s-%d", prefix, os.Getpid()%100000))
 }
 
 // waitFromRules waits up to 10 s for h's `from <pod> lookup <table>` rules

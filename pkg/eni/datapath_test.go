@@ -9,48 +9,19 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-)
 
-// inNS runs fn on a locked thread inside the named namespace and puts the
-// thread back afterwards (if that fails the thread stays locked and dies).
-func inNS(name string, fn func() error) error {
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+	"github.com/directlb/directlb/internal/netnstest"
+)
 
 func sysctls(t *testing.T, ns string, kv map[string]string) {
 	t.Helper()
-	if err := inNS(ns, func() error {
+	if err := netnstest.Do(ns, func() error {
 		for k, v := range kv {
 			if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
 				return err
@@ -60,44 +31,6 @@ func sysctls(t *testing.T, ns string, kv map[string]string) {
 	}); err != nil {
 		t.Fatalf("sysctls in %s: %v", ns, err)
 	}
-}
-
-func mkNS(t *testing.T, name string) *netlink.Handle {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		_ = netns.DeleteNamed(name)
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	ns.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return h
 }
 
 // wire adds a veth: name in a's namespace, peer in b's, both up.
@@ -151,7 +84,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 	}
 	p := fmt.Sprintf("dlbt-eni-d%d-", os.Getpid()%100000)
 	vpcNS, nodeNS, podNS, clNS := p+"vpc", p+"node", p+"pod", p+"cl"
-	vpc, node, pod, cl := mkNS(t, vpcNS), mkNS(t, nodeNS), mkNS(t, podNS), mkNS(t, clNS)
+	vpc, node, pod, cl := netnstest.New(t, vpcNS), netnstest.New(t, nodeNS), netnstest.New(t, podNS), netnstest.New(t, clNS)
 
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err := vpc.LinkAdd(br); err != nil {
@@ -228,7 +161,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 
 	// A TCP server in the pod that writes "pod" and closes.
 	var ln net.Listener
-	if err := inNS(podNS, func() error {
+	if err := netnstest.Do(podNS, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", "10.210.1.130:8080")
 		return err
@@ -251,7 +184,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 		var c net.Conn
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
-		if err := inNS(clNS, func() error {
+		if err := netnstest.Do(clNS, func() error {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, "tcp4", "10.210.1.130:8080")

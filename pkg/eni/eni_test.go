@@ -5,16 +5,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/directlb/directlb/internal/netnstest"
 )
 
 func TestValidate(t *testing.T) {
@@ -56,46 +55,13 @@ func newTestNS(t *testing.T) *testNS {
 		t.Skip("needs root: creates a network namespace")
 	}
 	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, nsSeq.Add(1))
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		_ = netns.DeleteNamed(name)
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-			// The thread is in the new namespace: turn forwarding on
-			// (route lookups with an input interface need it).
-			err = os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
-		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
+	h := netnstest.New(t, name)
+	// Route lookups with an input interface need forwarding on.
+	if err := netnstest.Do(name, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatalf("ip_forward in %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	ns, err := netns.GetFromPath(filepath.Join("/run/netns", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
 	tn := &testNS{name: name, h: h}
 	tn.veth(t, "eth0", "peer0", "10.200.0.10/16")
 	tn.veth(t, "eth1", "peer1", "10.200.0.11/16")
