@@ -10,11 +10,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,12 +55,14 @@ func rgController(t *testing.T, b *Bed, ns string, extra ...string) *rgCtl {
 	}
 	host := b.Topology.HostAddr.String()
 	whPort, drainPort := rgFreePort(t), rgFreePort(t)
-	c := &rgCtl{webhookConfig: "directlb-" + ns, logPath: filepath.Join(t.TempDir(), "lb-controller.log")}
-	logf, err := os.Create(c.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
+	c := &rgCtl{webhookConfig: "directlb-" + ns}
+	// Registered first, so it runs after lbtStart's cleanup stopped the
+	// controller (which would put the configuration back).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, c.webhookConfig, metav1.DeleteOptions{})
+	})
 	args := append([]string{"--cluster-name=" + rgCluster, "--kubeconfig=" + b.Topology.Kubeconfig,
 		"--cloud-endpoint=" + b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--target-batch-window=50ms",
@@ -76,42 +75,7 @@ func rgController(t *testing.T, b *Bed, ns string, extra ...string) *rgCtl {
 		"--drain-bind-address=" + net.JoinHostPort(host, strconv.Itoa(drainPort)),
 		"--gate-max-pending-interval=3s",
 	}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+lbtAccessKey, "AWS_SECRET_ACCESS_KEY="+lbtSecretKey)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start lb-controller: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var once sync.Once
-	stop := func(sig syscall.Signal) {
-		once.Do(func() {
-			_ = cmd.Process.Signal(sig)
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
-	}
-	c.kill = func() { stop(syscall.SIGKILL) }
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, c.webhookConfig, metav1.DeleteOptions{})
-	})
-	t.Cleanup(func() {
-		stop(syscall.SIGTERM)
-		if t.Failed() {
-			out, _ := os.ReadFile(c.logPath)
-			if len(out) > 12000 {
-				out = out[len(out)-12000:]
-			}
-			t.Logf("lb-controller log (tail):\n%s", out)
-		}
-	})
+	c.kill, c.logPath = lbtStart(t, bin, args...)
 	return c
 }
 

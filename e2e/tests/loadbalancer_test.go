@@ -23,7 +23,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -48,17 +47,26 @@ func lbtController(t *testing.T, b *Bed) (kill func()) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("%s is not built (make build): %v", bin, err)
 	}
-	logPath := filepath.Join(t.TempDir(), "lb-controller.log")
+	kill, _ = lbtStart(t, bin, "--cluster-name="+lbtCluster, "--kubeconfig="+b.Topology.Kubeconfig,
+		"--cloud-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--target-batch-window=50ms",
+		// Readiness gates and drain have their own tests (issue 6).
+		"--readiness-gates=false", "--drain-bind-address=0")
+	return kill
+}
+
+// lbtStart runs lb-controller with args and localcloud's credentials until
+// the test ends (SIGTERM, then SIGKILL after 15 s), logging to a file whose
+// tail goes into a failed test's output; kill SIGKILLs it at once.
+func lbtStart(t *testing.T, bin string, args ...string) (kill func(), logPath string) {
+	t.Helper()
+	logPath = filepath.Join(t.TempDir(), "lb-controller.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "--cluster-name="+lbtCluster, "--kubeconfig="+b.Topology.Kubeconfig,
-		"--cloud-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
-		"--target-batch-window=50ms",
-		// Readiness gates and drain have their own tests (issue 6).
-		"--readiness-gates=false", "--drain-bind-address=0")
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+lbtAccessKey, "AWS_SECRET_ACCESS_KEY="+lbtSecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -82,53 +90,13 @@ func lbtController(t *testing.T, b *Bed) (kill func()) {
 		stop(syscall.SIGTERM)
 		if t.Failed() {
 			out, _ := os.ReadFile(logPath)
-			if len(out) > 8000 {
-				out = out[len(out)-8000:]
+			if len(out) > 12000 {
+				out = out[len(out)-12000:]
 			}
 			t.Logf("lb-controller log (tail):\n%s", out)
 		}
 	})
-	return func() { stop(syscall.SIGKILL) }
-}
-
-// lbtReleaseOnCleanup deletes every Service in ns when the test ends and
-// waits until the cloud holds nothing tagged for them. Register it after
-// lbtController so it runs while the controller is still up (cleanups run
-// last-in first-out); otherwise the finalizers outlive the controller and
-// the next test's controller inherits the clean-up.
-func lbtReleaseOnCleanup(t *testing.T, b *Bed, ns string, lc cloud.LoadBalancers) {
-	t.Helper()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Errorf("list the Services of %s: %v", ns, err)
-			return
-		}
-		for _, s := range l.Items {
-			if err := b.Client.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("delete Service %s/%s: %v", ns, s.Name, err)
-			}
-		}
-		last := ""
-		for ctx.Err() == nil {
-			l, err1 := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-			lbs, err2 := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: lbtCluster})
-			left := 0
-			for _, lb := range lbs {
-				if strings.HasPrefix(lb.Tags[cloud.TagService], ns+"/") {
-					left++
-				}
-			}
-			if err1 == nil && err2 == nil && len(l.Items) == 0 && left == 0 {
-				return
-			}
-			last = fmt.Sprintf("%d Services, %d load balancers (errors %v, %v)", len(l.Items), left, err1, err2)
-			time.Sleep(200 * time.Millisecond)
-		}
-		t.Errorf("the Services of %s and their load balancers not gone within 60s: %s", ns, last)
-	})
+	return func() { stop(syscall.SIGKILL) }, logPath
 }
 
 func lbtCloud(t *testing.T, b *Bed) *cloudaws.Client {
