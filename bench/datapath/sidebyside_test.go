@@ -38,7 +38,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/proxy"
 )
@@ -283,10 +283,14 @@ func netnsRun(ns string, args ...string) error {
 func newNetns(b *testing.B, prefix string) string {
 	b.Helper()
 	ns := prefix + suffix()
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		b.Fatalf("ip netns add: %v: %s", err, out)
+	if err := namedns.Create(ns); err != nil {
+		b.Fatal(err)
 	}
-	b.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	b.Cleanup(func() {
+		if err := namedns.Delete(ns); err != nil {
+			b.Error(err)
+		}
+	})
 	for _, args := range [][]string{
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "addr", "add", sbsBackendIP + "/32", "dev", "lo"},
@@ -302,7 +306,7 @@ func newNetns(b *testing.B, prefix string) string {
 // listenIn opens a TCP listener inside a network namespace.
 func listenIn(ns, addr string) (net.Listener, error) {
 	var ln net.Listener
-	err := testbed.InNetNS(ns, func() error {
+	err := namedns.Do(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr)
 		return err
@@ -313,7 +317,7 @@ func listenIn(ns, addr string) (net.Listener, error) {
 func dialerIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := testbed.InNetNS(ns, func() error {
+		err := namedns.Do(ns, func() error {
 			var err error
 			c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
 			return err
@@ -579,7 +583,7 @@ func (s *sbs) latencyIn(ns string, cgroup string) (cip50, cip99, dir50, dir99 fl
 	go serveOK(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+ns, "--", os.Args[0], "-test.run=^$", "-test.bench=^$",
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(ns), "--", os.Args[0], "-test.run=^$", "-test.bench=^$",
 		s.latencyCIP+":80", sbsBackendIP+":"+strconv.Itoa(sbsPort), "2000")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	if cgroup != "" {

@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // Kubelet is the stand-in for one node.
@@ -272,15 +273,14 @@ func (k *Kubelet) sweep(known map[types.UID]bool) {
 		knownNS[k.podNetNSName(uid)] = true
 		knownVeth[hostVethName(uid)] = true
 	}
-	nsEnts, _ := os.ReadDir(NetnsDir)
-	prefix := k.podNetNSName("")
-	for _, e := range nsEnts {
-		if strings.HasPrefix(e.Name(), prefix) && !knownNS[e.Name()] {
-			k.log.Info("sweeping orphan netns", zap.String("netns", e.Name()))
-			_ = deleteNamedNetns(e.Name())
+	names, _ := namedns.List(k.podNetNSName(""))
+	for _, name := range names {
+		if !knownNS[name] {
+			k.log.Info("sweeping orphan netns", zap.String("netns", name))
+			_ = namedns.Delete(name)
 		}
 	}
-	h, ns, err := handleAt(filepath.Join(NetnsDir, k.node.NetNS))
+	h, ns, err := handleAt(k.node.NetNS)
 	if err != nil {
 		return
 	}

@@ -7,18 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 
-	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
-
-// NetnsDir is where named network namespaces are bind-mounted.
-const NetnsDir = "/run/netns"
 
 // PodGateway is the pod's link-local default gateway, answered by a static
 // neighbour entry for the node-side veth (as the AWS VPC CNI does).
@@ -29,7 +24,7 @@ var PodGateway = netip.MustParseAddr("169.254.1.1")
 func NetnsDialer(name string) Dialer {
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		var c net.Conn
-		err := testbed.InNetNS(name, func() error {
+		err := namedns.Do(name, func() error {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, network, address)
@@ -39,62 +34,15 @@ func NetnsDialer(name string) Dialer {
 	}
 }
 
-// createNamedNetns creates /run/netns/<name> unless it exists.
-func createNamedNetns(name string) error {
-	p := filepath.Join(NetnsDir, name)
-	if h, err := netns.GetFromPath(p); err == nil {
-		h.Close()
-		return nil
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name) // switches this thread into the new netns
-		if err == nil {
-			h.Close()
-		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		return fmt.Errorf("create netns %s: %w", name, err)
-	}
-	return nil
-}
-
-// deleteNamedNetns unmounts and removes /run/netns/<name>; a missing one is
-// success.
-func deleteNamedNetns(name string) error {
-	p := filepath.Join(NetnsDir, name)
-	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", name, err)
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove netns %s: %w", name, err)
-	}
-	return nil
-}
-
-func handleAt(nsPath string) (*netlink.Handle, netns.NsHandle, error) {
-	ns, err := netns.GetFromPath(nsPath)
+func handleAt(name string) (*netlink.Handle, netns.NsHandle, error) {
+	ns, err := namedns.Open(name)
 	if err != nil {
-		return nil, 0, fmt.Errorf("open netns %s: %w", nsPath, err)
+		return nil, 0, err
 	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		ns.Close()
-		return nil, 0, fmt.Errorf("netlink handle in %s: %w", nsPath, err)
+		return nil, 0, fmt.Errorf("netlink handle in %s: %w", name, err)
 	}
 	return h, ns, nil
 }
@@ -111,16 +59,16 @@ type PodNetwork struct {
 // setupPodNetwork builds the pod's namespace and wiring; it is idempotent
 // (an existing veth is recreated).
 func setupPodNetwork(n PodNetwork) error {
-	if err := createNamedNetns(n.PodNetNS); err != nil {
+	if err := namedns.Ensure(n.PodNetNS); err != nil {
 		return err
 	}
-	nodeH, nodeNs, err := handleAt(filepath.Join(NetnsDir, n.NodeNetNS))
+	nodeH, nodeNs, err := handleAt(n.NodeNetNS)
 	if err != nil {
 		return err
 	}
 	defer nodeNs.Close()
 	defer nodeH.Close()
-	podH, podNs, err := handleAt(filepath.Join(NetnsDir, n.PodNetNS))
+	podH, podNs, err := handleAt(n.PodNetNS)
 	if err != nil {
 		return err
 	}
@@ -200,7 +148,7 @@ func setupPodNetwork(n PodNetwork) error {
 // ARP request only when forwarding is on and the route to the address goes
 // through another device, i.e. the pod's veth).
 func prepareNode(nodeNetNS string, eniDevices []string) error {
-	return testbed.InNetNS(nodeNetNS, func() error {
+	return namedns.Do(nodeNetNS, func() error {
 		writes := map[string]string{"/proc/sys/net/ipv4/ip_forward": "1"}
 		for _, d := range eniDevices {
 			writes["/proc/sys/net/ipv4/neigh/"+d+"/proxy_delay"] = "0"
@@ -219,7 +167,7 @@ func prepareNode(nodeNetNS string, eniDevices []string) error {
 // route) and the pod namespace. Missing pieces are success.
 func teardownPodNetwork(n PodNetwork) error {
 	var errs []error
-	nodeH, nodeNs, err := handleAt(filepath.Join(NetnsDir, n.NodeNetNS))
+	nodeH, nodeNs, err := handleAt(n.NodeNetNS)
 	if err == nil {
 		defer nodeNs.Close()
 		defer nodeH.Close()
@@ -240,7 +188,7 @@ func teardownPodNetwork(n PodNetwork) error {
 		errs = append(errs, err)
 	}
 	if n.PodNetNS != "" && n.PodNetNS != n.NodeNetNS {
-		if err := deleteNamedNetns(n.PodNetNS); err != nil {
+		if err := namedns.Delete(n.PodNetNS); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -262,7 +263,7 @@ func (w *podWorker) startContainer(ctx context.Context, pod *v1.Pod, c *containe
 		Nsenter: w.k.cfg.Nsenter,
 		Argv:    argv,
 		Env:     env,
-		NetNS:   filepath.Join(NetnsDir, w.st.NetNS),
+		NetNS:   namedns.Path(w.st.NetNS),
 		Cgroup:  w.st.Cgroup,
 		LogPath: w.k.logPath(w.st, c.spec.Name),
 		Dir:     "/",
@@ -411,7 +412,7 @@ func (w *podWorker) execIn(ctx context.Context, cmd []string) (int, error) {
 		Nsenter: w.k.cfg.Nsenter,
 		Argv:    argv,
 		Env:     []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-		NetNS:   filepath.Join(NetnsDir, w.st.NetNS),
+		NetNS:   namedns.Path(w.st.NetNS),
 		Cgroup:  w.st.Cgroup,
 		LogPath: w.k.logPath(w.st, "exec"),
 		Dir:     "/",

@@ -1,7 +1,8 @@
 package testbed
 
 import (
-	"bufio"
+	"github.com/moby/sys/mountinfo"
+
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -52,11 +54,14 @@ func down(ctx context.Context, stateDir string, ours func(string) bool) error {
 	add(killCgroupTree(CgroupRoot, wait))
 	add(removeCgroupTree(CgroupRoot))
 
-	names, err := listNetNS(NamePrefix)
+	// A machine where namespaces were mounted on a plain /run/netns and
+	// then covered by a mount of it (see namedns) is repaired first.
+	add(namedns.Repair())
+	names, err := namedns.List(NamePrefix)
 	add(err)
 	for _, n := range names {
 		if ours(n) {
-			add(deleteNetNS(n))
+			add(namedns.Delete(n))
 		}
 	}
 	links, err := netlink.LinkList()
@@ -96,51 +101,18 @@ func down(ctx context.Context, stateDir string, ours func(string) bool) error {
 
 // unmountUnder detaches every mount at or below dir, deepest first.
 func unmountUnder(dir string) error {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return fmt.Errorf("read mounts: %w", err)
 	}
-	defer f.Close()
-	var mounts []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
+	sort.Slice(ms, func(i, j int) bool { return len(ms[i].Mountpoint) > len(ms[j].Mountpoint) })
 	var errs []error
-	for _, m := range mounts {
-		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+	for _, m := range ms {
+		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // Leftovers lists what a test bed may leave behind, by the same conventions
@@ -153,7 +125,7 @@ func Leftovers(stateDir string) ([]string, error) {
 
 func leftovers(stateDir string, ours func(string) bool) ([]string, error) {
 	var out []string
-	names, err := listNetNS(NamePrefix)
+	names, err := namedns.List(NamePrefix)
 	if err != nil {
 		return nil, err
 	}

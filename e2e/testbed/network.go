@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -54,7 +55,7 @@ func setupNetwork(t *Topology) error {
 	if err := setSysctls(t.VPCNetNS, nsSysctls); err != nil {
 		return err
 	}
-	vpc, err := netnsHandle(t.VPCNetNS)
+	vpc, err := namedns.Handle(t.VPCNetNS)
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func setupNetwork(t *Topology) error {
 				return fmt.Errorf("node %s: %w", n.Name, err)
 			}
 		}
-		h, err := netnsHandle(n.NetNS)
+		h, err := namedns.Handle(n.NetNS)
 		if err != nil {
 			return err
 		}
@@ -145,15 +146,15 @@ func setupPortNS(vpc *netlink.Handle, br netlink.Link, nsName, port, dev, mac st
 	if err := setSysctls(nsName, nsSysctls); err != nil {
 		return err
 	}
-	ns, err := netns.GetFromName(nsName)
+	ns, err := namedns.Open(nsName)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", nsName, err)
+		return err
 	}
 	defer ns.Close()
 	if err := addVPCPort(vpc, br, port, ns, dev, mac); err != nil {
 		return err
 	}
-	h, err := netnsHandle(nsName)
+	h, err := namedns.Handle(nsName)
 	if err != nil {
 		return err
 	}
@@ -174,9 +175,9 @@ func setupPortNS(vpc *netlink.Handle, br netlink.Link, nsName, port, dev, mac st
 // addENI puts a node's ENI on the bridge: port <port> in the VPC namespace,
 // device e.Device with e.MAC and e.Addr in the node's namespace.
 func addENI(vpc *netlink.Handle, br netlink.Link, nodeNS, port string, e ENI) error {
-	ns, err := netns.GetFromName(nodeNS)
+	ns, err := namedns.Open(nodeNS)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", nodeNS, err)
+		return err
 	}
 	defer ns.Close()
 	if err := addVPCPort(vpc, br, port, ns, e.Device, e.MAC); err != nil {

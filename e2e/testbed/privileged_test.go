@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -107,7 +108,7 @@ func TestSourceDestCheck(t *testing.T) {
 	own := netip.MustParseAddr("10.100.1.70")
 	spoofed := netip.MustParseAddr("10.100.2.70")
 	node := topo.Nodes[0]
-	h, err := netnsHandle(node.NetNS)
+	h, err := namedns.Handle(node.NetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestSourceDestCheck(t *testing.T) {
 	send := func(t *testing.T, sources ...netip.Addr) []netip.Addr {
 		t.Helper()
 		for _, src := range sources {
-			err := InNetNS(node.NetNS, func() error {
+			err := namedns.Do(node.NetNS, func() error {
 				c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, dst)
 				if err != nil {
 					return err

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // daemon is a long-running process the test bed starts: detached (its own
@@ -68,7 +70,7 @@ func (d daemon) start(stateDir string) (*running, error) {
 
 	path, args := d.Path, d.Args
 	if d.NetNS != "" {
-		path, args = "nsenter", append([]string{"--net=" + filepath.Join(NetNSDir, d.NetNS), "--", d.Path}, d.Args...)
+		path, args = "nsenter", append([]string{"--net=" + namedns.Path(d.NetNS), "--", d.Path}, d.Args...)
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), d.Env...)

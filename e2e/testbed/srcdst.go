@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"path/filepath"
 	"strings"
+
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // srcDstTable is the nftables table (bridge family, in the VPC namespace)
@@ -73,7 +74,7 @@ func applySourceDestCheck(ctx context.Context, t *Topology) error {
 
 // nftInNetNS runs 'nft -f -' with script inside a named network namespace.
 func nftInNetNS(ctx context.Context, nsName, script string) error {
-	cmd := exec.CommandContext(ctx, "nsenter", "--net="+filepath.Join(NetNSDir, nsName), "nft", "-f", "-")
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(nsName), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

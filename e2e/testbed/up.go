@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -244,7 +245,7 @@ func Clientset(t *Topology) (*kubernetes.Clientset, error) {
 // Present reports whether anything of a test bed exists: its state dir, its
 // cgroup tree or its VPC namespace.
 func Present(stateDir string) (bool, error) {
-	for _, p := range []string{stateDir, CgroupRoot, filepath.Join(NetNSDir, VPCNetNS)} {
+	for _, p := range []string{stateDir, CgroupRoot, namedns.Path(VPCNetNS)} {
 		_, err := os.Stat(p)
 		if err == nil {
 			return true, nil

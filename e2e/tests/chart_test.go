@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/service"
@@ -89,7 +90,7 @@ func chLocalcloud(t *testing.T, b *Bed) string {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+b.Topology.CloudNetNS, "--", bin,
+	cmd := exec.Command("nsenter", "--net="+namedns.Path(b.Topology.CloudNetNS), "--", bin,
 		"--listen="+addr, "--state-dir=", "--lb-cidr="+chLBCIDR,
 		"--access-key-id="+chAccessKey, "--secret-access-key="+chSecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -233,7 +234,7 @@ func TestChart(t *testing.T) {
 		}
 		_ = b.Client.CoreV1().Namespaces().Delete(ctx, chNamespace, metav1.DeleteOptions{})
 		for _, n := range b.Topology.Nodes {
-			out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+n.NetNS, "--",
+			out, err := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(n.NetNS), "--",
 				filepath.Join(b.BinDir, "node-agent"), "--cleanup", "--bpf-root="+chBPFRoot(n.Name)).CombinedOutput()
 			if err != nil {
 				t.Errorf("node-agent --cleanup on %s: %v\n%s", n.Name, err, out)

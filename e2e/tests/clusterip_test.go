@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // cipAgent is one node-agent process on one node.
@@ -66,7 +67,7 @@ func (as *cipAgents) start(a *cipAgent) {
 	host := b.Topology.HostAddr.String()
 	healthz := a.node.ENIs[0].Addr.Addr().String()
 	args := []string{
-		"--net=/run/netns/" + a.node.NetNS, "--",
+		"--net=" + namedns.Path(a.node.NetNS), "--",
 		filepath.Join(b.BinDir, "node-agent"),
 		"--kubeconfig=" + b.Topology.Kubeconfig,
 		"--k8s-service-host=" + host, "--k8s-service-port=6443",
@@ -149,7 +150,7 @@ func cipTail(path string) string {
 func (as *cipAgents) cleanup(a *cipAgent) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+a.node.NetNS, "--",
+	out, err := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(a.node.NetNS), "--",
 		filepath.Join(as.b.BinDir, "node-agent"), "--cleanup", "--bpf-root="+a.bpfRoot).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("node-agent --cleanup on %s: %w: %s", a.node.Name, err, out)
@@ -190,7 +191,7 @@ type cipPod struct {
 func cipSandbox(t *testing.T, b *Bed, p *corev1.Pod) cipPod {
 	t.Helper()
 	u := strings.ReplaceAll(string(p.UID), "-", "")[:8]
-	ents, err := os.ReadDir("/run/netns")
+	ents, err := os.ReadDir(namedns.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +210,7 @@ func cipSandbox(t *testing.T, b *Bed, p *corev1.Pod) cipPod {
 
 // sh runs a bash script in the pod's cgroup and network namespace.
 func (p cipPod) sh(ctx context.Context, script string) (string, error) {
-	cmd := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+p.netns, "--", "bash", "-c", script)
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(p.netns), "--", "bash", "-c", script)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cipStartInCgroup(cmd, p.cgroup); err != nil {

@@ -11,19 +11,18 @@ package tests
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/service"
@@ -33,7 +32,7 @@ import (
 // namespace.
 func eniOwned(t *testing.T, n testbed.Node) (rules, routes int) {
 	t.Helper()
-	ns, err := netns.GetFromPath(filepath.Join("/run/netns", n.NetNS))
+	ns, err := namedns.Open(n.NetNS)
 	if err != nil {
 		t.Fatal(err)
 	}

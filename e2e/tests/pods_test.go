@@ -37,6 +37,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 const echoImage = "example.com/echo:1"
@@ -146,7 +147,7 @@ func ptENI(topo *testbed.Topology, node, ip string) int {
 func ptSandboxLeft(topo *testbed.Topology, node string, uid types.UID) []string {
 	var left []string
 	u := strings.ReplaceAll(string(uid), "-", "")[:8]
-	ents, _ := os.ReadDir("/run/netns")
+	ents, _ := os.ReadDir(namedns.Dir)
 	for _, e := range ents {
 		if strings.HasSuffix(e.Name(), "-"+u) {
 			left = append(left, "netns "+e.Name())
@@ -815,7 +816,7 @@ func TestPodHostNetwork(t *testing.T) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "hostnet", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
-	if _, err := os.Stat(filepath.Join("/run/netns", node.NetNS)); err != nil {
+	if _, err := os.Stat(namedns.Path(node.NetNS)); err != nil {
 		t.Errorf("node namespace after deleting a hostNetwork pod: %v", err)
 	}
 	if code, _, err := ptGet("http://" + net.JoinHostPort(want, "18080") + "/"); err == nil {

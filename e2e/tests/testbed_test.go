@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/directlb/directlb/e2e/testbed"
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // After up, 'kubectl get nodes' lists every node of the topology, Ready,
@@ -91,7 +91,7 @@ func TestAPIServerFromNode(t *testing.T) {
 	b := requireBed(t)
 	n := b.Topology.Nodes[0]
 	addr := netip.AddrPortFrom(b.Topology.HostAddr, 6443).String()
-	err := testbed.InNetNS(n.NetNS, func() error {
+	err := namedns.Do(n.NetNS, func() error {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			return err
@@ -142,7 +142,7 @@ func TestHostSafety(t *testing.T) {
 		}
 	}
 
-	ns, err := netns.GetFromName(b.Topology.VPCNetNS)
+	ns, err := namedns.Open(b.Topology.VPCNetNS)
 	if err != nil {
 		t.Fatal(err)
 	}

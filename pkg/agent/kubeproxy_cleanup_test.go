@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/directlb/directlb/internal/namedns"
 )
 
 // A netns of our own holds kube-proxy-like leftovers; the host's firewall
@@ -25,10 +27,14 @@ func testNetns(t *testing.T) Runner {
 	b := make([]byte, 4)
 	rand.Read(b)
 	ns := "dlbt-agent-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
+	if err := namedns.Create(ns); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	t.Cleanup(func() {
+		if err := namedns.Delete(ns); err != nil {
+			t.Error(err)
+		}
+	})
 	return func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 		return ExecRunner(ctx, stdin, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
 	}

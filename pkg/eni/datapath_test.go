@@ -14,14 +14,14 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/internal/netnstest"
 )
 
 func sysctls(t *testing.T, ns string, kv map[string]string) {
 	t.Helper()
-	if err := netnstest.Do(ns, func() error {
+	if err := namedns.Do(ns, func() error {
 		for k, v := range kv {
 			if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
 				return err
@@ -36,7 +36,7 @@ func sysctls(t *testing.T, ns string, kv map[string]string) {
 // wire adds a veth: name in a's namespace, peer in b's, both up.
 func wire(t *testing.T, a *netlink.Handle, name string, b *netlink.Handle, bName, peer string) (netlink.Link, netlink.Link) {
 	t.Helper()
-	bns, err := netns.GetFromName(bName)
+	bns, err := namedns.Open(bName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 	}
 }
 `
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+vpcNS, "nft", "-f", "-")
+	cmd := exec.Command("nsenter", "--net="+namedns.Path(vpcNS), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
@@ -161,7 +161,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 
 	// A TCP server in the pod that writes "pod" and closes.
 	var ln net.Listener
-	if err := netnstest.Do(podNS, func() error {
+	if err := namedns.Do(podNS, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", "10.210.1.130:8080")
 		return err
@@ -184,7 +184,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 		var c net.Conn
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
-		if err := netnstest.Do(clNS, func() error {
+		if err := namedns.Do(clNS, func() error {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, "tcp4", "10.210.1.130:8080")
@@ -206,7 +206,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 
 	// eth0Drops is how many frames the check dropped on eth0's port.
 	eth0Drops := func() int {
-		out, err := exec.Command("nsenter", "--net=/run/netns/"+vpcNS, "nft", "list", "chain", "bridge", "dlbt_srcdst", "prerouting").CombinedOutput()
+		out, err := exec.Command("nsenter", "--net="+namedns.Path(vpcNS), "nft", "list", "chain", "bridge", "dlbt_srcdst", "prerouting").CombinedOutput()
 		if err != nil {
 			t.Fatalf("nft list: %v: %s", err, out)
 		}

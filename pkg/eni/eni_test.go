@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/internal/netnstest"
 )
 
@@ -57,7 +58,7 @@ func newTestNS(t *testing.T) *testNS {
 	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, nsSeq.Add(1))
 	h := netnstest.New(t, name)
 	// Route lookups with an input interface need forwarding on.
-	if err := netnstest.Do(name, func() error {
+	if err := namedns.Do(name, func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	}); err != nil {
 		t.Fatalf("ip_forward in %s: %v", name, err)

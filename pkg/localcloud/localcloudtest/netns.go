@@ -25,6 +25,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/localcloud"
 )
 
@@ -189,8 +190,11 @@ func New(t testing.TB, n int) *Net {
 		FailDir:   t.TempDir(),
 	}
 	t.Cleanup(nt.teardown)
-	run(t, "ip", "netns", "add", nt.Cloud)
-	run(t, "ip", "netns", "add", nt.Targets)
+	for _, ns := range []string{nt.Cloud, nt.Targets} {
+		if err := namedns.Create(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
 	run(t, "ip", "link", "add", nt.HostIf, "type", "veth", "peer", "name", "up0", "netns", nt.Cloud)
 	run(t, "ip", "addr", "add", fmt.Sprintf("10.251.%d.1/30", x), "dev", nt.HostIf)
 	run(t, "ip", "link", "set", nt.HostIf, "up")
@@ -217,12 +221,11 @@ func New(t testing.TB, n int) *Net {
 
 func (nt *Net) teardown() {
 	nt.StopLocalcloud()
-	for _, args := range [][]string{
-		{"ip", "link", "del", nt.HostIf},
-		{"ip", "netns", "del", nt.Cloud},
-		{"ip", "netns", "del", nt.Targets},
-	} {
-		_ = exec.Command(args[0], args[1:]...).Run()
+	_ = exec.Command("ip", "link", "del", nt.HostIf).Run()
+	for _, ns := range []string{nt.Cloud, nt.Targets} {
+		if err := namedns.Delete(ns); err != nil {
+			nt.t.Error(err)
+		}
 	}
 }
 
