@@ -73,7 +73,7 @@ test: test-unit test-e2e
 ## test-unit: unit tests and privileged tests (BPF, netns; they need root).
 .PHONY: test-unit
 test-unit:
-	$(GO) test -timeout 15m $$($(GO) list ./... | grep -v /e2e/tests)
+	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /e2e/tests)
 
 ## test-e2e: end-to-end tests on the local test bed (root).
 .PHONY: test-e2e
@@ -107,6 +107,12 @@ generate:
 	$(GO) generate ./pkg/datapath/...
 verify-generate: generate
 	git diff --exit-code -- pkg/datapath
+
+## verify-tidy: fail if 'go mod tidy' would change go.mod or go.sum (both modules).
+.PHONY: verify-tidy
+verify-tidy:
+	$(GO) mod tidy -diff
+	cd hack/tools && $(GO) mod tidy -diff
 
 ## lint: go vet, staticcheck and golangci-lint at pinned versions.
 .PHONY: lint
