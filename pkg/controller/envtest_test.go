@@ -456,6 +456,20 @@ func TestInvalidAnnotationMakesNoCloudCall(t *testing.T) {
 	}
 }
 
+// An invalid annotation with a value longer than an event note may be
+// still gets its Warning event (cut to the apiserver's limit) and the whole
+// message in the condition.
+func TestInvalidLongAnnotationStillMakesAnEvent(t *testing.T) {
+	h := start(t)
+	long := "/" + strings.Repeat("x", 3000) // not a valid path for a TCP check
+	h.service("long", map[string]string{service.AnnotationHCPath: long})
+	h.eventually("Warning event", h.hasEvents("long", "Warning/InvalidConfiguration"))
+	cond := meta.FindStatusCondition(h.get("long").Status.Conditions, ConditionReady)
+	if cond == nil || cond.Reason != ReasonInvalidConfiguration || !strings.Contains(cond.Message, long) {
+		t.Fatalf("condition %.200v: want InvalidConfiguration naming the whole value", cond)
+	}
+}
+
 func TestDeleteAndTypeChange(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()

@@ -17,6 +17,8 @@ import (
 
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/readinessgate"
+	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
 )
 
@@ -176,6 +178,7 @@ func (r *ServiceReconciler) cleanup(ctx context.Context, svc *corev1.Service) er
 		orig := svc.DeepCopy()
 		svc.Status.LoadBalancer.Ingress = nil
 		meta.RemoveStatusCondition(&svc.Status.Conditions, ConditionReady)
+		meta.RemoveStatusCondition(&svc.Status.Conditions, readinessgate.ConditionTargetsHealthy)
 		if err := r.Client.Status().Patch(ctx, svc, client.MergeFrom(orig)); err != nil {
 			return fmt.Errorf("clear status of %s: %w", service.Key(svc), err)
 		}
@@ -205,7 +208,7 @@ func (r *ServiceReconciler) addFinalizer(ctx context.Context, svc *corev1.Servic
 func (r *ServiceReconciler) setCondition(ctx context.Context, svc *corev1.Service, status metav1.ConditionStatus, reason, msg string, ingress []corev1.LoadBalancerIngress) error {
 	orig := svc.DeepCopy()
 	changed := meta.SetStatusCondition(&svc.Status.Conditions, metav1.Condition{
-		Type: ConditionReady, Status: status, Reason: reason, Message: truncate(msg, 32768), ObservedGeneration: svc.Generation,
+		Type: ConditionReady, Status: status, Reason: reason, Message: recorder.Truncate(msg, recorder.MaxConditionMessage), ObservedGeneration: svc.Generation,
 	})
 	if ingress != nil && !equalIngress(svc.Status.LoadBalancer.Ingress, ingress) {
 		svc.Status.LoadBalancer.Ingress = ingress
@@ -214,7 +217,9 @@ func (r *ServiceReconciler) setCondition(ctx context.Context, svc *corev1.Servic
 	if !changed {
 		return nil
 	}
-	if err := r.Client.Status().Patch(ctx, svc, client.MergeFrom(orig)); err != nil {
+	// A strategic merge patch changes only this condition (conditions merge
+	// by type): the gate writer keeps another one on the same Service.
+	if err := r.Client.Status().Patch(ctx, svc, client.StrategicMergeFrom(orig)); err != nil {
 		return fmt.Errorf("update status of %s: %w", service.Key(svc), err)
 	}
 	return nil
@@ -231,11 +236,4 @@ func equalIngress(a, b []corev1.LoadBalancerIngress) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
 )
 
@@ -41,7 +42,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 	tgs := NewTargetGroups()
 	svcs := &ServiceReconciler{
 		Client:       mgr.GetClient(),
-		Recorder:     mgr.GetEventRecorder("directlb-lb-controller"),
+		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-lb-controller")),
 		Deployer:     &deploy.Deployer{Cloud: deploy.NewInventory(lbs, cfg.CloudInventoryTTL)},
 		Model:        service.Config{ClusterName: cfg.ClusterName, VPCID: cfg.VPCID},
 		Classes:      classes,

@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -290,13 +291,15 @@ func TestGateWriter(t *testing.T) {
 	hc.set(ip, cloud.TargetHealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
 
-	// Keeps watching: a target that fails health checks later flips it back.
+	// The gate latches: a target that fails health checks later leaves it
+	// True, and the Service says so in a condition and a Warning event.
 	hc.set(ip, cloud.TargetUnhealthy)
-	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+	waitServiceCondition(t, c, ns, "web", metav1.ConditionFalse, readinessgate.ReasonTargetsUnhealthy)
+	waitEvent(t, c, ns, "web", readinessgate.EventTargetHealthFailed)
+	stillTrue(t, c, ns, "web-1", "web", readinessgate.ReasonHealthy, 2*cfg.WatchInterval)
 	hc.set(ip, cloud.TargetHealthy)
+	waitServiceCondition(t, c, ns, "web", metav1.ConditionTrue, readinessgate.ReasonTargetsHealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
-	hc.set(ip, cloud.TargetUnhealthy)
-	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
 
 	// The Service stops being direct-access: its gates are released.
 	svc := &corev1.Service{}
@@ -342,8 +345,12 @@ func TestGateWriterServiceDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	setIP(t, c, pod, "10.100.1.80")
-	waitGate(t, c, ns, "api-1", "api", corev1.ConditionFalse, readinessgate.ReasonLoadBalancerPending)
 	waitEvent(t, c, ns, "api-1", readinessgate.EventGraceTooShort)
+	// Its target groups are unknown (none in the registry): no gate is
+	// written, as after a failover before the first deploy pass.
+	if cond, err := gateCondition(c, ns, "api-1", "api"); err != nil || cond != nil {
+		t.Fatalf("gate written while the target groups are unknown: %+v, %v", cond, err)
+	}
 	if err := c.Delete(ctx, svc); err != nil {
 		t.Fatal(err)
 	}
@@ -583,11 +590,122 @@ func TestGateFailOpen(t *testing.T) {
 		t.Errorf("failed open %s after containers ready, want ≥ %s", since, cfg.FailOpenAfter)
 	}
 	waitEvent(t, c, ns, "web-1", readinessgate.EventFailOpen)
-	// Healthy later: the normal rules take over.
+	// Healthy later: the reason follows; unhealthy again: it stays True.
 	hc.set(ip, cloud.TargetHealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
 	hc.set(ip, cloud.TargetUnhealthy)
-	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+	waitServiceCondition(t, c, ns, "web", metav1.ConditionFalse, readinessgate.ReasonTargetsUnhealthy)
+	stillTrue(t, c, ns, "web-1", "web", readinessgate.ReasonHealthy, time.Second)
+}
+
+// TestGateWriterUnknownTargetGroups: a controller that does not yet know a
+// Service's target groups (a new leader) writes no gate: a Ready pod stays
+// Ready and a new pod gets no False. Once they are known, the Ready pod's
+// gate stays True (latched) even though its target is unhealthy, and the
+// new pod's gate says why it waits.
+func TestGateWriterUnknownTargetGroups(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	tg, _ := hc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg-web", Protocol: cloud.ProtocolTCP, Port: 8080})
+	const oldIP, newIP = "10.100.1.91", "10.100.1.92"
+	for _, ip := range []string{oldIP, newIP} {
+		hc.set(ip, cloud.TargetUnhealthy)
+		if err := hc.RegisterTargets(ctx, tg.ARN, []cloud.Target{{IP: ip, Port: 8080}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	groups := &lateGroups{}
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	cfg.WatchInterval = 300 * time.Millisecond
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	gate := service.ReadinessGateType("web")
+	mk := func(name, ip string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}},
+				ReadinessGates: []corev1.PodReadinessGate{{ConditionType: gate}}}}
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old := mk("old", oldIP)
+	// The previous leader had set its gate True.
+	patch := fmt.Sprintf(`{"status":{"podIP":%q,"conditions":[{"type":%q,"status":"True","reason":"Healthy","lastTransitionTime":%q}]}}`,
+		oldIP, gate, time.Now().UTC().Format(time.RFC3339))
+	if err := c.Status().Patch(ctx, old, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+	setIP(t, c, mk("new", newIP), newIP)
+	stillTrue(t, c, ns, "old", "web", readinessgate.ReasonHealthy, 2*time.Second)
+	if cond, err := gateCondition(c, ns, "new", "web"); err != nil || cond != nil {
+		t.Fatalf("new pod's gate written while the target groups are unknown: %+v, %v", cond, err)
+	}
+
+	groups.set(types.NamespacedName{Namespace: ns, Name: "web"},
+		[]deploy.TargetGroup{{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-web"}}}})
+	waitGate(t, c, ns, "new", "web", corev1.ConditionFalse, readinessgate.ReasonUnhealthy)
+	waitServiceCondition(t, c, ns, "web", metav1.ConditionFalse, readinessgate.ReasonTargetsUnhealthy)
+	stillTrue(t, c, ns, "old", "web", readinessgate.ReasonHealthy, time.Second)
+}
+
+// lateGroups is a registry that learns a Service's target groups later.
+type lateGroups struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName][]deploy.TargetGroup
+}
+
+func (l *lateGroups) set(k types.NamespacedName, tgs []deploy.TargetGroup) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[types.NamespacedName][]deploy.TargetGroup{}
+	}
+	l.m[k] = tgs
+}
+
+func (l *lateGroups) Get(k types.NamespacedName) []deploy.TargetGroup {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m[k]
+}
+
+// stillTrue checks for d that the pod's gate stays True with reason.
+func stillTrue(t *testing.T, c client.Client, ns, pod, svc, reason string, d time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		cond, err := gateCondition(c, ns, pod, svc)
+		if err != nil || cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != reason {
+			t.Fatalf("gate of %s: %+v (%v), want it to stay True/%s", pod, cond, err, reason)
+		}
+	}
+}
+
+// waitServiceCondition waits for the gate writer's condition on the Service.
+func waitServiceCondition(t *testing.T, c client.Client, ns, name string, status metav1.ConditionStatus, reason string) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("Service %s condition %s %s/%s", name, readinessgate.ConditionTargetsHealthy, status, reason), func() (bool, string) {
+		var svc corev1.Service
+		if err := c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &svc); err != nil {
+			return false, err.Error()
+		}
+		cond := meta.FindStatusCondition(svc.Status.Conditions, readinessgate.ConditionTargetsHealthy)
+		if cond == nil {
+			return false, "no condition"
+		}
+		return cond.Status == status && cond.Reason == reason, fmt.Sprintf("%s %s: %s", cond.Status, cond.Reason, cond.Message)
+	})
 }
 
 // waitEvent waits for a Warning event with reason about the pod.

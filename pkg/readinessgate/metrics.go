@@ -23,6 +23,14 @@ var (
 		Name: "directlb_readiness_gate_health_polls_total",
 		Help: "DescribeTargetHealth calls made by the gate writer (one per target group per pass).",
 	})
+	unhealthyReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "directlb_readiness_gate_unhealthy_ready_pods",
+		Help: "Pods whose readiness gate has latched True but whose targets the load balancer now reports unhealthy, by Service.",
+	}, []string{"namespace", "service"})
+	healthRegressions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "directlb_readiness_gate_health_regressions_total",
+		Help: "Times a Service's set of Ready pods with unhealthy targets changed to a non-empty one (each is a Warning event).",
+	})
 	webhookRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "directlb_readiness_gate_webhook_requests_total",
 		Help: "Pod admission requests by result (mutated, unchanged, error).",
@@ -30,5 +38,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(gateReadyLatency, gateFlips, gateFailOpen, healthPolls, webhookRequests)
+	metrics.Registry.MustRegister(gateReadyLatency, gateFlips, gateFailOpen, healthPolls, webhookRequests, unhealthyReady, healthRegressions)
 }

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/directlb/directlb/pkg/cloud"
+	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
 )
 
@@ -53,7 +54,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
 		Cloud:        o.Cloud,
 		TargetGroups: o.TargetGroups,
 		Classes:      o.Classes,
-		Recorder:     mgr.GetEventRecorder("directlb-readiness-gate"),
+		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-readiness-gate")),
 		Config:       o.Config,
 	}
 	err = ctrl.NewControllerManagedBy(mgr).

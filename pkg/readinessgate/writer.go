@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -20,12 +22,26 @@ import (
 
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/deploy"
+	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
 )
 
 // IndexGates indexes pods by the names of the Services whose directlb
 // readiness gates they carry.
 const IndexGates = "directlb.io/readiness-gates"
+
+// ConditionTargetsHealthy is the Service status condition the gate writer
+// keeps: False while a pod whose gate has latched True has targets the load
+// balancer reports unhealthy.
+const ConditionTargetsHealthy = "directlb.io/TargetsHealthy"
+
+// Reasons of ConditionTargetsHealthy, and events on the Service.
+const (
+	ReasonTargetsHealthy    = "TargetsHealthy"
+	ReasonTargetsUnhealthy  = "TargetsUnhealthy"
+	EventTargetHealthFailed = "TargetHealthDegraded"
+	EventTargetHealthOK     = "TargetHealthRecovered"
+)
 
 // Event reasons on pods.
 const (
@@ -82,6 +98,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	if len(pods.Items) == 0 {
 		w.setPending(req.NamespacedName, 0)
+		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
 	svc := &corev1.Service{}
@@ -100,18 +117,32 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 			}
 		}
 		w.setPending(req.NamespacedName, 0)
+		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
 
+	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
+		// The Service's target groups are not known yet: a new leader
+		// before its first deploy pass, or a Service not deployed yet.
+		// Unknown is not False: no gate is written until they are.
+		for i := range pods.Items {
+			w.checkGrace(&pods.Items[i], svc)
+		}
+		return ctrl.Result{RequeueAfter: w.Config.PollInterval}, nil
+	}
 	groups, err := w.health(ctx, req.NamespacedName)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
 	pendingAny, changed := false, false
+	var regressed []string
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		w.checkGrace(pod, svc)
-		v := w.decide(pod, gateType, groups)
+		v, now := w.decide(pod, gateType, groups)
+		if v.True() && !now.True() && now.Reason != ReasonRegistering && pod.DeletionTimestamp == nil {
+			regressed = append(regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
+		}
 		c, err := w.Write(ctx, pod, gateType, v)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -121,11 +152,48 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 			pendingAny = true
 		}
 	}
+	if err := w.reportHealth(ctx, svc, regressed); err != nil {
+		return ctrl.Result{}, err
+	}
 	if !pendingAny {
 		w.setPending(req.NamespacedName, 0)
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
 	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+}
+
+// reportHealth keeps ConditionTargetsHealthy on the Service and the
+// unhealthy-Ready gauge, and says in an event when the set of such pods
+// changes. regressed names the pods (with what the load balancer says).
+func (w *Writer) reportHealth(ctx context.Context, svc *corev1.Service, regressed []string) error {
+	unhealthyReady.WithLabelValues(svc.Namespace, svc.Name).Set(float64(len(regressed)))
+	cond := metav1.Condition{Type: ConditionTargetsHealthy, Status: metav1.ConditionTrue, Reason: ReasonTargetsHealthy,
+		Message: "the load balancer reports every Ready pod's targets healthy", ObservedGeneration: svc.Generation}
+	if len(regressed) > 0 {
+		sort.Strings(regressed)
+		cond.Status, cond.Reason = metav1.ConditionFalse, ReasonTargetsUnhealthy
+		cond.Message = recorder.Truncate(fmt.Sprintf("%d Ready pod(s) have targets the load balancer reports unhealthy; their readiness gates stay True (they latch): %s",
+			len(regressed), strings.Join(regressed, "; ")), recorder.MaxConditionMessage)
+	}
+	old := meta.FindStatusCondition(svc.Status.Conditions, ConditionTargetsHealthy)
+	if old == nil && len(regressed) == 0 {
+		return nil // nothing to report yet
+	}
+	orig := svc.DeepCopy()
+	if !meta.SetStatusCondition(&svc.Status.Conditions, cond) {
+		return nil
+	}
+	if err := w.Client.Status().Patch(ctx, svc, client.StrategicMergeFrom(orig)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	switch {
+	case cond.Status == metav1.ConditionFalse:
+		healthRegressions.Inc()
+		w.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, EventTargetHealthFailed, "CheckTargetHealth", "%s", cond.Message)
+	case old != nil && old.Status == metav1.ConditionFalse:
+		w.Recorder.Eventf(svc, nil, corev1.EventTypeNormal, EventTargetHealthOK, "CheckTargetHealth", "%s", cond.Message)
+	}
+	return nil
 }
 
 // health reads every target group of the Service once.
@@ -143,26 +211,28 @@ func (w *Writer) health(ctx context.Context, key types.NamespacedName) ([]GroupH
 	return out, nil
 }
 
-// decide applies the fail-open rule on top of Evaluate.
-func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, groups []GroupHealth) Verdict {
+// decide returns the gate the pod gets and, second, what the load balancer
+// reports about it now. A gate latches: once True it stays True while the
+// pod lives, whatever the health checks say later (a regression is
+// reported on the Service instead, see reportHealth). Before that, the
+// fail-open rule applies on top of Evaluate.
+func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, groups []GroupHealth) (gate, now Verdict) {
 	v := Evaluate(pod.Status.PodIP, groups)
 	if v.True() || pod.DeletionTimestamp != nil {
-		return v
+		return v, v
 	}
-	if cur := findCondition(pod, gateType); cur != nil && cur.Status == corev1.ConditionTrue && cur.Reason == ReasonFailOpen {
-		return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen, Message: cur.Message}
+	if cur := findCondition(pod, gateType); cur != nil && cur.Status == corev1.ConditionTrue {
+		return Verdict{Status: corev1.ConditionTrue, Reason: cur.Reason, Message: cur.Message}, v
 	}
-	if w.Config.FailOpenAfter <= 0 || w.wasHealthy(pod.UID) {
-		// Fail open covers a target that never became healthy; one that
-		// was healthy and fails its checks now turns the gate False.
-		return v
+	if w.Config.FailOpenAfter <= 0 {
+		return v, v
 	}
 	cr := findCondition(pod, corev1.ContainersReady)
 	if cr == nil || cr.Status != corev1.ConditionTrue || time.Since(cr.LastTransitionTime.Time) < w.Config.FailOpenAfter {
-		return v
+		return v, v
 	}
 	return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen,
-		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}
+		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}, v
 }
 
 // Write patches the gate condition if it differs from v; it reports
@@ -238,12 +308,6 @@ func (w *Writer) observeReady(pod *corev1.Pod, at time.Time) {
 	if cr := findCondition(pod, corev1.ContainersReady); cr != nil && cr.Status == corev1.ConditionTrue {
 		gateReadyLatency.Observe(at.Sub(cr.LastTransitionTime.Time).Seconds())
 	}
-}
-
-func (w *Writer) wasHealthy(uid types.UID) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.everTrue[uid]
 }
 
 // checkGrace warns once per pod when the drain hook cannot finish within
