@@ -13,7 +13,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$ROOT/bin
 STATE=/run/directlb-testbed
-LOCK=/run/directlb-testbed.lock
+LOCK=/var/tmp/directlb-testbed.lock
 export KUBECONFIG=$STATE/kubeconfig
 export PATH=$BIN:$PATH
 
@@ -177,6 +177,14 @@ info "pod IPs are the load balancer's targets:"
 curl -fsS --max-time 5 "$LOCALCLOUD/admin/state" | tr -d ' \n\t' |
 	grep -oE '"ip":"[0-9.]+","port":[0-9]+,"state":"[a-z]+"' | tr -d '"' | sed 's/^/      /' || true
 ((failed == 0)) || die "$failed of 10 requests through $ext failed"
+
+step "Warning events in the example's namespace (its own defaults must raise none)"
+warnings=$(kubectl get events --field-selector type=Warning -o custom-columns='KIND:.involvedObject.kind,NAME:.involvedObject.name,REASON:.reason,MESSAGE:.message' --no-headers 2>/dev/null || true)
+if [[ -n $warnings ]]; then
+	printf '%s\n' "$warnings" | sed 's/^/    /'
+	die "the example raised Warning events (above)"
+fi
+info "none"
 
 # ---------------------------------------------------------------------------
 cat <<EOF

@@ -49,7 +49,7 @@ const (
 	DefaultHCTimeout            = 6
 	DefaultHCHealthyThreshold   = 3
 	DefaultHCUnhealthyThreshold = 3
-	DefaultDeregistrationDelay  = 30
+	DefaultDeregistrationDelay  = 20
 )
 
 // Options are a Service's directlb annotations, parsed and validated.

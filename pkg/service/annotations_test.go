@@ -16,7 +16,7 @@ func defaults() Options {
 			Protocol: "TCP", Port: TrafficPort, IntervalSeconds: 10, TimeoutSeconds: 6,
 			HealthyThreshold: 3, UnhealthyThreshold: 3,
 		},
-		DeregistrationDelaySeconds: 30,
+		DeregistrationDelaySeconds: 20,
 		ReadinessGate:              true,
 	}
 }
