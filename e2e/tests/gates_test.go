@@ -18,6 +18,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -164,7 +165,9 @@ func rgGate(p *corev1.Pod, svc string) (corev1.ConditionStatus, string) {
 
 // TestReadinessGateFollowsTargetHealth: a pod whose target fails the load
 // balancer's health check keeps its gate False and is never Ready; healthy,
-// the gate turns True; unhealthy again, False.
+// the gate turns True and latches: unhealthy again, or a health-check path
+// typo on the live Service, leave the pod Ready and show a Warning event and
+// a condition on the Service.
 func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 	b := requireBed(t)
 	if b.Topology.LocalcloudURL == "" {
@@ -242,12 +245,78 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 	}, nil)
 	t.Logf("healthy → gate True and Ready in %.1fs", time.Since(begin).Seconds())
 
+	// Once True, the gate latches: health regressions of a Ready pod are
+	// reported on the Service, never as a readiness change.
+	staysReady := func(what string, d time.Duration) {
+		t.Helper()
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s, r := rgGate(p, "web"); s != corev1.ConditionTrue || !ready(p) {
+				t.Fatalf("%s: gate %s/%s, Ready %s: want the pod to stay Ready", what, s, r, ptCondition(p, corev1.PodReady))
+			}
+		}
+	}
 	setHealth(500)
+	rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionFalse, 40*time.Second)
+	rgWaitServiceEvent(t, b, ns, "web", corev1.EventTypeWarning, readinessgate.EventTargetHealthFailed)
+	staysReady("target unhealthy", 12*time.Second) // more than two check rounds
+	setHealth(200)
+	rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionTrue, 40*time.Second)
+
+	// A health-check path typo on the live Service: every check fails, the
+	// pod stays Ready, the Service says why.
+	svc, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Annotations[service.AnnotationHCPath] = "/healthzz"
+	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	begin = time.Now()
-	watchUntil(40*time.Second, "gate False again and pod not Ready", func(p *corev1.Pod) bool {
-		return unhealthy(p) && !ready(p)
-	}, nil)
-	t.Logf("unhealthy → gate False and not Ready in %.1fs", time.Since(begin).Seconds())
+	cond := rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionFalse, 60*time.Second)
+	t.Logf("health-check path typo → Service condition %s in %.1fs: %s", readinessgate.ConditionTargetsHealthy, time.Since(begin).Seconds(), cond.Message)
+	staysReady("health-check path typo", 12*time.Second)
+}
+
+// rgWaitServiceHealth waits for the gate writer's condition on the Service.
+func rgWaitServiceHealth(t *testing.T, b *Bed, ns, name string, status metav1.ConditionStatus, timeout time.Duration) *metav1.Condition {
+	t.Helper()
+	var got *metav1.Condition
+	ptPoll(t, timeout, fmt.Sprintf("Service %s condition %s=%s", name, readinessgate.ConditionTargetsHealthy, status), func(ctx context.Context) (bool, string) {
+		svc, err := b.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		got = meta.FindStatusCondition(svc.Status.Conditions, readinessgate.ConditionTargetsHealthy)
+		if got == nil {
+			return false, "no condition"
+		}
+		return got.Status == status, fmt.Sprintf("%s %s: %s", got.Status, got.Reason, got.Message)
+	})
+	return got
+}
+
+// rgWaitServiceEvent waits for an event of type and reason about the Service.
+func rgWaitServiceEvent(t *testing.T, b *Bed, ns, name, typ, reason string) {
+	t.Helper()
+	ptPoll(t, 20*time.Second, "event "+typ+"/"+reason+" on Service "+name, func(ctx context.Context) (bool, string) {
+		evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var seen []string
+		for _, e := range evs.Items {
+			if e.Regarding.Kind == "Service" && e.Regarding.Name == name && e.Type == typ && e.Reason == reason {
+				return true, ""
+			}
+			seen = append(seen, e.Type+"/"+e.Reason)
+		}
+		return false, fmt.Sprint(seen)
+	})
 }
 
 func ptrInt64(v int64) *int64 { return &v }
