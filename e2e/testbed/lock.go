@@ -14,8 +14,11 @@ import (
 
 // LockFile serializes users of the test bed on this machine: its names are
 // fixed, so two e2e runs (or an e2e run and 'up'/'down') at once would tear
-// each other's bed down. It lives outside the state dir, which Down removes.
-const LockFile = "/run/directlb-testbed.lock"
+// each other's bed down. It lives outside the state dir, which Down removes,
+// and outside /run, which .ci/run replaces in its own mount namespace: the
+// bed's names (host links, cgroups, ports) are machine-wide, so the lock
+// must be too.
+const LockFile = "/var/tmp/directlb-testbed.lock"
 
 // ErrLocked is returned by Lock when another process holds the lock and
 // the caller did not want to wait (or stopped waiting).
