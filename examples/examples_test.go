@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/directlb/directlb/pkg/controller"
+	"github.com/directlb/directlb/pkg/readinessgate"
 	"github.com/directlb/directlb/pkg/service"
 )
 
@@ -60,12 +61,19 @@ func TestExamples(t *testing.T) {
 	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || !service.IsDirectAccess(svc.Annotations) {
 		t.Fatalf("Service is %s with annotations %v; want a direct-access LoadBalancer", svc.Spec.Type, svc.Annotations)
 	}
-	if !service.Wanted(&svc, service.ClassFilter{Default: controller.DefaultConfig().ManageDefaultClass}) {
+	defaults := controller.DefaultConfig()
+	if !service.Wanted(&svc, service.ClassFilter{Classes: defaults.LoadBalancerClasses, Default: defaults.ManageDefaultClass}) {
 		t.Errorf("the controller's defaults do not own the example Service")
 	}
 	opts, err := service.ParseAnnotations(svc.Annotations)
 	if err != nil {
 		t.Fatalf("annotations: %v", err)
+	}
+	// The example's own defaults agree: its pods raise no drain warning.
+	examplePod := &corev1.Pod{Spec: pod.Spec}
+	margin := int64(readinessgate.DefaultConfig().DrainMargin.Seconds())
+	if msg := readinessgate.GraceWarning(examplePod, int64(opts.DeregistrationDelaySeconds), margin); msg != "" {
+		t.Errorf("the example's pods would get a DrainExceedsGracePeriod warning: %s", msg)
 	}
 	if opts.HealthCheck.Path != "/healthz" {
 		t.Errorf("health check path %q, want /healthz", opts.HealthCheck.Path)

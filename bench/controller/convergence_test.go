@@ -299,8 +299,9 @@ func newService(ns, name string) *corev1.Service {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
 			Annotations: map[string]string{service.AnnotationDirectAccess: "true"}},
 		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeLoadBalancer,
-			Selector: map[string]string{"app": name},
+			Type:              corev1.ServiceTypeLoadBalancer,
+			LoadBalancerClass: ptr(service.LoadBalancerClass),
+			Selector:          map[string]string{"app": name},
 			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80,
 				TargetPort: intstr.FromInt32(targetPort)}},
 		},

@@ -61,7 +61,22 @@ func helmBinary(t *testing.T) string {
 	return p
 }
 
+// requiredValues sets what the chart requires; runHelm passes it to
+// template and lint before any other values, so a test's own -f or --set
+// still wins.
+const requiredValues = "testdata/cluster-name.yaml"
+
+// runHelm runs helm with args; template and lint get requiredValues first.
 func runHelm(t *testing.T, helm string, args ...string) (string, error) {
+	t.Helper()
+	if len(args) > 0 && (args[0] == "template" || args[0] == "lint") {
+		args = append([]string{args[0], "-f", requiredValues}, args[1:]...)
+	}
+	return runHelmRaw(t, helm, args...)
+}
+
+// runHelmRaw runs helm with args as they are.
+func runHelmRaw(t *testing.T, helm string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(helm, args...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
@@ -596,6 +611,21 @@ func TestSchemaRejects(t *testing.T) {
 				t.Errorf("error %v; want a schema error naming %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// clusterName has no default: without it the chart refuses to render, with
+// a message that says what to set and why.
+func TestClusterNameRequired(t *testing.T) {
+	helm := helmBinary(t)
+	out, err := runHelmRaw(t, helm, "template", release, ".", "-n", namespace)
+	if err == nil {
+		t.Fatalf("rendered without clusterName:\n%.400s", out)
+	}
+	for _, want := range []string{"clusterName is required", "--set clusterName="} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v; want it to say %q", err, want)
+		}
 	}
 }
 

@@ -189,9 +189,10 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 			service.AnnotationDeregistrationDelay: "2",
 		}},
 		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeLoadBalancer,
-			Selector: labels,
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+			Type:              corev1.ServiceTypeLoadBalancer,
+			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
+			Selector:          labels,
+			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
 		},
 	}
 	created := time.Now()
@@ -302,7 +303,7 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	bad := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns, Annotations: map[string]string{
 			service.AnnotationDirectAccess: "true", service.AnnotationScheme: "public"}},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: labels,
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: ptr.To(service.LoadBalancerClass), Selector: labels,
 			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	}
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
@@ -404,7 +405,7 @@ func TestLoadBalancerControllerKilled(t *testing.T) {
 		s := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s%02d", i), Namespace: ns,
 				Annotations: map[string]string{service.AnnotationDirectAccess: "true"}},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "none"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: ptr.To(service.LoadBalancerClass), Selector: map[string]string{"app": "none"},
 				Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 		}
 		if _, err := b.Client.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/directlb/directlb/pkg/service"
 	"github.com/spf13/pflag"
 )
 
@@ -55,7 +56,7 @@ func DefaultConfig() Config {
 	return Config{
 		CloudRegion:            "us-east-1",
 		Concurrency:            4,
-		ManageDefaultClass:     true,
+		LoadBalancerClasses:    []string{service.LoadBalancerClass},
 		ResyncPeriod:           10 * time.Minute,
 		TargetBatchWindow:      100 * time.Millisecond,
 		TargetRefreshPeriod:    2 * time.Minute,
@@ -72,8 +73,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CloudRegion, "cloud-region", c.CloudRegion, "cloud region")
 	fs.StringVar(&c.VPCID, "vpc-id", c.VPCID, "VPC to create target groups in (empty: the cloud's default)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "parallel reconciles per controller")
-	fs.StringArrayVar(&c.LoadBalancerClasses, "load-balancer-class", c.LoadBalancerClasses, "a spec.loadBalancerClass value this controller owns (repeatable)")
-	fs.BoolVar(&c.ManageDefaultClass, "manage-default-class", c.ManageDefaultClass, "own direct-access Services that set no loadBalancerClass")
+	fs.StringArrayVar(&c.LoadBalancerClasses, "load-balancer-class", c.LoadBalancerClasses, "a spec.loadBalancerClass value this controller owns (repeatable; the first use replaces the default)")
+	fs.BoolVar(&c.ManageDefaultClass, "manage-default-class", c.ManageDefaultClass, "also own direct-access Services that set no loadBalancerClass (where a cloud provider's service controller runs, it provisions those too)")
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "how often a converged Service is compared with the cloud again")
 	fs.DurationVar(&c.TargetBatchWindow, "target-batch-window", c.TargetBatchWindow, "delay that coalesces a burst of endpoint changes into one target update per Service")
 	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached")

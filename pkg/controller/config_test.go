@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directlb/directlb/pkg/service"
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
 )
@@ -44,7 +45,7 @@ func TestConfigValidate(t *testing.T) {
 			c.Concurrency, c.ResyncPeriod, c.TargetBatchWindow, c.TargetRefreshPeriod = 0, time.Second, time.Minute, 0
 			c.LoadBalancerClasses, c.CloudRegion = []string{""}, ""
 		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--cloud-region"}},
-		{"owns nothing", func(c *Config) { c.ManageDefaultClass = false }, []string{"--manage-default-class"}},
+		{"owns nothing", func(c *Config) { c.ManageDefaultClass, c.LoadBalancerClasses = false, nil }, []string{"--manage-default-class"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,5 +68,22 @@ func TestConfigValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// By default lb-controller claims Services by the documented class only: a
+// class-less Service belongs to the cloud provider's own service controller.
+func TestDefaultClaimsByClass(t *testing.T) {
+	f := service.ClassFilter{Classes: DefaultConfig().LoadBalancerClasses, Default: DefaultConfig().ManageDefaultClass}
+	if !f.Owns(ptr(service.LoadBalancerClass)) {
+		t.Errorf("default config does not own %s", service.LoadBalancerClass)
+	}
+	if f.Owns(nil) || f.Owns(ptr("")) {
+		t.Error("default config owns Services without a class")
+	}
+	c := DefaultConfig()
+	c.ClusterName = "x"
+	if err := c.Validate(); err != nil {
+		t.Errorf("defaults with a cluster name do not validate: %v", err)
 	}
 }

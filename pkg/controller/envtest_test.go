@@ -188,9 +188,10 @@ func (h *harness) service(name string, annotations map[string]string) *corev1.Se
 	s := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name, Annotations: ann},
 		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeLoadBalancer,
-			Selector: map[string]string{"app": name},
-			Ports:    []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("web")}},
+			Type:              corev1.ServiceTypeLoadBalancer,
+			LoadBalancerClass: ptr(service.LoadBalancerClass),
+			Selector:          map[string]string{"app": name},
+			Ports:             []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("web")}},
 		},
 	}
 	if err := h.c.Create(context.Background(), s); err != nil {
@@ -511,12 +512,13 @@ func TestClassFilter(t *testing.T) {
 	}
 	mine := other.DeepCopy()
 	mine.Name, mine.Spec.LoadBalancerClass = "mine", ptr("directlb.io/nlb")
-	for _, s := range []*corev1.Service{other, mine} {
+	noclass := other.DeepCopy()
+	noclass.Name, noclass.Spec.LoadBalancerClass = "noclass", nil
+	for _, s := range []*corev1.Service{other, mine, noclass} {
 		if err := h.c.Create(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.service("noclass", nil)
 	h.eventually("mine gets an address", func() (bool, string) {
 		return len(h.get("mine").Status.LoadBalancer.Ingress) == 1, ""
 	})

@@ -25,6 +25,13 @@ func ReadinessGateType(serviceName string) corev1.PodConditionType {
 	return corev1.PodConditionType(ReadinessGatePrefix + serviceName)
 }
 
+// LoadBalancerClass is the spec.loadBalancerClass by which a Service is
+// claimed for directlb: a cloud provider's own service controller (present
+// on every managed cluster) skips Services with a class it does not know,
+// so the two never provision the same Service. lb-controller owns it by
+// default; owning Services without a class is an explicit opt-in.
+const LoadBalancerClass = "service.directlb.io/nlb"
+
 // ClassFilter says which spec.loadBalancerClass values a controller owns.
 type ClassFilter struct {
 	// Classes are the owned non-empty classes.
