@@ -47,6 +47,9 @@ const (
 	EventInvalidConfig   = "InvalidConfiguration"
 	permanentRetryPeriod = 5 * time.Minute
 	provisioningRecheck  = 3 * time.Second
+	// drainRecheck is how soon a pass runs again while stale target groups
+	// drain before they are deleted.
+	drainRecheck = 5 * time.Second
 )
 
 // ServiceReconciler makes the cloud load balancer, listeners and target
@@ -143,6 +146,10 @@ func (r *ServiceReconciler) ensure(ctx context.Context, svc *corev1.Service, wan
 	if res.Changed || !upToDate {
 		r.Recorder.Eventf(svc, nil, corev1.EventTypeNormal, EventEnsured, "Ensure", "Ensured %s", msg)
 		log.FromContext(ctx).Info("ensured load balancer", "service", service.Key(svc), "loadBalancer", res.LoadBalancer.Name, "changed", res.Changed)
+	}
+	if len(res.Pending) > 0 {
+		log.FromContext(ctx).Info("retiring target groups", "service", service.Key(svc), "pending", res.Pending)
+		return ctrl.Result{RequeueAfter: drainRecheck}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.ResyncPeriod}, nil
 }

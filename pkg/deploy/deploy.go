@@ -16,6 +16,16 @@ import (
 )
 
 // Deployer applies desired load balancers to a cloud.
+//
+// A target group that is no longer wanted (a changed targetPort or
+// protocol gives a port a new one; a removed port leaves its group) is
+// retired over several passes: once no listener points at it, its targets
+// are deregistered, the cloud drains them for the group's deregistration
+// delay, and the group is deleted only when it is empty, so flows still on
+// it finish. Result.Pending says what a pass waits for; the caller runs
+// another pass soon. (The listener itself moves at once: an NLB does not
+// health-check a target group no listener uses, so a new group cannot be
+// warmed up before the move.)
 type Deployer struct {
 	Cloud cloud.LoadBalancers
 }
@@ -32,6 +42,9 @@ type Result struct {
 	TargetGroups []TargetGroup
 	// Changed is whether the pass made any mutating call.
 	Changed bool
+	// Pending lists the stale target groups still draining; empty when the
+	// cloud matches.
+	Pending []string
 }
 
 // PermanentError is an error that retrying without a change to the Service
@@ -94,17 +107,46 @@ func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Resul
 		return res, err
 	}
 
-	// Listeners no longer point at stale target groups: delete them.
+	// Stale target groups no listener points at any more: drain, then delete.
 	for _, tg := range existing {
 		if slices.ContainsFunc(want.TargetGroups, func(w service.TargetGroup) bool { return w.Spec.Name == tg.Name }) {
 			continue
 		}
-		if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil {
-			return res, fmt.Errorf("delete stale target group %s: %w", tg.Name, err)
+		if err := d.retire(ctx, tg, &res); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// retire deregisters a stale target group's targets and deletes the group
+// once the cloud has drained them all.
+func (d *Deployer) retire(ctx context.Context, tg cloud.TargetGroup, res *Result) error {
+	th, err := d.Cloud.DescribeTargetHealth(ctx, tg.ARN)
+	if err != nil {
+		return fmt.Errorf("describe stale target group %s: %w", tg.Name, err)
+	}
+	var registered []cloud.Target
+	for _, h := range th {
+		if h.State != cloud.TargetDraining {
+			registered = append(registered, h.Target)
+		}
+	}
+	if len(registered) > 0 {
+		if err := d.Cloud.DeregisterTargets(ctx, tg.ARN, registered); err != nil {
+			return fmt.Errorf("drain stale target group %s: %w", tg.Name, err)
 		}
 		res.Changed = true
 	}
-	return res, nil
+	if len(th) > 0 {
+		res.Pending = append(res.Pending, fmt.Sprintf("target group %s drains %d target(s)", tg.Name, len(th)))
+		return nil
+	}
+	if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil {
+		return fmt.Errorf("delete stale target group %s: %w", tg.Name, err)
+	}
+	res.Changed = true
+	return nil
 }
 
 func (d *Deployer) ensureLoadBalancer(ctx context.Context, spec cloud.LoadBalancerSpec, res *Result) (cloud.LoadBalancer, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -376,5 +377,49 @@ func TestInventoryListsOncePerTTL(t *testing.T) {
 	}
 	if diff := cmp.Diff(expected(t, lbs[0]), shapeOf(c.Snapshot())); diff != "" {
 		t.Errorf("cloud (-want +got):\n%s", diff)
+	}
+}
+
+// A target group that is no longer wanted keeps its targets' flows: its
+// targets are deregistered first (they drain), and the group is deleted
+// only on a later pass, once the cloud reports it empty.
+func TestStaleTargetGroupDrainsBeforeDelete(t *testing.T) {
+	ctx := context.Background()
+	c := fake.New()
+	d := &Deployer{Cloud: c}
+	res, err := d.Deploy(ctx, build(t, newService("web")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := res.TargetGroups[0]
+	if err := c.RegisterTargets(ctx, old.ARN, []cloud.Target{{IP: "10.100.1.70", Port: 8080}}); err != nil {
+		t.Fatal(err)
+	}
+	next := build(t, newService("web", func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(9090) }))
+	before := c.Calls()
+	res, err = d.Deploy(ctx, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := c.Calls()
+	if n := calls["DeregisterTargets"] - before["DeregisterTargets"]; n != 1 {
+		t.Errorf("DeregisterTargets calls: %d, want 1", n)
+	}
+	if n := calls["DeleteTargetGroup"] - before["DeleteTargetGroup"]; n != 0 {
+		t.Errorf("the old group was deleted with a target in it (%d DeleteTargetGroup)", n)
+	}
+	if len(res.Pending) != 1 || !strings.Contains(res.Pending[0], old.Spec.Name) {
+		t.Errorf("pending %v, want the old group draining", res.Pending)
+	}
+	// Drained (the fake lets targets go at once): the next pass deletes it.
+	res, err = d.Deploy(ctx, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Pending) != 0 {
+		t.Errorf("pending after the drain: %v", res.Pending)
+	}
+	if diff := cmp.Diff(expected(t, next), shapeOf(c.Snapshot())); diff != "" {
+		t.Errorf("cloud state (-want +got):\n%s", diff)
 	}
 }
