@@ -447,11 +447,15 @@ func TestChart(t *testing.T) {
 	// nothing fails.
 	chRolloutUnderLoad(t, b, extIP)
 
-	// helm upgrade rolls the controller; the Service keeps working.
-	if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", ns, "--reuse-values",
-		"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
-		t.Fatal(err)
-	}
+	// The controller's leader SIGKILLed, the next leader's pod deleted, and
+	// a helm upgrade that rolls the controller, all under load: no pod turns
+	// NotReady, no request fails.
+	chOperationsUnderLoad(t, b, ns, extIP, func() {
+		if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", ns, "--reuse-values",
+			"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	dep, err := b.Client.AppsV1().Deployments(ns).Get(t.Context(), chController, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
