@@ -27,6 +27,8 @@ AGENT=$RELEASE-node-agent
 ACCESS_KEY=AKIDLOCALCLOUD
 SECRET_KEY=localcloud-secret
 LOCALCLOUD=http://10.100.0.3:4566
+# localcloud's /admin listens on the cloud namespace's loopback only.
+ADMIN="nsenter --net=/run/netns/dlb-cloud curl -s http://127.0.0.1:4567"
 
 START=$SECONDS
 step() { printf '\n\033[1m==> %s\033[0m  (%ds)\n' "$*" $((SECONDS - START)); }
@@ -43,7 +45,7 @@ on_error() {
 		echo "  pod logs:          $STATE/nodes/<node>/pods/<pod uid>/<container>.log"
 		echo "                     (the kubelet stand-in has no 'kubectl logs')"
 		echo "  events:            KUBECONFIG=$KUBECONFIG $BIN/kubectl get events -A --sort-by=.lastTimestamp"
-		echo "  cloud state:       curl -s $LOCALCLOUD/admin/state"
+		echo "  cloud state:       $ADMIN/admin/state"
 		echo "  start over:        make down && make demo"
 	} >&2
 	exit "$rc"
@@ -174,7 +176,7 @@ done
 info "${#seen[@]} different pods answered, $failed requests failed"
 for p in "${!seen[@]}"; do info "  $p: ${seen[$p]}"; done
 info "pod IPs are the load balancer's targets:"
-curl -fsS --max-time 5 "$LOCALCLOUD/admin/state" | tr -d ' \n\t' |
+nsenter --net=/run/netns/dlb-cloud curl -fsS --max-time 5 "http://127.0.0.1:4567/admin/state" | tr -d ' \n\t' |
 	grep -oE '"ip":"[0-9.]+","port":[0-9]+,"state":"[a-z]+"' | tr -d '"' | sed 's/^/      /' || true
 ((failed == 0)) || die "$failed of 10 requests through $ext failed"
 
@@ -196,7 +198,7 @@ cat <<EOF
     $BIN/kubectl -n $NS get pods -o wide          # lb-controller ×2, node-agent ×3, no kube-proxy
     $BIN/kubectl scale deployment echo --replicas=5 && $BIN/kubectl get pods -w
     curl http://$ext/                             # the load balancer (inside the test bed)
-    curl -s $LOCALCLOUD/admin/state               # localcloud: load balancers, target groups, target health
+    $ADMIN/admin/state   # localcloud (its /admin is on the cloud namespace's loopback): load balancers, target groups, target health
     $BIN/dlb-testbed status                       # nodes, processes
     ls $STATE/logs/                               # daemons' logs; pods' in $STATE/nodes/<node>/pods/
 

@@ -126,6 +126,7 @@ func localcloud(cfg Config, t *Topology) daemon {
 		NetNS:  t.CloudNetNS,
 		Args: []string{
 			"--listen=" + strings.TrimPrefix(t.LocalcloudURL, "http://"),
+			"--admin-listen=" + strings.TrimPrefix(t.LocalcloudAdminURL, "http://"),
 			"--state-dir=" + filepath.Join(t.StateDir, "localcloud"),
 			"--lb-cidr=" + t.LoadBalancerCIDR.String(),
 			// The nodes' ENIs, for the EC2 API (writeCloudENIs).

@@ -21,8 +21,11 @@ var (
 const (
 	apiServerPort  = 6443
 	localcloudPort = 4566
-	etcdClientURL  = "http://127.0.0.1:2379"
-	etcdPeerURL    = "http://127.0.0.1:2380"
+	// localcloudAdminPort is localcloud's /admin and /metrics listener, on
+	// the cloud namespace's loopback only: not reachable from a pod or node.
+	localcloudAdminPort = 4567
+	etcdClientURL       = "http://127.0.0.1:2379"
+	etcdPeerURL         = "http://127.0.0.1:2380"
 )
 
 // TopologyFile is the name of the topology inside the state dir.
@@ -51,6 +54,7 @@ func Plan(cfg Config) *Topology {
 	}
 	if cfg.Localcloud {
 		t.LocalcloudURL = fmt.Sprintf("http://%s:%d", CloudAddr, localcloudPort)
+		t.LocalcloudAdminURL = fmt.Sprintf("http://127.0.0.1:%d", localcloudAdminPort)
 	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		name := fmt.Sprintf("node-%d", i)

@@ -52,6 +52,11 @@ type Topology struct {
 	// LocalcloudURL is localcloud's API endpoint, empty when 'up' did not
 	// start localcloud.
 	LocalcloudURL string `json:"localcloudURL,omitempty"`
+	// LocalcloudAdminURL is localcloud's /admin (fault injection, ENI
+	// ownership, state) and /metrics, on the loopback of CloudNetNS: reach
+	// it from inside that namespace (nsenter --net=/run/netns/dlb-cloud).
+	// Pods and nodes cannot: /admin on LocalcloudURL is 404.
+	LocalcloudAdminURL string `json:"localcloudAdminURL,omitempty"`
 }
 
 // Node is one test-bed node: a network namespace with two ENIs on the VPC

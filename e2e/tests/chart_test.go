@@ -92,7 +92,8 @@ func chLocalcloud(t *testing.T, b *Bed) string {
 	defer logf.Close()
 	cmd := exec.Command("nsenter", "--net="+namedns.Path(b.Topology.CloudNetNS), "--", bin,
 		"--listen="+addr, "--state-dir=", "--lb-cidr="+chLBCIDR,
-		"--access-key-id="+chAccessKey, "--secret-access-key="+chSecretKey)
+		"--access-key-id="+chAccessKey, "--secret-access-key="+chSecretKey,
+		"--admin-listen=127.0.0.1:0") // its /admin on the cloud namespace's loopback, out of the pods' reach
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// In the cloud's cgroup (before entering its namespace), so 'down'
 	// would kill it with the rest.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -100,6 +101,43 @@ func TestAPIServerFromNode(t *testing.T) {
 	})
 	if err != nil {
 		t.Errorf("connect to %s from %s: %v", addr, n.NetNS, err)
+	}
+}
+
+// localcloud's /admin (fault injection, ENI ownership) answers only inside
+// the cloud's namespace: from a node (where hostNetwork pods live, and on
+// the VPC like every pod) the API answers and /admin is not there, nor is
+// the admin listener.
+func TestLocalcloudAdminNotOnTheVPC(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	get := func(ns, url string) (int, error) {
+		var code int
+		err := namedns.Do(ns, func() error {
+			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := c.Get(url)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			code = resp.StatusCode
+			return nil
+		})
+		return code, err
+	}
+	node := b.Topology.Nodes[0].NetNS
+	// The API answers (with its own error for an unsigned GET): no admin
+	// endpoint behind that path.
+	if code, err := get(node, b.Topology.LocalcloudURL+"/admin/state"); err != nil || code == http.StatusOK {
+		t.Errorf("GET /admin/state on the API endpoint from %s: %d %v, want the API's error", node, code, err)
+	}
+	if _, err := get(node, b.Topology.LocalcloudAdminURL+"/admin/state"); err == nil {
+		t.Errorf("%s answered from %s: the admin listener is not on the cloud namespace's loopback only", b.Topology.LocalcloudAdminURL, node)
+	}
+	if code, err := get(b.Topology.CloudNetNS, b.Topology.LocalcloudAdminURL+"/admin/state"); err != nil || code != http.StatusOK {
+		t.Errorf("GET /admin/state inside %s: %d %v, want 200", b.Topology.CloudNetNS, code, err)
 	}
 }
 
