@@ -134,7 +134,13 @@ func newNamespace(t *testing.T) (client.Client, string) {
 // (it also runs at cleanup).
 func runManager(t *testing.T, ns string, lbs cloud.LoadBalancers, cfg Config) (*Controllers, func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	return runManagerOn(t, restConfig, ns, lbs, cfg)
+}
+
+// runManagerOn is runManager against the apiserver of rc.
+func runManagerOn(t *testing.T, rc *rest.Config, ns string, lbs cloud.LoadBalancers, cfg Config) (*Controllers, func()) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",

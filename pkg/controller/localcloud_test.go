@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/cloud"
@@ -177,5 +181,116 @@ func TestLocalcloudFaultsAndRestart(t *testing.T) {
 		}
 		return left == 0 && len(lbs) == 0 && len(tgs) == 0,
 			fmt.Sprintf("%d Services, %d load balancers, %d target groups left", left, len(lbs), len(tgs))
+	})
+}
+
+// TestTwoClustersShareAnAccount: two clusters (two apiservers) with
+// different cluster names, one cloud account (one localcloud), and in each a
+// Service of the same namespace and name. Each controller makes and fills
+// only its own load balancer; deleting one cluster's Service leaves the
+// other's resources and targets as they were.
+func TestTwoClustersShareAnAccount(t *testing.T) {
+	c1, ns := newNamespace(t)
+	ctx := context.Background()
+	assets, why := testenv.EnvtestAssets("dlbt-controller-second-")
+	if why != "" {
+		t.Skip("a second apiserver needs the envtest binaries: " + why)
+	}
+	t.Cleanup(func() { os.RemoveAll(assets) })
+	env2 := &envtest.Environment{BinaryAssetsDirectory: assets}
+	rc2, err := env2.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env2.Stop() })
+	c2, err := client.New(rc2, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := startLocalcloud(t, nil)
+	check := sdkClient(t, srv, 10)
+	clusters := []struct {
+		name string
+		h    *harness
+		rc   *rest.Config
+		ip   string
+		stop func()
+	}{
+		{name: "alpha-" + ns, h: &harness{t: t, ns: ns, c: c1}, rc: restConfig, ip: "10.1.0.1"},
+		{name: "beta-" + ns, h: &harness{t: t, ns: ns, c: c2}, rc: rc2, ip: "10.2.0.1"},
+	}
+	for i := range clusters {
+		cl := &clusters[i]
+		cfg := testConfig(t, func(c *Config) { c.ClusterName = cl.name })
+		_, cl.stop = runManagerOn(t, cl.rc, ns, sdkClient(t, srv, 10), cfg)
+		cl.h.service("web", nil)
+		cl.h.slice("web", epOf(cl.ip, true, false, ""))
+	}
+	// owned returns a cluster's load balancers and the targets of its groups.
+	owned := func(cluster string) ([]string, []string, error) {
+		owner := cloud.Tags{cloud.TagCluster: cluster}
+		lbs, err := check.ListLoadBalancers(ctx, owner)
+		if err != nil {
+			return nil, nil, err
+		}
+		tgs, err := check.ListTargetGroups(ctx, owner)
+		if err != nil {
+			return nil, nil, err
+		}
+		var names, targets []string
+		for _, lb := range lbs {
+			names = append(names, lb.Name+" "+lb.Tags[cloud.TagService])
+		}
+		for _, tg := range tgs {
+			th, err := check.DescribeTargetHealth(ctx, tg.ARN)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, x := range th {
+				targets = append(targets, x.Target.String())
+			}
+		}
+		return names, targets, nil
+	}
+	for _, cl := range clusters {
+		waitFor(t, 60*time.Second, cl.name+": its Service converged with its own target", func() (bool, string) {
+			lbs, targets, err := owned(cl.name)
+			ok := err == nil && len(lbs) == 1 && cmp.Equal(targets, []string{cl.ip + ":8080"}) &&
+				len(cl.h.get("web").Status.LoadBalancer.Ingress) == 1
+			return ok, fmt.Sprintf("load balancers %v, targets %v, err %v", lbs, targets, err)
+		})
+	}
+	a, b := clusters[0], clusters[1]
+	if aIP, bIP := a.h.get("web").Status.LoadBalancer.Ingress[0].IP, b.h.get("web").Status.LoadBalancer.Ingress[0].IP; aIP == bIP {
+		t.Errorf("both clusters' Services got the load balancer address %s", aIP)
+	}
+	bLBs, bTargets, err := owned(b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := a.h.c.Delete(ctx, a.h.get("web")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, a.name+": its resources gone", func() (bool, string) {
+		lbs, targets, err := owned(a.name)
+		return err == nil && len(lbs) == 0 && len(targets) == 0, fmt.Sprintf("%v %v %v", lbs, targets, err)
+	})
+	time.Sleep(2 * time.Second) // a few more passes of both controllers
+	lbs, targets, err := owned(b.name)
+	if err != nil || !cmp.Equal(lbs, bLBs) || !cmp.Equal(targets, bTargets) {
+		t.Errorf("%s after %s deleted its Service: load balancers %v targets %v (%v); want %v %v unchanged",
+			b.name, a.name, lbs, targets, err, bLBs, bTargets)
+	}
+	if err := b.h.c.Delete(ctx, b.h.get("web")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, b.name+": its resources gone", func() (bool, string) {
+		lbs, targets, err := owned(b.name)
+		return err == nil && len(lbs) == 0 && len(targets) == 0, fmt.Sprintf("%v %v %v", lbs, targets, err)
 	})
 }
