@@ -50,7 +50,10 @@ type TargetReconciler struct {
 }
 
 type cachedTargets struct {
-	targets   map[cloud.Target]bool
+	targets map[cloud.Target]bool
+	// healthy: the registered targets the cloud reported healthy at the
+	// last read.
+	healthy   map[cloud.Target]bool
 	refreshAt time.Time
 }
 
@@ -227,10 +230,16 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 			add = append(add, t)
 		}
 	}
+	moving := false
 	for t := range have.targets {
-		if !want[t] {
-			remove = append(remove, t)
+		if want[t] {
+			continue
 		}
+		if replacementWarming(t, want, have) {
+			moving = true // keeps serving until its new port is healthy
+			continue
+		}
+		remove = append(remove, t)
 	}
 	sortTargets(add)
 	sortTargets(remove)
@@ -253,7 +262,27 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if moving {
+		// Read the cloud again after about one health check.
+		check := time.Duration(max(tg.Spec.HealthCheck.IntervalSeconds, 1)) * time.Second
+		if v := time.Now().Add(check); v.Before(have.refreshAt) {
+			have.refreshAt = v
+		}
+	}
 	return time.Until(have.refreshAt), nil
+}
+
+// replacementWarming reports whether old, a registered target that is no
+// longer wanted, is the same pod as a wanted target on another port that
+// is not healthy yet (a targetPort change): old then stays registered, so
+// the pod keeps taking traffic while the load balancer checks the new port.
+func replacementWarming(old cloud.Target, want map[cloud.Target]bool, have *cachedTargets) bool {
+	for w := range want {
+		if w.IP == old.IP && w.Port != old.Port && !have.healthy[w] {
+			return true
+		}
+	}
+	return false
 }
 
 // registered returns the cached target list of a target group, reading it
@@ -271,10 +300,13 @@ func (r *TargetReconciler) registered(ctx context.Context, arn string) (*cachedT
 	if err != nil {
 		return nil, fmt.Errorf("describe target health %s: %w", arn, err)
 	}
-	c = &cachedTargets{targets: map[cloud.Target]bool{}, refreshAt: time.Now().Add(r.RefreshPeriod)}
+	c = &cachedTargets{targets: map[cloud.Target]bool{}, healthy: map[cloud.Target]bool{}, refreshAt: time.Now().Add(r.RefreshPeriod)}
 	for _, h := range health {
 		if h.State != cloud.TargetDraining {
 			c.targets[h.Target] = true
+		}
+		if h.State == cloud.TargetHealthy {
+			c.healthy[h.Target] = true
 		}
 	}
 	r.mu.Lock()

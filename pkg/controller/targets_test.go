@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -120,5 +121,86 @@ func TestWaitsOnlyForDirectlbGates(t *testing.T) {
 		if got := readyButForDirectlbGates(p); got != wantEligible {
 			t.Errorf("%s: readyButForDirectlbGates = %v, want %v", tt.name, got, wantEligible)
 		}
+	}
+}
+
+// healthyPort reports the targets on one port healthy, the rest initial.
+type healthyPort struct {
+	*fake.Cloud
+	port int32
+}
+
+func (h healthyPort) DescribeTargetHealth(ctx context.Context, arn string) ([]cloud.TargetHealth, error) {
+	th, err := h.Cloud.DescribeTargetHealth(ctx, arn)
+	for i := range th {
+		th[i].State = cloud.TargetInitial
+		if th[i].Target.Port == h.port {
+			th[i].State = cloud.TargetHealthy
+		}
+	}
+	return th, err
+}
+
+// TestSyncTargetPortChange: when a Service's targetPort changes, each pod's
+// target on the old port stays registered until its target on the new port
+// is healthy, so the pod never leaves the load balancer; then the old one
+// is deregistered.
+func TestSyncTargetPortChange(t *testing.T) {
+	ctx := context.Background()
+	fc := fake.New()
+	created, err := fc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg", Protocol: cloud.ProtocolTCP, Port: 8080,
+		HealthCheck: cloud.HealthCheck{IntervalSeconds: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := deploy.TargetGroup{ARN: created.ARN, TargetGroup: service.TargetGroup{
+		Spec:  created.TargetGroupSpec,
+		Ports: []service.Port{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("http")}},
+	}}
+	hc := healthyPort{Cloud: fc, port: 8080}
+	r := &TargetReconciler{Cloud: hc, RefreshPeriod: time.Hour}
+	registered := func() []string {
+		th, err := fc.DescribeTargetHealth(ctx, tg.ARN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, x := range th {
+			out = append(out, x.Target.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if _, err := r.sync(ctx, tg, eps(2, 8080)); err != nil {
+		t.Fatal(err)
+	}
+	// targetPort 8080 → 9090: the new targets are registered, the old stay.
+	wait, err := r.sync(ctx, tg, eps(2, 9090))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"10.0.0.0:8080", "10.0.0.0:9090", "10.0.0.1:8080", "10.0.0.1:9090"}
+	if diff := cmp.Diff(all, registered()); diff != "" {
+		t.Fatalf("while the new port warms up (-want +got):\n%s", diff)
+	}
+	if wait > 2*time.Second {
+		t.Errorf("next pass in %s, want about one health check (1s)", wait)
+	}
+	// Still initial on the new port after a re-read: nothing leaves.
+	time.Sleep(wait + 50*time.Millisecond)
+	if _, err := r.sync(ctx, tg, eps(2, 9090)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(all, registered()); diff != "" {
+		t.Fatalf("new port not healthy yet (-want +got):\n%s", diff)
+	}
+	// Healthy on the new port: the old targets go.
+	r.Cloud = healthyPort{Cloud: fc, port: 9090}
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := r.sync(ctx, tg, eps(2, 9090)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"10.0.0.0:9090", "10.0.0.1:9090"}, registered()); diff != "" {
+		t.Fatalf("after the new port turned healthy (-want +got):\n%s", diff)
 	}
 }

@@ -91,15 +91,19 @@ func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Resul
 	if err != nil {
 		return res, fmt.Errorf("list target groups: %w", err)
 	}
-	byName := map[string]cloud.TargetGroup{}
-	for _, tg := range existing {
-		byName[tg.Name] = tg
-	}
+	kept := map[string]bool{} // ARNs of the existing groups that stay
 	for _, w := range want.TargetGroups {
-		arn, err := d.ensureTargetGroup(ctx, w.Spec, byName, &res)
+		if tg, ok := reusable(existing, w.Spec, kept); ok {
+			// Same port and protocol, another target port: the group
+			// stays (each target carries its own port), so a targetPort
+			// change never empties the listener's group.
+			w.Spec.Name, w.Spec.Port = tg.Name, tg.Port
+		}
+		arn, err := d.ensureTargetGroup(ctx, w.Spec, existing, &res)
 		if err != nil {
 			return res, err
 		}
+		kept[arn] = true
 		res.TargetGroups = append(res.TargetGroups, TargetGroup{TargetGroup: w, ARN: arn})
 	}
 
@@ -109,7 +113,7 @@ func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Resul
 
 	// Stale target groups no listener points at any more: drain, then delete.
 	for _, tg := range existing {
-		if slices.ContainsFunc(want.TargetGroups, func(w service.TargetGroup) bool { return w.Spec.Name == tg.Name }) {
+		if kept[tg.ARN] {
 			continue
 		}
 		if err := d.retire(ctx, tg, &res); err != nil {
@@ -184,8 +188,27 @@ func (d *Deployer) ensureLoadBalancer(ctx context.Context, spec cloud.LoadBalanc
 		"create load balancer %s: the name is in use by a load balancer without this Service's ownership tags: %w", spec.Name, err)}
 }
 
-func (d *Deployer) ensureTargetGroup(ctx context.Context, spec cloud.TargetGroupSpec, byName map[string]cloud.TargetGroup, res *Result) (string, error) {
-	if tg, ok := byName[spec.Name]; ok {
+// reusable finds the existing group that serves spec: the one of its name,
+// else one for the same Service port and protocol in the same VPC that only
+// its target port (part of the name) sets apart. ("" asks for the cloud's
+// default VPC, which the group reports by its ID.)
+func reusable(existing []cloud.TargetGroup, spec cloud.TargetGroupSpec, kept map[string]bool) (cloud.TargetGroup, bool) {
+	for _, tg := range existing {
+		if tg.Name == spec.Name {
+			return tg, true
+		}
+	}
+	for _, tg := range existing {
+		if !kept[tg.ARN] && tg.Tags[cloud.TagPort] == spec.Tags[cloud.TagPort] && tg.Protocol == spec.Protocol && (spec.VPCID == "" || tg.VPCID == spec.VPCID) {
+			return tg, true
+		}
+	}
+	return cloud.TargetGroup{}, false
+}
+
+func (d *Deployer) ensureTargetGroup(ctx context.Context, spec cloud.TargetGroupSpec, existing []cloud.TargetGroup, res *Result) (string, error) {
+	if i := slices.IndexFunc(existing, func(tg cloud.TargetGroup) bool { return tg.Name == spec.Name }); i >= 0 {
+		tg := existing[i]
 		if tg.HealthCheck != spec.HealthCheck || tg.DeregistrationDelaySeconds != spec.DeregistrationDelaySeconds {
 			if err := d.Cloud.ModifyTargetGroup(ctx, tg.ARN, spec.HealthCheck, spec.DeregistrationDelaySeconds); err != nil {
 				return "", fmt.Errorf("modify target group %s: %w", spec.Name, err)
