@@ -23,41 +23,10 @@ import (
 	"github.com/directlb/directlb/pkg/localcloud/store"
 )
 
-// TargetHealthSource reports a registered target's health.
-type TargetHealthSource interface {
-	// TargetHealth returns the state, reason and description of target t
-	// of target group tg.
-	TargetHealth(tg store.TargetGroupWithLBs, t store.Target) (state, reason, description string)
-}
-
-// StaticHealth is the health source when no health checks run (API-only
-// mode): registered targets of a group in use are healthy.
-type StaticHealth struct{}
-
-// TargetHealth implements TargetHealthSource.
-func (StaticHealth) TargetHealth(tg store.TargetGroupWithLBs, t store.Target) (string, string, string) {
-	if s, r, d, ok := BaseState(tg, t); ok {
-		return s, r, d
-	}
-	return "healthy", "", ""
-}
-
-// BaseState returns the state every health source shares: draining for a
-// deregistered target, unused for a group no load balancer uses.
-func BaseState(tg store.TargetGroupWithLBs, t store.Target) (state, reason, description string, ok bool) {
-	if t.Draining() {
-		return "draining", "Target.DeregistrationInProgress", "Target deregistration is in progress", true
-	}
-	if len(tg.LoadBalancerARNs) == 0 {
-		return "unused", "Target.NotInUse", "Target group is not configured to receive traffic from the load balancer", true
-	}
-	return "", "", "", false
-}
-
 // Config configures the API handler.
 type Config struct {
 	Store       *store.Store
-	Health      TargetHealthSource
+	Health      store.TargetHealthSource
 	Faults      *faults.Injector
 	Credentials sigv4.Credentials
 	// MaxPageSize is the page size when a request gives none (AWS: 400).
@@ -77,7 +46,7 @@ type Handler struct {
 // New returns the API handler.
 func New(cfg Config) (*Handler, error) {
 	if cfg.Health == nil {
-		cfg.Health = StaticHealth{}
+		cfg.Health = store.StaticHealth{}
 	}
 	if cfg.Faults == nil {
 		cfg.Faults = faults.New(faults.Spec{})
