@@ -69,6 +69,32 @@ func fromSDKLoadBalancer(lb types.LoadBalancer) cloud.LoadBalancer {
 	return out
 }
 
+// withTags reads the tags of resources (DescribeTags) and returns those
+// whose tags include want, with their tags filled in; of says where a
+// resource's ARN and tags are. Resources that vanished meanwhile are left
+// out.
+func withTags[T any](ctx context.Context, c *Client, resources []T, want cloud.Tags, of func(*T) (arn string, tags *cloud.Tags)) ([]T, error) {
+	arns := make([]string, len(resources))
+	for i := range resources {
+		arns[i], _ = of(&resources[i])
+	}
+	tagsByARN, err := c.tagsOf(ctx, arns)
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for _, r := range resources {
+		arn, tags := of(&r)
+		t, ok := tagsByARN[arn]
+		if !ok || !t.Matches(want) {
+			continue
+		}
+		*tags = t
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // tagsOf returns the tags of arns, in batches of 20. Resources that vanish
 // between listing and describing are left out.
 func (c *Client) tagsOf(ctx context.Context, arns []string) (map[string]cloud.Tags, error) {
@@ -146,22 +172,9 @@ func (c *Client) ListLoadBalancers(ctx context.Context, tags cloud.Tags) ([]clou
 			all = append(all, fromSDKLoadBalancer(lb))
 		}
 	}
-	arns := make([]string, len(all))
-	for i, lb := range all {
-		arns[i] = lb.ARN
-	}
-	tagsByARN, err := c.tagsOf(ctx, arns)
+	out, err := withTags(ctx, c, all, tags, func(lb *cloud.LoadBalancer) (string, *cloud.Tags) { return lb.ARN, &lb.Tags })
 	if err != nil {
 		return nil, fmt.Errorf("list load balancers: %w", err)
-	}
-	var out []cloud.LoadBalancer
-	for _, lb := range all {
-		t, ok := tagsByARN[lb.ARN]
-		if !ok || !t.Matches(tags) {
-			continue
-		}
-		lb.Tags = t
-		out = append(out, lb)
 	}
 	return out, nil
 }
@@ -291,21 +304,12 @@ func (c *Client) ListTargetGroups(ctx context.Context, tags cloud.Tags) ([]cloud
 			all = append(all, fromSDKTargetGroup(tg))
 		}
 	}
-	arns := make([]string, len(all))
-	for i, tg := range all {
-		arns[i] = tg.ARN
-	}
-	tagsByARN, err := c.tagsOf(ctx, arns)
+	matching, err := withTags(ctx, c, all, tags, func(tg *cloud.TargetGroup) (string, *cloud.Tags) { return tg.ARN, &tg.Tags })
 	if err != nil {
 		return nil, fmt.Errorf("list target groups: %w", err)
 	}
 	var out []cloud.TargetGroup
-	for _, tg := range all {
-		t, ok := tagsByARN[tg.ARN]
-		if !ok || !t.Matches(tags) {
-			continue
-		}
-		tg.Tags = t
+	for _, tg := range matching {
 		res, err := c.ELB.DescribeTargetGroupAttributes(ctx, &elb.DescribeTargetGroupAttributesInput{TargetGroupArn: awssdk.String(tg.ARN)})
 		if err = mapError("DescribeTargetGroupAttributes", err); errors.Is(err, cloud.ErrNotFound) {
 			continue
