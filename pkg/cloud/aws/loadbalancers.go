@@ -15,8 +15,6 @@ import (
 )
 
 const (
-	// maxTargetsPerCall is the batch size of RegisterTargets/DeregisterTargets.
-	maxTargetsPerCall = 200
 	// maxARNsPerDescribeTags is DescribeTags' limit.
 	maxARNsPerDescribeTags  = 20
 	attrDeregistrationDelay = "deregistration_delay.timeout_seconds"
@@ -467,10 +465,10 @@ func toSDKTargets(ts []cloud.Target) []types.TargetDescription {
 	return out
 }
 
-// RegisterTargets implements cloud.LoadBalancers, in batches of 200.
+// RegisterTargets implements cloud.LoadBalancers, in requests of at most
+// cloud.MaxTargetsPerCall targets.
 func (c *Client) RegisterTargets(ctx context.Context, targetGroupARN string, targets []cloud.Target) error {
-	for start := 0; start < len(targets); start += maxTargetsPerCall {
-		batch := targets[start:min(start+maxTargetsPerCall, len(targets))]
+	return cloud.InBatches(targets, cloud.MaxTargetsPerCall, func(batch []cloud.Target) error {
 		_, err := c.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{
 			TargetGroupArn: awssdk.String(targetGroupARN),
 			Targets:        toSDKTargets(batch),
@@ -478,26 +476,34 @@ func (c *Client) RegisterTargets(ctx context.Context, targetGroupARN string, tar
 		if err != nil {
 			return fmt.Errorf("register targets %s: %w", targetGroupARN, mapError("RegisterTargets", err))
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
-// DeregisterTargets implements cloud.LoadBalancers, in batches of 200. A
-// target group that does not exist has no targets: that is success.
+// errGroupGone stops DeregisterTargets' batches: the group is gone, and
+// with it its targets.
+var errGroupGone = errors.New("target group gone")
+
+// DeregisterTargets implements cloud.LoadBalancers, in requests of at most
+// cloud.MaxTargetsPerCall targets. A target group that does not exist has
+// no targets: that is success.
 func (c *Client) DeregisterTargets(ctx context.Context, targetGroupARN string, targets []cloud.Target) error {
-	for start := 0; start < len(targets); start += maxTargetsPerCall {
-		batch := targets[start:min(start+maxTargetsPerCall, len(targets))]
+	err := cloud.InBatches(targets, cloud.MaxTargetsPerCall, func(batch []cloud.Target) error {
 		_, err := c.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{
 			TargetGroupArn: awssdk.String(targetGroupARN),
 			Targets:        toSDKTargets(batch),
 		})
 		if err = mapError("DeregisterTargets", err); errors.Is(err, cloud.ErrNotFound) {
-			return nil
+			return errGroupGone
 		} else if err != nil {
 			return fmt.Errorf("deregister targets %s: %w", targetGroupARN, err)
 		}
+		return nil
+	})
+	if errors.Is(err, errGroupGone) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // DescribeTargetHealth implements cloud.LoadBalancers.
