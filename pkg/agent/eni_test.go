@@ -97,18 +97,8 @@ func TestENIRoutingPrivileged(t *testing.T) {
 		Client: client, NodeName: "node-1", Router: r, Resync: time.Hour, Logger: zaptest.NewLogger(t),
 		Owners: func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) },
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- er.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := eni.Cleanup(h); err != nil {
-			t.Errorf("Cleanup: %v", err)
-		}
-	}()
+	ctx := t.Context()
+	defer runENIRouting(t, er, h)()
 
 	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101"})
 
@@ -213,18 +203,7 @@ func TestENIRoutingFromEC2Privileged(t *testing.T) {
 	}
 	client := fake.NewClientset(pod("a", "10.100.1.130", nil), pod("b", "10.100.1.64", nil), pod("not-in-ec2", "10.100.1.140", nil))
 	er := &ENIRouting{Client: client, NodeName: "node-1", Router: r, Resync: 100 * time.Millisecond, Logger: zaptest.NewLogger(t), Owners: src.Owners}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- er.Run(rctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := eni.Cleanup(h); err != nil {
-			t.Errorf("Cleanup: %v", err)
-		}
-	}()
+	defer runENIRouting(t, er, h)()
 	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.64/32 lookup 100"})
 
 	// The cloud moves 10.100.1.130 to the primary ENI: the next resync
@@ -261,6 +240,24 @@ func addNode1Links(t *testing.T, h *netlink.Handle) {
 		l, _ := h.LinkByName(dev)
 		if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 100, 1, byte(10+i)), Mask: net.CIDRMask(16, 32)}}); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// runENIRouting runs er until the returned stop is called; stop checks
+// Run's error and cleans h's ENI routing up.
+func runENIRouting(t *testing.T, er *ENIRouting, h *netlink.Handle) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- er.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := eni.Cleanup(h); err != nil {
+			t.Errorf("Cleanup: %v", err)
 		}
 	}
 }
