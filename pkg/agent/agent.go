@@ -193,25 +193,19 @@ func newENIRouting(ctx context.Context, cfg Config, client kubernetes.Interface,
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle: %w", err)
 	}
-	links, defGw, err := eni.Links(h)
-	if err != nil {
-		return nil, err
+	rc := eni.ResolveConfig{Source: cfg.ENISource, Node: eni.Namespace{Handle: h}, Devices: cfg.ENIDevices, Gateway: gw, Logger: log}
+	if cfg.ENISource != eni.SourceLinks {
+		rc.Cloud, rc.NoCloudReason = newEC2(ctx, cfg, reg)
+		rc.InstanceID, rc.NoInstanceReason = instanceID(ctx, cfg, client, node)
 	}
-	sc := ENISourceConfig{Source: cfg.ENISource, Links: links, DefaultGateway: defGw, Devices: cfg.ENIDevices, Gateway: gw, Logger: log}
-	if cfg.ENISource != ENISourceLinks {
-		sc.Cloud, sc.NoCloudReason = newEC2(ctx, cfg, reg)
-		sc.InstanceID, sc.NoInstanceReason = instanceID(ctx, cfg, client, node)
-	}
-	src, err := ResolveENIs(ctx, sc, func(enis []eni.ENI) func() (map[netip.Addr]string, error) {
-		return func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) }
-	})
+	src, err := eni.Resolve(ctx, rc)
 	if err != nil {
 		return nil, err
 	}
 	if src.Reason != "" {
 		log.Warn("ENIs from links, not EC2", zap.String("eniSource", src.Source), zap.String("reason", src.Reason))
 	} else {
-		log.Info("ENI source", zap.String("eniSource", src.Source), zap.String("instance", sc.InstanceID))
+		log.Info("ENI source", zap.String("eniSource", src.Source), zap.String("instance", rc.InstanceID))
 	}
 	for _, e := range src.ENIs {
 		log.Info("ENI", zap.String("device", e.Device), zap.Int("index", e.Index), zap.Int("table", e.Table()),

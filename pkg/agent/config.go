@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
+
+	"github.com/directlb/directlb/pkg/eni"
 )
 
 // Config is the node agent's configuration; every field is a flag.
@@ -48,7 +50,7 @@ type Config struct {
 	// ENIResync re-reads pods and ENI ownership this often.
 	ENIResync time.Duration
 	// ENISource is where the ENIs and their addresses come from:
-	// ENISourceAuto, ENISourceEC2 or ENISourceLinks.
+	// eni.SourceAuto, eni.SourceEC2 or eni.SourceLinks.
 	ENISource string
 	// ENIInstanceID is this node's instance ID for EC2; empty: the last
 	// segment of the Node's spec.providerID.
@@ -60,17 +62,6 @@ type Config struct {
 	AWSMaxAttempts int
 	AWSMaxBackoff  time.Duration
 }
-
-// ENI sources.
-const (
-	// ENISourceAuto uses EC2 when a cloud is configured (--aws-endpoint or
-	// a region) and answers with ENIs that match local links, else links.
-	ENISourceAuto = "auto"
-	// ENISourceEC2 uses EC2 and fails when it cannot.
-	ENISourceEC2 = "ec2"
-	// ENISourceLinks uses the eth<N> links and proxy neighbour entries.
-	ENISourceLinks = "links"
-)
 
 // DefaultCgroupRoot is the cgroup v2 mount: /sys/fs/cgroup on a unified
 // host, /sys/fs/cgroup/unified on a hybrid one.
@@ -101,7 +92,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.ENIDevices, "eni-devices", nil, "ENI devices for --eni-routing (comma-separated); empty: every eth<N> link with an IPv4 address, N being the device index.")
 	fs.StringVar(&c.ENIGateway, "eni-gateway", "", "Subnet gateway for --eni-routing; empty: the default route's gateway when it is in the ENI's subnet, else the subnet's first address.")
 	fs.DurationVar(&c.ENIResync, "eni-resync", 10*time.Second, "How often --eni-routing re-reads pods and proxy neighbours without an event.")
-	fs.StringVar(&c.ENISource, "eni-source", ENISourceAuto, "Where --eni-routing learns the ENIs and which pod address each owns: ec2 (DescribeNetworkInterfaces of this instance, ENIs mapped to links by MAC), links (eth<N> links and proxy neighbour entries), or auto (ec2 when --aws-endpoint or a region is set and it answers with ENIs of local links, else links, with the reason logged).")
+	fs.StringVar(&c.ENISource, "eni-source", eni.SourceAuto, "Where --eni-routing learns the ENIs and which pod address each owns: ec2 (DescribeNetworkInterfaces of this instance, ENIs mapped to links by MAC), links (eth<N> links and proxy neighbour entries), or auto (ec2 when --aws-endpoint or a region is set and it answers with ENIs of local links, else links, with the reason logged).")
 	fs.StringVar(&c.ENIInstanceID, "eni-instance-id", "", "This node's EC2 instance ID for --eni-source ec2/auto; empty: the last segment of the Node's spec.providerID (aws:///zone/i-..., or the node name in the test bed).")
 	fs.StringVar(&c.AWSRegion, "aws-region", "", "AWS region of the EC2 API; empty: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1 when --aws-endpoint is set.")
 	fs.StringVar(&c.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty uses AWS. Credentials come from the SDK's default chain ($AWS_ACCESS_KEY_ID, ...).")
@@ -159,7 +150,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--eni-resync %v: must be positive", c.ENIResync)
 	}
 	switch c.ENISource {
-	case ENISourceAuto, ENISourceEC2, ENISourceLinks:
+	case eni.SourceAuto, eni.SourceEC2, eni.SourceLinks:
 	default:
 		return fmt.Errorf("--eni-source %q: want auto, ec2 or links", c.ENISource)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -120,4 +121,14 @@ func LocalPods(pods []*corev1.Pod, owners map[netip.Addr]string) []eni.Pod {
 		out = append(out, eni.Pod{Name: p.Namespace + "/" + p.Name, IP: ip, ENI: owners[ip]})
 	}
 	return out
+}
+
+// InstanceIDFromProviderID is the last segment of a Node's spec.providerID
+// (aws:///us-east-1a/i-0abc → i-0abc; directlb-testbed:///node-1 → node-1).
+func InstanceIDFromProviderID(providerID string) string {
+	if providerID == "" {
+		return ""
+	}
+	i := strings.LastIndex(providerID, "/")
+	return providerID[i+1:]
 }

@@ -19,7 +19,14 @@ import (
 
 	"github.com/directlb/directlb/internal/netnstest"
 	"github.com/directlb/directlb/pkg/eni"
+	"github.com/directlb/directlb/pkg/localcloud/localcloudtest"
 )
+
+var addrCmp = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+var prefixCmp = cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })
+
+func a(s string) netip.Addr   { return netip.MustParseAddr(s) }
+func p(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func pod(name, ip string, mod func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
@@ -90,18 +97,8 @@ func TestENIRoutingPrivileged(t *testing.T) {
 		Client: client, NodeName: "node-1", Router: r, Resync: time.Hour, Logger: zaptest.NewLogger(t),
 		Owners: func() (map[netip.Addr]string, error) { return eni.ProxyOwners(h, enis) },
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- er.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := eni.Cleanup(h); err != nil {
-			t.Errorf("Cleanup: %v", err)
-		}
-	}()
+	ctx := t.Context()
+	defer runENIRouting(t, er, h)()
 
 	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101"})
 
@@ -151,5 +148,116 @@ func waitFromRules(t *testing.T, h *netlink.Handle, want []string) {
 			t.Fatalf("rules %v, want %v", got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestInstanceIDFromProviderID(t *testing.T) {
+	for in, want := range map[string]string{
+		"aws:///us-east-1a/i-0123456789abcdef0": "i-0123456789abcdef0",
+		"directlb-testbed:///node-1":            "node-1",
+		"":                                      "",
+		"plain":                                 "plain",
+	} {
+		if got := InstanceIDFromProviderID(in); got != want {
+			t.Errorf("InstanceIDFromProviderID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestENIRoutingFromEC2Privileged maps localcloud's ENIs to the links of
+// a namespace of its own by MAC, and routes pods by the addresses EC2
+// says each ENI holds: moving an address between ENIs in the cloud moves
+// the pod's rule.
+func TestENIRoutingFromEC2Privileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	ctx := context.Background()
+	_, ec2 := localcloudtest.ENICloud(t)
+	h := newTestNetns(t, "dlbt-agent-ec2")
+	addNode1Links(t, h)
+	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-1", []netip.Addr{a("10.100.1.130")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-0", []netip.Addr{a("10.100.1.64")}, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	src, err := eni.Resolve(ctx, eni.ResolveConfig{Source: eni.SourceAuto, Cloud: ec2, InstanceID: "node-1", Node: eni.Namespace{Handle: h}, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Source != eni.SourceEC2 {
+		t.Fatalf("source %q (%s), want ec2", src.Source, src.Reason)
+	}
+	wantENIs := []eni.ENI{
+		{Index: 0, Device: "eth0", Address: p("10.100.1.10/16"), Gateway: a("10.100.0.1")},
+		{Index: 1, Device: "eth1", Address: p("10.100.1.11/16"), Gateway: a("10.100.0.1")},
+	}
+	if diff := cmp.Diff(wantENIs, src.ENIs, addrCmp, prefixCmp); diff != "" {
+		t.Fatalf("ENIs from EC2 and links (-want +got):\n%s", diff)
+	}
+	r, err := eni.New(eni.Config{Handle: h, ENIs: src.ENIs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(pod("a", "10.100.1.130", nil), pod("b", "10.100.1.64", nil), pod("not-in-ec2", "10.100.1.140", nil))
+	er := &ENIRouting{Client: client, NodeName: "node-1", Router: r, Resync: 100 * time.Millisecond, Logger: zaptest.NewLogger(t), Owners: src.Owners}
+	defer runENIRouting(t, er, h)()
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 101", "from 10.100.1.64/32 lookup 100"})
+
+	// The cloud moves 10.100.1.130 to the primary ENI: the next resync
+	// follows.
+	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-0", []netip.Addr{a("10.100.1.140")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := ec2.UnassignPrivateIPs(ctx, "eni-node1-1", []netip.Addr{a("10.100.1.130")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-0", []netip.Addr{a("10.100.1.130")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFromRules(t, h, []string{"from 10.100.1.130/32 lookup 100", "from 10.100.1.140/32 lookup 100", "from 10.100.1.64/32 lookup 100"})
+}
+
+// addNode1Links adds localcloudtest.ENICloud's node-1 ENIs to h's
+// namespace: eth0 and eth1 (veths, up) with the ENIs' MACs and primary
+// addresses.
+func addNode1Links(t *testing.T, h *netlink.Handle) {
+	t.Helper()
+	for i, mac := range []string{"02:d1:00:00:01:00", "02:d1:00:00:01:01"} {
+		hw, _ := net.ParseMAC(mac)
+		dev := fmt.Sprintf("eth%d", i)
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev, HardwareAddr: hw}, PeerName: fmt.Sprintf("peer%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{dev, fmt.Sprintf("peer%d", i)} {
+			l, _ := h.LinkByName(d)
+			if err := h.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l, _ := h.LinkByName(dev)
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 100, 1, byte(10+i)), Mask: net.CIDRMask(16, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// runENIRouting runs er until the returned stop is called; stop checks
+// Run's error and cleans h's ENI routing up.
+func runENIRouting(t *testing.T, er *ENIRouting, h *netlink.Handle) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- er.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := eni.Cleanup(h); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
 	}
 }

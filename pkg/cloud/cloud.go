@@ -152,8 +152,11 @@ type LoadBalancers interface {
 	ModifyListener(ctx context.Context, arn string, targetGroupARN string) error
 	DeleteListener(ctx context.Context, arn string) error
 
-	// RegisterTargets and DeregisterTargets split large lists into batches
-	// the cloud accepts.
+	// RegisterTargets and DeregisterTargets take lists of any length: the
+	// implementation splits them into requests the cloud accepts
+	// (MaxTargetsPerCall, with InBatches). When a request fails after
+	// others went through, the error is a *BatchError saying how many
+	// targets, from the start of the list, were applied.
 	RegisterTargets(ctx context.Context, targetGroupARN string, targets []Target) error
 	DeregisterTargets(ctx context.Context, targetGroupARN string, targets []Target) error
 	DescribeTargetHealth(ctx context.Context, targetGroupARN string) ([]TargetHealth, error)

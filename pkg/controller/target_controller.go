@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -23,9 +24,6 @@ import (
 	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/service"
 )
-
-// MaxTargetsPerCall is the most targets one Register/Deregister call carries.
-const MaxTargetsPerCall = 200
 
 // verifyDelay is how soon after a change the cloud's target list is read
 // again, to catch what a lost response or another writer changed.
@@ -244,21 +242,22 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 	sortTargets(add)
 	sortTargets(remove)
 	logger := log.FromContext(ctx)
-	for _, batch := range chunks(add, MaxTargetsPerCall) {
-		if err := r.Cloud.RegisterTargets(ctx, tg.ARN, batch); err != nil {
-			r.invalidate(tg.ARN, err)
+	if len(add) > 0 {
+		// The cloud splits long lists into requests (cloud.LoadBalancers).
+		if err := r.Cloud.RegisterTargets(ctx, tg.ARN, add); err != nil {
+			r.failed(tg.ARN, add, true, err)
 			return 0, fmt.Errorf("register targets %s: %w", tg.Spec.Name, err)
 		}
-		r.applied(tg.ARN, batch, true)
-		logger.Info("registered targets", "targetGroup", tg.Spec.Name, "count", len(batch))
+		r.applied(tg.ARN, add, true)
+		logger.Info("registered targets", "targetGroup", tg.Spec.Name, "count", len(add))
 	}
-	for _, batch := range chunks(remove, MaxTargetsPerCall) {
-		if err := r.Cloud.DeregisterTargets(ctx, tg.ARN, batch); err != nil {
-			r.invalidate(tg.ARN, err)
+	if len(remove) > 0 {
+		if err := r.Cloud.DeregisterTargets(ctx, tg.ARN, remove); err != nil {
+			r.failed(tg.ARN, remove, false, err)
 			return 0, fmt.Errorf("deregister targets %s: %w", tg.Spec.Name, err)
 		}
-		r.applied(tg.ARN, batch, false)
-		logger.Info("deregistered targets", "targetGroup", tg.Spec.Name, "count", len(batch))
+		r.applied(tg.ARN, remove, false)
+		logger.Info("deregistered targets", "targetGroup", tg.Spec.Name, "count", len(remove))
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -351,9 +350,14 @@ func (r *TargetReconciler) applied(arn string, ts []cloud.Target, registered boo
 	}
 }
 
-// invalidate drops a target group's cache after a failed call: the next
-// pass reads the truth.
-func (r *TargetReconciler) invalidate(arn string, _ error) {
+// failed handles a failed Register/Deregister call of ts: the targets the
+// cloud applied before the failure (a *cloud.BatchError says how many)
+// count as applied, for the metrics; then the target group's cache goes,
+// so the next pass reads the truth.
+func (r *TargetReconciler) failed(arn string, ts []cloud.Target, registered bool, err error) {
+	if be := (*cloud.BatchError)(nil); errors.As(err, &be) && be.Done > 0 {
+		r.applied(arn, ts[:min(be.Done, len(ts))], registered)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.cache, arn)
@@ -386,16 +390,6 @@ func sortTargets(ts []cloud.Target) {
 		}
 		return ts[i].Port < ts[j].Port
 	})
-}
-
-func chunks[T any](s []T, n int) [][]T {
-	var out [][]T
-	for len(s) > 0 {
-		k := min(n, len(s))
-		out = append(out, s[:k])
-		s = s[k:]
-	}
-	return out
 }
 
 // readyIPs are the addresses of a slice's ready, non-terminating endpoints.

@@ -27,10 +27,10 @@ func eps(n int, port int32) []endpoint {
 	return out
 }
 
-// TestSyncBatchesAndCaches: 450 endpoints are registered in batches of at
-// most 200 (the fake refuses larger calls), a pass with nothing new makes no
-// call at all (the target list is cached), and scaling down deregisters in
-// batches too.
+// TestSyncBatchesAndCaches: 450 endpoints are registered in requests of at
+// most 200 (the cloud splits the list, the fake as the AWS client does), a
+// pass with nothing new makes no call at all (the target list is cached),
+// and scaling down deregisters in batches too.
 func TestSyncBatchesAndCaches(t *testing.T) {
 	ctx := context.Background()
 	fc := fake.New()

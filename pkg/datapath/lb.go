@@ -101,31 +101,68 @@ func (lb *LoadBalancer) Restore() (RestoreStats, error) {
 func (lb *LoadBalancer) restoreLocked() (RestoreStats, error) {
 	lb.reset()
 	var st RestoreStats
+	d, err := lb.dumpPinned()
+	if err != nil {
+		return st, err
+	}
+	var left leftovers
+	left.masters, left.slots = lb.adoptServices(d.masters, d.slots, d.backends)
+	left.backends = lb.adoptBackends(d.backends)
+	left.matches = lb.staleAffinityMatches(d.matches)
+	if err := lb.deleteLeftovers(left); err != nil {
+		return st, err
+	}
+	st.Services = len(lb.services)
+	st.Backends = len(lb.backends)
+	st.Removed = len(left.masters) + len(left.slots) + len(left.matches) + len(left.backends)
+	return st, nil
+}
 
-	masters := map[Frontend]ServiceValue{}
-	slots := map[Frontend]map[uint16]ServiceValue{}
+// pinned is what restore reads from the pinned maps.
+type pinned struct {
+	masters  map[Frontend]ServiceValue
+	slots    map[Frontend]map[uint16]ServiceValue
+	backends map[BackendID]Backend
+	matches  []AffinityMatchKey
+}
+
+// leftovers are the entries restore found incomplete, orphaned or unused.
+type leftovers struct {
+	masters, slots []ServiceKey
+	backends       []BackendID
+	matches        []AffinityMatchKey
+}
+
+// dumpPinned reads the services (masters and slots apart), backends and
+// affinity matches from the maps.
+func (lb *LoadBalancer) dumpPinned() (pinned, error) {
+	d := pinned{masters: map[Frontend]ServiceValue{}, slots: map[Frontend]map[uint16]ServiceValue{}, backends: map[BackendID]Backend{}}
 	if err := lb.maps.DumpServices(func(k ServiceKey, v ServiceValue) {
 		if k.Slot == 0 {
-			masters[k.Frontend] = v
+			d.masters[k.Frontend] = v
 			return
 		}
-		if slots[k.Frontend] == nil {
-			slots[k.Frontend] = map[uint16]ServiceValue{}
+		if d.slots[k.Frontend] == nil {
+			d.slots[k.Frontend] = map[uint16]ServiceValue{}
 		}
-		slots[k.Frontend][k.Slot] = v
+		d.slots[k.Frontend][k.Slot] = v
 	}); err != nil {
-		return st, fmt.Errorf("dump services: %w", err)
+		return d, fmt.Errorf("dump services: %w", err)
 	}
-	dumped := map[BackendID]Backend{}
-	if err := lb.maps.DumpBackends(func(id BackendID, b Backend) { dumped[id] = b }); err != nil {
-		return st, fmt.Errorf("dump backends: %w", err)
+	if err := lb.maps.DumpBackends(func(id BackendID, b Backend) { d.backends[id] = b }); err != nil {
+		return d, fmt.Errorf("dump backends: %w", err)
 	}
-	var matches []AffinityMatchKey
-	if err := lb.maps.DumpAffinityMatches(func(k AffinityMatchKey) { matches = append(matches, k) }); err != nil {
-		return st, fmt.Errorf("dump affinity matches: %w", err)
+	if err := lb.maps.DumpAffinityMatches(func(k AffinityMatchKey) { d.matches = append(d.matches, k) }); err != nil {
+		return d, fmt.Errorf("dump affinity matches: %w", err)
 	}
+	return d, nil
+}
 
-	var delMasters, delSlots []ServiceKey
+// adoptServices takes over every complete service: a master with a
+// unique non-zero ID whose slots 1..Count all exist and point at dumped
+// backends. It returns the masters of the others and the slots no adopted
+// service uses.
+func (lb *LoadBalancer) adoptServices(masters map[Frontend]ServiceValue, slots map[Frontend]map[uint16]ServiceValue, backends map[BackendID]Backend) (delMasters, delSlots []ServiceKey) {
 	for fe, m := range masters {
 		p := &programmed{id: m.ServiceID, timeout: m.AffinityTimeout, flags: m.Flags}
 		ok := m.ServiceID != 0
@@ -134,7 +171,7 @@ func (lb *LoadBalancer) restoreLocked() (RestoreStats, error) {
 		}
 		for s := uint16(1); ok && s <= m.Count; s++ {
 			v, found := slots[fe][s]
-			if _, known := dumped[v.BackendID]; !found || !known {
+			if _, known := backends[v.BackendID]; !found || !known {
 				ok = false
 				break
 			}
@@ -159,11 +196,16 @@ func (lb *LoadBalancer) restoreLocked() (RestoreStats, error) {
 			}
 		}
 	}
-	var delBackends []BackendID
-	for id, b := range dumped {
+	return delMasters, delSlots
+}
+
+// adoptBackends takes over the backends adopted services use and returns
+// the IDs of the rest.
+func (lb *LoadBalancer) adoptBackends(backends map[BackendID]Backend) (unused []BackendID) {
+	for id, b := range backends {
 		lb.lastBackendID = max(lb.lastBackendID, id)
 		if lb.refs[id] == 0 {
-			delBackends = append(delBackends, id)
+			unused = append(unused, id)
 			continue
 		}
 		if _, dup := lb.backendIDs[b]; dup {
@@ -175,30 +217,37 @@ func (lb *LoadBalancer) restoreLocked() (RestoreStats, error) {
 		lb.backendIDs[b] = id
 		lb.backends[id] = b
 	}
-	var delMatches []AffinityMatchKey
+	return unused
+}
+
+// staleAffinityMatches are the matches of no adopted affinity service's
+// backend.
+func (lb *LoadBalancer) staleAffinityMatches(matches []AffinityMatchKey) (stale []AffinityMatchKey) {
 	for _, k := range matches {
 		fe, ok := lb.svcIDs[k.ServiceID]
 		if !ok || lb.services[fe].flags&FlagAffinity == 0 || !slices.Contains(lb.services[fe].slots, k.BackendID) {
-			delMatches = append(delMatches, k)
+			stale = append(stale, k)
 		}
 	}
+	return stale
+}
 
-	if err := lb.maps.DeleteServices(delMasters); err != nil {
-		return st, fmt.Errorf("delete incomplete services: %w", err)
+// deleteLeftovers removes what restore did not adopt: services first, then
+// affinity matches, then the backends nothing points at any more.
+func (lb *LoadBalancer) deleteLeftovers(left leftovers) error {
+	if err := lb.maps.DeleteServices(left.masters); err != nil {
+		return fmt.Errorf("delete incomplete services: %w", err)
 	}
-	if err := lb.maps.DeleteServices(delSlots); err != nil {
-		return st, fmt.Errorf("delete orphan slots: %w", err)
+	if err := lb.maps.DeleteServices(left.slots); err != nil {
+		return fmt.Errorf("delete orphan slots: %w", err)
 	}
-	if err := lb.maps.DeleteAffinityMatches(delMatches); err != nil {
-		return st, fmt.Errorf("delete stale affinity matches: %w", err)
+	if err := lb.maps.DeleteAffinityMatches(left.matches); err != nil {
+		return fmt.Errorf("delete stale affinity matches: %w", err)
 	}
-	if err := lb.maps.DeleteBackends(delBackends); err != nil {
-		return st, fmt.Errorf("delete unused backends: %w", err)
+	if err := lb.maps.DeleteBackends(left.backends); err != nil {
+		return fmt.Errorf("delete unused backends: %w", err)
 	}
-	st.Services = len(lb.services)
-	st.Backends = len(lb.backends)
-	st.Removed = len(delMasters) + len(delSlots) + len(delMatches) + len(delBackends)
-	return st, nil
+	return nil
 }
 
 // plan is one batch of writes in the order they must happen.
@@ -412,34 +461,69 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	if timeout > 0 {
 		flags |= FlagAffinity
 	}
+	want, seen, err := wantedBackends(s)
+	if err != nil {
+		return false, err
+	}
+	old := lb.services[fe]
+	if lb.unchanged(old, timeout, flags, want, seen) {
+		return false, nil
+	}
+	cur, wantIDs, err := lb.program(p, fe, old, timeout, flags, want)
+	if err != nil {
+		return false, fmt.Errorf("program service %s: %w", fe, err)
+	}
+	var oldSlots []BackendID
+	if old != nil {
+		oldSlots = old.slots
+	}
+	planAffinityMatches(p, old, cur, wantIDs)
+	planServiceWrites(p, fe, old, cur)
+	// Old references are dropped after every acquire of this batch, so a
+	// backend that moves between Services keeps its ID.
+	p.released = append(p.released, oldSlots...)
 
-	// The wanted backends, deduplicated, in the given order.
+	lb.services[fe] = cur
+	lb.svcIDs[cur.id] = fe
+	return true, nil
+}
+
+// wantedBackends are s's backends, deduplicated, in the given order, and
+// their set.
+func wantedBackends(s Service) ([]Backend, *set[Backend], error) {
 	want := make([]Backend, 0, len(s.Backends))
 	seen := newSet[Backend](len(s.Backends))
 	for _, ap := range s.Backends {
-		b := Backend{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: fe.Proto}
+		b := Backend{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: s.Frontend.Proto}
 		if !b.Addr.Is4() {
-			return false, fmt.Errorf("program service %s: backend %s is not IPv4", fe, ap)
+			return nil, nil, fmt.Errorf("program service %s: backend %s is not IPv4", s.Frontend, ap)
 		}
 		if seen.add(b) {
 			want = append(want, b)
 		}
 	}
+	return want, seen, nil
+}
 
-	old := lb.services[fe]
-	if old != nil && old.timeout == timeout && old.flags == flags && len(old.slots) == len(want) {
-		same := true
-		for _, id := range old.slots {
-			if !seen.has(lb.backends[id]) {
-				same = false
-				break
-			}
-		}
-		if same {
-			return false, nil
+// unchanged says whether old already programs exactly these settings and
+// backends.
+func (lb *LoadBalancer) unchanged(old *programmed, timeout uint32, flags uint8, want []Backend, seen *set[Backend]) bool {
+	if old == nil || old.timeout != timeout || old.flags != flags || len(old.slots) != len(want) {
+		return false
+	}
+	for _, id := range old.slots {
+		if !seen.has(lb.backends[id]) {
+			return false
 		}
 	}
+	return true
+}
 
+// program is the new state of a Service: old's ID (a new one for a new
+// Service), an ID for each wanted backend (acquired in p), and slots that
+// keep the backends staying where they were. wantIDs is the set of those
+// backend IDs.
+func (lb *LoadBalancer) program(p *plan, fe Frontend, old *programmed, timeout uint32, flags uint8, want []Backend) (*programmed, *set[BackendID], error) {
 	cur := &programmed{timeout: timeout, flags: flags}
 	var oldSlots []BackendID
 	if old != nil {
@@ -448,29 +532,37 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	} else {
 		id, err := lb.allocServiceID()
 		if err != nil {
-			return false, fmt.Errorf("program service %s: %w", fe, err)
+			return nil, nil, err
 		}
 		cur.id = id
 	}
-
 	ids := make([]BackendID, len(want))
 	wantIDs := newSet[BackendID](len(want))
 	for i, b := range want {
 		id, err := lb.acquireBackend(p, b)
 		if err != nil {
-			return false, fmt.Errorf("program service %s: %w", fe, err)
+			return nil, nil, err
 		}
 		ids[i] = id
 		wantIDs.add(id)
 	}
 	cur.slots = assignSlots(oldSlots, ids, wantIDs)
+	return cur, wantIDs, nil
+}
 
+// planAffinityMatches adds to p the affinity matches cur needs that old
+// did not have, and deletes those of old that cur no longer has.
+func planAffinityMatches(p *plan, old, cur *programmed, wantIDs *set[BackendID]) {
+	var oldSlots []BackendID
+	if old != nil {
+		oldSlots = old.slots
+	}
 	oldIDs := newSet[BackendID](len(oldSlots))
 	for _, id := range oldSlots {
 		oldIDs.add(id)
 	}
 	oldAffinity := old != nil && old.flags&FlagAffinity != 0
-	if flags&FlagAffinity != 0 {
+	if cur.flags&FlagAffinity != 0 {
 		for _, id := range cur.slots {
 			if !oldAffinity || !oldIDs.has(id) {
 				p.matchAdds = append(p.matchAdds, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
@@ -479,12 +571,21 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 	if oldAffinity {
 		for _, id := range oldSlots {
-			if flags&FlagAffinity == 0 || !wantIDs.has(id) {
+			if cur.flags&FlagAffinity == 0 || !wantIDs.has(id) {
 				p.matchDeletes = append(p.matchDeletes, AffinityMatchKey{BackendID: id, ServiceID: cur.id})
 			}
 		}
 	}
+}
 
+// planServiceWrites adds to p the slot writes that differ from old, the
+// master when its settings or count change, and the deletes of the slots
+// past cur's count.
+func planServiceWrites(p *plan, fe Frontend, old, cur *programmed) {
+	var oldSlots []BackendID
+	if old != nil {
+		oldSlots = old.slots
+	}
 	for i, id := range cur.slots {
 		if i < len(oldSlots) && oldSlots[i] == id {
 			continue
@@ -492,25 +593,18 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 		p.slotKeys = append(p.slotKeys, ServiceKey{Frontend: fe, Slot: uint16(i + 1)})
 		p.slotVals = append(p.slotVals, ServiceValue{BackendID: id, ServiceID: cur.id})
 	}
-	if old == nil || old.timeout != timeout || old.flags != flags || len(old.slots) != len(cur.slots) {
+	if old == nil || old.timeout != cur.timeout || old.flags != cur.flags || len(old.slots) != len(cur.slots) {
 		p.masterKeys = append(p.masterKeys, ServiceKey{Frontend: fe})
 		p.masterVals = append(p.masterVals, ServiceValue{
 			ServiceID:       cur.id,
-			AffinityTimeout: timeout,
+			AffinityTimeout: cur.timeout,
 			Count:           uint16(len(cur.slots)),
-			Flags:           flags,
+			Flags:           cur.flags,
 		})
 	}
 	for i := len(cur.slots); i < len(oldSlots); i++ {
 		p.slotDeletes = append(p.slotDeletes, ServiceKey{Frontend: fe, Slot: uint16(i + 1)})
 	}
-	// Old references are dropped after every acquire of this batch, so a
-	// backend that moves between Services keeps its ID.
-	p.released = append(p.released, oldSlots...)
-
-	lb.services[fe] = cur
-	lb.svcIDs[cur.id] = fe
-	return true, nil
 }
 
 // assignSlots keeps every backend that stays in the slot it has, puts new

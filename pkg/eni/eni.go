@@ -13,10 +13,11 @@
 // For each ENI, table TableBase+Index holds the ENI's subnet (link scope) and
 // a default route through the subnet gateway, both on the ENI's device.
 //
-// What it owns: every IPv4 rule at PriorityToPod or PriorityFromPod, and
-// every route with protocol RouteProtocol (in any table). Sync removes the
-// ones it does not want (leftovers of a previous run, duplicates); Cleanup
-// removes all of them.
+// What it owns: every IPv4 rule and route with protocol RouteProtocol (rules
+// only at PriorityToPod or PriorityFromPod, routes in any table), and the
+// unmarked rules of the exact shape earlier versions wrote (see owned).
+// Sync removes the ones it does not want (leftovers of a previous run,
+// duplicates); Cleanup removes all of them and nothing else.
 package eni
 
 import (
@@ -40,9 +41,12 @@ const (
 	// TableBase + ENI index is an ENI's route table (100 for the primary
 	// ENI, 101 for the first secondary one, ...).
 	TableBase = 100
-	// RouteProtocol marks the routes this package writes (rtnetlink
-	// protocol number; 186-192 are the routing daemons', 219 is free).
+	// RouteProtocol marks the routes and rules this package writes
+	// (rtnetlink protocol number; 186-192 are the routing daemons', 219 is
+	// free).
 	RouteProtocol netlink.RouteProtocol = 219
+	// maxIndex is the highest ENI index Validate accepts.
+	maxIndex = 1000
 )
 
 // ENI is one of the node's network interfaces in the VPC.
@@ -87,7 +91,7 @@ func (c Config) Validate() error {
 		switch {
 		case e.Device == "":
 			return fmt.Errorf("ENI %d: no device", e.Index)
-		case e.Index < 0 || e.Index > 1000:
+		case e.Index < 0 || e.Index > maxIndex:
 			return fmt.Errorf("ENI %s: index %d out of range", e.Device, e.Index)
 		case seenIdx[e.Index]:
 			return fmt.Errorf("ENI %s: index %d used twice", e.Device, e.Index)
@@ -144,20 +148,6 @@ func (r *Router) ENIs() []ENI {
 	return out
 }
 
-type ruleKey struct {
-	prio  int
-	src   netip.Prefix // invalid when any
-	dst   netip.Prefix
-	table int
-}
-
-type routeKey struct {
-	table int
-	dst   netip.Prefix
-	gw    netip.Addr // invalid when none
-	link  int
-}
-
 // Result counts what a Sync changed.
 type Result struct {
 	RulesAdded, RulesDeleted   int
@@ -170,147 +160,96 @@ type Result struct {
 // missing and removes what it owns but no longer wants. Pods whose ENI is
 // unknown are skipped (counted in Result.Skipped) rather than failing the
 // others.
+//
+// It reads the kernel (links, the main table, what it owns), computes the
+// wanted state and the difference without I/O (desired, diffRoutes,
+// diffRules), then writes: routes first, then rules.
 func (r *Router) Sync(pods []Pod) (Result, error) {
 	var res Result
-	wantRules := map[ruleKey]bool{}
-	wantRoutes := map[routeKey]*netlink.Route{}
-	hostRoutes := map[netip.Addr]Pod{}
-
-	links := map[string]netlink.Link{}
-	link := func(name string) (netlink.Link, error) {
-		if l, ok := links[name]; ok {
-			return l, nil
-		}
-		l, err := r.h.LinkByName(name)
-		if err != nil {
-			return nil, fmt.Errorf("find link %s: %w", name, err)
-		}
-		links[name] = l
-		return l, nil
+	routed, skipped := routable(r.enis, pods)
+	res.Skipped = len(skipped)
+	for _, p := range skipped {
+		r.log.Debug("pod skipped: ENI unknown", zap.String("pod", p.Name), zap.String("ip", p.IP.String()), zap.String("eni", p.ENI))
 	}
-
-	var errs []error
-	for _, e := range r.ENIs() {
-		l, err := link(e.Device)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("ENI %s: %w", e.Device, err))
-			continue
-		}
-		subnet := e.Address.Masked()
-		lr := &netlink.Route{Table: e.Table(), Dst: ipNet(subnet), LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
-		wantRoutes[routeKeyOf(lr)] = lr
-		dr := &netlink.Route{Table: e.Table(), Dst: ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)), Gw: e.Gateway.AsSlice(), LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_UNIVERSE, Protocol: RouteProtocol}
-		wantRoutes[routeKeyOf(dr)] = dr
-	}
-	for _, p := range pods {
-		e, ok := r.enis[p.ENI]
-		if !ok || !p.IP.Is4() {
-			res.Skipped++
-			r.log.Debug("pod skipped: ENI unknown", zap.String("pod", p.Name), zap.String("ip", p.IP.String()), zap.String("eni", p.ENI))
-			continue
-		}
-		host := netip.PrefixFrom(p.IP, 32)
-		wantRules[ruleKey{prio: PriorityToPod, dst: host, table: unix.RT_TABLE_MAIN}] = true
-		wantRules[ruleKey{prio: PriorityFromPod, src: host, table: e.Table()}] = true
-		if p.Veth != "" {
-			hostRoutes[p.IP] = p
-		}
-	}
-
-	// Host routes: keep any existing /32 to the pod through its veth;
-	// otherwise write ours.
+	links := r.lookupLinks(linkNames(r.ENIs(), routed))
 	mainRoutes, err := r.h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return res, fmt.Errorf("list main routes: %w", err)
 	}
-	for ip, p := range hostRoutes {
-		l, err := link(p.Veth)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("host route to pod %s: %w", p.Name, err))
-			continue
-		}
-		rt := &netlink.Route{Table: unix.RT_TABLE_MAIN, Dst: ipNet(netip.PrefixFrom(ip, 32)), LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
-		present := slices.ContainsFunc(mainRoutes, func(m netlink.Route) bool {
-			return m.Protocol != RouteProtocol && m.LinkIndex == rt.LinkIndex && m.Dst != nil && prefixOf(m.Dst) == netip.PrefixFrom(ip, 32)
-		})
-		if !present {
-			wantRoutes[routeKeyOf(rt)] = rt
-		}
-	}
-
-	// Routes.
-	have, err := r.ownedRoutes()
+	haveRoutes, err := r.ownedRoutes()
 	if err != nil {
 		return res, err
 	}
-	seen := map[routeKey]bool{}
-	for _, rt := range have {
-		k := routeKeyOf(&rt)
-		if wantRoutes[k] != nil && !seen[k] {
-			seen[k] = true
-			continue
-		}
-		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete route %v table %d: %w", rt.Dst, rt.Table, err))
-			continue
-		}
-		res.RoutesDeleted++
-	}
-	// Link-scope routes first: the default route's gateway must be
-	// reachable in its table.
-	for _, scope := range []netlink.Scope{netlink.SCOPE_LINK, netlink.SCOPE_UNIVERSE} {
-		for k, rt := range wantRoutes {
-			if seen[k] || rt.Scope != scope {
-				continue
-			}
-			if err := r.h.RouteReplace(rt); err != nil {
-				errs = append(errs, fmt.Errorf("add route %v table %d: %w", rt.Dst, rt.Table, err))
-				continue
-			}
-			res.RoutesAdded++
-		}
-	}
+	want, errs := desired(r.ENIs(), routed, links, mainRoutes)
+
+	delRoutes, addRoutes := diffRoutes(want.routes, haveRoutes)
+	res.RoutesDeleted, res.RoutesAdded = r.applyRoutes(delRoutes, addRoutes, &errs)
 
 	// Rules: deleted before added, so a rule moving to another table does
 	// not meet its old self.
-	rules, err := r.ownedRules()
+	haveRules, err := r.ownedRules()
 	if err != nil {
 		return res, errors.Join(append(errs, err)...)
 	}
-	seenRules := map[ruleKey]bool{}
-	for _, ru := range rules {
-		k := ruleKeyOf(ru)
-		if wantRules[k] && !seenRules[k] {
-			seenRules[k] = true
-			continue
-		}
-		if err := r.h.RuleDel(&ru); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete rule %v: %w", ru, err))
-			continue
-		}
-		res.RulesDeleted++
-	}
-	for k := range wantRules {
-		if seenRules[k] {
-			continue
-		}
-		ru := netlink.NewRule()
-		ru.Family = unix.AF_INET
-		ru.Priority = k.prio
-		ru.Table = k.table
-		if k.src.IsValid() {
-			ru.Src = ipNet(k.src)
-		}
-		if k.dst.IsValid() {
-			ru.Dst = ipNet(k.dst)
-		}
-		if err := r.h.RuleAdd(ru); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("add rule %v: %w", ru, err))
-			continue
-		}
-		res.RulesAdded++
-	}
+	delRules, addRules := diffRules(want.rules, haveRules)
+	res.RulesDeleted, res.RulesAdded = r.applyRules(delRules, addRules, &errs)
 	return res, errors.Join(errs...)
+}
+
+// lookupLinks finds the index of each named link.
+func (r *Router) lookupLinks(names []string) linkIndexes {
+	links := linkIndexes{index: map[string]int{}, err: map[string]error{}}
+	for _, name := range names {
+		l, err := r.h.LinkByName(name)
+		if err != nil {
+			links.err[name] = fmt.Errorf("find link %s: %w", name, err)
+			continue
+		}
+		links.index[name] = l.Attrs().Index
+	}
+	return links
+}
+
+// applyRoutes deletes del, then adds add in its order; it returns how
+// many of each succeeded and appends the failures to errs.
+func (r *Router) applyRoutes(del []netlink.Route, add []route, errs *[]error) (deleted, added int) {
+	for _, rt := range del {
+		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
+			*errs = append(*errs, fmt.Errorf("delete route %v table %d: %w", rt.Dst, rt.Table, err))
+			continue
+		}
+		deleted++
+	}
+	for _, want := range add {
+		rt := want.netlink()
+		if err := r.h.RouteReplace(rt); err != nil {
+			*errs = append(*errs, fmt.Errorf("add route %v table %d: %w", rt.Dst, rt.Table, err))
+			continue
+		}
+		added++
+	}
+	return deleted, added
+}
+
+// applyRules deletes del, then adds add; it returns how many of each
+// succeeded and appends the failures to errs.
+func (r *Router) applyRules(del []netlink.Rule, add []ruleKey, errs *[]error) (deleted, added int) {
+	for _, ru := range del {
+		if err := r.h.RuleDel(&ru); err != nil && !errors.Is(err, unix.ENOENT) {
+			*errs = append(*errs, fmt.Errorf("delete rule %v: %w", ru, err))
+			continue
+		}
+		deleted++
+	}
+	for _, k := range add {
+		ru := k.netlink()
+		if err := r.h.RuleAdd(ru); err != nil && !errors.Is(err, unix.EEXIST) {
+			*errs = append(*errs, fmt.Errorf("add rule %v: %w", ru, err))
+			continue
+		}
+		added++
+	}
+	return deleted, added
 }
 
 // ownedRoutes lists the IPv4 routes with RouteProtocol in every table.
@@ -335,11 +274,37 @@ func ownedRules(h *netlink.Handle) ([]netlink.Rule, error) {
 	}
 	var out []netlink.Rule
 	for _, ru := range all {
-		if ru.Priority == PriorityToPod || ru.Priority == PriorityFromPod {
+		if owned(ru) {
 			out = append(out, ru)
 		}
 	}
 	return out, nil
+}
+
+// owned says whether this package wrote ru: a rule at one of its
+// priorities marked with RouteProtocol, or one of the exact shape it wrote
+// before it marked its rules (no protocol, `to <IPv4>/32 lookup main` at
+// PriorityToPod, `from <IPv4>/32 lookup <ENI table>` at PriorityFromPod,
+// nothing else), so an upgrade still removes its leftovers. Other rules at
+// these priorities are someone else's.
+func owned(ru netlink.Rule) bool {
+	if ru.Priority != PriorityToPod && ru.Priority != PriorityFromPod {
+		return false
+	}
+	if ru.Protocol == uint8(RouteProtocol) {
+		return true
+	}
+	if ru.Protocol != unix.RTPROT_UNSPEC || ru.Mark != 0 || ru.Mask != nil || ru.IifName != "" || ru.OifName != "" || ru.Invert ||
+		ru.Tos != 0 || ru.Dport != nil || ru.Sport != nil || ru.IPProto != 0 || ru.UIDRange != nil {
+		return false
+	}
+	host := func(n *net.IPNet) bool { return n != nil && prefixOf(n).IsValid() && prefixOf(n).Bits() == 32 }
+	switch ru.Priority {
+	case PriorityToPod:
+		return ru.Src == nil && host(ru.Dst) && ru.Table == unix.RT_TABLE_MAIN
+	default:
+		return ru.Dst == nil && host(ru.Src) && ru.Table >= TableBase && ru.Table <= TableBase+maxIndex
+	}
 }
 
 // Cleanup removes every rule and route this package owns in the namespace
@@ -374,32 +339,6 @@ func Cleanup(h *netlink.Handle) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func ruleKeyOf(ru netlink.Rule) ruleKey {
-	k := ruleKey{prio: ru.Priority, table: ru.Table}
-	if ru.Src != nil {
-		k.src = prefixOf(ru.Src)
-	}
-	if ru.Dst != nil {
-		k.dst = prefixOf(ru.Dst)
-	}
-	return k
-}
-
-func routeKeyOf(rt *netlink.Route) routeKey {
-	k := routeKey{table: rt.Table, link: rt.LinkIndex}
-	if rt.Dst != nil {
-		k.dst = prefixOf(rt.Dst)
-	} else {
-		k.dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	}
-	if rt.Gw != nil {
-		if a, ok := netip.AddrFromSlice(rt.Gw.To4()); ok {
-			k.gw = a
-		}
-	}
-	return k
 }
 
 func prefixOf(n *net.IPNet) netip.Prefix {

@@ -350,3 +350,70 @@ func sortENIs(e []ENI) []ENI {
 	slices.SortFunc(e, func(a, b ENI) int { return a.Index - b.Index })
 	return e
 }
+
+// TestCleanupKeepsForeignRulesPrivileged: rules someone else put at the
+// router's priorities survive Sync and Cleanup; only the router's go.
+func TestCleanupKeepsForeignRulesPrivileged(t *testing.T) {
+	n := newTestNS(t)
+	foreign := []*netlink.Rule{netlink.NewRule(), netlink.NewRule(), netlink.NewRule()}
+	foreign[0].Priority, foreign[0].Table, foreign[0].Dst = PriorityToPod, 200, ipNet(netip.MustParsePrefix("10.0.0.0/8"))
+	foreign[1].Priority, foreign[1].Table, foreign[1].Mark = PriorityToPod, 201, 0x10
+	foreign[2].Priority, foreign[2].Table, foreign[2].Src = PriorityFromPod, 202, ipNet(netip.MustParsePrefix("10.200.1.130/32"))
+	foreign[2].Protocol = unix.RTPROT_STATIC
+	for _, ru := range foreign {
+		ru.Family = unix.AF_INET
+		if err := n.h.RuleAdd(ru); err != nil {
+			t.Fatalf("add foreign rule %v: %v", ru, err)
+		}
+	}
+	atOurPriorities := func() []string {
+		t.Helper()
+		all, err := n.h.RuleList(unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, ru := range all {
+			if ru.Priority == PriorityToPod || ru.Priority == PriorityFromPod {
+				k := ruleKeyOf(ru)
+				out = append(out, fmt.Sprintf("%d from %v to %v mark %#x lookup %d proto %d", k.prio, k.src, k.dst, ru.Mark, k.table, ru.Protocol))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	foreignWant := []string{
+		"1000 from invalid Prefix to 10.0.0.0/8 mark 0x0 lookup 200 proto 0",
+		"1000 from invalid Prefix to invalid Prefix mark 0x10 lookup 201 proto 0",
+		"1001 from 10.200.1.130/32 to invalid Prefix mark 0x0 lookup 202 proto 4",
+	}
+	if diff := cmp.Diff(foreignWant, atOurPriorities()); diff != "" {
+		t.Fatalf("foreign rules as added (-want +got):\n%s", diff)
+	}
+
+	r, err := New(Config{Handle: n.h, ENIs: testENIs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Sync([]Pod{{Name: "p1", IP: netip.MustParseAddr("10.200.1.130"), ENI: "eth1"}})
+	if err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if diff := cmp.Diff(Result{RulesAdded: 2, RoutesAdded: 4}, res); diff != "" {
+		t.Errorf("Sync result: foreign rules touched? (-want +got):\n%s", diff)
+	}
+	withOurs := sorted(foreignWant, []string{
+		"1000 from invalid Prefix to 10.200.1.130/32 mark 0x0 lookup 254 proto 219",
+		"1001 from 10.200.1.130/32 to invalid Prefix mark 0x0 lookup 101 proto 219",
+	})
+	if diff := cmp.Diff(withOurs, atOurPriorities()); diff != "" {
+		t.Fatalf("after Sync (-want +got):\n%s", diff)
+	}
+
+	if err := Cleanup(n.h); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if diff := cmp.Diff(foreignWant, atOurPriorities()); diff != "" {
+		t.Fatalf("after Cleanup: not exactly the foreign rules (-want +got):\n%s", diff)
+	}
+}

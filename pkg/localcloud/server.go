@@ -88,7 +88,7 @@ func (s *Server) AdminAddr() string {
 // Start starts health checks, the datapath and the HTTP servers.
 func (s *Server) Start(ctx context.Context) error {
 	ctx, s.cancel = context.WithCancel(ctx)
-	var healthSrc api.TargetHealthSource = api.StaticHealth{}
+	var healthSrc store.TargetHealthSource = store.StaticHealth{}
 	if s.cfg.Datapath {
 		var statePath string
 		if s.cfg.StateDir != "" {
@@ -276,7 +276,7 @@ type AdminState struct {
 
 func (s *Server) adminState() AdminState {
 	snap := s.store.Snapshot()
-	var health api.TargetHealthSource = api.StaticHealth{}
+	var health store.TargetHealthSource = store.StaticHealth{}
 	if s.checker != nil {
 		health = s.checker
 	}

@@ -15,8 +15,6 @@ import (
 )
 
 const (
-	// maxTargetsPerCall is the batch size of RegisterTargets/DeregisterTargets.
-	maxTargetsPerCall = 200
 	// maxARNsPerDescribeTags is DescribeTags' limit.
 	maxARNsPerDescribeTags  = 20
 	attrDeregistrationDelay = "deregistration_delay.timeout_seconds"
@@ -67,6 +65,32 @@ func fromSDKLoadBalancer(lb types.LoadBalancer) cloud.LoadBalancer {
 		}
 	}
 	return out
+}
+
+// withTags reads the tags of resources (DescribeTags) and returns those
+// whose tags include want, with their tags filled in; of says where a
+// resource's ARN and tags are. Resources that vanished meanwhile are left
+// out.
+func withTags[T any](ctx context.Context, c *Client, resources []T, want cloud.Tags, of func(*T) (arn string, tags *cloud.Tags)) ([]T, error) {
+	arns := make([]string, len(resources))
+	for i := range resources {
+		arns[i], _ = of(&resources[i])
+	}
+	tagsByARN, err := c.tagsOf(ctx, arns)
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for _, r := range resources {
+		arn, tags := of(&r)
+		t, ok := tagsByARN[arn]
+		if !ok || !t.Matches(want) {
+			continue
+		}
+		*tags = t
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // tagsOf returns the tags of arns, in batches of 20. Resources that vanish
@@ -146,22 +170,9 @@ func (c *Client) ListLoadBalancers(ctx context.Context, tags cloud.Tags) ([]clou
 			all = append(all, fromSDKLoadBalancer(lb))
 		}
 	}
-	arns := make([]string, len(all))
-	for i, lb := range all {
-		arns[i] = lb.ARN
-	}
-	tagsByARN, err := c.tagsOf(ctx, arns)
+	out, err := withTags(ctx, c, all, tags, func(lb *cloud.LoadBalancer) (string, *cloud.Tags) { return lb.ARN, &lb.Tags })
 	if err != nil {
 		return nil, fmt.Errorf("list load balancers: %w", err)
-	}
-	var out []cloud.LoadBalancer
-	for _, lb := range all {
-		t, ok := tagsByARN[lb.ARN]
-		if !ok || !t.Matches(tags) {
-			continue
-		}
-		lb.Tags = t
-		out = append(out, lb)
 	}
 	return out, nil
 }
@@ -291,21 +302,12 @@ func (c *Client) ListTargetGroups(ctx context.Context, tags cloud.Tags) ([]cloud
 			all = append(all, fromSDKTargetGroup(tg))
 		}
 	}
-	arns := make([]string, len(all))
-	for i, tg := range all {
-		arns[i] = tg.ARN
-	}
-	tagsByARN, err := c.tagsOf(ctx, arns)
+	matching, err := withTags(ctx, c, all, tags, func(tg *cloud.TargetGroup) (string, *cloud.Tags) { return tg.ARN, &tg.Tags })
 	if err != nil {
 		return nil, fmt.Errorf("list target groups: %w", err)
 	}
 	var out []cloud.TargetGroup
-	for _, tg := range all {
-		t, ok := tagsByARN[tg.ARN]
-		if !ok || !t.Matches(tags) {
-			continue
-		}
-		tg.Tags = t
+	for _, tg := range matching {
 		res, err := c.ELB.DescribeTargetGroupAttributes(ctx, &elb.DescribeTargetGroupAttributesInput{TargetGroupArn: awssdk.String(tg.ARN)})
 		if err = mapError("DescribeTargetGroupAttributes", err); errors.Is(err, cloud.ErrNotFound) {
 			continue
@@ -463,10 +465,10 @@ func toSDKTargets(ts []cloud.Target) []types.TargetDescription {
 	return out
 }
 
-// RegisterTargets implements cloud.LoadBalancers, in batches of 200.
+// RegisterTargets implements cloud.LoadBalancers, in requests of at most
+// cloud.MaxTargetsPerCall targets.
 func (c *Client) RegisterTargets(ctx context.Context, targetGroupARN string, targets []cloud.Target) error {
-	for start := 0; start < len(targets); start += maxTargetsPerCall {
-		batch := targets[start:min(start+maxTargetsPerCall, len(targets))]
+	return cloud.InBatches(targets, cloud.MaxTargetsPerCall, func(batch []cloud.Target) error {
 		_, err := c.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{
 			TargetGroupArn: awssdk.String(targetGroupARN),
 			Targets:        toSDKTargets(batch),
@@ -474,26 +476,34 @@ func (c *Client) RegisterTargets(ctx context.Context, targetGroupARN string, tar
 		if err != nil {
 			return fmt.Errorf("register targets %s: %w", targetGroupARN, mapError("RegisterTargets", err))
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
-// DeregisterTargets implements cloud.LoadBalancers, in batches of 200. A
-// target group that does not exist has no targets: that is success.
+// errGroupGone stops DeregisterTargets' batches: the group is gone, and
+// with it its targets.
+var errGroupGone = errors.New("target group gone")
+
+// DeregisterTargets implements cloud.LoadBalancers, in requests of at most
+// cloud.MaxTargetsPerCall targets. A target group that does not exist has
+// no targets: that is success.
 func (c *Client) DeregisterTargets(ctx context.Context, targetGroupARN string, targets []cloud.Target) error {
-	for start := 0; start < len(targets); start += maxTargetsPerCall {
-		batch := targets[start:min(start+maxTargetsPerCall, len(targets))]
+	err := cloud.InBatches(targets, cloud.MaxTargetsPerCall, func(batch []cloud.Target) error {
 		_, err := c.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{
 			TargetGroupArn: awssdk.String(targetGroupARN),
 			Targets:        toSDKTargets(batch),
 		})
 		if err = mapError("DeregisterTargets", err); errors.Is(err, cloud.ErrNotFound) {
-			return nil
+			return errGroupGone
 		} else if err != nil {
 			return fmt.Errorf("deregister targets %s: %w", targetGroupARN, err)
 		}
+		return nil
+	})
+	if errors.Is(err, errGroupGone) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // DescribeTargetHealth implements cloud.LoadBalancers.

@@ -25,8 +25,10 @@ type Cloud struct {
 	listeners map[string]*cloud.Listener
 	targets   map[string]map[cloud.Target]cloud.TargetState
 	calls     map[string]int
-	// BatchLimit is the most targets one Register/Deregister call takes; a
-	// larger call fails, as the real API does. Zero means 200.
+	// BatchLimit is the most targets one Register/Deregister request
+	// takes. Longer lists are split as the AWS client splits them
+	// (cloud.InBatches), each request counted as one call. Zero means
+	// cloud.MaxTargetsPerCall.
 	BatchLimit int
 }
 
@@ -343,7 +345,7 @@ func (c *Cloud) deleteListener(arn string) {
 
 func (c *Cloud) batchLimit() int {
 	if c.BatchLimit == 0 {
-		return 200
+		return cloud.MaxTargetsPerCall
 	}
 	return c.BatchLimit
 }
@@ -351,37 +353,35 @@ func (c *Cloud) batchLimit() int {
 // RegisterTargets implements cloud.LoadBalancers. Targets are healthy at
 // once when their group is in use by a load balancer, unused otherwise.
 func (c *Cloud) RegisterTargets(_ context.Context, tgARN string, targets []cloud.Target) error {
-	defer c.begin("RegisterTargets")()
-	tg, ok := c.tgs[tgARN]
-	if !ok {
-		return notFound("RegisterTargets", "TargetGroup", tgARN)
-	}
-	if len(targets) > c.batchLimit() {
-		return apiErr("RegisterTargets", "ValidationError", fmt.Sprintf("%d targets in one call", len(targets)))
-	}
-	state := cloud.TargetUnused
-	if len(tg.LoadBalancerARNs) > 0 {
-		state = cloud.TargetHealthy
-	}
-	for _, t := range targets {
-		c.targets[tgARN][t] = state
-	}
-	return nil
+	return cloud.InBatches(targets, c.batchLimit(), func(batch []cloud.Target) error {
+		defer c.begin("RegisterTargets")()
+		tg, ok := c.tgs[tgARN]
+		if !ok {
+			return notFound("RegisterTargets", "TargetGroup", tgARN)
+		}
+		state := cloud.TargetUnused
+		if len(tg.LoadBalancerARNs) > 0 {
+			state = cloud.TargetHealthy
+		}
+		for _, t := range batch {
+			c.targets[tgARN][t] = state
+		}
+		return nil
+	})
 }
 
 // DeregisterTargets implements cloud.LoadBalancers; targets leave at once.
 func (c *Cloud) DeregisterTargets(_ context.Context, tgARN string, targets []cloud.Target) error {
-	defer c.begin("DeregisterTargets")()
-	if _, ok := c.tgs[tgARN]; !ok {
-		return notFound("DeregisterTargets", "TargetGroup", tgARN)
-	}
-	if len(targets) > c.batchLimit() {
-		return apiErr("DeregisterTargets", "ValidationError", fmt.Sprintf("%d targets in one call", len(targets)))
-	}
-	for _, t := range targets {
-		delete(c.targets[tgARN], t)
-	}
-	return nil
+	return cloud.InBatches(targets, c.batchLimit(), func(batch []cloud.Target) error {
+		defer c.begin("DeregisterTargets")()
+		if _, ok := c.tgs[tgARN]; !ok {
+			return notFound("DeregisterTargets", "TargetGroup", tgARN)
+		}
+		for _, t := range batch {
+			delete(c.targets[tgARN], t)
+		}
+		return nil
+	})
 }
 
 // DescribeTargetHealth implements cloud.LoadBalancers.

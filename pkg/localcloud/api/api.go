@@ -23,41 +23,10 @@ import (
 	"github.com/directlb/directlb/pkg/localcloud/store"
 )
 
-// TargetHealthSource reports a registered target's health.
-type TargetHealthSource interface {
-	// TargetHealth returns the state, reason and description of target t
-	// of target group tg.
-	TargetHealth(tg store.TargetGroupWithLBs, t store.Target) (state, reason, description string)
-}
-
-// StaticHealth is the health source when no health checks run (API-only
-// mode): registered targets of a group in use are healthy.
-type StaticHealth struct{}
-
-// TargetHealth implements TargetHealthSource.
-func (StaticHealth) TargetHealth(tg store.TargetGroupWithLBs, t store.Target) (string, string, string) {
-	if s, r, d, ok := BaseState(tg, t); ok {
-		return s, r, d
-	}
-	return "healthy", "", ""
-}
-
-// BaseState returns the state every health source shares: draining for a
-// deregistered target, unused for a group no load balancer uses.
-func BaseState(tg store.TargetGroupWithLBs, t store.Target) (state, reason, description string, ok bool) {
-	if t.Draining() {
-		return "draining", "Target.DeregistrationInProgress", "Target deregistration is in progress", true
-	}
-	if len(tg.LoadBalancerARNs) == 0 {
-		return "unused", "Target.NotInUse", "Target group is not configured to receive traffic from the load balancer", true
-	}
-	return "", "", "", false
-}
-
 // Config configures the API handler.
 type Config struct {
 	Store       *store.Store
-	Health      TargetHealthSource
+	Health      store.TargetHealthSource
 	Faults      *faults.Injector
 	Credentials sigv4.Credentials
 	// MaxPageSize is the page size when a request gives none (AWS: 400).
@@ -77,7 +46,7 @@ type Handler struct {
 // New returns the API handler.
 func New(cfg Config) (*Handler, error) {
 	if cfg.Health == nil {
-		cfg.Health = StaticHealth{}
+		cfg.Health = store.StaticHealth{}
 	}
 	if cfg.Faults == nil {
 		cfg.Faults = faults.New(faults.Spec{})
@@ -164,101 +133,134 @@ func (h *Handler) actions() map[string]action {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	reqID := newRequestID()
-	actionName := "Unknown"
-	code := "OK"
+	q := &request{h: h, w: w, id: newRequestID(), action: "Unknown", code: "OK"}
 	defer func() {
-		h.calls.WithLabelValues(actionName, code).Inc()
-		h.duration.WithLabelValues(actionName).Observe(time.Since(start).Seconds())
+		h.calls.WithLabelValues(q.action, q.code).Inc()
+		h.duration.WithLabelValues(q.action).Observe(time.Since(start).Seconds())
 	}()
-	ec2 := false
-	fail := func(err error) {
-		ae := toAPIError(err)
-		code = ae.Code
-		h.cfg.Log.Info("api error", zap.String("action", actionName), zap.String("code", ae.Code),
-			zap.String("message", ae.Message), zap.String("requestId", reqID))
-		if ec2 {
-			writeEC2Error(w, ae, reqID)
-			return
-		}
-		writeError(w, ae, reqID)
-	}
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
-		actionName = "Invalid"
-		fail(apiErr("InvalidAction", 400, "use POST with a form-encoded body"))
+		q.action = "Invalid"
+		q.fail(apiErr("InvalidAction", 400, "use POST with a form-encoded body"))
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<20)
+	act, p, ok := h.route(q, r)
+	if !ok || !h.injectFault(q, r) {
+		return
+	}
+	result, err := act(r.Context(), p)
+	if err != nil {
+		q.fail(err)
+		return
+	}
+	if q.ec2 {
+		writeEC2Result(w, q.action, result, q.id)
+		return
+	}
+	writeResult(w, q.action, result, q.id)
+}
+
+// request is one API request as ServeHTTP answers it.
+type request struct {
+	h  *Handler
+	w  http.ResponseWriter
+	id string
+	// action and code label the request's metrics.
+	action, code string
+	// ec2 says the request is for the EC2 API: its errors and results
+	// take EC2's shape.
+	ec2 bool
+}
+
+// fail answers with err as an AWS-shaped error and logs it.
+func (q *request) fail(err error) {
+	ae := toAPIError(err)
+	q.code = ae.Code
+	q.h.cfg.Log.Info("api error", zap.String("action", q.action), zap.String("code", ae.Code),
+		zap.String("message", ae.Message), zap.String("requestId", q.id))
+	if q.ec2 {
+		writeEC2Error(q.w, ae, q.id)
+		return
+	}
+	writeError(q.w, ae, q.id)
+}
+
+// route checks the signature, parses the form and finds the action and
+// its API; when it fails it has answered, and ok is false.
+func (h *Handler) route(q *request, r *http.Request) (act action, p params, ok bool) {
 	// Verify reads the body and puts it back (or leaves it unread when it
 	// refuses early), so the form can be parsed either way: it says which
 	// API, and so which error shape, the request is for.
 	authErr := sigv4.Verify(r, h.cfg.Credentials, h.cfg.Now())
 	formErr := r.ParseForm()
-	p := params(r.Form)
+	p = params(r.Form)
 	name := p.str("Action")
 	act, isELB := h.actions()[name]
 	ec2Act, isEC2 := h.ec2Actions()[name]
-	ec2 = isEC2 || (!isELB && p.str("Version") == EC2Version)
+	q.ec2 = isEC2 || (!isELB && p.str("Version") == EC2Version)
 	if authErr != nil {
-		var se *sigv4.Error
-		if errors.As(authErr, &se) {
-			c := se.Code
-			if ec2 && c == "InvalidClientTokenId" {
-				c = "AuthFailure" // EC2's code for an unknown key
-			}
-			fail(apiErr(c, http.StatusForbidden, se.Message))
-		} else {
-			fail(authErr)
-		}
-		return
+		q.fail(authError(authErr, q.ec2))
+		return nil, nil, false
 	}
 	if formErr != nil {
-		fail(apiErr("MalformedQueryString", 400, formErr.Error()))
-		return
+		q.fail(apiErr("MalformedQueryString", 400, formErr.Error()))
+		return nil, nil, false
 	}
 	wantVersion := "2015-12-01"
 	switch {
 	case isEC2:
 		act, wantVersion = ec2Act, EC2Version
 	case !isELB:
-		fail(apiErr("InvalidAction", 400, fmt.Sprintf("action %q is not valid for this web service", name)))
-		return
+		q.fail(apiErr("InvalidAction", 400, fmt.Sprintf("action %q is not valid for this web service", name)))
+		return nil, nil, false
 	}
-	actionName = name
+	q.action = name
 	if v := p.str("Version"); v != "" && v != wantVersion {
-		fail(apiErr("InvalidParameterValue", 400, fmt.Sprintf("version %q: localcloud speaks %s for %s", v, wantVersion, name)))
-		return
+		q.fail(apiErr("InvalidParameterValue", 400, fmt.Sprintf("version %q: localcloud speaks %s for %s", v, wantVersion, name)))
+		return nil, nil, false
 	}
-	outcome, delay := h.cfg.Faults.Decide(name, time.Now())
+	return act, p, true
+}
+
+// authError is the API error for a refused signature; EC2 calls an
+// unknown key AuthFailure.
+func authError(err error, ec2 bool) error {
+	var se *sigv4.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	c := se.Code
+	if ec2 && c == "InvalidClientTokenId" {
+		c = "AuthFailure" // EC2's code for an unknown key
+	}
+	return apiErr(c, http.StatusForbidden, se.Message)
+}
+
+// injectFault applies the fault injector's decision for the request's
+// action: a delay, then a throttle or server error. It returns whether the
+// request goes on (false: it has been answered, or the client left).
+func (h *Handler) injectFault(q *request, r *http.Request) bool {
+	outcome, delay := h.cfg.Faults.Decide(q.action, time.Now())
 	if delay > 0 {
 		select {
 		case <-time.After(delay):
 		case <-r.Context().Done():
-			return
+			return false
 		}
 	}
 	switch outcome {
 	case faults.Throttled, faults.RateLimited:
-		if ec2 {
-			fail(apiErr("RequestLimitExceeded", 503, "Request limit exceeded."))
+		if q.ec2 {
+			q.fail(apiErr("RequestLimitExceeded", 503, "Request limit exceeded."))
 		} else {
-			fail(apiErr("Throttling", 400, "Rate exceeded"))
+			q.fail(apiErr("Throttling", 400, "Rate exceeded"))
 		}
-		return
+		return false
 	case faults.ServerError:
-		fail(apiErr("ServiceUnavailable", 503, "Service is unavailable (injected fault)"))
-		return
+		q.fail(apiErr("ServiceUnavailable", 503, "Service is unavailable (injected fault)"))
+		return false
 	}
-	result, err := act(r.Context(), p)
-	if err != nil {
-		fail(err)
-		return
-	}
-	if ec2 {
-		writeEC2Result(w, name, result, reqID)
-		return
-	}
-	writeResult(w, name, result, reqID)
+	return true
 }
 
 func toAPIError(err error) *apiError {

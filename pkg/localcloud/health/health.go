@@ -19,7 +19,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/directlb/directlb/pkg/localcloud/api"
 	"github.com/directlb/directlb/pkg/localcloud/store"
 )
 
@@ -195,9 +194,9 @@ func (c *Checker) Healthy(tgARN string, t store.Target) bool {
 	return ok && s.State == Healthy
 }
 
-// TargetHealth implements api.TargetHealthSource.
+// TargetHealth implements store.TargetHealthSource.
 func (c *Checker) TargetHealth(tg store.TargetGroupWithLBs, t store.Target) (string, string, string) {
-	if s, r, d, ok := api.BaseState(tg, t); ok {
+	if s, r, d, ok := store.BaseState(tg, t); ok {
 		return s, r, d
 	}
 	s, ok := c.Status(tg.ARN, t)

@@ -359,54 +359,15 @@ func (s *Store) AssignPrivateIPs(id string, ips []string, count int, allowReassi
 	}
 	subnet := netip.MustParsePrefix(ni.SubnetCIDR)
 	var add []string
-	type move struct {
-		from *NetworkInterface
-		ip   string
-	}
-	var moves []move
+	var moves []reassignment
+	var err error
 	if len(ips) > 0 {
-		seen := map[string]bool{}
-		for _, raw := range ips {
-			a, err := netip.ParseAddr(raw)
-			if err != nil || !a.Is4() {
-				return nil, ec2Err(CodeInvalidParameter, fmt.Sprintf("Invalid IPv4 address %q", raw))
-			}
-			ip := a.String()
-			if !subnet.Contains(a) || reserved(subnet, a) {
-				return nil, ec2Err(CodeInvalidParameter, fmt.Sprintf("Address %s does not fall within the subnet's address range %s", ip, subnet))
-			}
-			if seen[ip] {
-				continue
-			}
-			seen[ip] = true
-			o := s.owner(ip)
-			switch {
-			case o == ni:
-				continue
-			case o != nil && (o.PrivateIP == ip || !allowReassignment):
-				return nil, ec2Err(CodeAddressInUse, fmt.Sprintf("Address %s is in use.", ip))
-			case o != nil:
-				moves = append(moves, move{o, ip})
-			}
-			add = append(add, ip)
-		}
+		add, moves, err = s.listedIPs(ni, subnet, ips, allowReassignment)
 	} else {
-		pool := subnet
-		if ni.Pool != "" {
-			pool = netip.MustParsePrefix(ni.Pool)
-		}
-		if 1+len(ni.SecondaryIPs)+count > ni.AddressLimit {
-			return nil, limitErr(ni, count)
-		}
-		for a := pool.Masked().Addr(); pool.Contains(a) && len(add) < count; a = a.Next() {
-			if reserved(subnet, a) || s.owner(a.String()) != nil {
-				continue
-			}
-			add = append(add, a.String())
-		}
-		if len(add) < count {
-			return nil, ec2Err(CodeInsufficientAddress, fmt.Sprintf("%s has %d free addresses for %s, %d were asked for", pool, len(add), id, count))
-		}
+		add, err = s.freeIPs(ni, subnet, count)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if 1+len(ni.SecondaryIPs)+len(add) > ni.AddressLimit {
 		return nil, limitErr(ni, len(add))
@@ -419,6 +380,69 @@ func (s *Store) AssignPrivateIPs(id string, ips []string, count int, allowReassi
 	}
 	ni.SecondaryIPs = append(ni.SecondaryIPs, add...)
 	return add, s.commit()
+}
+
+// reassignment is an address AssignPrivateIPs moves from another ENI.
+type reassignment struct {
+	from *NetworkInterface
+	ip   string
+}
+
+// listedIPs checks the addresses AssignPrivateIPs was given for ni and
+// returns those to add (not on ni yet, each once) and those among them to
+// take from another ENI (allowReassignment).
+func (s *Store) listedIPs(ni *NetworkInterface, subnet netip.Prefix, ips []string, allowReassignment bool) ([]string, []reassignment, error) {
+	var add []string
+	var moves []reassignment
+	seen := map[string]bool{}
+	for _, raw := range ips {
+		a, err := netip.ParseAddr(raw)
+		if err != nil || !a.Is4() {
+			return nil, nil, ec2Err(CodeInvalidParameter, fmt.Sprintf("Invalid IPv4 address %q", raw))
+		}
+		ip := a.String()
+		if !subnet.Contains(a) || reserved(subnet, a) {
+			return nil, nil, ec2Err(CodeInvalidParameter, fmt.Sprintf("Address %s does not fall within the subnet's address range %s", ip, subnet))
+		}
+		if seen[ip] {
+			continue
+		}
+		seen[ip] = true
+		o := s.owner(ip)
+		switch {
+		case o == ni:
+			continue
+		case o != nil && (o.PrivateIP == ip || !allowReassignment):
+			return nil, nil, ec2Err(CodeAddressInUse, fmt.Sprintf("Address %s is in use.", ip))
+		case o != nil:
+			moves = append(moves, reassignment{o, ip})
+		}
+		add = append(add, ip)
+	}
+	return add, moves, nil
+}
+
+// freeIPs picks count free addresses for ni from its pool (the subnet
+// when it has none), lowest first.
+func (s *Store) freeIPs(ni *NetworkInterface, subnet netip.Prefix, count int) ([]string, error) {
+	pool := subnet
+	if ni.Pool != "" {
+		pool = netip.MustParsePrefix(ni.Pool)
+	}
+	if 1+len(ni.SecondaryIPs)+count > ni.AddressLimit {
+		return nil, limitErr(ni, count)
+	}
+	var add []string
+	for a := pool.Masked().Addr(); pool.Contains(a) && len(add) < count; a = a.Next() {
+		if reserved(subnet, a) || s.owner(a.String()) != nil {
+			continue
+		}
+		add = append(add, a.String())
+	}
+	if len(add) < count {
+		return nil, ec2Err(CodeInsufficientAddress, fmt.Sprintf("%s has %d free addresses for %s, %d were asked for", pool, len(add), ni.ID, count))
+	}
+	return add, nil
 }
 
 func limitErr(ni *NetworkInterface, n int) *Error {
