@@ -39,6 +39,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/directlb/directlb/internal/namedns"
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/proxy"
 )
@@ -82,9 +83,7 @@ func newSBS(b *testing.B) *sbs {
 	if testing.Short() {
 		b.Skip("skipping: the side-by-side is long")
 	}
-	if os.Geteuid() != 0 {
-		b.Skip("skipping: needs root")
-	}
+	privileged.Require(b, "loads BPF programs and runs kube-proxy in network namespaces")
 	binDir := os.Getenv("DLB_BIN_DIR")
 	if binDir == "" {
 		binDir, _ = filepath.Abs("../../bin")

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/directlb/directlb/internal/netnstest"
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/eni"
 )
 
@@ -57,9 +58,7 @@ func TestLocalPods(t *testing.T) {
 // TestENIRoutingPrivileged runs the pod informer and the router against a
 // network namespace of its own with an "ENI" eth1 and proxy neighbours.
 func TestENIRoutingPrivileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	h := newTestNetns(t, "dlbt-agent-eni")
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1"}); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	kfake "k8s.io/client-go/kubernetes/fake"
 
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/eni"
@@ -289,9 +289,7 @@ func TestResolveENIs(t *testing.T) {
 // says each ENI holds: moving an address between ENIs in the cloud moves
 // the pod's rule.
 func TestENIRoutingFromEC2Privileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	ctx := context.Background()
 	_, ec2 := testCloud(t)
 	h := newTestNetns(t, "dlbt-agent-ec2")

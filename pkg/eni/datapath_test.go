@@ -17,6 +17,7 @@ import (
 
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/internal/netnstest"
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 func sysctls(t *testing.T, ns string, kv map[string]string) {
@@ -76,12 +77,8 @@ func addAddr(t *testing.T, h *netlink.Handle, l netlink.Link, p string) {
 // the check drops them; with Sync they leave through eth1 and arrive; after
 // Cleanup they are dropped again.
 func TestSourceDestCheckPrivileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (nftables) for the source/destination check")
-	}
+	privileged.Require(t, "creates network namespaces")
+	privileged.RequireTools(t, "nftables is the VPC's source/destination check", "nft")
 	p := fmt.Sprintf("dlbt-eni-d%d-", os.Getpid()%100000)
 	vpcNS, nodeNS, podNS, clNS := p+"vpc", p+"node", p+"pod", p+"cl"
 	vpc, node, pod, cl := netnstest.New(t, vpcNS), netnstest.New(t, nodeNS), netnstest.New(t, podNS), netnstest.New(t, clNS)
