@@ -284,16 +284,11 @@ func TestResolveENIs(t *testing.T) {
 	}
 }
 
-// TestENIRoutingFromEC2Privileged maps localcloud's ENIs to the links of
-// a namespace of its own by MAC, and routes pods by the addresses EC2
-// says each ENI holds: moving an address between ENIs in the cloud moves
-// the pod's rule.
-func TestENIRoutingFromEC2Privileged(t *testing.T) {
-	privileged.Require(t, "creates a network namespace")
-	ctx := context.Background()
-	_, ec2 := testCloud(t)
-	h := newTestNetns(t, "dlbt-agent-ec2")
-	for i, mac := range []string{"02:d1:00:00:01:00", "02:d1:00:00:01:01"} {
+// addENILinks adds eth<i> with macs[i] and 10.100.1.<10+i>/16 (a veth
+// whose peer stays in the namespace), up.
+func addENILinks(t *testing.T, h *netlink.Handle, macs ...string) {
+	t.Helper()
+	for i, mac := range macs {
 		hw, _ := net.ParseMAC(mac)
 		dev := fmt.Sprintf("eth%d", i)
 		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev, HardwareAddr: hw}, PeerName: fmt.Sprintf("peer%d", i)}); err != nil {
@@ -310,6 +305,18 @@ func TestENIRoutingFromEC2Privileged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestENIRoutingFromEC2Privileged maps localcloud's ENIs to the links of
+// a namespace of its own by MAC, and routes pods by the addresses EC2
+// says each ENI holds: moving an address between ENIs in the cloud moves
+// the pod's rule.
+func TestENIRoutingFromEC2Privileged(t *testing.T) {
+	privileged.Require(t, "creates a network namespace")
+	ctx := context.Background()
+	_, ec2 := testCloud(t)
+	h := newTestNetns(t, "dlbt-agent-ec2")
+	addENILinks(t, h, "02:d1:00:00:01:00", "02:d1:00:00:01:01")
 	if _, err := ec2.AssignPrivateIPs(ctx, "eni-node1-1", []netip.Addr{a("10.100.1.130")}, 0); err != nil {
 		t.Fatal(err)
 	}
