@@ -27,7 +27,6 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -56,22 +55,8 @@ func BenchmarkConvergence(b *testing.B) {
 		}
 		n = v
 	}
-	assets, why := testenv.EnvtestAssets("dlbt-bench-lbc-assets-")
-	if why != "" {
-		b.Skip("needs a real kube-apiserver and etcd: " + why)
-	}
-	defer os.RemoveAll(assets)
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapErrorLevel)))
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	cfg, err := env.Start()
-	if err != nil {
-		b.Fatalf("start envtest: %v", err)
-	}
-	defer func() {
-		if err := env.Stop(); err != nil {
-			b.Errorf("stop envtest: %v", err)
-		}
-	}()
+	_, cfg := testenv.StartEnvtest(b, "dlbt-bench-lbc-assets-", nil)
 	for i := 0; i < b.N; i++ {
 		runConvergence(b, cfg, n, fmt.Sprintf("lbc%d", i))
 	}

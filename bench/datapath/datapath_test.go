@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/datapath"
 )
 
@@ -54,12 +55,8 @@ type env struct {
 
 func newEnv(b *testing.B) *env {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("skipping: the datapath benchmarks need root")
-	}
-	if err := datapath.CheckKernel(); err != nil {
-		b.Skipf("skipping: %v", err)
-	}
+	privileged.Require(b, "loads BPF programs, mounts a bpffs and makes a cgroup")
+	privileged.RequireKernel(b, datapath.CheckKernel)
 	dir := b.TempDir()
 	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
 		b.Fatalf("mount bpffs: %v", err)

@@ -39,6 +39,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/directlb/directlb/internal/namedns"
+	"github.com/directlb/directlb/internal/privileged"
+	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/proxy"
 )
@@ -60,45 +62,19 @@ type sbs struct {
 	latencyCIP string
 }
 
-func sbsAssets(b *testing.B, binDir string) string {
-	dir := b.TempDir()
-	for name, src := range map[string]string{
-		"etcd":           "/usr/bin/etcd",
-		"kube-apiserver": filepath.Join(binDir, "kube-apiserver"),
-		"kubectl":        filepath.Join(binDir, "kubectl"),
-	} {
-		if _, err := os.Stat(src); err != nil {
-			b.Skipf("skipping: the side-by-side needs %s (make tools): %v", src, err)
-		}
-		if err := os.Symlink(src, filepath.Join(dir, name)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return dir
-}
-
 func newSBS(b *testing.B) *sbs {
 	b.Helper()
 	if testing.Short() {
 		b.Skip("skipping: the side-by-side is long")
 	}
-	if os.Geteuid() != 0 {
-		b.Skip("skipping: needs root")
-	}
-	binDir := os.Getenv("DLB_BIN_DIR")
-	if binDir == "" {
-		binDir, _ = filepath.Abs("../../bin")
-	}
+	privileged.Require(b, "loads BPF programs and runs kube-proxy in network namespaces")
+	binDir := testenv.BinDir()
 	if _, err := os.Stat(filepath.Join(binDir, "kube-proxy")); err != nil {
-		b.Skipf("skipping: no kube-proxy in %s (make tools): %v", binDir, err)
+		b.Skipf("needs kube-proxy in %s (make tools): %v", binDir, err)
 	}
-	env := &envtest.Environment{BinaryAssetsDirectory: sbsAssets(b, binDir)}
-	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
-	rc, err := env.Start()
-	if err != nil {
-		b.Fatalf("start apiserver: %v", err)
-	}
-	b.Cleanup(func() { env.Stop() })
+	env, rc := testenv.StartEnvtest(b, "dlbt-bench-sbs-assets-", func(env *envtest.Environment) {
+		env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	})
 	user, err := env.ControlPlane.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 // freshEnv marks the copy of the test binary that runs in its own mount
@@ -23,7 +25,7 @@ const freshEnv = "DLB_NAMEDNS_FRESH_MOUNTS"
 // that has never run `ip netns add`, whatever this machine has seen; and
 // nothing the tests mount reaches the host's mount table.
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
+	if !privileged.Root() {
 		os.Exit(m.Run()) // the tests skip, saying why
 	}
 	if os.Getenv(freshEnv) == "" {
@@ -52,12 +54,8 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts network namespaces under /run/netns")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip command: the test mixes it with this package")
-	}
+	privileged.Require(t, "mounts network namespaces under /run/netns")
+	privileged.RequireTools(t, "the test mixes iproute2's ip with this package", "ip")
 }
 
 // reset puts /run/netns back to a fresh machine's state: absent.

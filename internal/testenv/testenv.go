@@ -1,7 +1,7 @@
 // Package testenv holds the building blocks that tests and benchmarks share
-// to run directlb against real parts: the envtest binaries (etcd and
-// kube-apiserver) and an in-process localcloud API server reached through
-// the real AWS SDK client.
+// to run directlb against real parts: an envtest control plane (etcd and
+// kube-apiserver, one per package or one per test) and an in-process
+// localcloud API server reached through the real AWS SDK client.
 package testenv
 
 import (
@@ -13,6 +13,11 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	crzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/localcloud"
@@ -30,10 +35,7 @@ const (
 // /usr/bin and the others from $DLB_BIN_DIR or the module's bin/. The
 // caller removes the directory.
 func EnvtestAssets(prefix string) (dir string, why string) {
-	binDir := os.Getenv("DLB_BIN_DIR")
-	if binDir == "" {
-		binDir = filepath.Join(moduleRoot(), "bin")
-	}
+	binDir := BinDir()
 	want := map[string]string{
 		"etcd":           "/usr/bin/etcd",
 		"kube-apiserver": filepath.Join(binDir, "kube-apiserver"),
@@ -59,6 +61,73 @@ func EnvtestAssets(prefix string) (dir string, why string) {
 		}
 	}
 	return dir, ""
+}
+
+// BinDir is where the project's pinned binaries are (kube-apiserver,
+// kubectl, kube-proxy, helm): $DLB_BIN_DIR if set, else the module's bin/.
+func BinDir() string {
+	if d := os.Getenv("DLB_BIN_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(moduleRoot(), "bin")
+}
+
+// RunEnvtest is the TestMain of a package whose tests share one envtest
+// control plane: it starts etcd and kube-apiserver (assets in a temporary
+// directory named by prefix), sets *cfg to reach them, runs the tests and
+// stops them. Without a control plane (-short, or a binary is missing) *cfg
+// stays nil and *skip says why, for the tests to skip with.
+func RunEnvtest(m *testing.M, prefix string, cfg **rest.Config, skip *string) int {
+	assets, why := EnvtestAssets(prefix)
+	if why == "" && testing.Short() {
+		os.RemoveAll(assets)
+		why = "-short"
+	}
+	if why != "" {
+		*skip = why
+		return m.Run()
+	}
+	defer os.RemoveAll(assets)
+	logf.SetLogger(crzap.New(crzap.WriteTo(os.Stderr), crzap.Level(zapcore.InfoLevel)))
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	c, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		return 1
+	}
+	*cfg = c
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop envtest:", err)
+	}
+	return code
+}
+
+// StartEnvtest starts an envtest control plane for one test or benchmark
+// and stops it at cleanup; it skips tb, saying why, when a binary is
+// missing. configure, if not nil, adjusts the environment before it starts
+// (apiserver flags, say).
+func StartEnvtest(tb testing.TB, prefix string, configure func(*envtest.Environment)) (*envtest.Environment, *rest.Config) {
+	tb.Helper()
+	assets, why := EnvtestAssets(prefix)
+	if why != "" {
+		tb.Skip("needs a real kube-apiserver and etcd: " + why)
+	}
+	tb.Cleanup(func() { os.RemoveAll(assets) })
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	if configure != nil {
+		configure(env)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		tb.Fatalf("start envtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			tb.Errorf("stop envtest: %v", err)
+		}
+	})
+	return env, cfg
 }
 
 // moduleRoot is the nearest directory above the working directory with a

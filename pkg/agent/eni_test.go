@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/directlb/directlb/internal/netnstest"
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/localcloud/localcloudtest"
 )
@@ -64,9 +65,7 @@ func TestLocalPods(t *testing.T) {
 // TestENIRoutingPrivileged runs the pod informer and the router against a
 // network namespace of its own with an "ENI" eth1 and proxy neighbours.
 func TestENIRoutingPrivileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	h := newTestNetns(t, "dlbt-agent-eni")
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1"}); err != nil {
 		t.Fatal(err)
@@ -169,9 +168,7 @@ func TestInstanceIDFromProviderID(t *testing.T) {
 // says each ENI holds: moving an address between ENIs in the cloud moves
 // the pod's rule.
 func TestENIRoutingFromEC2Privileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	ctx := context.Background()
 	_, ec2 := localcloudtest.ENICloud(t)
 	h := newTestNetns(t, "dlbt-agent-ec2")

@@ -4,26 +4,19 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/directlb/directlb/internal/namedns"
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 // A netns of our own holds kube-proxy-like leftovers; the host's firewall
 // is never touched.
 func testNetns(t *testing.T) Runner {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to create a network namespace")
-	}
-	for _, tool := range []string{"ip", "iptables-restore", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed", tool)
-		}
-	}
+	privileged.Require(t, "creates a network namespace")
+	privileged.RequireTools(t, "the test writes kube-proxy-like rules to clean up", "ip", "iptables-restore", "nft")
 	b := make([]byte, 4)
 	rand.Read(b)
 	ns := "dlbt-agent-" + hex.EncodeToString(b)

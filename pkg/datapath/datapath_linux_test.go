@@ -23,6 +23,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 // The privileged tests load the real programs, attach them to a child
@@ -193,12 +195,8 @@ func randSuffix(t *testing.T) string {
 // newBed mounts a private bpffs, makes a child cgroup, loads and attaches.
 func newBed(t *testing.T) *bed {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: BPF datapath tests need root")
-	}
-	if err := CheckKernel(); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
+	privileged.Require(t, "loads BPF programs, mounts a bpffs and makes a cgroup")
+	privileged.RequireKernel(t, CheckKernel)
 	const unified = "/sys/fs/cgroup/unified"
 	if err := IsCgroup2(unified); err != nil {
 		t.Skipf("skipping: no cgroup v2 hierarchy at %s: %v", unified, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/internal/netnstest"
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 func sysctls(t *testing.T, ns string, kv map[string]string) {
@@ -76,15 +77,63 @@ func addAddr(t *testing.T, h *netlink.Handle, l netlink.Link, p string) {
 // the check drops them; with Sync they leave through eth1 and arrive; after
 // Cleanup they are dropped again.
 func TestSourceDestCheckPrivileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
+	privileged.Require(t, "creates network namespaces")
+	privileged.RequireTools(t, "nftables is the VPC's source/destination check", "nft")
+	v := newSrcDstVPC(t)
+	v.servePod()
+	if err := v.get(); err == nil {
+		t.Fatal("without ENI routing the client reached the pod on eth1: the check did not drop the replies from eth0")
 	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (nftables) for the source/destination check")
+	before := v.eth0Drops()
+	if before == 0 {
+		t.Fatal("without ENI routing the request failed, but not because the check dropped the replies on eth0")
 	}
+	enis := []ENI{
+		{Index: 0, Device: "eth0", Address: netip.MustParsePrefix("10.210.1.10/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
+		{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.210.1.11/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
+	}
+	r, err := New(Config{Handle: v.node, ENIs: enis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sync([]Pod{{Name: "pod", IP: v.podIP, ENI: "eth1"}}); err != nil {
+		t.Fatal(err)
+	}
+	var errs []error
+	for i := range 5 {
+		if err := v.get(); err != nil {
+			errs = append(errs, fmt.Errorf("request %d: %w", i, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("with ENI routing: %v", err)
+	}
+	if n := v.eth0Drops(); n != before {
+		t.Errorf("with ENI routing the check dropped %d more frames on eth0", n-before)
+	}
+	if err := Cleanup(v.node); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.get(); err == nil {
+		t.Fatal("after Cleanup the client still reached the pod: the replies did not go back to eth0")
+	}
+}
+
+// srcDstVPC is TestSourceDestCheckPrivileged's network: namespaces for
+// the VPC bridge, the node, its pod and a client.
+type srcDstVPC struct {
+	t                          *testing.T
+	vpcNS, nodeNS, podNS, clNS string
+	node                       *netlink.Handle
+	podIP                      netip.Addr
+}
+
+func newSrcDstVPC(t *testing.T) *srcDstVPC {
 	p := fmt.Sprintf("dlbt-eni-d%d-", os.Getpid()%100000)
-	vpcNS, nodeNS, podNS, clNS := p+"vpc", p+"node", p+"pod", p+"cl"
-	vpc, node, pod, cl := netnstest.New(t, vpcNS), netnstest.New(t, nodeNS), netnstest.New(t, podNS), netnstest.New(t, clNS)
+	v := &srcDstVPC{t: t, vpcNS: p + "vpc", nodeNS: p + "node", podNS: p + "pod", clNS: p + "cl",
+		podIP: netip.MustParseAddr("10.210.1.130")}
+	vpc, cl := netnstest.New(t, v.vpcNS), netnstest.New(t, v.clNS)
+	v.node = netnstest.New(t, v.nodeNS)
 
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err := vpc.LinkAdd(br); err != nil {
@@ -95,7 +144,7 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 		t.Fatal(err)
 	}
 	addAddr(t, vpc, brl, "10.210.0.1/16")
-	sysctls(t, nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0"})
+	sysctls(t, v.nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0"})
 	port := func(peerH *netlink.Handle, peerNS, dev, vpcPort, addr string) netlink.Link {
 		vp, l := wire(t, vpc, vpcPort, peerH, peerNS, dev)
 		if err := vpc.LinkSetMaster(vp, brl); err != nil {
@@ -105,22 +154,27 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 		return l
 	}
 	// eth0 first: without policy routing the node's /16 goes out eth0.
-	eth0 := port(node, nodeNS, "eth0", "pe0", "10.210.1.10/16")
-	eth1 := port(node, nodeNS, "eth1", "pe1", "10.210.1.11/16")
-	clEth := port(cl, clNS, "eth0", "pcl", "10.210.0.5/16")
-	_ = clEth
-	if err := node.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.210.0.1")}); err != nil {
+	eth0 := port(v.node, v.nodeNS, "eth0", "pe0", "10.210.1.10/16")
+	eth1 := port(v.node, v.nodeNS, "eth1", "pe1", "10.210.1.11/16")
+	port(cl, v.clNS, "eth0", "pcl", "10.210.0.5/16")
+	if err := v.node.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.210.0.1")}); err != nil {
 		t.Fatal(err)
 	}
-	sysctls(t, nodeNS, map[string]string{
+	sysctls(t, v.nodeNS, map[string]string{
 		"ipv4/conf/eth0/rp_filter": "0", "ipv4/conf/eth1/rp_filter": "0",
 		"ipv4/neigh/eth1/proxy_delay": "0", "ipv4/conf/eth1/forwarding": "1",
 	})
+	v.addPod(eth1)
+	v.addCheck()
+	return v
+}
 
-	// The pod: 10.210.1.130 on the secondary ENI's range, gateway
-	// 169.254.1.1 = the node-side veth.
-	hostVeth, podEth := wire(t, node, "dlbp0", pod, podNS, "eth0")
-	podIP := netip.MustParseAddr("10.210.1.130")
+// addPod wires the pod: 10.210.1.130 on the secondary ENI's range, gateway
+// 169.254.1.1 = the node-side veth, proxy ARP on eth1.
+func (v *srcDstVPC) addPod(eth1 netlink.Link) {
+	t := v.t
+	pod := netnstest.New(t, v.podNS)
+	hostVeth, podEth := wire(t, v.node, "dlbp0", pod, v.podNS, "eth0")
 	addAddr(t, pod, podEth, "10.210.1.130/32")
 	gw := net.ParseIP("169.254.1.1")
 	if err := pod.NeighSet(&netlink.Neigh{LinkIndex: podEth.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostVeth.Attrs().HardwareAddr}); err != nil {
@@ -132,14 +186,16 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 	if err := pod.RouteAdd(&netlink.Route{LinkIndex: podEth.Attrs().Index, Gw: gw}); err != nil {
 		t.Fatal(err)
 	}
-	if err := node.RouteAdd(&netlink.Route{LinkIndex: hostVeth.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(netip.PrefixFrom(podIP, 32))}); err != nil {
+	if err := v.node.RouteAdd(&netlink.Route{LinkIndex: hostVeth.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(netip.PrefixFrom(v.podIP, 32))}); err != nil {
 		t.Fatal(err)
 	}
-	if err := node.NeighSet(&netlink.Neigh{LinkIndex: eth1.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: podIP.AsSlice()}); err != nil {
+	if err := v.node.NeighSet(&netlink.Neigh{LinkIndex: eth1.Attrs().Index, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: v.podIP.AsSlice()}); err != nil {
 		t.Fatal(err)
 	}
+}
 
-	// The check, like the test bed's.
+// addCheck installs the source/destination check, like the test bed's.
+func (v *srcDstVPC) addCheck() {
 	script := `table bridge dlbt_srcdst {
 	chain prerouting {
 		type filter hook prerouting priority -200; policy accept;
@@ -153,22 +209,25 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 	}
 }
 `
-	cmd := exec.Command("nsenter", "--net="+namedns.Path(vpcNS), "nft", "-f", "-")
+	cmd := exec.Command("nsenter", "--net="+namedns.Path(v.vpcNS), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
+		v.t.Fatalf("nft: %v: %s", err, out)
 	}
+}
 
-	// A TCP server in the pod that writes "pod" and closes.
+// servePod runs a TCP server in the pod that writes "pod" and closes,
+// until the test ends.
+func (v *srcDstVPC) servePod() {
 	var ln net.Listener
-	if err := namedns.Do(podNS, func() error {
+	if err := namedns.Do(v.podNS, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", "10.210.1.130:8080")
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		v.t.Fatal(err)
 	}
-	defer ln.Close()
+	v.t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -179,82 +238,47 @@ func TestSourceDestCheckPrivileged(t *testing.T) {
 			c.Close()
 		}
 	}()
-	// get connects from the client (1.5 s bound) and reads the answer.
-	get := func() error {
-		var c net.Conn
-		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-		defer cancel()
-		if err := namedns.Do(clNS, func() error {
-			var d net.Dialer
-			var err error
-			c, err = d.DialContext(ctx, "tcp4", "10.210.1.130:8080")
-			return err
-		}); err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
-		b, err := io.ReadAll(c)
-		if err != nil {
-			return err
-		}
-		if string(b) != "pod" {
-			return fmt.Errorf("answer %q, want pod", b)
-		}
-		return nil
-	}
+}
 
-	// eth0Drops is how many frames the check dropped on eth0's port.
-	eth0Drops := func() int {
-		out, err := exec.Command("nsenter", "--net="+namedns.Path(vpcNS), "nft", "list", "chain", "bridge", "dlbt_srcdst", "prerouting").CombinedOutput()
-		if err != nil {
-			t.Fatalf("nft list: %v: %s", err, out)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			var n int
-			if i := strings.Index(line, `iifname "pe0" counter packets `); i >= 0 {
-				if _, err := fmt.Sscanf(line[i+len(`iifname "pe0" counter packets `):], "%d", &n); err == nil {
-					return n
-				}
+// get connects from the client (1.5 s bound) and reads the answer.
+func (v *srcDstVPC) get() error {
+	var c net.Conn
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if err := namedns.Do(v.clNS, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", "10.210.1.130:8080")
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if string(b) != "pod" {
+		return fmt.Errorf("answer %q, want pod", b)
+	}
+	return nil
+}
+
+// eth0Drops is how many frames the check dropped on eth0's port.
+func (v *srcDstVPC) eth0Drops() int {
+	out, err := exec.Command("nsenter", "--net="+namedns.Path(v.vpcNS), "nft", "list", "chain", "bridge", "dlbt_srcdst", "prerouting").CombinedOutput()
+	if err != nil {
+		v.t.Fatalf("nft list: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		var n int
+		if i := strings.Index(line, `iifname "pe0" counter packets `); i >= 0 {
+			if _, err := fmt.Sscanf(line[i+len(`iifname "pe0" counter packets `):], "%d", &n); err == nil {
+				return n
 			}
 		}
-		t.Fatalf("no pe0 drop counter in:\n%s", out)
-		return 0
 	}
-	if err := get(); err == nil {
-		t.Fatal("without ENI routing the client reached the pod on eth1: the check did not drop the replies from eth0")
-	}
-	before := eth0Drops()
-	if before == 0 {
-		t.Fatal("without ENI routing the request failed, but not because the check dropped the replies on eth0")
-	}
-	enis := []ENI{
-		{Index: 0, Device: "eth0", Address: netip.MustParsePrefix("10.210.1.10/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
-		{Index: 1, Device: "eth1", Address: netip.MustParsePrefix("10.210.1.11/16"), Gateway: netip.MustParseAddr("10.210.0.1")},
-	}
-	r, err := New(Config{Handle: node, ENIs: enis})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Sync([]Pod{{Name: "pod", IP: podIP, ENI: "eth1"}}); err != nil {
-		t.Fatal(err)
-	}
-	var errs []error
-	for i := range 5 {
-		if err := get(); err != nil {
-			errs = append(errs, fmt.Errorf("request %d: %w", i, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatalf("with ENI routing: %v", err)
-	}
-	if n := eth0Drops(); n != before {
-		t.Errorf("with ENI routing the check dropped %d more frames on eth0", n-before)
-	}
-	if err := Cleanup(node); err != nil {
-		t.Fatal(err)
-	}
-	if err := get(); err == nil {
-		t.Fatal("after Cleanup the client still reached the pod: the replies did not go back to eth0")
-	}
+	v.t.Fatalf("no pe0 drop counter in:\n%s", out)
+	return 0
 }

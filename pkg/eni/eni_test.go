@@ -15,6 +15,7 @@ import (
 
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/internal/netnstest"
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 func TestValidate(t *testing.T) {
@@ -52,9 +53,7 @@ type testNS struct {
 
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	name := fmt.Sprintf("dlbt-eni-%d-%d", os.Getpid()%100000, nsSeq.Add(1))
 	h := netnstest.New(t, name)
 	// Route lookups with an input interface need forwarding on.

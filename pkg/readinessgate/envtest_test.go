@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zapcore"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -26,11 +24,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/certs"
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/cloud/fake"
@@ -50,65 +46,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	assets, why := envtestAssets()
-	if why != "" || testing.Short() {
-		if why == "" {
-			why = "-short"
-		}
-		skipReason = why
-		return m.Run()
-	}
-	defer os.RemoveAll(assets)
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.InfoLevel)))
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	cfg, err := env.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start envtest:", err)
-		return 1
-	}
-	restConfig = cfg
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop envtest:", err)
-	}
-	return code
-}
-
-func envtestAssets() (string, string) {
-	binDir := os.Getenv("DLB_BIN_DIR")
-	if binDir == "" {
-		binDir, _ = filepath.Abs("../../bin")
-	}
-	want := map[string]string{
-		"etcd":           "/usr/bin/etcd",
-		"kube-apiserver": filepath.Join(binDir, "kube-apiserver"),
-		"kubectl":        filepath.Join(binDir, "kubectl"),
-	}
-	if p := os.Getenv("KUBEBUILDER_ASSETS"); p != "" {
-		for name := range want {
-			want[name] = filepath.Join(p, name)
-		}
-	}
-	dir, err := os.MkdirTemp("", "dlbt-readinessgate-assets-")
-	if err != nil {
-		return "", err.Error()
-	}
-	for name, src := range want {
-		if _, err := os.Stat(src); err != nil {
-			os.RemoveAll(dir)
-			return "", fmt.Sprintf("envtest needs %s at %s (run `make tools deps`): %v", name, src, err)
-		}
-		if err := os.Symlink(src, filepath.Join(dir, name)); err != nil {
-			os.RemoveAll(dir)
-			return "", err.Error()
-		}
-	}
-	return dir, ""
+	flag.Parse() // for -short
+	os.Exit(testenv.RunEnvtest(m, "dlbt-readinessgate-assets-", &restConfig, &skipReason))
 }
 
 // healthCloud is the fake cloud whose targets report the state the test

@@ -1,12 +1,14 @@
 // Package fake is an in-memory cloud.LoadBalancers for unit tests. It keeps
 // the AWS behaviours the controllers depend on: names are unique, a target
 // group in use by a listener cannot be deleted, deleting a load balancer
-// deletes its listeners, deleting what does not exist succeeds. It counts
-// every call per operation.
+// deletes its listeners, deleting what does not exist succeeds. Lists come
+// sorted by ARN, so a pass makes the same calls every run. It counts every
+// call per operation and, after Record, logs them in order.
 package fake
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -25,6 +27,8 @@ type Cloud struct {
 	listeners map[string]*cloud.Listener
 	targets   map[string]map[cloud.Target]cloud.TargetState
 	calls     map[string]int
+	recording bool
+	log       []string
 	// BatchLimit is the most targets one Register/Deregister request
 	// takes. Longer lists are split as the AWS client splits them
 	// (cloud.InBatches), each request counted as one call. Zero means
@@ -50,6 +54,22 @@ func (c *Cloud) Calls() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.calls)
+}
+
+// Record starts the call log afresh: from now on every call is noted, in
+// order, with its arguments.
+func (c *Cloud) Record() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recording, c.log = true, nil
+}
+
+// Log returns the calls since Record, in order, each as the operation and
+// its arguments (without the context) as a JSON array.
+func (c *Cloud) Log() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.log)
 }
 
 // TotalCalls returns the number of calls of every operation.
@@ -112,9 +132,16 @@ func sortTargets(ts []cloud.Target) {
 	})
 }
 
-func (c *Cloud) begin(op string) func() {
+func (c *Cloud) begin(op string, args ...any) func() {
 	c.mu.Lock()
 	c.calls[op]++
+	if c.recording {
+		b, err := json.Marshal(args)
+		if err != nil {
+			b = []byte(err.Error())
+		}
+		c.log = append(c.log, op+" "+string(b))
+	}
 	return c.mu.Unlock
 }
 
@@ -145,7 +172,7 @@ func copyTG(tg cloud.TargetGroup) cloud.TargetGroup {
 
 // CreateLoadBalancer implements cloud.LoadBalancers.
 func (c *Cloud) CreateLoadBalancer(_ context.Context, spec cloud.LoadBalancerSpec) (cloud.LoadBalancer, error) {
-	defer c.begin("CreateLoadBalancer")()
+	defer c.begin("CreateLoadBalancer", spec)()
 	for _, lb := range c.lbs {
 		if lb.Name == spec.Name {
 			return cloud.LoadBalancer{}, apiErr("CreateLoadBalancer", "DuplicateLoadBalancerName", spec.Name)
@@ -164,10 +191,10 @@ func (c *Cloud) CreateLoadBalancer(_ context.Context, spec cloud.LoadBalancerSpe
 
 // ListLoadBalancers implements cloud.LoadBalancers.
 func (c *Cloud) ListLoadBalancers(_ context.Context, tags cloud.Tags) ([]cloud.LoadBalancer, error) {
-	defer c.begin("ListLoadBalancers")()
+	defer c.begin("ListLoadBalancers", tags)()
 	var out []cloud.LoadBalancer
-	for _, lb := range c.lbs {
-		if lb.Tags.Matches(tags) {
+	for _, arn := range slices.Sorted(maps.Keys(c.lbs)) {
+		if lb := c.lbs[arn]; lb.Tags.Matches(tags) {
 			out = append(out, copyLB(*lb))
 		}
 	}
@@ -177,7 +204,7 @@ func (c *Cloud) ListLoadBalancers(_ context.Context, tags cloud.Tags) ([]cloud.L
 // DeleteLoadBalancer implements cloud.LoadBalancers; it deletes the load
 // balancer's listeners too.
 func (c *Cloud) DeleteLoadBalancer(_ context.Context, arn string) error {
-	defer c.begin("DeleteLoadBalancer")()
+	defer c.begin("DeleteLoadBalancer", arn)()
 	if _, ok := c.lbs[arn]; !ok {
 		return nil
 	}
@@ -192,7 +219,7 @@ func (c *Cloud) DeleteLoadBalancer(_ context.Context, arn string) error {
 
 // CreateTargetGroup implements cloud.LoadBalancers.
 func (c *Cloud) CreateTargetGroup(_ context.Context, spec cloud.TargetGroupSpec) (cloud.TargetGroup, error) {
-	defer c.begin("CreateTargetGroup")()
+	defer c.begin("CreateTargetGroup", spec)()
 	for _, tg := range c.tgs {
 		if tg.Name == spec.Name {
 			return cloud.TargetGroup{}, apiErr("CreateTargetGroup", "DuplicateTargetGroupName", spec.Name)
@@ -207,10 +234,10 @@ func (c *Cloud) CreateTargetGroup(_ context.Context, spec cloud.TargetGroupSpec)
 
 // ListTargetGroups implements cloud.LoadBalancers.
 func (c *Cloud) ListTargetGroups(_ context.Context, tags cloud.Tags) ([]cloud.TargetGroup, error) {
-	defer c.begin("ListTargetGroups")()
+	defer c.begin("ListTargetGroups", tags)()
 	var out []cloud.TargetGroup
-	for _, tg := range c.tgs {
-		if tg.Tags.Matches(tags) {
+	for _, arn := range slices.Sorted(maps.Keys(c.tgs)) {
+		if tg := c.tgs[arn]; tg.Tags.Matches(tags) {
 			out = append(out, copyTG(*tg))
 		}
 	}
@@ -219,7 +246,7 @@ func (c *Cloud) ListTargetGroups(_ context.Context, tags cloud.Tags) ([]cloud.Ta
 
 // ModifyTargetGroup implements cloud.LoadBalancers.
 func (c *Cloud) ModifyTargetGroup(_ context.Context, arn string, hc cloud.HealthCheck, delay int32) error {
-	defer c.begin("ModifyTargetGroup")()
+	defer c.begin("ModifyTargetGroup", arn, hc, delay)()
 	tg, ok := c.tgs[arn]
 	if !ok {
 		return notFound("ModifyTargetGroup", "TargetGroup", arn)
@@ -231,7 +258,7 @@ func (c *Cloud) ModifyTargetGroup(_ context.Context, arn string, hc cloud.Health
 
 // DeleteTargetGroup implements cloud.LoadBalancers.
 func (c *Cloud) DeleteTargetGroup(_ context.Context, arn string) error {
-	defer c.begin("DeleteTargetGroup")()
+	defer c.begin("DeleteTargetGroup", arn)()
 	tg, ok := c.tgs[arn]
 	if !ok {
 		return nil
@@ -246,7 +273,7 @@ func (c *Cloud) DeleteTargetGroup(_ context.Context, arn string) error {
 
 // CreateListener implements cloud.LoadBalancers.
 func (c *Cloud) CreateListener(_ context.Context, spec cloud.ListenerSpec) (cloud.Listener, error) {
-	defer c.begin("CreateListener")()
+	defer c.begin("CreateListener", spec)()
 	if _, ok := c.lbs[spec.LoadBalancerARN]; !ok {
 		return cloud.Listener{}, notFound("CreateListener", "LoadBalancer", spec.LoadBalancerARN)
 	}
@@ -291,13 +318,13 @@ func (c *Cloud) detach(tgARN, lbARN string) {
 
 // ListListeners implements cloud.LoadBalancers.
 func (c *Cloud) ListListeners(_ context.Context, lbARN string) ([]cloud.Listener, error) {
-	defer c.begin("ListListeners")()
+	defer c.begin("ListListeners", lbARN)()
 	if _, ok := c.lbs[lbARN]; !ok {
 		return nil, notFound("ListListeners", "LoadBalancer", lbARN)
 	}
 	var out []cloud.Listener
-	for _, l := range c.listeners {
-		if l.LoadBalancerARN == lbARN {
+	for _, arn := range slices.Sorted(maps.Keys(c.listeners)) {
+		if l := c.listeners[arn]; l.LoadBalancerARN == lbARN {
 			cp := *l
 			cp.Tags = maps.Clone(l.Tags)
 			out = append(out, cp)
@@ -308,7 +335,7 @@ func (c *Cloud) ListListeners(_ context.Context, lbARN string) ([]cloud.Listener
 
 // ModifyListener implements cloud.LoadBalancers.
 func (c *Cloud) ModifyListener(_ context.Context, arn, tgARN string) error {
-	defer c.begin("ModifyListener")()
+	defer c.begin("ModifyListener", arn, tgARN)()
 	l, ok := c.listeners[arn]
 	if !ok {
 		return notFound("ModifyListener", "Listener", arn)
@@ -329,7 +356,7 @@ func (c *Cloud) ModifyListener(_ context.Context, arn, tgARN string) error {
 
 // DeleteListener implements cloud.LoadBalancers.
 func (c *Cloud) DeleteListener(_ context.Context, arn string) error {
-	defer c.begin("DeleteListener")()
+	defer c.begin("DeleteListener", arn)()
 	c.deleteListener(arn)
 	return nil
 }
@@ -354,7 +381,7 @@ func (c *Cloud) batchLimit() int {
 // once when their group is in use by a load balancer, unused otherwise.
 func (c *Cloud) RegisterTargets(_ context.Context, tgARN string, targets []cloud.Target) error {
 	return cloud.InBatches(targets, c.batchLimit(), func(batch []cloud.Target) error {
-		defer c.begin("RegisterTargets")()
+		defer c.begin("RegisterTargets", tgARN, batch)()
 		tg, ok := c.tgs[tgARN]
 		if !ok {
 			return notFound("RegisterTargets", "TargetGroup", tgARN)
@@ -373,7 +400,7 @@ func (c *Cloud) RegisterTargets(_ context.Context, tgARN string, targets []cloud
 // DeregisterTargets implements cloud.LoadBalancers; targets leave at once.
 func (c *Cloud) DeregisterTargets(_ context.Context, tgARN string, targets []cloud.Target) error {
 	return cloud.InBatches(targets, c.batchLimit(), func(batch []cloud.Target) error {
-		defer c.begin("DeregisterTargets")()
+		defer c.begin("DeregisterTargets", tgARN, batch)()
 		if _, ok := c.tgs[tgARN]; !ok {
 			return notFound("DeregisterTargets", "TargetGroup", tgARN)
 		}
@@ -386,7 +413,7 @@ func (c *Cloud) DeregisterTargets(_ context.Context, tgARN string, targets []clo
 
 // DescribeTargetHealth implements cloud.LoadBalancers.
 func (c *Cloud) DescribeTargetHealth(_ context.Context, tgARN string) ([]cloud.TargetHealth, error) {
-	defer c.begin("DescribeTargetHealth")()
+	defer c.begin("DescribeTargetHealth", tgARN)()
 	ts, ok := c.targets[tgARN]
 	if !ok {
 		return nil, notFound("DescribeTargetHealth", "TargetGroup", tgARN)

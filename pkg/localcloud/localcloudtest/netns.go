@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/directlb/directlb/internal/namedns"
+	"github.com/directlb/directlb/internal/privileged"
 	"github.com/directlb/directlb/pkg/localcloud"
 )
 
@@ -172,12 +173,8 @@ func run(t testing.TB, args ...string) {
 // New builds the network with n targets; it skips if not root.
 func New(t testing.TB, n int) *Net {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and routes")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip command")
-	}
+	privileged.Require(t, "creates network namespaces, veths and routes")
+	privileged.RequireTools(t, "the network is built with iproute2's ip", "ip")
 	x := rand.IntN(200) + 20
 	id := fmt.Sprintf("%d%03d", os.Getpid()%100, x)
 	nt := &Net{
