@@ -38,7 +38,7 @@ type opsReadiness struct {
 	stop     context.CancelFunc
 }
 
-func opsWatchReadiness(ctx context.Context, b *Bed, ns, selector string) *opsReadiness {
+func opsWatchReadiness(ctx context.Context, b *Bed, ns, selector, gate string) *opsReadiness {
 	ctx, cancel := context.WithTimeout(ctx, opsMaxLoad)
 	r := &opsReadiness{done: make(chan struct{}), stop: cancel}
 	go func() {
@@ -59,7 +59,7 @@ func opsWatchReadiness(ctx context.Context, b *Bed, ns, selector string) *opsRea
 			r.samples++
 			for _, p := range list.Items {
 				if !ptReady(&p) && p.DeletionTimestamp == nil {
-					s, reason := rgGate(&p, "echo")
+					s, reason := rgGate(&p, gate)
 					r.notReady = append(r.notReady, fmt.Sprintf("%s %s (gate %s/%s)", time.Now().Format("15:04:05.000"), p.Name, s, reason))
 				}
 			}
@@ -216,7 +216,7 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("echo pods: %v %v", pods, err)
 	}
-	readiness := opsWatchReadiness(ctx, b, chAppNS, "app=echo")
+	readiness := opsWatchReadiness(ctx, b, chAppNS, "app=echo", "echo")
 	stopCIP := opsClusterIPLoad(t, cipSandbox(t, b, &pods.Items[0]), "http://"+svc.Spec.ClusterIP+"/")
 	load := &roLoad{prefix: "echo-", errs: map[string]int{}}
 	lctx, stopLoad := context.WithCancel(ctx)

@@ -1,0 +1,178 @@
+package tests
+
+// Editing a live direct-access Service costs no traffic: a port added, and
+// the targetPort of a serving port changed, while load runs through the
+// load balancer and every pod is sampled for readiness.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/directlb/directlb/pkg/cloud"
+)
+
+// edReplicas echo pods serve HTTP on both 8080 and 8081.
+const edReplicas = 3
+
+// TestServiceEditsUnderLoad: port 81 is added to a live Service and serves
+// within interval × healthy threshold + 5 s; then port 80's targetPort moves
+// from 8080 to 8081. Load through port 80 loses no request, no pod turns
+// NotReady, and the load balancer ends with the pods on 8081 only.
+func TestServiceEditsUnderLoad(t *testing.T) {
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	ns := ptNamespace(t, b, "e2e-edits")
+	rgController(t, b, ns)
+	rgDeleteServices(t, b, ns)
+	ctx := t.Context()
+	labels := map[string]string{"app": "web"}
+	svc := rgService(ns, "web", labels, nil)
+	svc.Spec.Ports[0].TargetPort = intstr.FromInt32(8080)
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rgWaitWebhook(t, b, ns, "web", labels)
+	ctr := ptEchoContainer()
+	ctr.Ports = append(ctr.Ports, corev1.ContainerPort{Name: "http-alt", ContainerPort: 8081})
+	ctr.Env = []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "ECHO_TCP_PORTS", Value: "8080,8081"},
+	}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(edReplicas)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{ctr}, TerminationGracePeriodSeconds: ptr.To(int64(30))},
+			},
+		},
+	}
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lc := lbtCloud(t, b)
+	var lbIP string
+	ptPoll(t, 3*time.Minute, "EXTERNAL-IP and every pod a healthy target on 8080", func(ctx context.Context) (bool, string) {
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil || len(s.Status.LoadBalancer.Ingress) == 0 {
+			return false, fmt.Sprint("no ingress ", err)
+		}
+		lbIP = s.Status.LoadBalancer.Ingress[0].IP
+		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
+		return len(got) == edReplicas && edAllOnPort(got, 8080), why
+	})
+
+	readiness := opsWatchReadiness(ctx, b, ns, "app=web", "web")
+	load := &roLoad{prefix: "web-", errs: map[string]int{}}
+	lctx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go load.run(lctx, "http://"+lbIP+":80/", 50, false, opsMaxLoad, &wg)
+	go load.run(lctx, "http://"+lbIP+":80/", 50, true, opsMaxLoad, &wg)
+	time.Sleep(3 * time.Second)
+
+	// Add port 81 → 8081. rgService checks every 5 s, healthy after 2.
+	edUpdate(t, b, ns, func(s *corev1.Service) {
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "alt", Port: 81, TargetPort: intstr.FromInt32(8081)})
+	})
+	added := time.Now()
+	bound := 5*2*time.Second + 5*time.Second
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	ptPoll(t, 2*bound, "port 81 serves", func(context.Context) (bool, string) {
+		err := roGet(c, "http://"+lbIP+":81/", "web-")
+		return err == nil, fmt.Sprint(err)
+	})
+	if took := time.Since(added); took > bound {
+		t.Errorf("the added port served after %.1fs, want within %s (interval × threshold + 5 s)", took.Seconds(), bound)
+	} else {
+		t.Logf("added port 81 serves %.1fs after the edit", took.Seconds())
+	}
+
+	// Port 80: targetPort 8080 → 8081.
+	edUpdate(t, b, ns, func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8081) })
+	moved := time.Now()
+	ptPoll(t, 2*time.Minute, "port 80's targets all on 8081, healthy", func(ctx context.Context) (bool, string) {
+		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
+		all, _ := edRegistered(ctx, lc, ns, "80/TCP")
+		return len(got) == edReplicas && edAllOnPort(got, 8081) && len(all) == edReplicas, why
+	})
+	t.Logf("targetPort 8080 → 8081: every pod on 8081 only after %.1fs", time.Since(moved).Seconds())
+	time.Sleep(5 * time.Second)
+
+	stopLoad()
+	wg.Wait()
+	samples, notReady := readiness.finish()
+	t.Logf("Service edits under load: %d requests on port 80, %d failed %v; %d readiness samples, %d NotReady",
+		load.total.Load(), load.failed.Load(), load.errs, samples, len(notReady))
+	if load.failed.Load() > 0 {
+		t.Errorf("%d of %d requests to the unchanged frontend port failed: %v", load.failed.Load(), load.total.Load(), load.errs)
+	}
+	if len(notReady) > 0 {
+		t.Errorf("pods turned NotReady during the edits: %v", notReady[:min(len(notReady), 20)])
+	}
+	if load.total.Load() < 1000 || samples < 50 {
+		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.total.Load(), samples)
+	}
+}
+
+func edUpdate(t *testing.T, b *Bed, ns string, mutate func(*corev1.Service)) {
+	t.Helper()
+	s, err := b.Client.CoreV1().Services(ns).Get(t.Context(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mutate(s)
+	if _, err := b.Client.CoreV1().Services(ns).Update(t.Context(), s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// edRegistered lists the targets of the Service's target group for port
+// (not draining ones), and edHealthyTargets the healthy ones.
+func edRegistered(ctx context.Context, lc cloud.LoadBalancers, ns, port string) ([]cloud.TargetHealth, string) {
+	tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: rgCluster, cloud.TagService: ns + "/web", cloud.TagPort: port})
+	if err != nil || len(tgs) != 1 {
+		return nil, fmt.Sprintf("target groups for %s: %d %v", port, len(tgs), err)
+	}
+	th, err := lc.DescribeTargetHealth(ctx, tgs[0].ARN)
+	if err != nil {
+		return nil, err.Error()
+	}
+	var out []cloud.TargetHealth
+	for _, h := range th {
+		if h.State != cloud.TargetDraining {
+			out = append(out, h)
+		}
+	}
+	return out, fmt.Sprint(th)
+}
+
+func edHealthyTargets(ctx context.Context, lc cloud.LoadBalancers, ns, port string) ([]cloud.TargetHealth, string) {
+	all, why := edRegistered(ctx, lc, ns, port)
+	return slices.DeleteFunc(all, func(h cloud.TargetHealth) bool { return h.State != cloud.TargetHealthy }), why
+}
+
+func edAllOnPort(th []cloud.TargetHealth, port int32) bool {
+	for _, h := range th {
+		if h.Port != port {
+			return false
+		}
+	}
+	return true
+}
