@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -112,30 +114,36 @@ func unmountAll(path string) error {
 }
 
 // layers splits the namespace mounts directly under Dir into the names
-// reachable through the topmost mount of Dir and the names of mounts on a
-// lower layer. With no mount on Dir, nothing can be covered. A namespace
-// mounted twice on one file is stacked, not covered: unmountAll handles it.
+// reachable through the mount Dir resolves to now and the names of mounts
+// on a lower layer of that same path: an older mount of Dir below it, or
+// the plain directory under the whole stack. Mounts in a tree this mount
+// namespace cannot reach any more (under a later mount of a parent, such as
+// a fresh tmpfs on /run) are neither. A namespace mounted twice on one file
+// is stacked, not covered: unmountAll handles it.
 func layers(ms []*mountinfo.Info) (visible, covered []string) {
+	topID, err := mountID(Dir)
+	if err != nil {
+		return nil, nil // no Dir: nothing is mounted in it
+	}
 	byID := map[int]*mountinfo.Info{}
-	var top *mountinfo.Info
 	for _, m := range ms {
 		byID[m.ID] = m
 	}
-	for _, m := range ms { // the bottom layer: its parent is not on Dir
-		if p, ok := byID[m.Parent]; m.Mountpoint == Dir && (!ok || p.Mountpoint != Dir) {
-			top = m
-		}
+	top, ok := byID[topID]
+	if !ok || top.Mountpoint != Dir {
+		return nil, nil // Dir is a plain directory: nothing covers anything
 	}
-	for climbed := top != nil; climbed; { // each higher layer has the one below as parent
-		climbed = false
-		for _, m := range ms {
-			if m.Mountpoint == Dir && m.Parent == top.ID {
-				top, climbed = m, true
-			}
+	lower := map[int]bool{} // older layers of Dir and the plain directory's mount
+	for c := top; ; {
+		p, ok := byID[c.Parent]
+		if !ok {
+			break
 		}
-	}
-	if top == nil {
-		return nil, nil
+		lower[p.ID] = true
+		if p.Mountpoint != Dir {
+			break
+		}
+		c = p
 	}
 	for _, m := range ms {
 		if m.Mountpoint == Dir || filepath.Dir(m.Mountpoint) != Dir {
@@ -145,13 +153,33 @@ func layers(ms []*mountinfo.Info) (visible, covered []string) {
 			continue // stacked on the same file
 		}
 		name := filepath.Base(m.Mountpoint)
-		if m.Parent == top.ID {
+		switch {
+		case m.Parent == top.ID:
 			visible = append(visible, name)
-		} else {
+		case lower[m.Parent]:
 			covered = append(covered, name)
 		}
 	}
 	return visible, covered
+}
+
+// mountID is the ID of the mount path resolves to (fdinfo's mnt_id).
+func mountID(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", f.Fd()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no mnt_id for %s", path)
 }
 
 func mounts() ([]*mountinfo.Info, error) {
