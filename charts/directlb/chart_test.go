@@ -331,7 +331,7 @@ func controllerConfigOf(t *testing.T, objs []object) *controllerConfig {
 }
 
 func agentFlags() (*pflag.FlagSet, *agent.Config) {
-	var cfg agent.Config
+	cfg := agent.DefaultConfig()
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
 	fs.SetOutput(&bytes.Buffer{})
 	cfg.BindFlags(fs)
