@@ -49,7 +49,7 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	if err := pkiAndNetwork(ctx, cfg, t); err != nil {
 		return t, err
 	}
-	log.Info("network and certificates ready", zap.Duration("elapsed", time.Since(begin)))
+	log.Info("network and certificates ready", zap.Duration("took", time.Since(begin)))
 
 	// etcd and the apiserver first; the controller manager and the
 	// scheduler once the apiserver is ready (the controller manager exits
@@ -77,7 +77,7 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}); err != nil {
 		return t, err
 	}
-	log.Info("apiserver ready", zap.Duration("elapsed", time.Since(begin)))
+	log.Info("apiserver ready", zap.Duration("took", time.Since(begin)))
 	rest := slices.Clone(cp[2:])
 	if cfg.Kubelets {
 		for _, n := range t.Nodes {
@@ -90,7 +90,7 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	if err := waitServiceAccount(ctx, cs, daemons); err != nil {
 		return t, err
 	}
-	log.Info("controller manager ready", zap.Duration("elapsed", time.Since(begin)))
+	log.Info("controller manager ready", zap.Duration("took", time.Since(begin)))
 
 	if cfg.Localcloud {
 		if err := waitLocalcloud(ctx, t, daemons); err != nil {
@@ -101,10 +101,10 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		if err := waitNodes(ctx, t, cs, daemons); err != nil {
 			return t, err
 		}
-		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("elapsed", time.Since(begin)))
+		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("took", time.Since(begin)))
 	}
 	log.Info("test bed up",
-		zap.Duration("bringUp", time.Since(begin)),
+		zap.Duration("took", time.Since(begin)),
 		zap.Int("nodes", len(t.Nodes)),
 		zap.Bool("kubelets", cfg.Kubelets),
 		zap.String("kubeconfig", t.Kubeconfig))
