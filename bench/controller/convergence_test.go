@@ -101,6 +101,7 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		Controller:             controller.QueueOptions(),
 	})
 	if err != nil {
 		b.Fatal(err)

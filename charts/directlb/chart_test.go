@@ -9,8 +9,6 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,14 +26,11 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
 
 	"github.com/directlb/directlb/pkg/agent"
 	"github.com/directlb/directlb/pkg/certs"
-	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/controller"
-	"github.com/directlb/directlb/pkg/drain"
 	"github.com/directlb/directlb/pkg/readinessgate"
 )
 
@@ -283,54 +278,17 @@ func checkRBAC(t *testing.T, objs []object) {
 // nodeName stands in for $(NODE_NAME), which the kubelet expands in args.
 const nodeName = "node-1"
 
-// controllerConfig is every configuration lb-controller's main binds.
-type controllerConfig struct {
-	controller.Config
-	Gates readinessgate.Config
-	Certs certs.Config
-	Drain drain.Config
-}
-
-// Validate validates as lb-controller's main does.
-func (c *controllerConfig) Validate() error {
-	if err := c.Config.Validate(); err != nil {
-		return err
-	}
-	if !c.Gates.Enabled {
-		return nil
-	}
-	return errors.Join(c.Gates.Validate(), c.Certs.Validate(), c.Drain.Validate())
-}
-
-// controllerFlags is lb-controller's flag set as its main builds it: the
-// Config's flags, the ELBv2 client's --aws-* flags without region and
-// endpoint, the readiness-gate, certificate and drain flags, and
-// controller-runtime's zap flags.
-func controllerFlags() (*pflag.FlagSet, *controllerConfig) {
-	cfg := &controllerConfig{Config: controller.DefaultConfig(), Gates: readinessgate.DefaultConfig(),
-		Certs: certs.DefaultConfig(), Drain: drain.DefaultConfig()}
+// controllerFlags is lb-controller's flag set, as its main builds it.
+func controllerFlags() (*pflag.FlagSet, *controller.Config) {
+	cfg := controller.DefaultConfig()
 	fs := pflag.NewFlagSet("lb-controller", pflag.ContinueOnError)
 	fs.SetOutput(&bytes.Buffer{})
-	cfg.Config.BindFlags(fs)
-	awsCfg := cloudaws.DefaultConfig()
-	awsFlags := pflag.NewFlagSet("aws", pflag.ContinueOnError)
-	awsCfg.BindFlags(awsFlags)
-	awsFlags.VisitAll(func(f *pflag.Flag) {
-		if f.Name != "aws-region" && f.Name != "aws-endpoint" {
-			fs.AddFlag(f)
-		}
-	})
-	cfg.Gates.BindFlags(fs)
-	cfg.Certs.BindFlags(fs)
-	cfg.Drain.BindFlags(fs)
-	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
-	(&zap.Options{}).BindFlags(goFlags)
-	fs.AddGoFlagSet(goFlags)
-	return fs, cfg
+	cfg.BindFlags(fs)
+	return fs, &cfg
 }
 
 // controllerConfigOf parses the rendered lb-controller arguments.
-func controllerConfigOf(t *testing.T, objs []object) *controllerConfig {
+func controllerConfigOf(t *testing.T, objs []object) *controller.Config {
 	t.Helper()
 	for _, c := range containers(objs) {
 		if strings.HasPrefix(c.Image, "ghcr.io/directlb/lb-controller:") {
@@ -345,8 +303,9 @@ func controllerConfigOf(t *testing.T, objs []object) *controllerConfig {
 	return nil
 }
 
+// agentFlags is node-agent's flag set, as its main builds it.
 func agentFlags() (*pflag.FlagSet, *agent.Config) {
-	var cfg agent.Config
+	cfg := agent.DefaultConfig()
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
 	fs.SetOutput(&bytes.Buffer{})
 	cfg.BindFlags(fs)
@@ -365,25 +324,29 @@ func checkFlags(t *testing.T, objs []object) {
 				t.Errorf("container %s: argument %q is not a --flag", c.Name, a)
 			}
 		}
-		var err error
+		var fs *pflag.FlagSet
+		var cfg interface{ Validate() error }
 		switch {
 		case strings.HasPrefix(c.Image, "ghcr.io/directlb/lb-controller:"):
-			fs, cfg := controllerFlags()
-			if err = fs.Parse(args); err == nil {
-				err = cfg.Validate()
-			}
+			fs, cfg = controllerFlags()
 		case strings.HasPrefix(c.Image, "ghcr.io/directlb/node-agent:"):
-			fs, cfg := agentFlags()
-			if err = fs.Parse(args); err == nil {
-				err = cfg.Validate()
-			}
+			fs, cfg = agentFlags()
 		default:
 			t.Errorf("container %s: unexpected image %s", c.Name, c.Image)
 			continue
 		}
+		err := fs.Parse(args)
+		if err == nil {
+			err = cfg.Validate()
+		}
 		if err != nil {
 			t.Errorf("container %s (%s): rendered args %q: %v", c.Name, c.Image, c.Args, err)
 		}
+		fs.Visit(func(f *pflag.Flag) {
+			if f.Deprecated != "" {
+				t.Errorf("container %s: rendered flag --%s is deprecated: %s", c.Name, f.Name, f.Deprecated)
+			}
+		})
 	}
 }
 
@@ -632,7 +595,7 @@ func TestClusterNameRequired(t *testing.T) {
 // TestBinariesAcceptFlags builds lb-controller and node-agent and runs them
 // with the rendered args and --help at the end: an unknown flag or a bad
 // value makes them fail before they reach --help. It complements
-// checkFlags, which rebuilds the flag sets in-process, by catching a main
+// checkFlags, which binds the same Configs in-process, by catching a main
 // that wires its flags differently.
 func TestBinariesAcceptFlags(t *testing.T) {
 	if testing.Short() {

@@ -18,7 +18,7 @@ import (
 )
 
 func main() {
-	var cfg agent.Config
+	cfg := agent.DefaultConfig()
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
 	cfg.BindFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {

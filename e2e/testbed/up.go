@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/directlb/directlb/internal/namedns"
@@ -33,16 +34,8 @@ var ErrAlreadyUp = errors.New("a test bed is already up (or left over): run 'dlb
 // ready, the default ServiceAccount exists and (with kubelets) every node is
 // Ready. On error, what was made stays for inspection; Down removes it.
 func Up(ctx context.Context, cfg Config) (*Topology, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if err := cfg.CheckBinaries(); err != nil {
+	if err := checkUp(cfg); err != nil {
 		return nil, err
-	}
-	if present, err := Present(cfg.StateDir); err != nil {
-		return nil, err
-	} else if present {
-		return nil, ErrAlreadyUp
 	}
 	log := cfg.log()
 	begin := time.Now()
@@ -50,27 +43,119 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	defer cancel()
 
 	t := Plan(cfg)
+	if err := makeState(t); err != nil {
+		return nil, err
+	}
+	if err := pkiAndNetwork(ctx, cfg, t); err != nil {
+		return t, err
+	}
+	log.Info("network and certificates ready", zap.Duration("took", time.Since(begin)))
+
+	// etcd and the apiserver first; the controller manager and the
+	// scheduler once the apiserver is ready (the controller manager exits
+	// if it cannot read its delegated authentication config at start).
+	cp := controlPlane(cfg, t)
+	daemons, err := startAll(t.StateDir, nil, cp[:2])
+	if err != nil {
+		return t, err
+	}
+	if cfg.Localcloud {
+		if _, err := writeCloudENIs(t); err != nil {
+			return t, err
+		}
+		if daemons, err = startAll(t.StateDir, daemons, []daemon{localcloud(cfg, t)}); err != nil {
+			return t, err
+		}
+	}
+	cs, err := Clientset(t)
+	if err != nil {
+		return t, err
+	}
+	if err := waitFor(ctx, daemons, "apiserver /readyz", func(ctx context.Context) (bool, error) {
+		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil, nil
+	}); err != nil {
+		return t, err
+	}
+	log.Info("apiserver ready", zap.Duration("took", time.Since(begin)))
+	rest := slices.Clone(cp[2:])
+	if cfg.Kubelets {
+		for _, n := range t.Nodes {
+			rest = append(rest, kubelet(cfg, t, n))
+		}
+	}
+	if daemons, err = startAll(t.StateDir, daemons, rest); err != nil {
+		return t, err
+	}
+	if err := waitServiceAccount(ctx, cs, daemons); err != nil {
+		return t, err
+	}
+	log.Info("controller manager ready", zap.Duration("took", time.Since(begin)))
+
+	if cfg.Localcloud {
+		if err := waitLocalcloud(ctx, t, daemons); err != nil {
+			return t, err
+		}
+	}
+	if cfg.Kubelets {
+		if err := waitNodes(ctx, t, cs, daemons); err != nil {
+			return t, err
+		}
+		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("took", time.Since(begin)))
+	}
+	log.Info("test bed up",
+		zap.Duration("took", time.Since(begin)),
+		zap.Int("nodes", len(t.Nodes)),
+		zap.Bool("kubelets", cfg.Kubelets),
+		zap.String("kubeconfig", t.Kubeconfig))
+	return t, nil
+}
+
+// checkUp: cfg is valid, the binaries are there and no test bed is.
+func checkUp(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.CheckBinaries(); err != nil {
+		return err
+	}
+	if present, err := Present(cfg.StateDir); err != nil {
+		return err
+	} else if present {
+		return ErrAlreadyUp
+	}
+	return nil
+}
+
+// makeState makes the state directory (etcd's data on a tmpfs), saves the
+// topology in it and makes the cgroups.
+func makeState(t *Topology) error {
 	if err := os.MkdirAll(filepath.Join(t.StateDir, "etcd"), 0o755); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+		return fmt.Errorf("state dir: %w", err)
 	}
 	// etcd's data on a tmpfs: no fsync cost whatever the state dir is on.
 	if err := unix.Mount("tmpfs", filepath.Join(t.StateDir, "etcd"), "tmpfs", 0, "mode=0700,size=2g"); err != nil {
-		return nil, fmt.Errorf("mount tmpfs for etcd: %w", err)
+		return fmt.Errorf("mount tmpfs for etcd: %w", err)
 	}
 	if err := t.Save(); err != nil {
-		return nil, err
+		return err
 	}
 	for _, cg := range []string{t.ControlPlaneCgroup, t.CloudCgroup} {
 		if err := makeCgroup(cg); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for _, n := range t.Nodes {
 		if err := makeCgroup(n.KubeletCgroup); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
 
+// pkiAndNetwork makes the certificates and kubeconfigs and, at the same
+// time, the network (with the source/destination check if asked).
+func pkiAndNetwork(ctx context.Context, cfg Config, t *Topology) error {
 	var g errgroup.Group
 	g.Go(func() error {
 		p := pki{dir: filepath.Join(t.StateDir, "pki")}
@@ -91,103 +176,54 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return t, err
-	}
-	log.Info("network and certificates ready", zap.Duration("elapsed", time.Since(begin)))
+	return g.Wait()
+}
 
-	// etcd and the apiserver first; the controller manager and the
-	// scheduler once the apiserver is ready (the controller manager exits
-	// if it cannot read its delegated authentication config at start).
-	cp := controlPlane(cfg, t)
-	var daemons []*running
-	for _, d := range cp[:2] {
-		r, err := d.start(t.StateDir)
+// startAll starts ds in order and appends them to started.
+func startAll(stateDir string, started []*running, ds []daemon) ([]*running, error) {
+	for _, d := range ds {
+		r, err := d.start(stateDir)
 		if err != nil {
-			return t, err
+			return started, err
 		}
-		daemons = append(daemons, r)
+		started = append(started, r)
 	}
-	if cfg.Localcloud {
-		if _, err := writeCloudENIs(t); err != nil {
-			return t, err
-		}
-		r, err := localcloud(cfg, t).start(t.StateDir)
-		if err != nil {
-			return t, err
-		}
-		daemons = append(daemons, r)
-	}
+	return started, nil
+}
 
-	cs, err := Clientset(t)
-	if err != nil {
-		return t, err
-	}
-	if err := waitFor(ctx, daemons, "apiserver /readyz", func(ctx context.Context) (bool, error) {
-		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil, nil
-	}); err != nil {
-		return t, err
-	}
-	log.Info("apiserver ready", zap.Duration("elapsed", time.Since(begin)))
-	for _, d := range cp[2:] {
-		r, err := d.start(t.StateDir)
-		if err != nil {
-			return t, err
-		}
-		daemons = append(daemons, r)
-	}
-
-	if cfg.Kubelets {
-		for _, n := range t.Nodes {
-			r, err := kubelet(cfg, t, n).start(t.StateDir)
-			if err != nil {
-				return t, err
-			}
-			daemons = append(daemons, r)
-		}
-	}
-	if err := waitFor(ctx, daemons, "default ServiceAccount", func(ctx context.Context) (bool, error) {
+// waitServiceAccount waits for the default ServiceAccount, which the
+// controller manager makes.
+func waitServiceAccount(ctx context.Context, cs kubernetes.Interface, daemons []*running) error {
+	return waitFor(ctx, daemons, "default ServiceAccount", func(ctx context.Context) (bool, error) {
 		_, err := cs.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
 		return err == nil, err
-	}); err != nil {
-		return t, err
-	}
-	log.Info("controller manager ready", zap.Duration("elapsed", time.Since(begin)))
+	})
+}
 
-	if cfg.Localcloud {
-		addr := net.JoinHostPort(t.CloudAddr.String(), fmt.Sprint(localcloudPort))
-		if err := waitFor(ctx, daemons, "localcloud at "+addr, func(ctx context.Context) (bool, error) {
-			c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
-			if err != nil {
-				return false, nil
-			}
-			return true, c.Close()
-		}); err != nil {
-			return t, err
+// waitLocalcloud waits for localcloud's API port.
+func waitLocalcloud(ctx context.Context, t *Topology, daemons []*running) error {
+	addr := net.JoinHostPort(t.CloudAddr.String(), fmt.Sprint(localcloudPort))
+	return waitFor(ctx, daemons, "localcloud at "+addr, func(ctx context.Context) (bool, error) {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false, nil
 		}
-	}
-	if cfg.Kubelets {
-		if err := waitFor(ctx, daemons, fmt.Sprintf("%d nodes Ready", len(t.Nodes)), func(ctx context.Context) (bool, error) {
-			nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-			if err != nil {
-				return false, nil
-			}
-			return readyNodes(nodes.Items) == len(t.Nodes), nil
-		}); err != nil {
-			return t, err
+		return true, c.Close()
+	})
+}
+
+// waitNodes waits for every node to be Ready.
+func waitNodes(ctx context.Context, t *Topology, cs kubernetes.Interface, daemons []*running) error {
+	return waitFor(ctx, daemons, fmt.Sprintf("%d nodes Ready", len(t.Nodes)), func(ctx context.Context) (bool, error) {
+		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
 		}
-		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("elapsed", time.Since(begin)))
-	}
-	log.Info("test bed up",
-		zap.Duration("bringUp", time.Since(begin)),
-		zap.Int("nodes", len(t.Nodes)),
-		zap.Bool("kubelets", cfg.Kubelets),
-		zap.String("kubeconfig", t.Kubeconfig))
-	return t, nil
+		return readyNodes(nodes.Items) == len(t.Nodes), nil
+	})
 }
 
 // readyNodes counts the nodes whose Ready condition is True.

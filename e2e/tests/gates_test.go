@@ -66,7 +66,7 @@ func rgController(t *testing.T, b *Bed, ns string, extra ...string) *rgCtl {
 		_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, c.webhookConfig, metav1.DeleteOptions{})
 	})
 	args := append([]string{"--cluster-name=" + rgCluster, "--kubeconfig=" + b.Topology.Kubeconfig,
-		"--cloud-endpoint=" + b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--aws-endpoint=" + b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--target-batch-window=50ms",
 		"--webhook-bind-address=" + net.JoinHostPort(host, strconv.Itoa(whPort)),
 		"--webhook-url=https://" + net.JoinHostPort(host, strconv.Itoa(whPort)) + readinessgate.WebhookPath,

@@ -48,7 +48,7 @@ func lbtController(t *testing.T, b *Bed) (kill func()) {
 		t.Skipf("%s is not built (make build): %v", bin, err)
 	}
 	kill, _ = lbtStart(t, bin, "--cluster-name="+lbtCluster, "--kubeconfig="+b.Topology.Kubeconfig,
-		"--cloud-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--aws-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--target-batch-window=50ms",
 		// Readiness gates and drain have their own tests (issue 6).
 		"--readiness-gates=false", "--drain-bind-address=0")

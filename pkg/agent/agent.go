@@ -231,9 +231,8 @@ func newEC2(ctx context.Context, cfg Config, reg prometheus.Registerer) (cloud.N
 	if region == "" {
 		return nil, "neither --aws-endpoint nor a region (--aws-region, $AWS_REGION) is set"
 	}
-	ac := cloudaws.DefaultConfig()
-	ac.Region, ac.Endpoint = region, cfg.AWSEndpoint
-	ac.MaxAttempts, ac.MaxBackoff = cfg.AWSMaxAttempts, cfg.AWSMaxBackoff
+	ac := cfg.AWS
+	ac.Region = region
 	ac.Registerer = reg // directlb_cloud_api_* per EC2 operation
 	c, err := cloudaws.New(ctx, ac)
 	if err != nil {

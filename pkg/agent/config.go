@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/eni"
 )
 
@@ -55,12 +56,10 @@ type Config struct {
 	// ENIInstanceID is this node's instance ID for EC2; empty: the last
 	// segment of the Node's spec.providerID.
 	ENIInstanceID string
-	// AWSRegion, AWSEndpoint, AWSMaxAttempts and AWSMaxBackoff configure
-	// the EC2 client (pkg/cloud/aws), with lb-controller's flag names.
-	AWSRegion      string
-	AWSEndpoint    string
-	AWSMaxAttempts int
-	AWSMaxBackoff  time.Duration
+	// AWS configures the EC2 client (pkg/cloud/aws) with the --aws-* flags
+	// lb-controller has too; an empty Region falls back as
+	// AWSRegionOrDefault says.
+	AWS cloudaws.Config
 }
 
 // DefaultCgroupRoot is the cgroup v2 mount: /sys/fs/cgroup on a unified
@@ -73,32 +72,46 @@ func DefaultCgroupRoot() string {
 	return "/sys/fs/cgroup/unified"
 }
 
+// DefaultConfig returns the defaults the flags have.
+func DefaultConfig() Config {
+	return Config{
+		CgroupRoot:         DefaultCgroupRoot(),
+		BPFRoot:            "/sys/fs/bpf/directlb",
+		MetricsBindAddress: ":10249",
+		HealthzBindAddress: ":10256",
+		SyncWindow:         5 * time.Millisecond,
+		HealthTimeout:      time.Minute,
+		ENIResync:          10 * time.Second,
+		ENISource:          eni.SourceAuto,
+		AWS:                cloudaws.DefaultConfig(),
+		LogLevel:           "info",
+	}
+}
+
 // BindFlags registers the flags, with kube-proxy's names where they mean
-// the same.
+// the same and c's current values as defaults.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses the in-cluster configuration.")
-	fs.StringVar(&c.HostnameOverride, "hostname-override", "", "The node's name as Kubernetes knows it; defaults to $NODE_NAME, then the hostname.")
-	fs.StringVar(&c.CgroupRoot, "cgroup-root", DefaultCgroupRoot(), "cgroup v2 directory to attach the socket load balancer to; its processes and those of its descendants get ClusterIP translation.")
-	fs.StringVar(&c.BPFRoot, "bpf-root", "/sys/fs/bpf/directlb", "Directory on a bpffs where maps and links are pinned (a bpffs is mounted at /sys/fs/bpf if needed). Use one per agent on a shared kernel.")
-	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "", "The pods' CIDR (comma-separated for several). Validated and logged; the socket load balancer does not masquerade, so it changes nothing else.")
-	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", ":10249", "Address for /metrics (Prometheus); empty turns it off.")
-	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", ":10256", "Address for /healthz and /livez; empty turns it off.")
-	fs.StringVar(&c.K8sServiceHost, "k8s-service-host", "", "Apiserver host to use instead of the kubeconfig's or in-cluster one.")
-	fs.IntVar(&c.K8sServicePort, "k8s-service-port", 0, "Apiserver port with --k8s-service-host (default 443).")
-	fs.DurationVar(&c.SyncWindow, "sync-window", 5*time.Millisecond, "How long changes are gathered into one batch before they are programmed.")
-	fs.DurationVar(&c.HealthTimeout, "healthz-timeout", time.Minute, "How long a change may wait to be programmed before /healthz answers 503.")
-	fs.BoolVar(&c.Cleanup, "cleanup", false, "Remove this agent's programs, links and pins under --bpf-root, its ENI policy rules and routes, and kube-proxy's iptables and nftables leftovers, then exit.")
-	fs.BoolVar(&c.ENIRouting, "eni-routing", false, "Route each local pod's traffic out of the ENI that owns its address (policy rules and per-ENI tables, see docs/node-agent.md). ENIs and address ownership come from --eni-source.")
-	fs.StringSliceVar(&c.ENIDevices, "eni-devices", nil, "ENI devices for --eni-routing (comma-separated); empty: every eth<N> link with an IPv4 address, N being the device index.")
-	fs.StringVar(&c.ENIGateway, "eni-gateway", "", "Subnet gateway for --eni-routing; empty: the default route's gateway when it is in the ENI's subnet, else the subnet's first address.")
-	fs.DurationVar(&c.ENIResync, "eni-resync", 10*time.Second, "How often --eni-routing re-reads pods and proxy neighbours without an event.")
-	fs.StringVar(&c.ENISource, "eni-source", eni.SourceAuto, "Where --eni-routing learns the ENIs and which pod address each owns: ec2 (DescribeNetworkInterfaces of this instance, ENIs mapped to links by MAC), links (eth<N> links and proxy neighbour entries), or auto (ec2 when --aws-endpoint or a region is set and it answers with ENIs of local links, else links, with the reason logged).")
-	fs.StringVar(&c.ENIInstanceID, "eni-instance-id", "", "This node's EC2 instance ID for --eni-source ec2/auto; empty: the last segment of the Node's spec.providerID (aws:///zone/i-..., or the node name in the test bed).")
-	fs.StringVar(&c.AWSRegion, "aws-region", "", "AWS region of the EC2 API; empty: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1 when --aws-endpoint is set.")
-	fs.StringVar(&c.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty uses AWS. Credentials come from the SDK's default chain ($AWS_ACCESS_KEY_ID, ...).")
-	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 10, "Attempts per EC2 call; throttling and 5xx are retried with backoff.")
-	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", 20*time.Second, "Largest backoff between retried EC2 attempts.")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "Log level: debug, info, warn or error.")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "The node's name as Kubernetes knows it; defaults to $NODE_NAME, then the hostname.")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup v2 directory to attach the socket load balancer to; its processes and those of its descendants get ClusterIP translation.")
+	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "Directory on a bpffs where maps and links are pinned (a bpffs is mounted at /sys/fs/bpf if needed). Use one per agent on a shared kernel.")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "The pods' CIDR (comma-separated for several). Validated and logged; the socket load balancer does not masquerade, so it changes nothing else.")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "Address for /metrics (Prometheus); empty turns it off.")
+	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "Address for /healthz and /livez; empty turns it off.")
+	fs.StringVar(&c.K8sServiceHost, "k8s-service-host", c.K8sServiceHost, "Apiserver host to use instead of the kubeconfig's or in-cluster one.")
+	fs.IntVar(&c.K8sServicePort, "k8s-service-port", c.K8sServicePort, "Apiserver port with --k8s-service-host (default 443).")
+	fs.DurationVar(&c.SyncWindow, "sync-window", c.SyncWindow, "How long changes are gathered into one batch before they are programmed.")
+	fs.DurationVar(&c.HealthTimeout, "healthz-timeout", c.HealthTimeout, "How long a change may wait to be programmed before /healthz answers 503.")
+	fs.BoolVar(&c.Cleanup, "cleanup", c.Cleanup, "Remove this agent's programs, links and pins under --bpf-root, its ENI policy rules and routes, and kube-proxy's iptables and nftables leftovers, then exit.")
+	fs.BoolVar(&c.ENIRouting, "eni-routing", c.ENIRouting, "Route each local pod's traffic out of the ENI that owns its address (policy rules and per-ENI tables, see docs/node-agent.md). ENIs and address ownership come from --eni-source.")
+	fs.StringSliceVar(&c.ENIDevices, "eni-devices", c.ENIDevices, "ENI devices for --eni-routing (comma-separated); empty: every eth<N> link with an IPv4 address, N being the device index.")
+	fs.StringVar(&c.ENIGateway, "eni-gateway", c.ENIGateway, "Subnet gateway for --eni-routing; empty: the default route's gateway when it is in the ENI's subnet, else the subnet's first address.")
+	fs.DurationVar(&c.ENIResync, "eni-resync", c.ENIResync, "How often --eni-routing re-reads pods and proxy neighbours without an event.")
+	fs.StringVar(&c.ENISource, "eni-source", c.ENISource, "Where --eni-routing learns the ENIs and which pod address each owns: ec2 (DescribeNetworkInterfaces of this instance, ENIs mapped to links by MAC), links (eth<N> links and proxy neighbour entries), or auto (ec2 when --aws-endpoint or a region is set and it answers with ENIs of local links, else links, with the reason logged).")
+	fs.StringVar(&c.ENIInstanceID, "eni-instance-id", c.ENIInstanceID, "This node's EC2 instance ID for --eni-source ec2/auto; empty: the last segment of the Node's spec.providerID (aws:///zone/i-..., or the node name in the test bed).")
+	c.AWS.BindClientFlags(fs)
+	fs.Lookup("aws-region").Usage = "AWS region of the EC2 API; empty: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1 when --aws-endpoint is set."
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "Log level: debug, info, warn or error.")
 }
 
 // Validate checks the flags.
@@ -154,14 +167,8 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--eni-source %q: want auto, ec2 or links", c.ENISource)
 	}
-	if c.AWSEndpoint != "" && !strings.HasPrefix(c.AWSEndpoint, "http://") && !strings.HasPrefix(c.AWSEndpoint, "https://") {
-		return fmt.Errorf("--aws-endpoint %q: must be an http:// or https:// URL", c.AWSEndpoint)
-	}
-	if c.AWSMaxAttempts < 1 {
-		return fmt.Errorf("--aws-max-attempts %d: must be at least 1", c.AWSMaxAttempts)
-	}
-	if c.AWSMaxBackoff <= 0 {
-		return fmt.Errorf("--aws-max-backoff %v: must be positive", c.AWSMaxBackoff)
+	if err := c.AWS.ValidateClient(); err != nil {
+		return err
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -190,12 +197,12 @@ func (c *Config) NodeName() (string, error) {
 // $AWS_DEFAULT_REGION, else us-east-1 when --aws-endpoint is set (any
 // region does for localcloud), else empty: no cloud is configured.
 func (c *Config) AWSRegionOrDefault() string {
-	for _, r := range []string{c.AWSRegion, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")} {
+	for _, r := range []string{c.AWS.Region, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")} {
 		if r != "" {
 			return r
 		}
 	}
-	if c.AWSEndpoint != "" {
+	if c.AWS.Endpoint != "" {
 		return "us-east-1"
 	}
 	return ""

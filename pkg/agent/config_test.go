@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -31,7 +33,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var cfg Config
+			cfg := DefaultConfig()
 			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 			cfg.BindFlags(fs)
 			if err := fs.Parse(c.args); err != nil {
@@ -73,7 +75,7 @@ func TestAWSRegionOrDefault(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("AWS_REGION", tc.env)
 			t.Setenv("AWS_DEFAULT_REGION", tc.defEnv)
-			c := Config{AWSRegion: tc.flag, AWSEndpoint: tc.endpoint}
+			c := Config{AWS: cloudaws.Config{Region: tc.flag, Endpoint: tc.endpoint}}
 			if got := c.AWSRegionOrDefault(); got != tc.want {
 				t.Errorf("region %q, want %q", got, tc.want)
 			}

@@ -6,12 +6,19 @@ package controller
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"regexp"
 	"time"
 
 	"github.com/directlb/directlb/pkg/service"
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/directlb/directlb/pkg/certs"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/drain"
+	"github.com/directlb/directlb/pkg/readinessgate"
 )
 
 // Config is the lb-controller's configuration; every field is a flag.
@@ -19,9 +26,7 @@ type Config struct {
 	// ClusterName goes into the directlb.io/cluster ownership tag and the
 	// cloud resource names; it must be unique among the clusters sharing a
 	// cloud account.
-	ClusterName   string
-	CloudEndpoint string
-	CloudRegion   string
+	ClusterName string
 	// VPCID is the VPC target groups are created in ("" = cloud default).
 	VPCID string
 	// Concurrency is the number of parallel reconciles per controller.
@@ -49,12 +54,23 @@ type Config struct {
 	MetricsBindAddress      string
 	HealthProbeBindAddress  string
 	Kubeconfig              string
+
+	// Cloud is the ELBv2 client's configuration (--aws-*).
+	Cloud cloudaws.Config
+	// Gates, Certs and Drain configure the readiness gates, their
+	// webhook's certificates and the drain endpoint (SetupGates).
+	Gates readinessgate.Config
+	Certs certs.Config
+	Drain drain.Config
+	// Log is controller-runtime's zap logger (--zap-*).
+	Log zap.Options
 }
 
 // DefaultConfig returns the defaults the flags have.
 func DefaultConfig() Config {
+	aws := cloudaws.DefaultConfig()
+	aws.Region = "us-east-1"
 	return Config{
-		CloudRegion:            "us-east-1",
 		Concurrency:            4,
 		LoadBalancerClasses:    []string{service.LoadBalancerClass},
 		ResyncPeriod:           10 * time.Minute,
@@ -63,14 +79,16 @@ func DefaultConfig() Config {
 		CloudInventoryTTL:      time.Minute,
 		MetricsBindAddress:     ":8080",
 		HealthProbeBindAddress: ":8081",
+		Cloud:                  aws,
+		Gates:                  readinessgate.DefaultConfig(),
+		Certs:                  certs.DefaultConfig(),
+		Drain:                  drain.DefaultConfig(),
 	}
 }
 
 // BindFlags registers the flags, with c's current values as defaults.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of this cluster, in cloud ownership tags and resource names (required)")
-	fs.StringVar(&c.CloudEndpoint, "cloud-endpoint", c.CloudEndpoint, "load balancer API endpoint URL (empty: the cloud's default, e.g. AWS)")
-	fs.StringVar(&c.CloudRegion, "cloud-region", c.CloudRegion, "cloud region")
 	fs.StringVar(&c.VPCID, "vpc-id", c.VPCID, "VPC to create target groups in (empty: the cloud's default)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "parallel reconciles per controller")
 	fs.StringArrayVar(&c.LoadBalancerClasses, "load-balancer-class", c.LoadBalancerClasses, "a spec.loadBalancerClass value this controller owns (repeatable; the first use replaces the default)")
@@ -84,6 +102,24 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, `address of the Prometheus metrics endpoint ("0" disables it)`)
 	fs.StringVar(&c.HealthProbeBindAddress, "health-probe-bind-address", c.HealthProbeBindAddress, `address of /healthz and /readyz ("0" disables it)`)
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (empty: in-cluster config or $KUBECONFIG)")
+	c.Cloud.BindFlags(fs)
+	deprecatedAlias(fs, "cloud-region", "aws-region")
+	deprecatedAlias(fs, "cloud-endpoint", "aws-endpoint")
+	c.Gates.BindFlags(fs)
+	c.Certs.BindFlags(fs)
+	c.Drain.BindFlags(fs)
+	goFlags := flag.NewFlagSet("zap", flag.ContinueOnError)
+	c.Log.BindFlags(goFlags)
+	fs.AddGoFlagSet(goFlags)
+}
+
+// deprecatedAlias adds old as another name of the flag current: the same
+// value, hidden from --help, with a warning when it is used.
+func deprecatedAlias(fs *pflag.FlagSet, old, current string) {
+	f := fs.Lookup(current)
+	fs.AddFlag(&pflag.Flag{Name: old, Usage: f.Usage, Value: f.Value, DefValue: f.DefValue})
+	// Cannot fail: the flag exists and the message is not empty.
+	_ = fs.MarkDeprecated(old, "use --"+current+" instead")
 }
 
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -117,8 +153,9 @@ func (c *Config) Validate() error {
 	if c.CloudInventoryTTL < 0 || c.CloudInventoryTTL > time.Hour {
 		errs = append(errs, fmt.Errorf("--cloud-inventory-ttl %s: must be from 0 to 1h", c.CloudInventoryTTL))
 	}
-	if c.CloudRegion == "" {
-		errs = append(errs, errors.New("--cloud-region: must not be empty"))
+	errs = append(errs, c.Cloud.Validate())
+	if c.Gates.Enabled {
+		errs = append(errs, c.Gates.Validate(), c.Certs.Validate(), c.Drain.Validate())
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -14,14 +15,14 @@ func TestConfigFlags(t *testing.T) {
 	c := DefaultConfig()
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	c.BindFlags(fs)
-	err := fs.Parse([]string{"--cluster-name=dev-1", "--cloud-endpoint=http://10.100.0.3:4566",
+	err := fs.Parse([]string{"--cluster-name=dev-1", "--aws-endpoint=http://10.100.0.3:4566",
 		"--load-balancer-class=a/b", "--load-balancer-class=c/d", "--manage-default-class=false",
 		"--concurrency=8", "--resync-period=1m", "--leader-elect"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := DefaultConfig()
-	want.ClusterName, want.CloudEndpoint = "dev-1", "http://10.100.0.3:4566"
+	want.ClusterName, want.Cloud.Endpoint = "dev-1", "http://10.100.0.3:4566"
 	want.LoadBalancerClasses, want.ManageDefaultClass = []string{"a/b", "c/d"}, false
 	want.Concurrency, want.ResyncPeriod, want.LeaderElect = 8, time.Minute, true
 	if diff := cmp.Diff(want, c); diff != "" {
@@ -29,6 +30,31 @@ func TestConfigFlags(t *testing.T) {
 	}
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate: %v", err)
+	}
+}
+
+// TestDeprecatedCloudFlags: --cloud-region and --cloud-endpoint, the names
+// before lb-controller and node-agent agreed on --aws-*, still set the
+// region and endpoint, with a warning, and are hidden from --help.
+func TestDeprecatedCloudFlags(t *testing.T) {
+	c := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	c.BindFlags(fs)
+	if err := fs.Parse([]string{"--cluster-name=dev-1", "--cloud-region=eu-west-1", "--cloud-endpoint=http://10.100.0.3:4566"}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"eu-west-1", "http://10.100.0.3:4566"}, []string{c.Cloud.Region, c.Cloud.Endpoint}); diff != "" {
+		t.Errorf("region and endpoint (-want +got):\n%s", diff)
+	}
+	for _, w := range []string{"--cloud-region has been deprecated, use --aws-region instead", "--cloud-endpoint has been deprecated, use --aws-endpoint instead"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("warnings %q lack %q", out.String(), w)
+		}
+	}
+	if usage := fs.FlagUsages(); strings.Contains(usage, "--cloud-region") || strings.Contains(usage, "--cloud-endpoint") || !strings.Contains(usage, "--aws-region") {
+		t.Errorf("--help shows the old names or lacks --aws-region:\n%s", usage)
 	}
 }
 
@@ -43,8 +69,8 @@ func TestConfigValidate(t *testing.T) {
 		{"upper case name", func(c *Config) { c.ClusterName = "Dev" }, []string{"--cluster-name"}},
 		{"everything wrong", func(c *Config) {
 			c.Concurrency, c.ResyncPeriod, c.TargetBatchWindow, c.TargetRefreshPeriod = 0, time.Second, time.Minute, 0
-			c.LoadBalancerClasses, c.CloudRegion = []string{""}, ""
-		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--cloud-region"}},
+			c.LoadBalancerClasses, c.Cloud.Region = []string{""}, ""
+		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--aws-region"}},
 		{"owns nothing", func(c *Config) { c.ManageDefaultClass, c.LoadBalancerClasses = false, nil }, []string{"--manage-default-class"}},
 	}
 	for _, tt := range tests {

@@ -1,10 +1,12 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -131,6 +133,13 @@ func runManagerOn(t *testing.T, rc *rest.Config, ns string, lbs cloud.LoadBalanc
 	stop := func() {
 		once.Do(func() {
 			cancel()
+			// A manager that takes long to stop says where it waits.
+			slow := time.AfterFunc(10*time.Second, func() {
+				var buf bytes.Buffer
+				_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+				t.Logf("manager still stopping after 10s; goroutines:\n%s", buf.String())
+			})
+			defer slow.Stop()
 			if err := <-done; err != nil {
 				t.Errorf("manager: %v", err)
 			}
@@ -513,7 +522,9 @@ func TestClassFilter(t *testing.T) {
 // skipNameValidation lets every test start a manager with the same
 // controller names.
 func skipNameValidation() config.Controller {
-	return config.Controller{SkipNameValidation: ptr(true)}
+	c := QueueOptions()
+	c.SkipNameValidation = ptr(true)
+	return c
 }
 
 // registrationCount is the sample count of the endpoint-ready →

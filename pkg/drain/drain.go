@@ -246,7 +246,7 @@ func (w *Waiter) Wait(ctx context.Context, namespace, token string) (string, str
 		if err == nil && !left {
 			drainsCompleted.WithLabelValues(ResultDrained).Inc()
 			drainDuration.Observe(time.Since(deleted).Seconds())
-			logger.Info("drained", "pod", namespace+"/"+pod.Name, "seconds", time.Since(deleted).Seconds())
+			logger.Info("drained", "pod", namespace+"/"+pod.Name, "took", time.Since(deleted))
 			return ResultDrained, "the pod's targets have left the load balancer"
 		}
 		select {

@@ -102,7 +102,8 @@ func startManager(t *testing.T, ns string, setup func(context.Context, ctrl.Mana
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		// The plain workqueue, as lb-controller runs (controller.QueueOptions).
+		Controller: config.Controller{SkipNameValidation: ptr.To(true), UsePriorityQueue: ptr.To(false)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +385,8 @@ func TestWebhook(t *testing.T) {
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}, optedOut: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		// The plain workqueue, as lb-controller runs (controller.QueueOptions).
+		Controller: config.Controller{SkipNameValidation: ptr.To(true), UsePriorityQueue: ptr.To(false)},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -135,39 +135,54 @@ func (f rateLimitsFlag) Set(s string) error {
 
 func (f rateLimitsFlag) Type() string { return "limits" }
 
-// BindFlags binds the config to flags prefixed "aws-".
+// BindFlags binds the config to flags prefixed "aws-": the client's
+// (BindClientFlags) and the ELBv2 ones.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.Region, "aws-region", c.Region, "AWS region of the load balancers")
-	fs.StringVar(&c.Endpoint, "aws-endpoint", c.Endpoint, "ELBv2/EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty uses AWS")
-	fs.IntVar(&c.MaxAttempts, "aws-max-attempts", c.MaxAttempts, "attempts per API call; throttling and 5xx are retried with backoff")
-	fs.DurationVar(&c.MaxBackoff, "aws-max-backoff", c.MaxBackoff, "largest backoff between retried attempts")
+	c.BindClientFlags(fs)
 	fs.Int32Var(&c.PageSize, "aws-page-size", c.PageSize, "page size of Describe calls (1-400)")
 	fs.StringSliceVar(&c.Subnets, "aws-subnets", c.Subnets, "subnet IDs for new load balancers")
 	fs.Var(rateLimitsFlag{&c.RateLimits}, "aws-rate-limits", "client-side per-operation limits, Operation=rate:burst,...; rate 0 disables one (defaults near AWS's published ELBv2 limits)")
 }
 
-// Validate checks the config.
+// BindClientFlags binds what every AWS client of directlb takes, ELBv2 in
+// lb-controller or EC2 in node-agent: --aws-region, --aws-endpoint,
+// --aws-max-attempts and --aws-max-backoff.
+func (c *Config) BindClientFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Region, "aws-region", c.Region, "AWS region")
+	fs.StringVar(&c.Endpoint, "aws-endpoint", c.Endpoint, "ELBv2/EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty uses AWS. Credentials come from the SDK's default chain ($AWS_ACCESS_KEY_ID, ...)")
+	fs.IntVar(&c.MaxAttempts, "aws-max-attempts", c.MaxAttempts, "attempts per API call; throttling and 5xx are retried with backoff")
+	fs.DurationVar(&c.MaxBackoff, "aws-max-backoff", c.MaxBackoff, "largest backoff between retried attempts")
+}
+
+// Validate reports every invalid setting; each message names its flag.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.Region == "" {
-		errs = append(errs, errors.New("aws region is required"))
+		errs = append(errs, errors.New("--aws-region: must not be empty"))
 	}
+	return errors.Join(append(errs, c.ValidateClient())...)
+}
+
+// ValidateClient is Validate without the region check, for node-agent,
+// where no region means no cloud.
+func (c *Config) ValidateClient() error {
+	var errs []error
 	if c.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("aws max attempts %d must be >= 1", c.MaxAttempts))
+		errs = append(errs, fmt.Errorf("--aws-max-attempts %d: must be at least 1", c.MaxAttempts))
 	}
 	if c.MaxBackoff <= 0 {
-		errs = append(errs, fmt.Errorf("aws max backoff %s must be > 0", c.MaxBackoff))
+		errs = append(errs, fmt.Errorf("--aws-max-backoff %s: must be positive", c.MaxBackoff))
 	}
 	if c.PageSize < 1 || c.PageSize > 400 {
-		errs = append(errs, fmt.Errorf("aws page size %d out of range 1-400", c.PageSize))
+		errs = append(errs, fmt.Errorf("--aws-page-size %d: must be from 1 to 400", c.PageSize))
 	}
 	for op, l := range c.RateLimits {
 		if l.Rate < 0 || (l.Rate > 0 && l.Burst < 1) {
-			errs = append(errs, fmt.Errorf("aws rate limit %s: rate must be >= 0 and burst >= 1", op))
+			errs = append(errs, fmt.Errorf("--aws-rate-limits %s: rate must be at least 0 and burst at least 1", op))
 		}
 	}
 	if c.Endpoint != "" && !strings.HasPrefix(c.Endpoint, "http://") && !strings.HasPrefix(c.Endpoint, "https://") {
-		errs = append(errs, fmt.Errorf("aws endpoint %q must be an http:// or https:// URL", c.Endpoint))
+		errs = append(errs, fmt.Errorf("--aws-endpoint %q: must be an http:// or https:// URL", c.Endpoint))
 	}
 	return errors.Join(errs...)
 }
