@@ -550,3 +550,35 @@ func TestEndpointsBeforeLoadBalancer(t *testing.T) {
 		return cmp.Equal(want, got), fmt.Sprintf("targets %v want %v", got, want)
 	})
 }
+
+// An upgrade from a release that owned class-less Services: a direct-access
+// Service without a class that already carries the finalizer keeps its load
+// balancer under the default configuration (its class can no longer be
+// set), with a Warning saying so; one without the finalizer is left alone.
+func TestUpgradeKeepsAdoptedClasslessService(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	mk := func(name string, finalizers ...string) {
+		s := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name, Finalizers: finalizers,
+				Annotations: map[string]string{service.AnnotationDirectAccess: "true"}},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer,
+				Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}
+		if err := h.c.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("adopted", Finalizer)
+	mk("fresh")
+	h.eventually("the adopted Service has its load balancer", func() (bool, string) {
+		return len(h.get("adopted").Status.LoadBalancer.Ingress) == 1, fmt.Sprint(h.get("adopted").Status)
+	})
+	h.eventually("a Warning about the missing class", h.hasEvents("adopted", "Warning/"+EventNoClass))
+	if s := h.get("fresh"); len(s.Finalizers) != 0 || len(s.Status.LoadBalancer.Ingress) != 0 {
+		t.Errorf("a new class-less Service was claimed: %+v", s)
+	}
+	if lbs := h.cloud.Snapshot().LoadBalancers; len(lbs) != 1 {
+		t.Errorf("%d load balancers, want the adopted Service's only", len(lbs))
+	}
+}

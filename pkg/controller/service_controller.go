@@ -23,7 +23,7 @@ import (
 )
 
 // Finalizer guards the cloud cleanup of a direct-access Service.
-const Finalizer = "service.directlb.io/resources"
+const Finalizer = service.Finalizer
 
 // ConditionReady is the Service status condition directlb maintains.
 const ConditionReady = "directlb.io/LoadBalancerReady"
@@ -45,6 +45,7 @@ const (
 	EventDeleting        = "DeletingLoadBalancer"
 	EventDeleted         = "DeletedLoadBalancer"
 	EventInvalidConfig   = "InvalidConfiguration"
+	EventNoClass         = "NoLoadBalancerClass"
 	permanentRetryPeriod = 5 * time.Minute
 	provisioningRecheck  = 3 * time.Second
 	// drainRecheck is how soon a pass runs again while stale target groups
@@ -78,6 +79,10 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if err := r.addFinalizer(ctx, svc); err != nil {
 		return ctrl.Result{}, err
+	}
+	if !r.Classes.Owns(svc.Spec.LoadBalancerClass) {
+		r.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, EventNoClass, "Adopt",
+			"kept without spec.loadBalancerClass (claimed before direct access was claimed by class); a cloud provider's service controller may provision it too: recreate it with loadBalancerClass %s when convenient", service.LoadBalancerClass)
 	}
 	want, err := service.Build(svc, r.Model)
 	if err != nil {

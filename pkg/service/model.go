@@ -48,13 +48,33 @@ func (f ClassFilter) Owns(class *string) bool {
 	return slices.Contains(f.Classes, *class)
 }
 
+// Finalizer guards a direct-access Service's cloud resources: lb-controller
+// adds it before it makes any and removes it after it deleted them.
+const Finalizer = "service.directlb.io/resources"
+
 // Wanted reports whether svc should have a direct-access load balancer now:
-// type LoadBalancer, direct-access "true", an owned class, not being deleted.
+// type LoadBalancer, direct-access "true", not being deleted, and an owned
+// class — or Adopted.
 func Wanted(svc *corev1.Service, f ClassFilter) bool {
 	return svc.DeletionTimestamp == nil &&
 		svc.Spec.Type == corev1.ServiceTypeLoadBalancer &&
 		IsDirectAccess(svc.Annotations) &&
-		f.Owns(svc.Spec.LoadBalancerClass)
+		(f.Owns(svc.Spec.LoadBalancerClass) || (f.Adopts() && Adopted(svc)))
+}
+
+// Adopts reports whether a controller with this filter keeps Adopted
+// Services: one that owns the documented class (a release with the
+// defaults), not one set up for classes of its own beside it.
+func (f ClassFilter) Adopts() bool { return slices.Contains(f.Classes, LoadBalancerClass) }
+
+// Adopted reports whether svc sets no class but carries the Finalizer: it
+// was claimed while class-less Services were owned (a release from before
+// direct access was claimed by class, or one with --manage-default-class).
+// It stays directlb's — its class can no longer be set, and letting go
+// would delete its load balancer and change its address.
+func Adopted(svc *corev1.Service) bool {
+	c := svc.Spec.LoadBalancerClass
+	return (c == nil || *c == "") && slices.Contains(svc.Finalizers, Finalizer)
 }
 
 // Key is "namespace/name", the value of the cloud.TagService tag.

@@ -180,3 +180,38 @@ func TestWanted(t *testing.T) {
 		}
 	}
 }
+
+// A class-less direct-access Service that already carries the finalizer (an
+// upgrade from a release that owned class-less Services) stays owned by a
+// controller with the default class, so the upgrade deletes no load
+// balancer; a new class-less one is not claimed, nor does a controller with
+// only classes of its own adopt it.
+func TestWantedAdoptsClasslessServicesWithTheFinalizer(t *testing.T) {
+	svc := func(class *string, finalizers ...string) *corev1.Service {
+		return &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns", Finalizers: finalizers,
+				Annotations: map[string]string{AnnotationDirectAccess: "true"}},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: class},
+		}
+	}
+	cls := func(s string) *string { return &s }
+	defaults := ClassFilter{Classes: []string{LoadBalancerClass}}
+	own := ClassFilter{Classes: []string{"example.com/lb"}}
+	for _, tc := range []struct {
+		name string
+		svc  *corev1.Service
+		f    ClassFilter
+		want bool
+	}{
+		{"the class", svc(cls(LoadBalancerClass)), defaults, true},
+		{"class-less, new", svc(nil), defaults, false},
+		{"class-less, with the finalizer", svc(nil, Finalizer), defaults, true},
+		{"class-less, someone else's finalizer", svc(nil, "example.com/other"), defaults, false},
+		{"class-less with the finalizer, a controller of other classes", svc(nil, Finalizer), own, false},
+		{"another class with the finalizer", svc(cls("example.com/x"), Finalizer), defaults, false},
+	} {
+		if got := Wanted(tc.svc, tc.f); got != tc.want {
+			t.Errorf("%s: Wanted = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
