@@ -42,8 +42,9 @@ type Result struct {
 	TargetGroups []TargetGroup
 	// Changed is whether the pass made any mutating call.
 	Changed bool
-	// Pending lists the stale target groups still draining; empty when the
-	// cloud matches.
+	// Pending lists the stale target groups still draining, and what failed
+	// while retiring them (retried on the next pass); empty when the cloud
+	// matches.
 	Pending []string
 }
 
@@ -116,8 +117,10 @@ func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Resul
 		if kept[tg.ARN] {
 			continue
 		}
+		// Not fatal: the wanted groups are in place and the caller must
+		// hand them to the target reconciler whatever happens here.
 		if err := d.retire(ctx, tg, &res); err != nil {
-			return res, err
+			res.Pending = append(res.Pending, err.Error())
 		}
 	}
 	return res, nil
@@ -127,6 +130,9 @@ func (d *Deployer) Deploy(ctx context.Context, want service.LoadBalancer) (Resul
 // once the cloud has drained them all.
 func (d *Deployer) retire(ctx context.Context, tg cloud.TargetGroup, res *Result) error {
 	th, err := d.Cloud.DescribeTargetHealth(ctx, tg.ARN)
+	if errors.Is(err, cloud.ErrNotFound) {
+		return nil // already gone
+	}
 	if err != nil {
 		return fmt.Errorf("describe stale target group %s: %w", tg.Name, err)
 	}
@@ -146,7 +152,7 @@ func (d *Deployer) retire(ctx context.Context, tg cloud.TargetGroup, res *Result
 		res.Pending = append(res.Pending, fmt.Sprintf("target group %s drains %d target(s)", tg.Name, len(th)))
 		return nil
 	}
-	if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil {
+	if err := d.Cloud.DeleteTargetGroup(ctx, tg.ARN); err != nil && !errors.Is(err, cloud.ErrNotFound) {
 		return fmt.Errorf("delete stale target group %s: %w", tg.Name, err)
 	}
 	res.Changed = true
