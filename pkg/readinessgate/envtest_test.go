@@ -667,3 +667,44 @@ func waitEvent(t *testing.T, c client.Client, ns, pod, reason string) {
 		return false, fmt.Sprint(seen)
 	})
 }
+
+// TestGateFailOpenWithUnknownTargetGroups: with the cloud out of reach at a
+// failover, the Service's target groups stay unknown; no False gate is
+// written, and --gate-fail-open-after still lets a pod whose containers have
+// been ready that long through (reason FailOpen), so rollouts do not block.
+func TestGateFailOpenWithUnknownTargetGroups(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	cfg.FailOpenAfter = 2 * time.Second
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: fake.New(), TargetGroups: staticGroups{},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-1"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}},
+			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("web")}}},
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	patch := fmt.Sprintf(`{"status":{"podIP":"10.100.1.95","conditions":[{"type":"ContainersReady","status":"True","lastTransitionTime":%q}]}}`,
+		time.Now().UTC().Format(time.RFC3339))
+	if err := c.Status().Patch(ctx, pod, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if cond, err := gateCondition(c, ns, "web-1", "web"); err != nil || cond != nil {
+		t.Fatalf("before the fail-open timeout: gate %+v (%v), want none written", cond, err)
+	}
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonFailOpen)
+}

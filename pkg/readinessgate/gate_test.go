@@ -66,3 +66,18 @@ func TestEvaluate(t *testing.T) {
 		})
 	}
 }
+
+func TestRegression(t *testing.T) {
+	for reason, want := range map[string]bool{
+		ReasonUnhealthy: true, ReasonUnavailable: true,
+		ReasonRegistering: false, ReasonDraining: false, ReasonUnused: false, ReasonHealthy: false,
+	} {
+		status := corev1.ConditionFalse
+		if reason == ReasonHealthy {
+			status = corev1.ConditionTrue
+		}
+		if got := regression(Verdict{Status: status, Reason: reason}); got != want {
+			t.Errorf("regression(%s) = %v, want %v", reason, got, want)
+		}
+	}
+}

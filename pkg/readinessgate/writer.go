@@ -124,9 +124,17 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
 		// The Service's target groups are not known yet: a new leader
 		// before its first deploy pass, or a Service not deployed yet.
-		// Unknown is not False: no gate is written until they are.
+		// Unknown is not False: no False gate is written until they are.
+		// The fail-open rule still holds (a cloud outage at a failover must
+		// not block rollouts for ever).
 		for i := range pods.Items {
-			w.checkGrace(&pods.Items[i], svc)
+			pod := &pods.Items[i]
+			w.checkGrace(pod, svc)
+			if v, _ := w.decide(pod, gateType, nil); v.True() && pod.DeletionTimestamp == nil {
+				if _, err := w.Write(ctx, pod, gateType, v); err != nil {
+					return ctrl.Result{}, err
+				}
+			}
 		}
 		return ctrl.Result{RequeueAfter: w.Config.PollInterval}, nil
 	}
@@ -140,7 +148,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		pod := &pods.Items[i]
 		w.checkGrace(pod, svc)
 		v, now := w.decide(pod, gateType, groups)
-		if v.True() && !now.True() && now.Reason != ReasonRegistering && pod.DeletionTimestamp == nil {
+		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
 			regressed = append(regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
 		}
 		c, err := w.Write(ctx, pod, gateType, v)
@@ -160,6 +168,14 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
 	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+}
+
+// regression reports whether what the load balancer says of a Ready pod is
+// a health problem: failing checks, or the cloud cannot check it. A target
+// still registering (a port just added) or draining (its old port after a
+// targetPort change, a pod leaving) is not.
+func regression(now Verdict) bool {
+	return !now.True() && (now.Reason == ReasonUnhealthy || now.Reason == ReasonUnavailable)
 }
 
 // reportHealth keeps ConditionTargetsHealthy on the Service and the
