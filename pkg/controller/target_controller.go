@@ -45,7 +45,16 @@ type TargetReconciler struct {
 	// readySeen is when the controller saw an IP turn ready, for the
 	// endpoint-ready → target-registered histogram.
 	readySeen map[string]time.Time
+	// replacing: when an old-port target started waiting for its
+	// new-port replacement (targetPort change).
+	replacing map[cloud.Target]time.Time
 }
+
+// maxReplacementWait bounds how long a pod's old-port target stays
+// registered while its new-port target is not healthy: a targetPort the
+// pods do not serve must not keep the old port in the load balancer, and
+// the cloud read about once per health check, for ever.
+const maxReplacementWait = 5 * time.Minute
 
 type cachedTargets struct {
 	targets map[cloud.Target]bool
@@ -233,7 +242,7 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 		if want[t] {
 			continue
 		}
-		if replacementWarming(t, want, have) {
+		if r.keepUntilReplaced(t, want, have) {
 			moving = true // keeps serving until its new port is healthy
 			continue
 		}
@@ -271,16 +280,36 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 	return time.Until(have.refreshAt), nil
 }
 
-// replacementWarming reports whether old, a registered target that is no
-// longer wanted, is the same pod as a wanted target on another port that
-// is not healthy yet (a targetPort change): old then stays registered, so
-// the pod keeps taking traffic while the load balancer checks the new port.
-func replacementWarming(old cloud.Target, want map[cloud.Target]bool, have *cachedTargets) bool {
+// keepUntilReplaced reports whether old, a registered target that is no
+// longer wanted, is the same pod as a wanted target on another port
+// that is not healthy yet (a targetPort change): old then stays registered,
+// so the pod keeps taking traffic while the load balancer checks the new
+// port — for at most maxReplacementWait.
+func (r *TargetReconciler) keepUntilReplaced(old cloud.Target, want map[cloud.Target]bool, have *cachedTargets) bool {
+	warming := false
 	for w := range want {
 		if w.IP == old.IP && w.Port != old.Port && !have.healthy[w] {
-			return true
+			warming = true
 		}
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !warming {
+		delete(r.replacing, old)
+		return false
+	}
+	if r.replacing == nil {
+		r.replacing = map[cloud.Target]time.Time{}
+	}
+	since, ok := r.replacing[old]
+	if !ok {
+		r.replacing[old] = time.Now()
+		return true
+	}
+	if time.Since(since) < maxReplacementWait {
+		return true
+	}
+	delete(r.replacing, old)
 	return false
 }
 
