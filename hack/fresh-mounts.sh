@@ -12,8 +12,10 @@ fi
 keep=$(mktemp -d)
 # What a fresh machine has in /run stays (tar skips sockets); what the
 # project or an earlier run left goes.
-tar -C /run --exclude=./netns --exclude='./netns.*' --exclude='./directlb*' \
-	--exclude=./containerd -cf - . 2>/dev/null | tar -C "$keep" -xf -
+# (tar exits 1 when a file changes or goes while it reads: not a failure here.)
+{ tar -C /run --exclude=./netns --exclude='./netns.*' --exclude='./directlb*' \
+	--exclude=./containerd --ignore-failed-read --warning=no-file-changed \
+	--warning=no-file-removed -cf - . || [ $? -eq 1 ]; } | tar -C "$keep" -xf -
 mount -t tmpfs -o mode=0755 tmpfs /run
 cp -a "$keep"/. /run/
 rm -rf "$keep"

@@ -1,7 +1,6 @@
 package kubelet
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,20 +18,8 @@ import (
 // neighbour entry for the node-side veth (as the AWS VPC CNI does).
 var PodGateway = netip.MustParseAddr("169.254.1.1")
 
-// NetnsDialer dials from inside the named network namespace: the socket is
-// created on a thread switched into it, and stays there.
-func NetnsDialer(name string) Dialer {
-	return func(ctx context.Context, network, address string) (net.Conn, error) {
-		var c net.Conn
-		err := namedns.Do(name, func() error {
-			var d net.Dialer
-			var err error
-			c, err = d.DialContext(ctx, network, address)
-			return err
-		})
-		return c, err
-	}
-}
+// NetnsDialer dials from inside the named network namespace.
+func NetnsDialer(name string) Dialer { return namedns.Dialer(name) }
 
 func handleAt(name string) (*netlink.Handle, netns.NsHandle, error) {
 	ns, err := namedns.Open(name)

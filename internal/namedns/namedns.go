@@ -12,8 +12,10 @@
 package namedns
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -85,7 +87,17 @@ func Create(name string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	if err := EnsureDir(); err != nil {
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return fmt.Errorf("create netns %s: %w", name, err)
+	}
+	// Held from making Dir a mount point until the namespace is mounted
+	// in it, so a Repair in another process cannot slip in between.
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := makeShared(); err != nil {
 		return fmt.Errorf("create netns %s: %w", name, err)
 	}
 	p := Path(name)
@@ -115,12 +127,17 @@ func Create(name string) error {
 // under that name. A file of that name with no namespace on it (a crash
 // between create and mount) is replaced.
 func Ensure(name string) error {
-	if ns, err := Open(name); err == nil {
+	ns, err := Open(name)
+	switch {
+	case err == nil:
 		ns.Close()
 		return nil
-	}
-	if err := Delete(name); err != nil {
-		return err
+	case errors.Is(err, errNotMounted):
+		if err := Delete(name); err != nil {
+			return err
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return err // the name may be in use: never replace it on a read error
 	}
 	return Create(name)
 }
@@ -141,9 +158,14 @@ func Delete(name string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	err := deleteOnce(name)
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	err = deleteOnce(name)
 	if errors.Is(err, unix.EBUSY) {
-		if rerr := Repair(); rerr != nil {
+		if rerr := repairLocked(); rerr != nil {
 			return fmt.Errorf("delete netns %s: %w (repair: %w)", name, err, rerr)
 		}
 		err = deleteOnce(name)
@@ -193,10 +215,13 @@ func Open(name string) (netns.NsHandle, error) {
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC {
 		ns.Close()
-		return netns.None(), fmt.Errorf("open netns %s: %s is not a mounted namespace", name, Path(name))
+		return netns.None(), fmt.Errorf("open netns %s: %s: %w", name, Path(name), errNotMounted)
 	}
 	return ns, nil
 }
+
+// errNotMounted: a file under Dir with no namespace mounted on it.
+var errNotMounted = errors.New("not a mounted namespace")
 
 // Handle returns a netlink handle that works inside the named namespace.
 func Handle(name string) (*netlink.Handle, error) {
@@ -226,6 +251,22 @@ func Do(name string, fn func() error) error {
 		}
 		return fn()
 	})
+}
+
+// Dialer dials from inside the named namespace: the socket is made on a
+// thread switched into it, and stays there. (A plain dial inside Do would
+// not do for net/http, whose transport dials on goroutines of its own.)
+func Dialer(name string) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		var c net.Conn
+		err := Do(name, func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}
 }
 
 // onThread runs fn on a locked OS thread and puts the thread back into its

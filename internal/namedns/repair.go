@@ -37,6 +37,11 @@ func Repair() error {
 		return err
 	}
 	defer unlock()
+	return repairLocked()
+}
+
+// repairLocked is Repair for a caller that holds the lock.
+func repairLocked() error {
 	ms, err := mounts()
 	if err != nil {
 		return err
