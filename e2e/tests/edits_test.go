@@ -67,14 +67,15 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 	}
 	lc := lbtCloud(t, b)
 	var lbIP string
-	ptPoll(t, 3*time.Minute, "EXTERNAL-IP and every pod a healthy target on 8080", func(ctx context.Context) (bool, string) {
+	ptPoll(t, 3*time.Minute, "EXTERNAL-IP, every pod Ready and a healthy target on 8080", func(ctx context.Context) (bool, string) {
 		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
 		if err != nil || len(s.Status.LoadBalancer.Ingress) == 0 {
 			return false, fmt.Sprint("no ingress ", err)
 		}
 		lbIP = s.Status.LoadBalancer.Ingress[0].IP
+		ready, states := cipReadyPods(ctx, b, ns, "app=web")
 		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
-		return len(got) == edReplicas && edAllOnPort(got, 8080), why
+		return len(ready) == edReplicas && len(got) == edReplicas && edAllOnPort(got, 8080), states + "; " + why
 	})
 
 	readiness := opsWatchReadiness(ctx, b, ns, "app=web", "web")
@@ -125,6 +126,17 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 	}
 	if len(notReady) > 0 {
 		t.Errorf("pods turned NotReady during the edits: %v", notReady[:min(len(notReady), 20)])
+	}
+	// A targetPort change is not a health regression: the old-port targets
+	// drain, the new ones register and turn healthy.
+	evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.Type == corev1.EventTypeWarning && e.Regarding.Kind == "Service" {
+			t.Errorf("Warning event on Service %s during the edits: %s: %s", e.Regarding.Name, e.Reason, e.Note)
+		}
 	}
 	if load.total.Load() < 1000 || samples < 50 {
 		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.total.Load(), samples)

@@ -97,9 +97,10 @@ echo "$ok $bad"`, int(opsMaxLoad.Seconds()), stopFile, url)
 		err error
 	}
 	res := make(chan result, 1)
+	// t.Context ends before cleanups run: a failed test stops the loop too.
+	ctx, cancel := context.WithTimeout(t.Context(), opsMaxLoad+30*time.Second)
+	t.Cleanup(cancel)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), opsMaxLoad+30*time.Second)
-		defer cancel()
 		out, err := sb.sh(ctx, script)
 		res <- result{out, err}
 	}()
