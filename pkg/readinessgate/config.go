@@ -40,6 +40,10 @@ type Config struct {
 	// webhook server). The server runs only with WebhookURL or
 	// WebhookService set.
 	WebhookBindAddress string
+	// WebhookShutdownDelay is how long the webhook keeps serving after
+	// the controller is told to stop, while the webhook Service's
+	// endpoints let go of this replica.
+	WebhookShutdownDelay time.Duration
 	// WebhookURL is the URL the apiserver calls (test bed: the host
 	// address); WebhookService ("namespace/name:port") is the in-cluster
 	// alternative. Without either there is no webhook (the gate writer
@@ -69,6 +73,7 @@ func DefaultConfig() Config {
 		WatchInterval:              10 * time.Second,
 		DrainMargin:                5 * time.Second,
 		WebhookBindAddress:         ":9443",
+		WebhookShutdownDelay:       3 * time.Second,
 		WebhookFailurePolicy:       FailurePolicyIgnore,
 		WebhookTimeout:             5 * time.Second,
 		WebhookConfigName:          "directlb-readiness-gate",
@@ -86,6 +91,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.FailOpenAfter, "gate-fail-open-after", c.FailOpenAfter, "set a gate True with a Warning event when the pod's containers have been ready this long (0: never)")
 	fs.DurationVar(&c.DrainMargin, "drain-grace-margin", c.DrainMargin, "margin over the deregistration delay that terminationGracePeriodSeconds must leave, else a Warning event")
 	fs.StringVar(&c.WebhookBindAddress, "webhook-bind-address", c.WebhookBindAddress, `address of the HTTPS readiness-gate webhook ("0" disables the server)`)
+	fs.DurationVar(&c.WebhookShutdownDelay, "webhook-shutdown-delay", c.WebhookShutdownDelay, "how long the webhook keeps serving after the controller is told to stop (0-20s), while the webhook Service's endpoints let go of this replica")
 	fs.StringVar(&c.WebhookURL, "webhook-url", c.WebhookURL, "URL the apiserver calls for the webhook, e.g. https://10.100.0.2:9443/mutate-pod")
 	fs.StringVar(&c.WebhookService, "webhook-service", c.WebhookService, "Service the apiserver calls for the webhook, namespace/name:port (instead of --webhook-url)")
 	fs.StringVar(&c.WebhookFailurePolicy, "webhook-failure-policy", c.WebhookFailurePolicy, "Ignore or Fail: what pod creation does when the webhook cannot be reached")
@@ -112,6 +118,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FailOpenAfter < 0 {
 		errs = append(errs, fmt.Errorf("--gate-fail-open-after %s: must not be negative", c.FailOpenAfter))
+	}
+	if c.WebhookShutdownDelay < 0 || c.WebhookShutdownDelay > 20*time.Second {
+		errs = append(errs, fmt.Errorf("--webhook-shutdown-delay %s: must be from 0 to 20s", c.WebhookShutdownDelay))
 	}
 	if c.WebhookFailurePolicy != FailurePolicyIgnore && c.WebhookFailurePolicy != FailurePolicyFail {
 		errs = append(errs, fmt.Errorf("--webhook-failure-policy %q: must be Ignore or Fail", c.WebhookFailurePolicy))

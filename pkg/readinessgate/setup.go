@@ -74,9 +74,13 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
 			}, DrainMargin: o.Config.DrainMargin},
 			GetCertificate: o.GetCertificate,
 			Ready:          o.CertReady,
+			ShutdownDelay:  o.Config.WebhookShutdownDelay,
 		}
 		if err := mgr.Add(srv); err != nil {
 			return nil, fmt.Errorf("add webhook server: %w", err)
+		}
+		if err := mgr.AddReadyzCheck("readiness-gate-webhook", srv.Checker); err != nil {
+			return nil, fmt.Errorf("add webhook readiness check: %w", err)
 		}
 	}
 	return w, nil

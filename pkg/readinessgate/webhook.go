@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -123,6 +124,21 @@ type Server struct {
 	// Ready is closed by the caller when GetCertificate has a certificate;
 	// nil means at once.
 	Ready <-chan struct{}
+	// ShutdownDelay: how long it keeps serving once told to stop.
+	ShutdownDelay time.Duration
+
+	serving atomic.Bool
+}
+
+// Checker is a readyz check: it fails until the webhook serves (its
+// certificate is there and it listens) and again once it is stopping, so a
+// replica that cannot mutate pods takes no admission traffic — with
+// failurePolicy Ignore such pods would silently get no gates.
+func (s *Server) Checker(*http.Request) error {
+	if !s.serving.Load() {
+		return errors.New("the readiness-gate webhook is not serving")
+	}
+	return nil
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable.
@@ -156,11 +172,21 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	s.serving.Store(true)
 	log.FromContext(ctx).Info("readiness-gate webhook serving", "address", ln.Addr().String())
 	select {
 	case err := <-errc:
+		s.serving.Store(false)
 		return fmt.Errorf("webhook server: %w", err)
 	case <-ctx.Done():
+	}
+	s.serving.Store(false)
+	// The apiserver may still call this replica until the webhook
+	// Service's endpoints drop it: keep answering a while.
+	select {
+	case err := <-errc:
+		return fmt.Errorf("webhook server: %w", err)
+	case <-time.After(s.ShutdownDelay):
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
