@@ -251,6 +251,14 @@ func TestGateWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonReleased)
+	eventually(t, "the TargetsHealthy condition removed with the release", func() (bool, string) {
+		var s corev1.Service
+		if err := c.Get(ctx, key, &s); err != nil {
+			return false, err.Error()
+		}
+		cond := meta.FindStatusCondition(s.Status.Conditions, readinessgate.ConditionTargetsHealthy)
+		return cond == nil, fmt.Sprintf("%+v", cond)
+	})
 }
 
 // TestGateWriterServiceDeleted: the gates of a deleted Service are released.

@@ -29,7 +29,7 @@ var (
 	}, []string{"namespace", "service"})
 	healthRegressions = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "directlb_readiness_gate_health_regressions_total",
-		Help: "Times a Service's set of Ready pods with unhealthy targets changed to a non-empty one (each is a Warning event).",
+		Help: "Times a Service's TargetsHealthy condition turned False (each is a Warning event).",
 	})
 	webhookRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "directlb_readiness_gate_webhook_requests_total",

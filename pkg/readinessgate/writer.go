@@ -116,6 +116,9 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 				return ctrl.Result{}, err
 			}
 		}
+		if err := w.clearHealth(ctx, svc); err != nil {
+			return ctrl.Result{}, err
+		}
 		w.setPending(req.NamespacedName, 0)
 		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
@@ -170,6 +173,18 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
 }
 
+// clearHealth removes ConditionTargetsHealthy from a Service whose gates
+// were released (opted out, or no longer direct-access), so no stale False
+// stays behind. A Service that is gone has nothing to clear.
+func (w *Writer) clearHealth(ctx context.Context, svc *corev1.Service) error {
+	if svc.UID == "" || meta.FindStatusCondition(svc.Status.Conditions, ConditionTargetsHealthy) == nil {
+		return nil
+	}
+	orig := svc.DeepCopy()
+	meta.RemoveStatusCondition(&svc.Status.Conditions, ConditionTargetsHealthy)
+	return client.IgnoreNotFound(w.Client.Status().Patch(ctx, svc, client.StrategicMergeFrom(orig)))
+}
+
 // regression reports whether what the load balancer says of a Ready pod is
 // a health problem: failing checks, or the cloud cannot check it. A target
 // still registering (a port just added) or draining (its old port after a
@@ -179,8 +194,9 @@ func regression(now Verdict) bool {
 }
 
 // reportHealth keeps ConditionTargetsHealthy on the Service and the
-// unhealthy-Ready gauge, and says in an event when the set of such pods
-// changes. regressed names the pods (with what the load balancer says).
+// unhealthy-Ready gauge, and says in an event when the condition turns
+// False or back to True. regressed names the pods (with what the load
+// balancer says).
 func (w *Writer) reportHealth(ctx context.Context, svc *corev1.Service, regressed []string) error {
 	unhealthyReady.WithLabelValues(svc.Namespace, svc.Name).Set(float64(len(regressed)))
 	cond := metav1.Condition{Type: ConditionTargetsHealthy, Status: metav1.ConditionTrue, Reason: ReasonTargetsHealthy,
@@ -203,7 +219,7 @@ func (w *Writer) reportHealth(ctx context.Context, svc *corev1.Service, regresse
 		return client.IgnoreNotFound(err)
 	}
 	switch {
-	case cond.Status == metav1.ConditionFalse:
+	case cond.Status == metav1.ConditionFalse && (old == nil || old.Status != metav1.ConditionFalse):
 		healthRegressions.Inc()
 		w.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, EventTargetHealthFailed, "CheckTargetHealth", "%s", cond.Message)
 	case old != nil && old.Status == metav1.ConditionFalse:
