@@ -15,11 +15,15 @@ HELM_VERSION := v3.22.0
 STATICCHECK_VERSION := v0.8.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
-DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux
+DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux \
+	runc containernetworking-plugins
 
-K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy
+CONTAINERD_VERSION := v2.3.7
+
+K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy kubelet
 K8S_STAMP := $(BIN)/.k8s-$(K8S_VERSION)
 HELM_STAMP := $(BIN)/.helm-$(HELM_VERSION)
+CONTAINERD_STAMP := $(BIN)/.containerd-$(CONTAINERD_VERSION)
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 \
@@ -44,9 +48,9 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
 
-## tools: build the pinned Kubernetes binaries and helm into bin/ (cached).
+## tools: build the pinned Kubernetes binaries, containerd and helm into bin/ (cached).
 .PHONY: tools
-tools: $(K8S_STAMP) $(HELM_STAMP)
+tools: $(K8S_STAMP) $(HELM_STAMP) $(CONTAINERD_STAMP)
 
 $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	@mkdir -p $(BIN)
@@ -54,6 +58,13 @@ $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(BIN)/ \
 		$(addprefix k8s.io/kubernetes/cmd/,$(K8S_BINS))
 	@rm -f $(BIN)/.k8s-*; touch $@
+
+# containerd, its runc shim and ctr for the test bed's nodes, static.
+$(CONTAINERD_STAMP):
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 GOBIN=$(BIN) $(GO) install -trimpath -ldflags "-s -w" -tags "no_btrfs no_devmapper no_zfs" \
+		$(addprefix github.com/containerd/containerd/v2/cmd/,$(addsuffix @$(CONTAINERD_VERSION),containerd containerd-shim-runc-v2 ctr))
+	@rm -f $(BIN)/.containerd-*; touch $@
 
 $(HELM_STAMP):
 	@mkdir -p $(BIN)

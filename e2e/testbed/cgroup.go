@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/moby/sys/mountinfo"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,3 +120,77 @@ func removeCgroupTree(root string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// cgroupV1Root is where the cgroup v1 hierarchies are mounted.
+const cgroupV1Root = "/sys/fs/cgroup"
+
+// v1Hierarchies lists the mounted cgroup v1 hierarchies (directories under
+// /sys/fs/cgroup other than the v2 "unified" one).
+func v1Hierarchies() ([]string, error) {
+	ms, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup"))
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup v1 mounts: %w", err)
+	}
+	var out []string
+	for _, m := range ms {
+		if filepath.Dir(m.Mountpoint) == cgroupV1Root {
+			out = append(out, m.Mountpoint)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// makeV1Cgroups makes rel (e.g. /directlb/node-1) in every cgroup v1
+// hierarchy, the kubelet's cgroupRoot; in cpuset each new level gets its
+// parent's cpus and mems (an empty cpuset takes no tasks).
+func makeV1Cgroups(rel string) error {
+	hs, err := v1Hierarchies()
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		dir := h
+		for _, part := range strings.Split(strings.Trim(rel, "/"), "/") {
+			parent := dir
+			dir = filepath.Join(dir, part)
+			if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("create cgroup %s: %w", dir, err)
+			}
+			if filepath.Base(h) != "cpuset" {
+				continue
+			}
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join(parent, f))
+				if err != nil {
+					return fmt.Errorf("cgroup %s: %w", parent, err)
+				}
+				if cur, _ := os.ReadFile(filepath.Join(dir, f)); len(bytes.TrimSpace(cur)) > 0 {
+					continue
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s: %w", dir, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// removeV1Cgroups removes rel's tree (e.g. /directlb) from every cgroup v1
+// hierarchy; its tasks must be gone (they are killed through cgroup v2).
+func removeV1Cgroups(rel string) error {
+	hs, err := v1Hierarchies()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range hs {
+		errs = append(errs, removeCgroupTree(filepath.Join(h, rel)))
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupRel is a cgroup v2 directory's path relative to the v2 mount (the
+// same path names it in every v1 hierarchy).
+func cgroupRel(dir string) string { return strings.TrimPrefix(dir, cgroupV1Root+"/unified") }

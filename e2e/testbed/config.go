@@ -25,6 +25,11 @@ const (
 	// BPFPinPrefix starts every bpffs path the test bed's programs pin.
 	BPFPinPrefix = "/sys/fs/bpf/directlb"
 
+	// RuntimeContainerd and RuntimeStandIn are the values of
+	// Config.Runtime.
+	RuntimeContainerd = "containerd"
+	RuntimeStandIn    = "stand-in"
+
 	VPCNetNS   = "dlb-vpc"
 	CloudNetNS = "dlb-cloud"
 	HostLink   = "dlb-host"
@@ -46,12 +51,22 @@ type Config struct {
 	// SourceDestCheck makes the VPC drop frames whose IPv4 source is not
 	// owned by the port they came in on.
 	SourceDestCheck bool
-	// Kubelets starts a kubelet stand-in per node and waits for the nodes
-	// to be Ready.
+	// Kubelets starts a kubelet per node and waits for the nodes to be
+	// Ready.
 	Kubelets bool
-	// KubeletArgs are extra arguments for every kubelet stand-in (for
-	// example its image map).
+	// Runtime is what runs the nodes' pods: RuntimeContainerd (a real
+	// kubelet and containerd per node) or RuntimeStandIn (the kubelet
+	// stand-in, e2e/kubelet).
+	Runtime string
+	// KubeletArgs are extra arguments for every kubelet (or stand-in).
 	KubeletArgs []string
+	// RuncBinary is the OCI runtime containerd runs containers with.
+	RuncBinary string
+	// CNIPluginDir holds the reference CNI plugins (Debian's
+	// containernetworking-plugins) the node's CNI dir links to.
+	CNIPluginDir string
+	// Images are OCI archives imported into every node's containerd.
+	Images []string
 	// APIServerArgs and ControllerManagerArgs are extra arguments for
 	// kube-apiserver and kube-controller-manager (e.g. feature gates).
 	APIServerArgs         []string
@@ -70,13 +85,16 @@ type Config struct {
 // DefaultConfig returns the configuration 'make up' uses.
 func DefaultConfig() Config {
 	return Config{
-		StateDir:   DefaultStateDir,
-		BinDir:     "bin",
-		EtcdBinary: "/usr/bin/etcd",
-		Nodes:      3,
-		Kubelets:   true,
-		Timeout:    3 * time.Minute,
-		Verbosity:  1,
+		StateDir:     DefaultStateDir,
+		BinDir:       "bin",
+		EtcdBinary:   "/usr/bin/etcd",
+		Nodes:        3,
+		Kubelets:     true,
+		Runtime:      RuntimeStandIn,
+		RuncBinary:   "/usr/sbin/runc",
+		CNIPluginDir: "/usr/lib/cni",
+		Timeout:      3 * time.Minute,
+		Verbosity:    1,
 	}
 }
 
@@ -87,8 +105,12 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EtcdBinary, "etcd", c.EtcdBinary, "etcd server binary")
 	fs.IntVar(&c.Nodes, "nodes", c.Nodes, "number of nodes")
 	fs.BoolVar(&c.SourceDestCheck, "source-dest-check", c.SourceDestCheck, "drop VPC frames whose IPv4 source is not owned by the ENI they came from")
-	fs.BoolVar(&c.Kubelets, "kubelets", c.Kubelets, "start a kubelet stand-in per node and wait for the nodes to be Ready")
-	fs.StringArrayVar(&c.KubeletArgs, "kubelet-arg", c.KubeletArgs, "extra argument for every kubelet stand-in (repeatable)")
+	fs.BoolVar(&c.Kubelets, "kubelets", c.Kubelets, "start a kubelet per node and wait for the nodes to be Ready")
+	fs.StringVar(&c.Runtime, "runtime", c.Runtime, "what runs pods: containerd (a real kubelet and containerd per node) or stand-in (the kubelet stand-in)")
+	fs.StringArrayVar(&c.KubeletArgs, "kubelet-arg", c.KubeletArgs, "extra argument for every kubelet (repeatable)")
+	fs.StringVar(&c.RuncBinary, "runc", c.RuncBinary, "OCI runtime for containerd")
+	fs.StringVar(&c.CNIPluginDir, "cni-plugin-dir", c.CNIPluginDir, "directory of the reference CNI plugins")
+	fs.StringArrayVar(&c.Images, "image", c.Images, "OCI image archive to import into every node (repeatable; default: <bin-dir>/images/*.oci.tar)")
 	fs.StringArrayVar(&c.APIServerArgs, "apiserver-arg", c.APIServerArgs, "extra argument for kube-apiserver (repeatable)")
 	fs.StringArrayVar(&c.ControllerManagerArgs, "controller-manager-arg", c.ControllerManagerArgs, "extra argument for kube-controller-manager (repeatable)")
 	fs.BoolVar(&c.Localcloud, "localcloud", c.Localcloud, "start bin/localcloud in the cloud namespace")
@@ -116,6 +138,11 @@ func (c *Config) Validate() error {
 		}
 		*p = abs
 	}
+	switch c.Runtime {
+	case RuntimeContainerd, RuntimeStandIn:
+	default:
+		errs = append(errs, fmt.Errorf("runtime %q: must be %q or %q", c.Runtime, RuntimeContainerd, RuntimeStandIn))
+	}
 	if c.EtcdBinary == "" {
 		errs = append(errs, errors.New("etcd binary: must be set"))
 	}
@@ -128,7 +155,13 @@ func (c *Config) CheckBinaries() error {
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
 		need = append(need, filepath.Join(c.BinDir, b))
 	}
-	if c.Kubelets {
+	switch {
+	case c.Kubelets && c.Runtime == RuntimeContainerd:
+		for _, b := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr"} {
+			need = append(need, filepath.Join(c.BinDir, b))
+		}
+		need = append(need, c.RuncBinary)
+	case c.Kubelets:
 		need = append(need, filepath.Join(c.BinDir, "dlb-testbed"))
 	}
 	if c.Localcloud {

@@ -43,7 +43,14 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 				"--tls-cert-file=" + p.path(apiserverCert),
 				"--tls-private-key-file=" + p.path(apiserverKey),
 				"--client-ca-file=" + p.path(caCert),
-				"--authorization-mode=RBAC",
+				// Kubelets are nodes: system:node:<name> in system:nodes,
+				// limited to their own Node and pods.
+				"--authorization-mode=Node,RBAC",
+				"--enable-admission-plugins=NodeRestriction",
+				"--kubelet-client-certificate=" + p.path(kubeletClientCert),
+				"--kubelet-client-key=" + p.path(kubeletClientKey),
+				// The node names do not resolve: reach kubelets by address.
+				"--kubelet-preferred-address-types=InternalIP,Hostname",
 				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 				"--service-account-key-file=" + p.path(saPub),
 				"--service-account-signing-key-file=" + p.path(saKey),

@@ -53,6 +53,14 @@ func down(ctx context.Context, stateDir string, ours func(string) bool) error {
 	}
 	add(killCgroupTree(CgroupRoot, wait))
 	add(removeCgroupTree(CgroupRoot))
+	// The kubelets' cgroupRoots in the v1 hierarchies: their tasks were
+	// in the v2 tree too (runc puts a container in both) and are gone.
+	add(removeV1Cgroups(cgroupRel(CgroupRoot)))
+	// libcni's result cache for the bed's network (named "directlb").
+	cached, _ := filepath.Glob("/var/lib/cni/results/directlb-*")
+	for _, p := range cached {
+		add(os.Remove(p))
+	}
 
 	// A machine where namespaces were mounted on a plain /run/netns and
 	// then covered by a mount of it (see namedns) is repaired first.
@@ -150,7 +158,15 @@ func leftovers(stateDir string, ours func(string) bool) ([]string, error) {
 	for _, r := range routes {
 		out = append(out, "route "+r.String())
 	}
-	for _, p := range []string{CgroupRoot, stateDir} {
+	hs, err := v1Hierarchies()
+	if err != nil {
+		return nil, err
+	}
+	paths := []string{CgroupRoot, stateDir}
+	for _, h := range hs {
+		paths = append(paths, filepath.Join(h, cgroupRel(CgroupRoot)))
+	}
+	for _, p := range paths {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			out = append(out, "path "+p)
 		}

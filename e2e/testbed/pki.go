@@ -39,7 +39,17 @@ const (
 	frontProxyCAKey   = "front-proxy-ca.key"
 	frontProxyCert    = "front-proxy-client.crt"
 	frontProxyKeyFile = "front-proxy-client.key"
+	// The apiserver's client certificate for the kubelets' API (logs,
+	// exec, port-forward).
+	kubeletClientCert = "apiserver-kubelet-client.crt"
+	kubeletClientKey  = "apiserver-kubelet-client.key"
 )
+
+// nodeCert and nodeKey are node's client certificate and key: identity
+// system:node:<node> in group system:nodes, which the Node authorizer and
+// NodeRestriction admit.
+func nodeCert(node string) string { return "node-" + node + ".crt" }
+func nodeKey(node string) string  { return "node-" + node + ".key" }
 
 // keyPair is a certificate and its key, both in memory.
 type keyPair struct {
@@ -49,9 +59,11 @@ type keyPair struct {
 
 // generatePKI writes a fresh CA, the apiserver's serving certificate, the
 // admin client certificate, the ServiceAccount signing key and the front
-// proxy (aggregation) CA and client certificate. ECDSA P-256 throughout: it
-// takes microseconds, RSA takes a noticeable share of the bring-up.
-func generatePKI(dir string) error {
+// proxy (aggregation) CA and client certificate, the apiserver's client
+// certificate for the kubelets and each node's client certificate. ECDSA
+// P-256 throughout: it takes microseconds, RSA takes a noticeable share of
+// the bring-up.
+func generatePKI(dir string, nodes []string) error {
 	p := pki{dir: dir}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pki: %w", err)
@@ -87,20 +99,40 @@ func generatePKI(dir string) error {
 	if err != nil {
 		return err
 	}
-	sa, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	kubeletClient, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 	if err != nil {
-		return fmt.Errorf("pki: service account key: %w", err)
+		return err
 	}
-	for _, kp := range []struct {
+	type pair struct {
 		kp       keyPair
 		crt, key string
-	}{
+	}
+	pairs := []pair{
 		{ca, caCert, caKey},
 		{serving, apiserverCert, apiserverKey},
 		{admin, adminCert, adminKey},
 		{fpCA, frontProxyCACert, frontProxyCAKey},
 		{fp, frontProxyCert, frontProxyKeyFile},
-	} {
+		{kubeletClient, kubeletClientCert, kubeletClientKey},
+	}
+	for _, n := range nodes {
+		kp, err := ca.issue(x509.Certificate{
+			Subject:     pkix.Name{CommonName: "system:node:" + n, Organization: []string{"system:nodes"}},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err != nil {
+			return err
+		}
+		pairs = append(pairs, pair{kp, nodeCert(n), nodeKey(n)})
+	}
+	sa, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("pki: service account key: %w", err)
+	}
+	for _, kp := range pairs {
 		if err := writePEM(p.path(kp.crt), "CERTIFICATE", kp.kp.cert.Raw); err != nil {
 			return err
 		}
@@ -202,22 +234,28 @@ func firstServiceIP() netip.Addr {
 // writeKubeconfig writes an admin kubeconfig for server with the PKI's
 // certificates embedded.
 func writeKubeconfig(path, server string, p pki) error {
+	return writeClientKubeconfig(path, server, p, adminCert, adminKey, "directlb-admin")
+}
+
+// writeClientKubeconfig writes a kubeconfig for server whose user is the
+// client certificate crtFile/keyFile of the PKI.
+func writeClientKubeconfig(path, server string, p pki, crtFile, keyFile, user string) error {
 	ca, err := os.ReadFile(p.path(caCert))
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	crt, err := os.ReadFile(p.path(adminCert))
+	crt, err := os.ReadFile(p.path(crtFile))
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	key, err := os.ReadFile(p.path(adminKey))
+	key, err := os.ReadFile(p.path(keyFile))
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["directlb"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos["directlb-admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: crt, ClientKeyData: key}
-	cfg.Contexts["directlb"] = &clientcmdapi.Context{Cluster: "directlb", AuthInfo: "directlb-admin", Namespace: "default"}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: crt, ClientKeyData: key}
+	cfg.Contexts["directlb"] = &clientcmdapi.Context{Cluster: "directlb", AuthInfo: user, Namespace: "default"}
 	cfg.CurrentContext = "directlb"
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)

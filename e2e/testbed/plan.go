@@ -77,6 +77,9 @@ func Plan(cfg Config) *Topology {
 				DeviceIdx: idx,
 			})
 		}
+		if cfg.Kubelets && cfg.Runtime == RuntimeContainerd {
+			planRuntime(t, &n)
+		}
 		t.Nodes = append(t.Nodes, n)
 	}
 	return t

@@ -12,13 +12,28 @@ func TestPlanNodes(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.StateDir = "/run/x"
 	cfg.Nodes = 2
+	cfg.Runtime = RuntimeContainerd
 	got := Plan(cfg)
 	want := []Node{
-		{Name: "node-1", NetNS: "dlb-node-1", Cgroup: CgroupRoot + "/node-1", KubeletCgroup: CgroupRoot + "/node-1/kubelet", ENIs: []ENI{
+		{Name: "node-1", NetNS: "dlb-node-1", Cgroup: CgroupRoot + "/node-1", KubeletCgroup: CgroupRoot + "/node-1/kubelet", Runtime: &NodeRuntime{
+			ContainerdSocket: "/run/x/nodes/node-1/containerd/containerd.sock",
+			KubeletRootDir:   "/run/x/nodes/node-1/kubelet",
+			PodLogsDir:       "/run/x/nodes/node-1/pod-logs",
+			CNIConfDir:       "/run/x/nodes/node-1/cni/net.d",
+			CNIBinDir:        "/run/x/nodes/node-1/cni/bin",
+			CgroupRoot:       "/directlb/node-1",
+		}, ENIs: []ENI{
 			{ID: "eni-node1-0", Device: "eth0", MAC: "02:d1:0a:64:01:0a", Addr: netip.MustParsePrefix("10.100.1.10/16"), PodRange: netip.MustParsePrefix("10.100.1.64/26"), Gateway: VPCGateway, DeviceIdx: 0},
 			{ID: "eni-node1-1", Device: "eth1", MAC: "02:d1:0a:64:01:0b", Addr: netip.MustParsePrefix("10.100.1.11/16"), PodRange: netip.MustParsePrefix("10.100.1.128/26"), Gateway: VPCGateway, DeviceIdx: 1},
 		}},
-		{Name: "node-2", NetNS: "dlb-node-2", Cgroup: CgroupRoot + "/node-2", KubeletCgroup: CgroupRoot + "/node-2/kubelet", ENIs: []ENI{
+		{Name: "node-2", NetNS: "dlb-node-2", Cgroup: CgroupRoot + "/node-2", KubeletCgroup: CgroupRoot + "/node-2/kubelet", Runtime: &NodeRuntime{
+			ContainerdSocket: "/run/x/nodes/node-2/containerd/containerd.sock",
+			KubeletRootDir:   "/run/x/nodes/node-2/kubelet",
+			PodLogsDir:       "/run/x/nodes/node-2/pod-logs",
+			CNIConfDir:       "/run/x/nodes/node-2/cni/net.d",
+			CNIBinDir:        "/run/x/nodes/node-2/cni/bin",
+			CgroupRoot:       "/directlb/node-2",
+		}, ENIs: []ENI{
 			{ID: "eni-node2-0", Device: "eth0", MAC: "02:d1:0a:64:02:0a", Addr: netip.MustParsePrefix("10.100.2.10/16"), PodRange: netip.MustParsePrefix("10.100.2.64/26"), Gateway: VPCGateway, DeviceIdx: 0},
 			{ID: "eni-node2-1", Device: "eth1", MAC: "02:d1:0a:64:02:0b", Addr: netip.MustParsePrefix("10.100.2.11/16"), PodRange: netip.MustParsePrefix("10.100.2.128/26"), Gateway: VPCGateway, DeviceIdx: 1},
 		}},

@@ -70,8 +70,11 @@ type Node struct {
 	// ENIs: index 0 is the primary ENI (eth0, holds the node's InternalIP),
 	// index 1 the secondary (eth1).
 	ENIs []ENI `json:"enis"`
-	// KubeletCgroup holds the node's kubelet stand-in (a child of Cgroup).
+	// KubeletCgroup holds the node's kubelet and containerd (or the
+	// kubelet stand-in), a child of Cgroup.
 	KubeletCgroup string `json:"kubeletCgroup"`
+	// Runtime is set when the node runs a real kubelet and containerd.
+	Runtime *NodeRuntime `json:"runtime,omitempty"`
 }
 
 // ENI is one elastic network interface of a node.

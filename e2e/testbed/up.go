@@ -79,7 +79,16 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}
 	log.Info("apiserver ready", zap.Duration("took", time.Since(begin)))
 	rest := slices.Clone(cp[2:])
-	if cfg.Kubelets {
+	switch {
+	case cfg.Kubelets && cfg.Runtime == RuntimeContainerd:
+		if daemons, err = startNodes(ctx, cfg, t, daemons); err != nil {
+			return t, err
+		}
+		log.Info("containerd ready, images imported", zap.Duration("took", time.Since(begin)))
+		for _, n := range t.Nodes {
+			rest = append(rest, kubeletDaemon(cfg, t, n))
+		}
+	case cfg.Kubelets:
 		for _, n := range t.Nodes {
 			rest = append(rest, kubelet(cfg, t, n))
 		}
@@ -153,14 +162,67 @@ func makeState(t *Topology) error {
 	return nil
 }
 
+// startNodes prepares every node's runtime, starts its containerd and
+// imports the images into it, the nodes in parallel.
+func startNodes(ctx context.Context, cfg Config, t *Topology, daemons []*running) ([]*running, error) {
+	images, err := cfg.imageArchives()
+	if err != nil {
+		return daemons, err
+	}
+	if t.LocalcloudURL != "" {
+		if err := writeCNICredentials(t); err != nil {
+			return daemons, err
+		}
+	}
+	var started []daemon
+	for _, n := range t.Nodes {
+		if err := prepareNode(cfg, t, n); err != nil {
+			return daemons, err
+		}
+		if err := installCNI(cfg, t, n); err != nil {
+			return daemons, err
+		}
+		started = append(started, containerdDaemon(cfg, t, n))
+	}
+	if daemons, err = startAll(t.StateDir, daemons, started); err != nil {
+		return daemons, err
+	}
+	var g errgroup.Group
+	for _, n := range t.Nodes {
+		g.Go(func() error {
+			if err := waitFor(ctx, daemons, "containerd of "+n.Name, func(ctx context.Context) (bool, error) {
+				_, err := os.Stat(n.Runtime.ContainerdSocket)
+				return err == nil, nil
+			}); err != nil {
+				return err
+			}
+			return importImages(ctx, cfg, n, images)
+		})
+	}
+	return daemons, g.Wait()
+}
+
 // pkiAndNetwork makes the certificates and kubeconfigs and, at the same
 // time, the network (with the source/destination check if asked).
 func pkiAndNetwork(ctx context.Context, cfg Config, t *Topology) error {
 	var g errgroup.Group
 	g.Go(func() error {
 		p := pki{dir: filepath.Join(t.StateDir, "pki")}
-		if err := generatePKI(p.dir); err != nil {
+		var nodes []string
+		for _, n := range t.Nodes {
+			nodes = append(nodes, n.Name)
+		}
+		if err := generatePKI(p.dir, nodes); err != nil {
 			return err
+		}
+		for _, n := range t.Nodes {
+			if n.Runtime == nil {
+				continue
+			}
+			if err := writeClientKubeconfig(filepath.Join(nodeDir(t, n), "kubelet.kubeconfig"), t.APIServer, p,
+				nodeCert(n.Name), nodeKey(n.Name), "system:node:"+n.Name); err != nil {
+				return err
+			}
 		}
 		if err := writeKubeconfig(t.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", apiServerPort), p); err != nil {
 			return err
