@@ -95,7 +95,7 @@ test-e2e: tools build
 ## up / down: bring the local test bed up or tear it down (idempotent).
 .PHONY: up down
 up: tools build
-	$(TESTBED) up --bin-dir $(BIN)
+	$(TESTBED) up --localcloud --bin-dir $(BIN)
 down:
 	@if [ -x $(TESTBED) ]; then $(TESTBED) down; else $(GO) run ./e2e/cmd/dlb-testbed down; fi
 

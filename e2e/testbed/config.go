@@ -139,7 +139,11 @@ func (c *Config) Validate() error {
 		*p = abs
 	}
 	switch c.Runtime {
-	case RuntimeContainerd, RuntimeStandIn:
+	case RuntimeContainerd:
+		if c.Kubelets && !c.Localcloud {
+			errs = append(errs, errors.New("runtime containerd needs localcloud (--localcloud): directlb-cni takes the pods' addresses from its EC2 API"))
+		}
+	case RuntimeStandIn:
 	default:
 		errs = append(errs, fmt.Errorf("runtime %q: must be %q or %q", c.Runtime, RuntimeContainerd, RuntimeStandIn))
 	}
