@@ -11,6 +11,8 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/directlb/directlb/e2e/echo"
 )
 
 var commands = map[string]func(args []string) error{
@@ -18,7 +20,7 @@ var commands = map[string]func(args []string) error{
 	"down":    runDown,
 	"status":  runStatus,
 	"kubelet": runKubelet,
-	"echo":    runEcho,
+	"echo":    echo.Command,
 }
 
 func main() {
