@@ -28,9 +28,11 @@ K8S_LDFLAGS := -s -w \
 	-X k8s.io/client-go/pkg/version.gitMajor=1 \
 	-X k8s.io/client-go/pkg/version.gitMinor=36
 
-# Our own binaries.
+# Our own binaries, static (CGO_ENABLED=0) so that they run in images
+# without a libc; the pause and echo programs of the test bed's images.
 CMDS := lb-controller node-agent localcloud
 TESTBED := $(BIN)/dlb-testbed
+E2E_CMDS := dlb-testbed dlb-echo pause
 
 .PHONY: all
 all: build
@@ -64,7 +66,7 @@ $(HELM_STAMP):
 .PHONY: build
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) ./e2e/cmd/dlb-testbed
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) $(addprefix ./e2e/cmd/,$(E2E_CMDS))
 
 ## test: every test — unit, privileged and end-to-end.
 .PHONY: test
