@@ -20,6 +20,8 @@ DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nfta
 K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy
 K8S_STAMP := $(BIN)/.k8s-$(K8S_VERSION)
 HELM_STAMP := $(BIN)/.helm-$(HELM_VERSION)
+# agnhost, the e2e framework's test server, for the agnhost image.
+AGNHOST_STAMP := $(BIN)/.agnhost-$(K8S_VERSION)
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 \
@@ -46,9 +48,9 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
 
-## tools: build the pinned Kubernetes binaries and helm into bin/ (cached).
+## tools: build the pinned Kubernetes binaries, agnhost and helm into bin/ (cached).
 .PHONY: tools
-tools: $(K8S_STAMP) $(HELM_STAMP)
+tools: $(K8S_STAMP) $(HELM_STAMP) $(AGNHOST_STAMP)
 
 $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	@mkdir -p $(BIN)
@@ -56,6 +58,12 @@ $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(BIN)/ \
 		$(addprefix k8s.io/kubernetes/cmd/,$(K8S_BINS))
 	@rm -f $(BIN)/.k8s-*; touch $@
+
+$(AGNHOST_STAMP): hack/tools/go.mod hack/tools/go.sum
+	@mkdir -p $(BIN)
+	cd hack/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/agnhost \
+		k8s.io/kubernetes/test/images/agnhost
+	@rm -f $(BIN)/.agnhost-*; touch $@
 
 $(HELM_STAMP):
 	@mkdir -p $(BIN)
