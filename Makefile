@@ -15,7 +15,7 @@ HELM_VERSION := v3.22.0
 STATICCHECK_VERSION := v0.8.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
-DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux
+DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux busybox-static
 
 K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy
 K8S_STAMP := $(BIN)/.k8s-$(K8S_VERSION)
@@ -75,6 +75,12 @@ $(HELM_STAMP):
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) $(addprefix ./e2e/cmd/,$(E2E_CMDS))
+
+## images: the test bed's container images as OCI archives in bin/images/
+## (no registry: 'ctr images import' loads them; docs/testbed.md).
+.PHONY: images
+images: build tools
+	$(TESTBED) images --bin-dir $(BIN) --out $(BIN)/images
 
 ## test: every test — unit, privileged and end-to-end.
 .PHONY: test
