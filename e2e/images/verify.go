@@ -65,7 +65,7 @@ func Verify(r io.Reader) (*Contents, error) {
 	)
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
