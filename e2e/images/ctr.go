@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"sort"
 	"strings"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // Containerd is a containerd that images are imported into, through its
@@ -33,31 +36,47 @@ func (c Containerd) Import(ctx context.Context, archives []string) error {
 	return nil
 }
 
-// List returns the names of the images in the namespace.
-func (c Containerd) List(ctx context.Context) ([]string, error) {
-	out, err := c.ctr(ctx, "images", "ls", "-q")
+// List returns the images in the namespace: name and manifest digest
+// (the REF and DIGEST columns of `ctr images ls`).
+func (c Containerd) List(ctx context.Context) (map[string]digest.Digest, error) {
+	out, err := c.ctr(ctx, "images", "ls")
 	if err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
-	return strings.Fields(string(out)), nil
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if !strings.HasPrefix(lines[0], "REF") {
+		return nil, fmt.Errorf("list images: unexpected output %q", lines[0])
+	}
+	images := map[string]digest.Digest{}
+	for _, line := range lines[1:] {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			return nil, fmt.Errorf("list images: unexpected line %q", line)
+		}
+		d, err := digest.Parse(f[2])
+		if err != nil {
+			return nil, fmt.Errorf("list images: line %q: %w", line, err)
+		}
+		images[f[0]] = d
+	}
+	return images, nil
 }
 
-// Missing returns the refs that are not images in the namespace.
-func (c Containerd) Missing(ctx context.Context, refs []string) ([]string, error) {
-	names, err := c.List(ctx)
+// Missing returns the references of want that containerd does not have
+// with the manifest digest want gives them, sorted: absent, or another
+// (older) image under the same name.
+func (c Containerd) Missing(ctx context.Context, want map[string]digest.Digest) ([]string, error) {
+	have, err := c.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	have := map[string]bool{}
-	for _, n := range names {
-		have[n] = true
-	}
 	var missing []string
-	for _, r := range refs {
-		if !have[r] {
-			missing = append(missing, r)
+	for ref, d := range want {
+		if have[ref] != d {
+			missing = append(missing, ref)
 		}
 	}
+	sort.Strings(missing)
 	return missing, nil
 }
 
