@@ -195,11 +195,22 @@ func writeList(name string, results []Result) error {
 	for _, r := range results {
 		fmt.Fprintf(&b, "%s\t%s\t%s\n", r.Ref, r.Archive, r.Manifest)
 	}
-	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, name)
+	defer func() { _ = os.Remove(f.Name()) }() // fails once renamed
+	_, err = f.Write(b.Bytes())
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), name)
 }
 
 // ReadList reads a list file that Build wrote.
