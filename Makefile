@@ -16,7 +16,7 @@ STATICCHECK_VERSION := v0.8.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
 DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux \
-	runc containernetworking-plugins
+	runc containernetworking-plugins busybox-static
 
 CONTAINERD_VERSION := v2.3.7
 
@@ -24,6 +24,8 @@ K8S_BINS := kube-apiserver kube-controller-manager kube-scheduler kubectl kube-p
 K8S_STAMP := $(BIN)/.k8s-$(K8S_VERSION)
 HELM_STAMP := $(BIN)/.helm-$(HELM_VERSION)
 CONTAINERD_STAMP := $(BIN)/.containerd-$(CONTAINERD_VERSION)
+# agnhost, the e2e framework's test server, for the agnhost image.
+AGNHOST_STAMP := $(BIN)/.agnhost-$(K8S_VERSION)
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 \
@@ -32,9 +34,11 @@ K8S_LDFLAGS := -s -w \
 	-X k8s.io/client-go/pkg/version.gitMajor=1 \
 	-X k8s.io/client-go/pkg/version.gitMinor=36
 
-# Our own binaries.
+# Our own binaries, static (CGO_ENABLED=0) so that they run in images
+# without a libc; the pause and echo programs of the test bed's images.
 CMDS := lb-controller node-agent localcloud
 TESTBED := $(BIN)/dlb-testbed
+E2E_CMDS := dlb-testbed dlb-echo pause
 
 .PHONY: all
 all: build
@@ -48,9 +52,9 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
 
-## tools: build the pinned Kubernetes binaries, containerd and helm into bin/ (cached).
+## tools: build the pinned Kubernetes binaries, containerd, agnhost and helm into bin/ (cached).
 .PHONY: tools
-tools: $(K8S_STAMP) $(HELM_STAMP) $(CONTAINERD_STAMP)
+tools: $(K8S_STAMP) $(HELM_STAMP) $(CONTAINERD_STAMP) $(AGNHOST_STAMP)
 
 $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	@mkdir -p $(BIN)
@@ -66,6 +70,12 @@ $(CONTAINERD_STAMP):
 		$(addprefix github.com/containerd/containerd/v2/cmd/,$(addsuffix @$(CONTAINERD_VERSION),containerd containerd-shim-runc-v2 ctr))
 	@rm -f $(BIN)/.containerd-*; touch $@
 
+$(AGNHOST_STAMP): hack/tools/go.mod hack/tools/go.sum
+	@mkdir -p $(BIN)
+	cd hack/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/agnhost \
+		k8s.io/kubernetes/test/images/agnhost
+	@rm -f $(BIN)/.agnhost-*; touch $@
+
 $(HELM_STAMP):
 	@mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
@@ -75,7 +85,13 @@ $(HELM_STAMP):
 .PHONY: build
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) ./e2e/cmd/dlb-testbed
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)) $(addprefix ./e2e/cmd/,$(E2E_CMDS))
+
+## images: the test bed's container images as OCI archives in bin/images/
+## (no registry: 'ctr images import' loads them; docs/testbed.md).
+.PHONY: images
+images: build tools
+	$(TESTBED) images --bin-dir $(BIN) --out $(BIN)/images
 
 ## test: every test — unit, privileged and end-to-end.
 .PHONY: test

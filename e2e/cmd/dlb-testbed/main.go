@@ -6,11 +6,14 @@
 //	dlb-testbed status [flags]    print the topology and what runs
 //	dlb-testbed kubelet [flags]   the kubelet stand-in for one node (started by up)
 //	dlb-testbed echo [flags]      the built-in echo server a container runs
+//	dlb-testbed images [flags]    build the images for real kubelets as OCI archives
 package main
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/directlb/directlb/e2e/echo"
 )
 
 var commands = map[string]func(args []string) error{
@@ -18,12 +21,13 @@ var commands = map[string]func(args []string) error{
 	"down":    runDown,
 	"status":  runStatus,
 	"kubelet": runKubelet,
-	"echo":    runEcho,
+	"echo":    echo.Command,
+	"images":  runImages,
 }
 
 func main() {
 	if len(os.Args) < 2 || commands[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: dlb-testbed up|down|status|kubelet|echo [flags]")
+		fmt.Fprintln(os.Stderr, "usage: dlb-testbed up|down|status|kubelet|echo|images [flags]")
 		if len(os.Args) >= 2 && (os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help") {
 			os.Exit(0)
 		}

@@ -1,4 +1,4 @@
-package main
+package echo
 
 import (
 	"context"
@@ -7,14 +7,16 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/directlb/directlb/e2e/echo"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
 
-// runEcho is `dlb-testbed echo`: the built-in echo server a container runs.
-func runEcho(args []string) error {
-	cfg := echo.DefaultConfig()
+// Command is the echo server's command line, shared by `dlb-testbed echo`
+// (what the kubelet stand-in runs) and the dlb-echo binary of the
+// example.com/echo image (what a real kubelet runs): flags over the
+// environment's defaults, then serve until SIGTERM or SIGINT.
+func Command(args []string) error {
+	cfg := DefaultConfig()
 	fs := pflag.NewFlagSet("echo", pflag.ContinueOnError)
 	cfg.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -28,7 +30,7 @@ func runEcho(args []string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	srv, err := echo.Listen(cfg, log)
+	srv, err := Listen(cfg, log)
 	if err != nil {
 		return err
 	}
