@@ -104,25 +104,25 @@ test-unit:
 
 ## test-e2e: end-to-end tests on the local test bed (root).
 .PHONY: test-e2e
-test-e2e: tools build
+test-e2e: tools build images
 	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 40m -v ./e2e/tests/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
 	exit $${PIPESTATUS[0]}
 
 ## up / down: bring the local test bed up or tear it down (idempotent).
 .PHONY: up down
-up: tools build
+up: tools build images
 	$(TESTBED) up --localcloud --bin-dir $(BIN)
 down:
 	@if [ -x $(TESTBED) ]; then $(TESTBED) down; else $(GO) run ./e2e/cmd/dlb-testbed down; fi
 
 ## demo: the test bed, an echo Deployment, a direct-access Service.
 .PHONY: demo
-demo: deps tools build
+demo: deps tools build images
 	hack/demo.sh
 
 ## bench: benchmarks, side by side with the peers; see docs/benchmarks.md.
 .PHONY: bench
-bench: tools build
+bench: tools build images
 	DLB_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 40m ./bench/...
 	@# Rollout under load on the test bed (root): requests lost, containers-ready → gate True and drain p50/p99.
 	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m -v -run '^TestRollout' ./e2e/tests/ 2>&1 | grep -E '^(e2e rollout:|--- |ok|FAIL|panic)' ; \

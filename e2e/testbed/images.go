@@ -3,9 +3,9 @@ package testbed
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/directlb/directlb/e2e/images"
 )
 
 // imageArchives returns cfg.Images, or the archives in <bin dir>/images.
@@ -26,12 +26,9 @@ func (c *Config) imageArchives() ([]string, error) {
 // importImages imports the OCI archives into node n's containerd, in the
 // k8s.io namespace the CRI plugin uses.
 func importImages(ctx context.Context, cfg Config, n Node, archives []string) error {
-	for _, a := range archives {
-		cmd := exec.CommandContext(ctx, filepath.Join(cfg.BinDir, "ctr"), "--address", n.Runtime.ContainerdSocket,
-			"-n", "k8s.io", "images", "import", a)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("import %s into %s: %w: %s", filepath.Base(a), n.Name, err, strings.TrimSpace(string(out)))
-		}
+	c := images.Containerd{Ctr: filepath.Join(cfg.BinDir, "ctr"), Address: n.Runtime.ContainerdSocket}
+	if err := c.Import(ctx, archives); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	return nil
 }

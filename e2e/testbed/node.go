@@ -86,7 +86,7 @@ func planRuntime(t *Topology, n *Node) {
 func containerdConfig(cfg Config, t *Topology, n Node) string {
 	d := filepath.Join(nodeDir(t, n), "containerd")
 	r := n.Runtime
-	return fmt.Sprintf(`version = 3
+	return fmt.Sprintf(`version = 4
 root = %q
 state = %q
 

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/directlb/directlb/internal/namedns"
 )
@@ -19,12 +21,12 @@ import (
 // network namespace, with its output in <StateDir>/logs/<Name>.log and its
 // pid in <StateDir>/run/<Name>.pid.
 type daemon struct {
-	Name   string
-	Path   string
-	Args   []string
-	Env    []string // added to the environment
-	Cgroup string
-	NetNS  string // empty: the host's namespace
+	Name   string   `json:"name"`
+	Path   string   `json:"path"`
+	Args   []string `json:"args"`
+	Env    []string `json:"env,omitempty"` // added to the environment
+	Cgroup string   `json:"cgroup"`
+	NetNS  string   `json:"netns,omitempty"` // empty: the host's namespace
 }
 
 // running is a started daemon.
@@ -42,6 +44,53 @@ func logPath(stateDir, name string) string {
 
 func pidPath(stateDir, name string) string {
 	return filepath.Join(stateDir, "run", name+".pid")
+}
+
+// specPath is where start records how it started a daemon, so that it can
+// be started again the same way (Restart).
+func specPath(stateDir, name string) string {
+	return filepath.Join(stateDir, "run", name+".json")
+}
+
+// Kill kills the bed's daemon name (e.g. "kubelet-node-1") with SIGKILL, a
+// crash, and waits until it is gone.
+func Kill(stateDir, name string) error {
+	pids, err := readPIDFiles(stateDir)
+	if err != nil {
+		return err
+	}
+	pid, ok := pids[name]
+	if !ok || !pidInTestbed(pid) {
+		return fmt.Errorf("kill %s: not running", name)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(st), ") Z ") {
+			return nil
+		}
+	}
+	return fmt.Errorf("kill %s: pid %d still there after 10s", name, pid)
+}
+
+// Start starts the bed's daemon name again as 'up' started it (same
+// command line, cgroup, namespace and log file) and returns its pid.
+func Start(stateDir, name string) (int, error) {
+	b, err := os.ReadFile(specPath(stateDir, name))
+	if err != nil {
+		return 0, fmt.Errorf("start %s: %w", name, err)
+	}
+	var d daemon
+	if err := json.Unmarshal(b, &d); err != nil {
+		return 0, fmt.Errorf("start %s: %s: %w", name, specPath(stateDir, name), err)
+	}
+	r, err := d.start(stateDir)
+	if err != nil {
+		return 0, err
+	}
+	return r.pid, nil
 }
 
 // start launches d. The process is put into its cgroup by clone3 (so it is
@@ -89,6 +138,13 @@ func (d daemon) start(stateDir string) (*running, error) {
 	}()
 	if err := os.WriteFile(pidPath(stateDir, d.Name), []byte(strconv.Itoa(r.pid)+"\n"), 0o644); err != nil {
 		return r, fmt.Errorf("start %s: pid file: %w", d.Name, err)
+	}
+	spec, err := json.Marshal(d)
+	if err != nil {
+		return r, fmt.Errorf("start %s: %w", d.Name, err)
+	}
+	if err := os.WriteFile(specPath(stateDir, d.Name), spec, 0o644); err != nil {
+		return r, fmt.Errorf("start %s: %w", d.Name, err)
 	}
 	return r, nil
 }
