@@ -9,7 +9,8 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// newLogger logs JSON lines to the configured file, appending. stdout is
+// newLogger logs JSON lines to the configured file, appending, each with
+// the instance (nodes may share one file) and the pid. stdout is
 // the CNI protocol's channel, so when the file cannot be opened the logger
 // writes to stderr (the runtime keeps it with the error) and says why.
 func newLogger(s *Settings) *zap.Logger {
@@ -24,7 +25,7 @@ func newLogger(s *Settings) *zap.Logger {
 		out = zapcore.Lock(os.Stderr)
 	}
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), out, level)
-	log := zap.New(core).With(zap.Int("pid", os.Getpid()))
+	log := zap.New(core).With(zap.String("instance", s.InstanceID), zap.Int("pid", os.Getpid()))
 	if ferr != nil {
 		log.Warn("cannot open the log file; logging to stderr", zap.Error(ferr))
 	}

@@ -174,6 +174,11 @@ func Run(ctx context.Context, c Config, getenv func(string) string) error {
 	if err != nil {
 		return fmt.Errorf("read plugin binary: %w", err)
 	}
+	for _, d := range []string{c.BinDir, c.ConfDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
 	if err := writeFile(filepath.Join(c.BinDir, cni.Type), bin, 0o755); err != nil {
 		return err
 	}

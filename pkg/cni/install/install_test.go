@@ -87,11 +87,7 @@ func host(t *testing.T) (dir string, args []string) {
 	if err := os.WriteFile(src, []byte("#!plugin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"bin", "net.d"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The directories are made as needed (a per-node conf directory).
 	return dir, []string{"--source=" + src, "--bin-dir=" + filepath.Join(dir, "bin"), "--conf-dir=" + filepath.Join(dir, "net.d")}
 }
 
