@@ -50,6 +50,12 @@ type node struct {
 
 func newNode(t *testing.T) *node {
 	t.Helper()
+	return newNodeWith(t, mac0, mac1, "10.0.0.10/24", "10.0.1.11/24")
+}
+
+// newNodeWith is newNode with the ENI devices' MACs and addresses given.
+func newNodeWith(t *testing.T, mac0, mac1 net.HardwareAddr, addr0, addr1 string) *node {
+	t.Helper()
 	privileged.Require(t, "creates network namespaces, veths and proxy neighbours")
 	base := fmt.Sprintf("cnitest-%d-%d", os.Getpid(), seq.Add(1))
 	n := &node{name: base + "-node", vpc: base + "-vpc", dataDir: t.TempDir()}
@@ -61,7 +67,7 @@ func newNode(t *testing.T) *node {
 	eth0, err := n.h.LinkByName("eth0")
 	must(t, err)
 	must(t, n.h.LinkSetUp(eth0))
-	must(t, n.h.AddrAdd(eth0, addr("10.0.0.10/24")))
+	must(t, n.h.AddrAdd(eth0, addr(addr0)))
 	vpcNS, err := namedns.Open(n.vpc)
 	must(t, err)
 	defer vpcNS.Close()
@@ -69,7 +75,7 @@ func newNode(t *testing.T) *node {
 	eth1, err := n.h.LinkByName("eth1")
 	must(t, err)
 	must(t, n.h.LinkSetUp(eth1))
-	must(t, n.h.AddrAdd(eth1, addr("10.0.1.11/24")))
+	must(t, n.h.AddrAdd(eth1, addr(addr1)))
 	vpc0, err := n.vpcH.LinkByName("vpc0")
 	must(t, err)
 	must(t, n.vpcH.LinkSetUp(vpc0))
@@ -118,10 +124,15 @@ func (n *node) pod(t *testing.T, name, containerID string) *skel.CmdArgs {
 		Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + name + ";K8S_POD_UID=u-" + name}
 }
 
-func (n *node) pluginMain(stdin []byte) error { return pluginMain(stdin, n.cloud) }
+func (n *node) pluginMain(stdin []byte) error {
+	if n.cloud == nil {
+		return pluginMain(stdin, nil)
+	}
+	return pluginMain(stdin, n.cloud)
+}
 
 // pluginMain is the binary's main through skel, with stdin the
-// configuration and c for EC2.
+// configuration and c for EC2 (nil: pkg/cloud/aws, as the binary).
 func pluginMain(stdin []byte, c cloud.NetworkInterfaces) error {
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -134,7 +145,10 @@ func pluginMain(stdin []byte, c cloud.NetworkInterfaces) error {
 	old := os.Stdin
 	os.Stdin = r
 	defer func() { os.Stdin = old; r.Close() }()
-	p := &cni.Plugin{NewCloud: func(context.Context, *cni.Settings) (cloud.NetworkInterfaces, error) { return c, nil }}
+	p := &cni.Plugin{}
+	if c != nil {
+		p.NewCloud = func(context.Context, *cni.Settings) (cloud.NetworkInterfaces, error) { return c, nil }
+	}
 	if e := skel.PluginMainFuncsWithError(p.Funcs(), cni.Versions, cni.About); e != nil {
 		return e
 	}
