@@ -36,7 +36,7 @@ K8S_LDFLAGS := -s -w \
 
 # Our own binaries, static (CGO_ENABLED=0) so that they run in images
 # without a libc; the pause and echo programs of the test bed's images.
-CMDS := lb-controller node-agent localcloud
+CMDS := lb-controller node-agent localcloud directlb-cni
 TESTBED := $(BIN)/dlb-testbed
 E2E_CMDS := dlb-testbed dlb-echo pause
 

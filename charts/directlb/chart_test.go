@@ -30,6 +30,7 @@ import (
 
 	"github.com/directlb/directlb/pkg/agent"
 	"github.com/directlb/directlb/pkg/certs"
+	"github.com/directlb/directlb/pkg/cni/install"
 	"github.com/directlb/directlb/pkg/controller"
 	"github.com/directlb/directlb/pkg/readinessgate"
 )
@@ -134,6 +135,24 @@ var valueSets = []struct {
 		name:  "test bed",
 		args:  []string{"-f", "ci/testbed-values.yaml"},
 		kinds: map[string]int{"Deployment": 1, "DaemonSet": 1, "MutatingWebhookConfiguration": 1, "Secret": 1},
+	},
+	{
+		name:  "cni",
+		args:  []string{"--set", "cni.enabled=true", "--set", "nodeAgent.eniRouting=true"},
+		kinds: map[string]int{"DaemonSet": 1, "ClusterRole": 2},
+	},
+	{
+		name: "cni with every flag set",
+		args: []string{"--set", "cni.enabled=true", "--set-string", "cni.instanceID=$(NODE_NAME)", "--set", "cni.warmIPTarget=0",
+			"--set", "cni.firstENI=1", "--set", "cni.binDir=/host/opt/cni/bin", "--set", "cni.confName=05-directlb.conflist",
+			"--set-string", "cni.confDir=/var/lib/testbed/nodes/$(NODE_NAME)/cni/net.d", "--set-string", "cni.dataDir=/var/lib/testbed/nodes/$(NODE_NAME)/cni",
+			"--set", "cni.logLevel=debug", "--set", "cloud.endpoint=http://10.100.0.3:4566", "--set", "cloud.credentials.existingSecret=creds"},
+		kinds: map[string]int{"DaemonSet": 1},
+	},
+	{
+		name:  "cni on the test bed",
+		args:  []string{"-f", "ci/testbed-values.yaml", "-f", "testdata/cni-values.yaml"},
+		kinds: map[string]int{"DaemonSet": 1},
 	},
 	{
 		name: "every controller flag set",
@@ -312,11 +331,24 @@ func agentFlags() (*pflag.FlagSet, *agent.Config) {
 	return fs, &cfg
 }
 
+// installCNIFlags is directlb-cni install's flag set, as its main builds it.
+func installCNIFlags() (*pflag.FlagSet, *install.Config) {
+	cfg := install.DefaultConfig()
+	fs := pflag.NewFlagSet("directlb-cni install", pflag.ContinueOnError)
+	fs.SetOutput(&bytes.Buffer{})
+	cfg.BindFlags(fs)
+	return fs, &cfg
+}
+
+// installCNICommand is the install-cni init container's command: the
+// binary the node-agent image carries, and its subcommand.
+var installCNICommand = []string{"/usr/local/bin/directlb-cni", "install"}
+
 // checkFlags parses each container's rendered args with the binary's own
 // flag set (an unknown flag or a bad value fails) and validates the result.
 func checkFlags(t *testing.T, objs []object) {
 	t.Helper()
-	for _, c := range containers(objs) {
+	for _, c := range append(containers(objs), initContainers(objs)...) {
 		args := make([]string, len(c.Args))
 		for i, a := range c.Args {
 			args[i] = strings.ReplaceAll(a, "$(NODE_NAME)", nodeName)
@@ -327,6 +359,11 @@ func checkFlags(t *testing.T, objs []object) {
 		var fs *pflag.FlagSet
 		var cfg interface{ Validate() error }
 		switch {
+		case strings.HasPrefix(c.Image, "ghcr.io/directlb/node-agent:") && slices.Equal(c.Command, installCNICommand):
+			fs, cfg = installCNIFlags()
+		case len(c.Command) > 0:
+			t.Errorf("container %s: unexpected command %q", c.Name, c.Command)
+			continue
 		case strings.HasPrefix(c.Image, "ghcr.io/directlb/lb-controller:"):
 			fs, cfg = controllerFlags()
 		case strings.HasPrefix(c.Image, "ghcr.io/directlb/node-agent:"):
@@ -348,6 +385,16 @@ func checkFlags(t *testing.T, objs []object) {
 			}
 		})
 	}
+}
+
+func initContainers(objs []object) []corev1.Container {
+	var out []corev1.Container
+	for _, o := range objs {
+		if w, ok := o.Decoded.(*appsv1.DaemonSet); ok {
+			out = append(out, w.Spec.Template.Spec.InitContainers...)
+		}
+	}
+	return out
 }
 
 func containers(objs []object) []corev1.Container {
@@ -500,6 +547,7 @@ func checkWorkloads(t *testing.T, objs []object) {
 			if !slices.Contains(paths, "/sys/fs/bpf") || !slices.ContainsFunc(paths, func(p string) bool { return strings.HasPrefix(p, "/sys/fs/cgroup") }) {
 				t.Errorf("DaemonSet %s: host paths %v, want the bpffs and the cgroup mount", w.Name, paths)
 			}
+			checkInstallCNI(t, w)
 		}
 	}
 }
@@ -564,6 +612,9 @@ func TestSchemaRejects(t *testing.T) {
 		{"relative cgroup root", []string{"--set", "nodeAgent.cgroupRoot=sys/fs/cgroup"}, "/nodeAgent/cgroupRoot"},
 		{"endpoint without scheme", []string{"--set", "cloud.endpoint=10.100.0.3:4566"}, "/cloud/endpoint"},
 		{"extra arg not a flag", []string{"--set", "controller.extraArgs={verbose}"}, "/controller/extraArgs"},
+		{"relative CNI bin dir", []string{"--set", "cni.binDir=opt/cni/bin"}, "/cni/binDir"},
+		{"CNI conf name not a conflist", []string{"--set", "cni.confName=10-directlb.conf"}, "/cni/confName"},
+		{"negative warm IP target", []string{"--set", "cni.warmIPTarget=-1"}, "/cni/warmIPTarget"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := runHelm(t, helm, append([]string{"template", release, ".", "-n", namespace}, tc.args...)...)
@@ -652,6 +703,12 @@ func TestNotes(t *testing.T) {
 			args:    []string{"-f", "ci/testbed-values.yaml"},
 			want:    []string{"cluster name \"testbed\"", "credentials from Secret localcloud-credentials"},
 			notWant: []string{"WARNING"},
+		},
+		{
+			name:    "cni",
+			args:    []string{"--set", "cni.enabled=true", "--set", "k8sServiceHost=10.0.0.1"},
+			want:    []string{"directlb-cni:  installed on every node as its CNI (/etc/cni/net.d/10-directlb.conflist)", "WARNING: cni.enabled without nodeAgent.eniRouting"},
+			notWant: []string{"WARNING: kubeProxyReplacement"},
 		},
 		{
 			name:    "kube-proxy stays",

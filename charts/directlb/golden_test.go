@@ -11,8 +11,9 @@ import (
 // certificate on every render; the goldens hold a placeholder instead.
 var generated = regexp.MustCompile(`(?m)^(\s*(?:ca-bundle\.crt|ca\.crt|ca\.key|tls\.crt|tls\.key|caBundle): ).+$`)
 
-// TestGolden compares the manifests the chart renders with its defaults
-// and with the test bed's values against testdata/. They change with every
+// TestGolden compares the manifests the chart renders with its defaults,
+// with the test bed's values, and with those plus directlb-cni
+// (testdata/cni-values.yaml) against testdata/. They change with every
 // change to templates/ or values.yaml: rewrite them with
 //
 //	go test ./charts/... -update
@@ -27,6 +28,7 @@ func TestGolden(t *testing.T) {
 	}{
 		{file: "defaults.yaml"},
 		{file: "testbed.yaml", args: []string{"-f", "ci/testbed-values.yaml"}},
+		{file: "cni.yaml", args: []string{"-f", "ci/testbed-values.yaml", "-f", "testdata/cni-values.yaml"}},
 	} {
 		t.Run(g.file, func(t *testing.T) {
 			out, err := runHelm(t, helm, append([]string{"template", release, ".", "-n", namespace}, g.args...)...)

@@ -107,3 +107,11 @@ endpoint is on, and no drainHost replaces it. */}}
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
+
+{{/* The host directory to mount for a host path that may hold $(NODE_NAME)
+(expanded by the kubelet in args, not in volumes): the part before the
+segment with $(NODE_NAME), or the path itself. */}}
+{{- define "directlb.nodeDir" -}}
+{{- $p := regexReplaceAll "/[^/]*\\$\\(NODE_NAME\\).*$" . "" -}}
+{{- default "/" $p -}}
+{{- end -}}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
@@ -59,6 +60,14 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.Credentials != nil {
 		opts = append(opts, config.WithCredentialsProvider(cfg.Credentials))
+	}
+	if f := cfg.SharedCredentialsFile; f != "" {
+		// The SDK skips a shared file that does not exist and goes on
+		// down the chain (to the instance metadata service): say so now.
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("shared credentials file: %w", err)
+		}
+		opts = append(opts, config.WithSharedCredentialsFiles([]string{f}))
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {

@@ -77,6 +77,11 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Credentials overrides the default credential chain (tests use it).
 	Credentials awssdk.CredentialsProvider
+	// SharedCredentialsFile, when set, is the credentials file (the
+	// format of ~/.aws/credentials) the default chain reads instead of
+	// ~/.aws/credentials; it must exist. directlb-cni, which the runtime
+	// runs on the host, is given one by the chart.
+	SharedCredentialsFile string
 }
 
 // DefaultConfig returns a Config with defaults filled in.

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/localcloud"
 	"github.com/directlb/directlb/pkg/localcloud/faults"
 	"github.com/directlb/directlb/pkg/localcloud/store"
@@ -149,5 +153,35 @@ func TestNetworkInterfacesPaging(t *testing.T) {
 	}
 	if n := srv.Faults().Counts()["DescribeNetworkInterfaces"]["pass"]; n != 2 {
 		t.Errorf("DescribeNetworkInterfaces calls = %d, want 2 pages", n)
+	}
+}
+
+// TestSharedCredentialsFile signs with the key in Config.SharedCredentialsFile
+// (directlb-cni's way to credentials), and refuses a file that is not there
+// instead of going on down the chain.
+func TestSharedCredentialsFile(t *testing.T) {
+	for _, env := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	srv := startLocalcloud(t)
+	seedENIs(t, srv)
+	file := filepath.Join(t.TempDir(), "credentials")
+	if err := os.WriteFile(file, []byte("[default]\naws_access_key_id = "+testKey+"\naws_secret_access_key = "+testSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := cloudaws.DefaultConfig()
+	cfg.Region, cfg.Endpoint, cfg.MaxAttempts = "us-east-1", "http://"+srv.Addr(), 1
+	cfg.SharedCredentialsFile = file
+	c, err := cloudaws.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.InstanceNetworkInterfaces(context.Background(), "node-1"); err != nil || len(got) != 2 {
+		t.Fatalf("InstanceNetworkInterfaces signed from the file: %d ENIs, %v", len(got), err)
+	}
+	cfg.SharedCredentialsFile = file + ".missing"
+	if _, err := cloudaws.New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "shared credentials file") {
+		t.Errorf("New with a missing credentials file: %v; want an error naming it", err)
 	}
 }

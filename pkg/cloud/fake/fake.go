@@ -3,7 +3,8 @@
 // group in use by a listener cannot be deleted, deleting a load balancer
 // deletes its listeners, deleting what does not exist succeeds. Lists come
 // sorted by ARN, so a pass makes the same calls every run. It counts every
-// call per operation and, after Record, logs them in order.
+// call per operation and, after Record, logs them in order. ENIs is the
+// same for cloud.NetworkInterfaces (networkinterfaces.go).
 package fake
 
 import (
