@@ -144,7 +144,7 @@ var valueSets = []struct {
 	{
 		name: "cni with every flag set",
 		args: []string{"--set", "cni.enabled=true", "--set-string", "cni.instanceID=$(NODE_NAME)", "--set", "cni.warmIPTarget=0",
-			"--set", "cni.firstENI=1", "--set", "cni.binDir=/host/opt/cni/bin", "--set", "cni.confName=05-directlb.conflist",
+			"--set", "cni.firstENI=1", "--set", "cni.binDir=/host/opt/cni/bin", "--set", "cni.confName=05-directlb.conflist", "--set", "cni.chainPortmap=true",
 			"--set-string", "cni.confDir=/var/lib/testbed/nodes/$(NODE_NAME)/cni/net.d", "--set-string", "cni.dataDir=/var/lib/testbed/nodes/$(NODE_NAME)/cni",
 			"--set", "cni.logLevel=debug", "--set", "cloud.endpoint=http://10.100.0.3:4566", "--set", "cloud.credentials.existingSecret=creds"},
 		kinds: map[string]int{"DaemonSet": 1},

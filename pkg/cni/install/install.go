@@ -49,6 +49,9 @@ type Config struct {
 	// $AWS_SECRET_ACCESS_KEY (and $AWS_SESSION_TOKEN) and becomes the
 	// plugin's aws.sharedCredentialsFile.
 	CredentialsFile string
+	// ChainPortmap appends the reference portmap plugin (hostPort) to
+	// the conflist; it must be in BinDir.
+	ChainPortmap bool
 	// Plugin is the plugin's own settings; InstanceID and
 	// AWS.SharedCredentialsFile are filled in by Run.
 	Plugin cni.Settings
@@ -88,6 +91,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.InstanceID, "instance-id", c.InstanceID, "EC2 instance ID of this node; or --node-name")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "read the instance ID from this Node's spec.providerID (last segment), through the apiserver")
 	fs.StringVar(&c.FirstENILabel, "first-eni-label", c.FirstENILabel, "with --node-name: a Node label whose value, when present, is used as --first-eni")
+	fs.BoolVar(&c.ChainPortmap, "chain-portmap", c.ChainPortmap, "chain the reference portmap plugin after directlb-cni, for hostPort (it must be in --bin-dir)")
 	c.APIServer.BindFlags(fs)
 	fs.StringVar(&c.CredentialsFile, "credentials-file", c.CredentialsFile, "write $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY to this host file (0600) and point the plugin at it; empty: the plugin uses the SDK's default chain (the instance role)")
 	fs.StringVar(&c.Plugin.AWS.Endpoint, "aws-endpoint", c.Plugin.AWS.Endpoint, "EC2 endpoint override, e.g. http://10.100.0.3:4566 for localcloud; empty: AWS")
@@ -182,6 +186,11 @@ func Run(ctx context.Context, c Config, getenv func(string) string) error {
 	if err := writeFile(filepath.Join(c.BinDir, cni.Type), bin, 0o755); err != nil {
 		return err
 	}
+	if c.ChainPortmap {
+		if _, err := os.Stat(filepath.Join(c.BinDir, "portmap")); err != nil {
+			return fmt.Errorf("--chain-portmap: the portmap plugin must be in --bin-dir: %w", err)
+		}
+	}
 	conf, err := Conflist(c)
 	if err != nil {
 		return err
@@ -218,18 +227,22 @@ func instanceIDFromProviderID(p string) string {
 	return p[strings.LastIndex(p, "/")+1:]
 }
 
-// Conflist is the conflist Run writes: one plugin, directlb-cni, with c's
-// settings.
+// Conflist is the conflist Run writes: directlb-cni with c's settings,
+// then, with ChainPortmap, portmap (hostPort, with SNAT for hairpin).
 func Conflist(c Config) ([]byte, error) {
 	type plugin struct {
 		Type string `json:"type"`
 		cni.Settings
 	}
+	plugins := []any{plugin{Type: cni.Type, Settings: c.settings()}}
+	if c.ChainPortmap {
+		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
+	}
 	list := struct {
-		CNIVersion string   `json:"cniVersion"`
-		Name       string   `json:"name"`
-		Plugins    []plugin `json:"plugins"`
-	}{CNIVersion: c.CNIVersion, Name: c.NetworkName, Plugins: []plugin{{Type: cni.Type, Settings: c.settings()}}}
+		CNIVersion string `json:"cniVersion"`
+		Name       string `json:"name"`
+		Plugins    []any  `json:"plugins"`
+	}{CNIVersion: c.CNIVersion, Name: c.NetworkName, Plugins: plugins}
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode conflist: %w", err)

@@ -149,6 +149,38 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// TestChainPortmap: --chain-portmap appends portmap with the portMappings
+// capability, and refuses a bin dir without it.
+func TestChainPortmap(t *testing.T) {
+	dir, args := host(t)
+	c := parse(t, append(args, "--instance-id=node-1", "--chain-portmap")...)
+	if err := install.Run(t.Context(), c, os.Getenv); err == nil || !strings.Contains(err.Error(), "the portmap plugin must be in --bin-dir") {
+		t.Errorf("--chain-portmap without portmap: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "portmap"), []byte("#!portmap"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := install.Run(t.Context(), c, os.Getenv); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "net.d", c.ConfName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Plugins []struct {
+			Type         string          `json:"type"`
+			Capabilities map[string]bool `json:"capabilities"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Plugins) != 2 || list.Plugins[0].Type != "directlb-cni" || list.Plugins[1].Type != "portmap" || !list.Plugins[1].Capabilities["portMappings"] {
+		t.Errorf("conflist plugins: %+v", list.Plugins)
+	}
+}
+
 func TestRunWithoutCredentials(t *testing.T) {
 	_, args := host(t)
 	c := parse(t, append(args, "--instance-id=i-0abc", "--credentials-file=/etc/directlb/cni-credentials")...)
