@@ -52,19 +52,13 @@ func installCNI(cfg Config, t *Topology, n Node) error {
 // on one of the node's ENIs (through localcloud's EC2 API), portmap serves
 // hostPort.
 func cniConfList(t *Topology, n Node) map[string]any {
-	idx := 0
-	for i := range t.Nodes {
-		if t.Nodes[i].Name == n.Name {
-			idx = i
-		}
-	}
 	plugin := map[string]any{
 		"type":         "directlb-cni",
 		"instanceID":   n.Name,
 		"dataDir":      filepath.Join(nodeDir(t, n), "cni", "data"),
 		"logFile":      filepath.Join(t.StateDir, "logs", "cni-"+n.Name+".log"),
 		"warmIPTarget": 0,
-		"firstENI":     idx % len(n.ENIs),
+		"firstENI":     firstENI(t, n),
 	}
 	if t.LocalcloudURL != "" {
 		plugin["aws"] = map[string]any{

@@ -90,16 +90,12 @@ func containerdConfig(cfg Config, t *Topology, n Node) string {
 root = %q
 state = %q
 
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[metrics]
-  address = ""
-
 [plugins]
+  [plugins.'io.containerd.server.v1.grpc']
+    address = %q
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = %q
+
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -108,7 +104,6 @@ state = %q
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
     netns_mounts_under_state_dir = true
-    enable_cdi = false
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = 'runc'
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -273,7 +268,9 @@ func kubeletDaemon(cfg Config, t *Topology, n Node) daemon {
 		"--root-dir=" + n.Runtime.KubeletRootDir,
 		"--hostname-override=" + n.Name,
 		"--node-ip=" + n.ENIs[0].Addr.Addr().String(),
-		"--node-labels=directlb.io/testbed=true",
+		// directlb.io/first-eni: the ENI that wins directlb-cni's ties on
+		// this node (docs/cni.md), (i-1) mod 2 on node i.
+		fmt.Sprintf("--node-labels=directlb.io/testbed=true,directlb.io/first-eni=%d", firstENI(t, n)),
 		"--v=" + strconv.Itoa(cfg.Verbosity),
 	}
 	return daemon{
@@ -283,4 +280,16 @@ func kubeletDaemon(cfg Config, t *Topology, n Node) daemon {
 		Cgroup: n.KubeletCgroup,
 		NetNS:  n.NetNS,
 	}
+}
+
+// firstENI is the device index of the ENI that wins directlb-cni's ties on
+// node n: (i-1) mod 2 on node i, so the first pods of a workload on
+// neighbouring nodes use different ENIs.
+func firstENI(t *Topology, n Node) int {
+	for i := range t.Nodes {
+		if t.Nodes[i].Name == n.Name {
+			return i % len(n.ENIs)
+		}
+	}
+	return 0
 }

@@ -12,7 +12,6 @@ func TestPlanNodes(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.StateDir = "/run/x"
 	cfg.Nodes = 2
-	cfg.Runtime = RuntimeContainerd
 	got := Plan(cfg)
 	want := []Node{
 		{Name: "node-1", NetNS: "dlb-node-1", Cgroup: CgroupRoot + "/node-1", KubeletCgroup: CgroupRoot + "/node-1/kubelet", Runtime: &NodeRuntime{
@@ -45,7 +44,7 @@ func TestPlanNodes(t *testing.T) {
 		{"kubeconfig", got.Kubeconfig, "/run/x/kubeconfig"},
 		{"vpc kubeconfig", got.VPCKubeconfig, "/run/x/kubeconfig-vpc"},
 		{"apiserver", got.APIServer, "https://10.100.0.2:6443"},
-		{"localcloud off", got.LocalcloudURL, ""},
+		{"localcloud on", got.LocalcloudURL, "http://10.100.0.3:4566"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)

@@ -186,7 +186,8 @@ func TestUpDown(t *testing.T) {
 	}
 	cfg.StateDir = filepath.Join(t.TempDir(), "state")
 	cfg.Nodes = 2
-	cfg.Kubelets = false // the kubelet stand-in has its own tests; this one is about up and down
+	cfg.Kubelets = false // nodes run in the e2e tests; this one is about up and down
+	cfg.Localcloud = false
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

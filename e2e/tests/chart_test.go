@@ -159,8 +159,8 @@ func chCloudLeft(ctx context.Context, c cloud.LoadBalancers) ([]string, error) {
 	return left, nil
 }
 
-// chPodLogs returns the logs the kubelet stand-in wrote for the release's
-// pods, by pod name.
+// chPodLogs returns the logs of the release's pods (kubectl logs, through
+// the kubelets), by pod name.
 func chPodLogs(t *testing.T, b *Bed) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // also from Cleanup
@@ -172,7 +172,7 @@ func chPodLogs(t *testing.T, b *Bed) map[string]string {
 	logs := map[string]string{}
 	for _, p := range pods.Items {
 		for _, c := range p.Spec.Containers {
-			data, err := os.ReadFile(filepath.Join(b.Topology.StateDir, "nodes", p.Spec.NodeName, "pods", string(p.UID), c.Name+".log"))
+			data, err := b.Client.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name}).DoRaw(ctx)
 			if err != nil {
 				t.Errorf("log of %s/%s: %v", p.Name, c.Name, err)
 				continue

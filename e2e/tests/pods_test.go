@@ -12,13 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/testbed"
@@ -142,21 +141,25 @@ func ptENI(topo *testbed.Topology, node, ip string) int {
 	return -1
 }
 
-// ptSandboxGone reports what is left of a pod's sandbox on its node: its
-// network namespace and its cgroup.
-func ptSandboxLeft(topo *testbed.Topology, node string, uid types.UID) []string {
+// ptSandboxLeft reports what is left of a pod's sandbox on its node: its
+// pod cgroup (under the kubelet's cgroupRoot) and the host route
+// directlb-cni made to its address.
+func ptSandboxLeft(topo *testbed.Topology, node string, uid types.UID, ip string) []string {
 	var left []string
-	u := strings.ReplaceAll(string(uid), "-", "")[:8]
-	ents, _ := os.ReadDir(namedns.Dir)
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), "-"+u) {
-			left = append(left, "netns "+e.Name())
-		}
+	n, ok := topo.Node(node)
+	if !ok {
+		return []string{"no node " + node}
 	}
-	if n, ok := topo.Node(node); ok {
-		cg := filepath.Join(n.Cgroup, "pod-"+string(uid))
-		if _, err := os.Stat(cg); err == nil {
-			left = append(left, "cgroup "+cg)
+	_ = filepath.WalkDir(filepath.Join(n.Cgroup, "kubepods"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "pod"+string(uid) {
+			left = append(left, "cgroup "+p)
+		}
+		return nil
+	})
+	if ip != "" {
+		out, _ := exec.Command("ip", "-n", n.NetNS, "-4", "route", "show", ip+"/32").CombinedOutput()
+		if r := strings.TrimSpace(string(out)); r != "" {
+			left = append(left, "route "+r)
 		}
 	}
 	return left
@@ -347,8 +350,9 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		replaced := len(ready) == 3 && !slices.ContainsFunc(ready, func(p corev1.Pod) bool { return p.UID == victim.UID })
 		return gone && replaced, fmt.Sprintf("old pod gone=%v; %s", gone, state)
 	})
-	ptPoll(t, 15*time.Second, "old pod's netns and cgroup removed", func(context.Context) (bool, string) {
-		left := ptSandboxLeft(b.Topology, victim.Spec.NodeName, victim.UID)
+	// Its cgroup goes (its address may already be the replacement's).
+	ptPoll(t, 15*time.Second, "old pod's cgroup removed", func(context.Context) (bool, string) {
+		left := ptSandboxLeft(b.Topology, victim.Spec.NodeName, victim.UID, "")
 		return len(left) == 0, strings.Join(left, ", ")
 	})
 	if code, _, err := ptGet("http://" + net.JoinHostPort(victim.Status.PodIP, "8080") + "/"); err == nil {
@@ -599,67 +603,23 @@ func TestPodFailingReadinessProbe(t *testing.T) {
 	notReady("after /healthz starts failing")
 }
 
-// ptRestartKubelet kills node's kubelet stand-in with SIGKILL (a crash),
-// runs during() while it is down, and starts it again with the same command
-// line, in the same cgroup, logging to the same file.
+// ptRestartKubelet kills node's kubelet with SIGKILL (a crash), runs
+// during() while it is down, and starts it again as the bed started it.
 func ptRestartKubelet(t *testing.T, b *Bed, node string, during func()) {
 	t.Helper()
-	n, ok := b.Topology.Node(node)
-	if !ok {
-		t.Fatalf("no node %s", node)
+	name := "kubelet-" + node
+	if err := testbed.Kill(b.Topology.StateDir, name); err != nil {
+		t.Fatal(err)
 	}
-	pidFile := filepath.Join(b.Topology.StateDir, "run", "kubelet-"+node+".pid")
-	raw, err := os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatalf("kubelet pid: %v", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-	if err != nil {
-		t.Fatalf("kubelet pid file %s: %v", pidFile, err)
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		t.Fatalf("kubelet %d command line: %v", pid, err)
-	}
-	argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	if len(argv) < 2 || argv[1] != "kubelet" {
-		t.Fatalf("pid %d is not a kubelet stand-in: %q", pid, argv)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill kubelet: %v", err)
-	}
-	ptPoll(t, 10*time.Second, "old kubelet gone", func(context.Context) (bool, string) {
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		return err != nil || strings.Contains(string(st), ") Z "), "running"
-	})
 	during()
-
-	cg, err := os.Open(n.KubeletCgroup)
-	if err != nil {
-		t.Fatalf("kubelet cgroup: %v", err)
-	}
-	defer cg.Close()
-	logf, err := os.OpenFile(filepath.Join(b.Topology.StateDir, "logs", "kubelet-"+node+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatalf("kubelet log: %v", err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = b.Topology.StateDir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("restart kubelet: %v", err)
-	}
-	go func() { _ = cmd.Wait() }() // reap it if it ever exits while we run
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
-		t.Fatalf("kubelet pid file: %v", err)
+	if _, err := testbed.Start(b.Topology.StateDir, name); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// A crashed and restarted kubelet stand-in picks its pods up: a running pod
-// keeps its process, address and readiness; a pod force-deleted while the
-// stand-in was down leaves nothing behind; a pod deleted gracefully while it
+// A crashed and restarted kubelet picks its pods up: a running pod keeps
+// its container, address and readiness; a pod force-deleted while the
+// kubelet was down leaves nothing behind; a pod deleted gracefully while it
 // was down is terminated and deleted; a new pod does not get an address in
 // use.
 func TestKubeletRestartAdoptsPods(t *testing.T) {
@@ -701,7 +661,7 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 		p := pods[name]
 		ptPoll(t, 30*time.Second, name+" pod gone and its sandbox removed", func(ctx context.Context) (bool, string) {
 			_, err := b.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-			left := ptSandboxLeft(b.Topology, node, p.UID)
+			left := ptSandboxLeft(b.Topology, node, p.UID, p.Status.PodIP)
 			return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
 		})
 	}
@@ -723,54 +683,35 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 	if fresh.Status.PodIP == keep.Status.PodIP {
 		t.Errorf("new pod got the adopted pod's address %s", fresh.Status.PodIP)
 	}
-	// Deleting the adopted pod goes through the adopted process: SIGTERM by
-	// polling /proc, then the final delete.
+	// Deleting the adopted pod stops its adopted container.
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "keep", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete adopted pod: %v", err)
 	}
 	ptPoll(t, 20*time.Second, "adopted pod terminated and deleted", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "keep", metav1.GetOptions{})
-		left := ptSandboxLeft(b.Topology, node, keep.UID)
+		left := ptSandboxLeft(b.Topology, node, keep.UID, keep.Status.PodIP)
 		return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
 	})
 }
 
-// A pod gets its ServiceAccount's token as a kubeconfig (KUBECONFIG in its
-// environment; there is no mount namespace for the usual token path) that
-// reaches the apiserver at its VPC address with the cluster CA and
-// authenticates as the pod's ServiceAccount.
-func TestPodServiceAccountKubeconfig(t *testing.T) {
+// A pod gets its ServiceAccount's token at the usual path (a projected
+// volume the kubelet mounts): with the cluster CA next to it, the token
+// authenticates as the pod's ServiceAccount at the apiserver's VPC address.
+func TestPodServiceAccountToken(t *testing.T) {
 	b := requireBed(t)
 	ns := ptNamespace(t, b, "e2e-pods-sa")
 	ptCreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: ns},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}},
 	})
-	p := ptWaitPod(t, b, ns, "sa", 60*time.Second, "Ready", ptReady)
-	pid, err := strconv.Atoi(strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "testbed://"))
-	if err != nil {
-		t.Fatalf("container ID %q: %v", p.Status.ContainerStatuses[0].ContainerID, err)
+	ptWaitPod(t, b, ns, "sa", 60*time.Second, "Ready", ptReady)
+	const dir = "/var/run/secrets/kubernetes.io/serviceaccount/"
+	token := b.MustKubectl(t, "-n", ns, "exec", "sa", "--", "cat", dir+"token")
+	ca := b.MustKubectl(t, "-n", ns, "exec", "sa", "--", "cat", dir+"ca.crt")
+	if got := strings.TrimSpace(b.MustKubectl(t, "-n", ns, "exec", "sa", "--", "cat", dir+"namespace")); got != ns {
+		t.Errorf("namespace file: %q, want %q", got, ns)
 	}
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatalf("container environment: %v", err)
-	}
-	var kubeconfig string
-	for _, kv := range strings.Split(string(environ), "\x00") {
-		if v, ok := strings.CutPrefix(kv, "KUBECONFIG="); ok {
-			kubeconfig = v
-		}
-	}
-	if kubeconfig == "" {
-		t.Fatalf("no KUBECONFIG in the container's environment")
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		t.Fatalf("pod kubeconfig: %v", err)
-	}
-	if want := b.Topology.APIServer; rc.Host != want {
-		t.Errorf("pod kubeconfig server %s, want %s", rc.Host, want)
-	}
+	rc := &rest.Config{Host: b.Topology.APIServer, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: []byte(ca)}}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
@@ -779,7 +720,7 @@ func TestPodServiceAccountKubeconfig(t *testing.T) {
 	defer cancel()
 	review, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("whoami with the pod's kubeconfig: %v", err)
+		t.Fatalf("whoami with the pod's token: %v", err)
 	}
 	if want := "system:serviceaccount:" + ns + ":default"; review.Status.UserInfo.Username != want {
 		t.Errorf("pod authenticates as %q, want %q", review.Status.UserInfo.Username, want)
@@ -795,6 +736,13 @@ func TestPodHostNetwork(t *testing.T) {
 	node := b.Topology.Nodes[len(b.Topology.Nodes)-1]
 	c := ptEchoContainer()
 	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 18080}}
+	// In the node's namespace the hostname is the node's: the pod's name
+	// comes from the downward API.
+	c.Env = []corev1.EnvVar{
+		{Name: "ECHO_TCP_PORTS", Value: "18080"},
+		{Name: "ECHO_UDP_PORTS", Value: ""},
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+	}
 	ptCreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "hostnet", Namespace: ns},
 		Spec:       corev1.PodSpec{HostNetwork: true, NodeName: node.Name, Containers: []corev1.Container{c}},
