@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
@@ -292,4 +293,33 @@ func firstENI(t *Topology, n Node) int {
 		}
 	}
 	return 0
+}
+
+// hostPathMounts are the host mounts the chart's node-agent mounts with
+// mountPropagation HostToContainer, which the runtime allows only from a
+// shared (or slave) mount, as systemd makes every mount on a real node.
+var hostPathMounts = []struct{ path, fstype string }{
+	{"/sys/fs/bpf", "bpf"},
+	{"/sys/fs/cgroup/unified", "cgroup2"},
+}
+
+// prepareHostMounts mounts bpffs at /sys/fs/bpf if nothing is there (as a
+// node's init does) and makes both host-path mounts shared. It changes
+// only their propagation; 'down' leaves them, like any node's.
+func prepareHostMounts() error {
+	for _, m := range hostPathMounts {
+		mounted, err := mountinfo.Mounted(m.path)
+		if err != nil {
+			return fmt.Errorf("host mount %s: %w", m.path, err)
+		}
+		if !mounted {
+			if err := unix.Mount(m.fstype, m.path, m.fstype, 0, ""); err != nil {
+				return fmt.Errorf("mount %s at %s: %w", m.fstype, m.path, err)
+			}
+		}
+		if err := unix.Mount("", m.path, "", unix.MS_SHARED, ""); err != nil {
+			return fmt.Errorf("make %s shared: %w", m.path, err)
+		}
+	}
+	return nil
 }

@@ -169,6 +169,9 @@ func startNodes(ctx context.Context, cfg Config, t *Topology, daemons []*running
 	if err != nil {
 		return daemons, err
 	}
+	if err := prepareHostMounts(); err != nil {
+		return daemons, err
+	}
 	if t.LocalcloudURL != "" {
 		if err := writeCNICredentials(t); err != nil {
 			return daemons, err

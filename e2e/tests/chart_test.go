@@ -422,7 +422,7 @@ func TestChart(t *testing.T) {
 	failed := 0
 	deadline := time.Now().Add(60 * time.Second)
 	for i := 0; i < 300 && time.Now().Before(deadline); i++ {
-		code, body, err := ptGet("http://" + extIP + "/")
+		code, body, err := ptGet("http://" + extIP + "/hostname")
 		if err != nil || code != 200 {
 			failed++
 			continue
@@ -465,7 +465,7 @@ func TestChart(t *testing.T) {
 		t.Errorf("upgraded controller args %v lack --concurrency=5", args)
 	}
 	for i := 0; i < 20; i++ {
-		if code, body, err := ptGet("http://" + extIP + "/"); err != nil || code != 200 {
+		if code, body, err := ptGet("http://" + extIP + "/hostname"); err != nil || code != 200 {
 			t.Errorf("after the upgrade, request %d: %d %q %v", i, code, body, err)
 		}
 	}
@@ -572,7 +572,7 @@ func chRolloutUnderLoad(t *testing.T, b *Bed, extIP string) {
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	url := "http://" + extIP + "/"
+	url := "http://" + extIP + "/hostname"
 	go load.run(lctx, url, 50, false, 3*time.Minute, &wg)
 	go load.run(lctx, url, 50, true, 3*time.Minute, &wg)
 	begin := time.Now()

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -185,32 +186,45 @@ func cipStartAgents(t *testing.T, b *Bed, extra ...string) *cipAgents {
 
 // cipPod is a pod's sandbox: where to run a command "inside" it.
 type cipPod struct {
-	netns, cgroup string
+	netns  string // a path: /proc/<pid>/ns/net of one of its processes
+	cgroup string // the pod's cgroup v2 directory
 }
 
+// cipSandbox finds the pod's cgroup under its node's kubepods tree (the
+// kubelet's pod<uid>) and the network namespace of a process in it.
 func cipSandbox(t *testing.T, b *Bed, p *corev1.Pod) cipPod {
 	t.Helper()
-	u := strings.ReplaceAll(string(p.UID), "-", "")[:8]
-	ents, err := os.ReadDir(namedns.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ns string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), testbed.NamePrefix) && strings.HasSuffix(e.Name(), "-"+u) {
-			ns = e.Name()
-		}
-	}
 	n, ok := b.Topology.Node(p.Spec.NodeName)
-	if ns == "" || !ok {
-		t.Fatalf("no sandbox for pod %s on %s", p.Name, p.Spec.NodeName)
+	if !ok {
+		t.Fatalf("pod %s: no node %q", p.Name, p.Spec.NodeName)
 	}
-	return cipPod{netns: ns, cgroup: filepath.Join(n.Cgroup, "pod-"+string(p.UID))}
+	var sb cipPod
+	_ = filepath.WalkDir(filepath.Join(n.Cgroup, "kubepods"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || sb.netns != "" {
+			return nil
+		}
+		if d.Name() == "pod"+string(p.UID) {
+			sb.cgroup = path
+			return nil
+		}
+		if sb.cgroup == "" || filepath.Dir(path) != sb.cgroup {
+			return nil
+		}
+		procs, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+		if f := strings.Fields(string(procs)); len(f) > 0 {
+			sb.netns = "/proc/" + f[0] + "/ns/net"
+		}
+		return nil
+	})
+	if sb.netns == "" {
+		t.Fatalf("no sandbox for pod %s on %s (cgroup %q)", p.Name, p.Spec.NodeName, sb.cgroup)
+	}
+	return sb
 }
 
 // sh runs a bash script in the pod's cgroup and network namespace.
 func (p cipPod) sh(ctx context.Context, script string) (string, error) {
-	cmd := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(p.netns), "--", "bash", "-c", script)
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+p.netns, "--", "bash", "-c", script)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cipStartInCgroup(cmd, p.cgroup); err != nil {

@@ -118,6 +118,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer unlock()
+	hostSysctls = readSysctls()
 	topo, err := reuseOrUp(ctx, cfg, keep)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: test bed:", err)
@@ -143,6 +144,25 @@ func run(m *testing.M) int {
 		code = 1
 	}
 	return code
+}
+
+// kubeletSysctls are the host-wide sysctls a kubelet sets at start; the
+// bed keeps the host's values (TestHostSysctlsUntouched).
+var kubeletSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
+
+// hostSysctls are their values before the bed came up.
+var hostSysctls map[string]string
+
+func readSysctls() map[string]string {
+	out := map[string]string{}
+	for _, k := range kubeletSysctls {
+		b, err := os.ReadFile("/proc/sys/" + k)
+		out[k] = strings.TrimSpace(string(b))
+		if err != nil {
+			out[k] = err.Error()
+		}
+	}
+	return out
 }
 
 // reuseOrUp brings a fresh test bed up. With keep, a test bed left up by an

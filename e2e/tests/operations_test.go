@@ -218,12 +218,12 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 		t.Fatalf("echo pods: %v %v", pods, err)
 	}
 	readiness := opsWatchReadiness(ctx, b, chAppNS, "app=echo", "echo")
-	stopCIP := opsClusterIPLoad(t, cipSandbox(t, b, &pods.Items[0]), "http://"+svc.Spec.ClusterIP+"/")
+	stopCIP := opsClusterIPLoad(t, cipSandbox(t, b, &pods.Items[0]), "http://"+svc.Spec.ClusterIP+"/hostname")
 	load := &roLoad{prefix: "echo-", errs: map[string]int{}}
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go load.run(lctx, "http://"+extIP+"/", 50, false, opsMaxLoad, &wg)
+	go load.run(lctx, "http://"+extIP+"/hostname", 50, false, opsMaxLoad, &wg)
 
 	waitLeader := func(what string, not string) *corev1.Pod {
 		t.Helper()

@@ -3,9 +3,12 @@ package tests
 import (
 	"context"
 	"fmt"
+	"github.com/google/go-cmp/cmp"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -189,6 +192,26 @@ func TestHostSafety(t *testing.T) {
 	defer h.Close()
 	if routes, err := h.RouteGet(net.ParseIP("192.0.2.200")); err == nil {
 		t.Errorf("the VPC routes an outside address: %v", routes)
+	}
+}
+
+// The kubelets run with the sysctls they want, but the host keeps its own:
+// each kubelet sees files bind-mounted in its own mount namespace.
+func TestHostSysctlsUntouched(t *testing.T) {
+	b := requireBed(t)
+	if diff := cmp.Diff(hostSysctls, readSysctls()); diff != "" {
+		t.Errorf("host sysctls changed while the kubelets ran (-before +now):\n%s", diff)
+	}
+	pids, err := os.ReadFile(filepath.Join(b.Topology.StateDir, "run", "kubelet-"+b.Topology.Nodes[0].Name+".pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := os.ReadFile(fmt.Sprintf("/proc/%s/root/proc/sys/vm/overcommit_memory", strings.TrimSpace(string(pids))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b2)); got != "1" {
+		t.Errorf("the kubelet's vm.overcommit_memory is %q, want the 1 it asks for", got)
 	}
 }
 
