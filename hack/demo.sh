@@ -41,9 +41,8 @@ on_error() {
 		echo
 		echo "make demo FAILED (line $line, exit $rc) after $((SECONDS - START))s."
 		echo "Where to look:"
-		echo "  test bed daemons:  $STATE/logs/*.log (etcd, kube-apiserver, kubelet-node-<i>, localcloud)"
-		echo "  pod logs:          $STATE/nodes/<node>/pods/<pod uid>/<container>.log"
-		echo "                     (the kubelet stand-in has no 'kubectl logs')"
+		echo "  test bed daemons:  $STATE/logs/*.log (etcd, kube-apiserver, containerd-node-<i>, kubelet-node-<i>, cni-node-<i>, localcloud)"
+		echo "  pod logs:          KUBECONFIG=$KUBECONFIG $BIN/kubectl logs -n <namespace> <pod>"
 		echo "  events:            KUBECONFIG=$KUBECONFIG $BIN/kubectl get events -A --sort-by=.lastTimestamp"
 		echo "  cloud state:       $ADMIN/admin/state"
 		echo "  start over:        make down && make demo"

@@ -86,9 +86,8 @@ func Images(in Inputs) []Named {
 	pause.User = "65535:65535" // as upstream's pause image
 
 	echo := config("/dlb-echo")
-	// The kubelet stand-in passes the container's ports as flags; a real
-	// kubelet does not, so the image says the ports the tests use. A pod
-	// that needs others sets ECHO_TCP_PORTS / ECHO_UDP_PORTS.
+	// The image says the ports the tests use; a pod that needs others sets
+	// ECHO_TCP_PORTS / ECHO_UDP_PORTS.
 	echo.Env = append(echo.Env, "ECHO_TCP_PORTS=8080", "ECHO_UDP_PORTS=9090")
 
 	return []Named{

@@ -11,10 +11,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// Command is the echo server's command line, shared by `dlb-testbed echo`
-// (what the kubelet stand-in runs) and the dlb-echo binary of the
-// example.com/echo image (what a real kubelet runs): flags over the
-// environment's defaults, then serve until SIGTERM or SIGINT.
+// Command is the echo server's command line, the dlb-echo binary of the
+// example.com/echo image: flags over the environment's defaults, then serve
+// until SIGTERM or SIGINT.
 func Command(args []string) error {
 	cfg := DefaultConfig()
 	fs := pflag.NewFlagSet("echo", pflag.ContinueOnError)

@@ -1,5 +1,5 @@
-// Package echo is the built-in server the test bed's kubelet stand-in runs for
-// any container image it does not map to one of the project's binaries.
+// Package echo is the test bed's echo server, the program of the
+// example.com/echo image (e2e/cmd/dlb-echo) the e2e tests' pods run.
 //
 // On every TCP port it serves HTTP:
 //

@@ -20,15 +20,10 @@ const (
 	// test bed starts.
 	CgroupRoot = "/sys/fs/cgroup/unified/directlb"
 	// NamePrefix starts the name of every network namespace and host link
-	// the test bed makes (the kubelet stand-in uses it for pod namespaces).
+	// the test bed makes.
 	NamePrefix = "dlb-"
 	// BPFPinPrefix starts every bpffs path the test bed's programs pin.
 	BPFPinPrefix = "/sys/fs/bpf/directlb"
-
-	// RuntimeContainerd and RuntimeStandIn are the values of
-	// Config.Runtime.
-	RuntimeContainerd = "containerd"
-	RuntimeStandIn    = "stand-in"
 
 	VPCNetNS   = "dlb-vpc"
 	CloudNetNS = "dlb-cloud"
@@ -54,11 +49,7 @@ type Config struct {
 	// Kubelets starts a kubelet per node and waits for the nodes to be
 	// Ready.
 	Kubelets bool
-	// Runtime is what runs the nodes' pods: RuntimeContainerd (a real
-	// kubelet and containerd per node) or RuntimeStandIn (the kubelet
-	// stand-in, e2e/kubelet).
-	Runtime string
-	// KubeletArgs are extra arguments for every kubelet (or stand-in).
+	// KubeletArgs are extra arguments for every kubelet.
 	KubeletArgs []string
 	// RuncBinary is the OCI runtime containerd runs containers with.
 	RuncBinary string
@@ -91,7 +82,6 @@ func DefaultConfig() Config {
 		Nodes:        3,
 		Kubelets:     true,
 		Localcloud:   true,
-		Runtime:      RuntimeContainerd,
 		RuncBinary:   "/usr/sbin/runc",
 		CNIPluginDir: "/usr/lib/cni",
 		Timeout:      3 * time.Minute,
@@ -107,7 +97,6 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Nodes, "nodes", c.Nodes, "number of nodes")
 	fs.BoolVar(&c.SourceDestCheck, "source-dest-check", c.SourceDestCheck, "drop VPC frames whose IPv4 source is not owned by the ENI they came from")
 	fs.BoolVar(&c.Kubelets, "kubelets", c.Kubelets, "start a kubelet per node and wait for the nodes to be Ready")
-	fs.StringVar(&c.Runtime, "runtime", c.Runtime, "what runs pods: containerd (a real kubelet and containerd per node) or stand-in (the kubelet stand-in)")
 	fs.StringArrayVar(&c.KubeletArgs, "kubelet-arg", c.KubeletArgs, "extra argument for every kubelet (repeatable)")
 	fs.StringVar(&c.RuncBinary, "runc", c.RuncBinary, "OCI runtime for containerd")
 	fs.StringVar(&c.CNIPluginDir, "cni-plugin-dir", c.CNIPluginDir, "directory of the reference CNI plugins")
@@ -139,14 +128,8 @@ func (c *Config) Validate() error {
 		}
 		*p = abs
 	}
-	switch c.Runtime {
-	case RuntimeContainerd:
-		if c.Kubelets && !c.Localcloud {
-			errs = append(errs, errors.New("runtime containerd needs localcloud (--localcloud): directlb-cni takes the pods' addresses from its EC2 API"))
-		}
-	case RuntimeStandIn:
-	default:
-		errs = append(errs, fmt.Errorf("runtime %q: must be %q or %q", c.Runtime, RuntimeContainerd, RuntimeStandIn))
+	if c.Kubelets && !c.Localcloud {
+		errs = append(errs, errors.New("kubelets need localcloud (--localcloud): directlb-cni takes the pods' addresses from its EC2 API"))
 	}
 	if c.EtcdBinary == "" {
 		errs = append(errs, errors.New("etcd binary: must be set"))
@@ -160,14 +143,11 @@ func (c *Config) CheckBinaries() error {
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
 		need = append(need, filepath.Join(c.BinDir, b))
 	}
-	switch {
-	case c.Kubelets && c.Runtime == RuntimeContainerd:
-		for _, b := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr"} {
+	if c.Kubelets {
+		for _, b := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "directlb-cni"} {
 			need = append(need, filepath.Join(c.BinDir, b))
 		}
 		need = append(need, c.RuncBinary)
-	case c.Kubelets:
-		need = append(need, filepath.Join(c.BinDir, "dlb-testbed"))
 	}
 	if c.Localcloud {
 		need = append(need, filepath.Join(c.BinDir, "localcloud"))

@@ -110,19 +110,6 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 	}
 }
 
-// kubelet returns the kubelet stand-in daemon of a node. It runs in the
-// host's namespace (it reaches the apiserver on 127.0.0.1 with
-// Topology.Kubeconfig and enters the node's and pods' namespaces itself) in
-// the node's kubelet cgroup.
-func kubelet(cfg Config, t *Topology, n Node) daemon {
-	return daemon{
-		Name:   "kubelet-" + n.Name,
-		Path:   filepath.Join(cfg.BinDir, "dlb-testbed"),
-		Args:   append([]string{"kubelet", "--topology=" + filepath.Join(t.StateDir, TopologyFile), "--node=" + n.Name}, cfg.KubeletArgs...),
-		Cgroup: n.KubeletCgroup,
-	}
-}
-
 // localcloud returns the localcloud daemon: inside the cloud namespace, in
 // the cloud cgroup.
 func localcloud(cfg Config, t *Topology) daemon {

@@ -29,7 +29,7 @@ func Down(ctx context.Context, stateDir string) error {
 }
 
 // isTestbedName matches every namespace and host link name a test bed (and
-// its kubelet stand-ins) may make.
+// its tests) may make.
 func isTestbedName(name string) bool { return strings.HasPrefix(name, NamePrefix) }
 
 // down is Down with the namespace and link names it removes narrowed to

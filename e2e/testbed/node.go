@@ -190,7 +190,7 @@ func kubeletConfig(t *Topology, n Node) ([]byte, error) {
 }
 
 // prepareNode writes node n's configuration, certificates' kubeconfig,
-// sysctl stand-in files and CNI dirs, makes its kubelet root a shared bind
+// files for the sysctls it sets and CNI dirs, makes its kubelet root a shared bind
 // mount and its cgroupRoot in every cgroup v1 hierarchy.
 func prepareNode(cfg Config, t *Topology, n Node) error {
 	d := nodeDir(t, n)

@@ -77,7 +77,7 @@ func Plan(cfg Config) *Topology {
 				DeviceIdx: idx,
 			})
 		}
-		if cfg.Kubelets && cfg.Runtime == RuntimeContainerd {
+		if cfg.Kubelets {
 			planRuntime(t, &n)
 		}
 		t.Nodes = append(t.Nodes, n)

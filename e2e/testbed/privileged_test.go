@@ -64,8 +64,7 @@ func requireClean(t *testing.T) {
 
 // plannedName matches the namespaces and host links a test bed makes before
 // any pod runs. Tests here remove and check only those: other packages' tests
-// (the kubelet stand-in's) may make pod namespaces with the same prefix
-// while these run.
+// may make namespaces with the same prefix while these run.
 func plannedName(name string) bool {
 	switch {
 	case name == VPCNetNS, name == CloudNetNS, name == HostLink:

@@ -3,7 +3,7 @@ package testbed
 import "net/netip"
 
 // Topology is the test bed's layout as 'up' made it. It is written as JSON to
-// <state dir>/topology.json so that other processes (the kubelet stand-ins,
+// <state dir>/topology.json so that other processes (the kubelets' tests,
 // tests, 'down') read the same picture.
 type Topology struct {
 	// StateDir holds the topology, kubeconfig, certificates, logs, pid files
@@ -70,8 +70,8 @@ type Node struct {
 	// ENIs: index 0 is the primary ENI (eth0, holds the node's InternalIP),
 	// index 1 the secondary (eth1).
 	ENIs []ENI `json:"enis"`
-	// KubeletCgroup holds the node's kubelet and containerd (or the
-	// kubelet stand-in), a child of Cgroup.
+	// KubeletCgroup holds the node's kubelet and containerd, a child of
+	// Cgroup.
 	KubeletCgroup string `json:"kubeletCgroup"`
 	// Runtime is set when the node runs a real kubelet and containerd.
 	Runtime *NodeRuntime `json:"runtime,omitempty"`

@@ -30,7 +30,7 @@ const pollInterval = 100 * time.Millisecond
 var ErrAlreadyUp = errors.New("a test bed is already up (or left over): run 'dlb-testbed down' first")
 
 // Up brings the test bed up: network, control plane, nodes and (if asked)
-// localcloud and the kubelet stand-ins. It returns once the apiserver is
+// localcloud and each node's containerd and kubelet. It returns once the apiserver is
 // ready, the default ServiceAccount exists and (with kubelets) every node is
 // Ready. On error, what was made stays for inspection; Down removes it.
 func Up(ctx context.Context, cfg Config) (*Topology, error) {
@@ -79,18 +79,13 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}
 	log.Info("apiserver ready", zap.Duration("took", time.Since(begin)))
 	rest := slices.Clone(cp[2:])
-	switch {
-	case cfg.Kubelets && cfg.Runtime == RuntimeContainerd:
+	if cfg.Kubelets {
 		if daemons, err = startNodes(ctx, cfg, t, daemons); err != nil {
 			return t, err
 		}
 		log.Info("containerd ready, images imported", zap.Duration("took", time.Since(begin)))
 		for _, n := range t.Nodes {
 			rest = append(rest, kubeletDaemon(cfg, t, n))
-		}
-	case cfg.Kubelets:
-		for _, n := range t.Nodes {
-			rest = append(rest, kubelet(cfg, t, n))
 		}
 	}
 	if daemons, err = startAll(t.StateDir, daemons, rest); err != nil {

@@ -1,8 +1,8 @@
 package tests
 
 // The user's story with the Helm chart: `helm install` directlb into the test
-// bed, the controller and the agents run as the chart's ServiceAccounts (the
-// kubelet stand-in hands each pod its ServiceAccount token), kube-proxy is
+// bed, the controller and the agents run as containers under the chart's
+// ServiceAccounts (projected tokens, from the kubelets), kube-proxy is
 // nowhere, the examples get an external IP that reaches every pod,
 // `helm upgrade` keeps the webhook certificates, and after deleting the
 // Service and `helm uninstall` nothing is left in the cloud or the cluster.

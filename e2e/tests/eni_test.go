@@ -5,8 +5,8 @@ package tests
 // answer the load balancer (or any VPC peer) until the agent routes their
 // traffic out through the ENI that owns their address; restarting the agent
 // keeps it working; --cleanup leaves no rule or route behind. The pod
-// addresses go through localcloud's EC2 API (the kubelet stand-ins assign
-// and unassign them) and the agents learn ENIs and ownership from it.
+// addresses go through localcloud's EC2 API (directlb-cni assigns and
+// unassigns them) and the agents learn ENIs and ownership from it.
 
 import (
 	"context"
@@ -136,9 +136,9 @@ func TestENIRouting(t *testing.T) {
 	}
 	t.Logf("%d pods on primary ENIs, %d on secondary ENIs", len(primary), len(secondary))
 
-	// The kubelet stand-ins record every pod address in localcloud's EC2
-	// API (AssignPrivateIpAddresses on the ENI whose pod range holds it),
-	// as VPC CNI's IPAM does.
+	// directlb-cni assigns every pod address in localcloud's EC2 API to the
+	// ENI it wires the pod on (AssignPrivateIpAddresses), as VPC CNI's IPAM
+	// does.
 	ptPoll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
 		missing := eniCloudMismatch(ctx, b, lc, pods)
 		return len(missing) == 0, strings.Join(missing, "; ")
@@ -317,7 +317,8 @@ func TestENIRouting(t *testing.T) {
 		t.Errorf("after --cleanup pods on secondary ENIs still answered: %v", ok)
 	}
 
-	// The pods go: the kubelet stand-ins unassign their addresses.
+	// The pods go: directlb-cni unassigns their addresses (the bed's
+	// warmIPTarget is 0).
 	if err := b.Client.AppsV1().Deployments(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete deployment: %v", err)
 	}

@@ -174,12 +174,10 @@ func opsLeads(ctx context.Context, ip string) (bool, error) {
 // the kernel's OOM killer or a crash would; the kubelet restarts it.
 func opsKillPod(t *testing.T, b *Bed, p *corev1.Pod) int {
 	t.Helper()
-	n, ok := b.Topology.Node(p.Spec.NodeName)
-	if !ok {
-		t.Fatalf("pod %s on unknown node %s", p.Name, p.Spec.NodeName)
-	}
 	killed := 0
-	root := filepath.Join(n.Cgroup, "pod-"+string(p.UID))
+	// Every process of the pod (its containers and the sandbox's pause):
+	// the kubelet sees them die and starts them again.
+	root := cipSandbox(t, b, p).cgroup
 	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 			return err

@@ -1,8 +1,9 @@
 package tests
 
-// The kubelet stand-in, seen the way a user sees a kubelet: Deployments and
-// Services work, pods have their own VPC addresses from both ENIs, readiness
-// probes and readiness gates decide Ready, and deletion is graceful.
+// The bed's nodes (kubelet, containerd, directlb-cni), seen the way a user
+// sees a cluster: Deployments and Services work, pods have their own VPC
+// addresses from both ENIs, readiness probes and readiness gates decide
+// Ready, and deletion is graceful.
 
 import (
 	"context"
@@ -106,8 +107,7 @@ func ptReady(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodRunning && ptCondition(p, corev1.PodReady) == corev1.ConditionTrue && p.DeletionTimestamp == nil
 }
 
-// ptEchoContainer is a container of an image the stand-in does not map: it
-// runs the built-in echo server on 8080/TCP and 9090/UDP.
+// ptEchoContainer runs the echo image (e2e/echo) on 8080/TCP and 9090/UDP.
 func ptEchoContainer() corev1.Container {
 	return corev1.Container{
 		Name:  "echo",
