@@ -223,12 +223,21 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	wg.Add(1)
 	go load.run(lctx, "http://"+extIP+"/hostname", 50, false, opsMaxLoad, &wg)
 
+	// A leader is a process: the kubelet restarts a SIGKILLed controller
+	// in the same pod, and that new process may win the Lease again.
+	process := func(p *corev1.Pod) string {
+		restarts := int32(0)
+		for _, c := range p.Status.ContainerStatuses {
+			restarts += c.RestartCount
+		}
+		return fmt.Sprintf("%s (restarts %d)", p.Name, restarts)
+	}
 	waitLeader := func(what string, not string) *corev1.Pod {
 		t.Helper()
 		var leader *corev1.Pod
 		ptPoll(t, 90*time.Second, what, func(ctx context.Context) (bool, string) {
 			p, why := opsLeader(ctx, b, ns)
-			if p == nil || p.Name == not {
+			if p == nil || process(p) == not {
 				return false, why
 			}
 			leader = p
@@ -241,7 +250,7 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	leader := waitLeader("a controller leads", "")
 	begin := time.Now()
 	n := opsKillPod(t, b, leader)
-	next := waitLeader("another controller leads after SIGKILL of "+leader.Name, leader.Name)
+	next := waitLeader("another controller process leads after SIGKILL of "+process(leader), process(leader))
 	t.Logf("SIGKILL of the leader %s (%d processes): %s leads after %.1fs", leader.Name, n, next.Name, time.Since(begin).Seconds())
 	settle()
 
@@ -249,7 +258,7 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, next.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	third := waitLeader("another controller leads after deleting "+next.Name, next.Name)
+	third := waitLeader("another controller leads after deleting "+next.Name, process(next))
 	t.Logf("leader pod %s deleted: %s leads after %.1fs", next.Name, third.Name, time.Since(begin).Seconds())
 	settle()
 
