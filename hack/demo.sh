@@ -148,7 +148,7 @@ info "EXTERNAL-IP $ext after $((SECONDS - begin))s"
 
 step "Waiting for the echo pods, then for the load balancer to report them healthy"
 kubectl rollout status deployment/echo --timeout=180s
-wait_for 60 "http://$ext/ answers" curl -fsS --max-time 2 "http://$ext/"
+wait_for 60 "http://$ext/hostname answers" curl -fsS --max-time 2 "http://$ext/hostname"
 info "serving through the load balancer $((SECONDS - begin))s after kubectl apply"
 
 gates=$(kubectl get pods -l app=echo -o jsonpath='{range .items[*]}{.spec.readinessGates[*].conditionType}{"\n"}{end}' | sort | uniq -c | sed 's/^ *//')
@@ -164,7 +164,7 @@ step "10 requests to http://$ext/  (each a new connection; the echo pod answers 
 declare -A seen=()
 failed=0
 for i in $(seq 1 10); do
-	if body=$(curl -fsS --max-time 3 "http://$ext/"); then
+	if body=$(curl -fsS --max-time 3 "http://$ext/hostname"); then
 		printf '    %2d  %s\n' "$i" "$body"
 		seen[$body]=$((${seen[$body]:-0} + 1))
 	else
@@ -198,10 +198,10 @@ cat <<EOF
     $BIN/kubectl get svc,pods -o wide
     $BIN/kubectl -n $NS get pods -o wide          # lb-controller ×2, node-agent ×3, no kube-proxy
     $BIN/kubectl scale deployment echo --replicas=5 && $BIN/kubectl get pods -w
-    curl http://$ext/                             # the load balancer (inside the test bed)
+    curl http://$ext/hostname                     # the load balancer (inside the test bed)
     $ADMIN/admin/state   # localcloud (its /admin is on the cloud namespace's loopback): load balancers, target groups, target health
     $BIN/dlb-testbed status                       # nodes, processes
-    ls $STATE/logs/                               # daemons' logs; pods' in $STATE/nodes/<node>/pods/
+    ls $STATE/logs/                               # daemons' logs; pods': kubectl logs
 
 Tear down (everything, cloud included):  make down
 EOF
