@@ -194,3 +194,22 @@ func removeV1Cgroups(rel string) error {
 // cgroupRel is a cgroup v2 directory's path relative to the v2 mount (the
 // same path names it in every v1 hierarchy).
 func cgroupRel(dir string) string { return strings.TrimPrefix(dir, cgroupV1Root+"/unified") }
+
+// CgroupV2Mount is where the bed expects cgroup v2: the hybrid layout
+// (v1 controllers under /sys/fs/cgroup, v2 at unified) of this kind of
+// machine.
+const CgroupV2Mount = cgroupV1Root + "/unified"
+
+// checkCgroups refuses a machine whose cgroup layout is not hybrid: on a
+// pure v2 host /sys/fs/cgroup/unified would be a child cgroup, and the
+// bed's tree, its kills and the kubelets' cgroupRoot would disagree.
+func checkCgroups() error {
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(CgroupV2Mount))
+	if err != nil {
+		return fmt.Errorf("read mounts: %w", err)
+	}
+	if len(ms) != 1 || ms[0].FSType != "cgroup2" {
+		return fmt.Errorf("cgroup v2 is not mounted at %s: the test bed needs hybrid cgroups (v1 controllers, v2 at %s); see docs/testbed.md", CgroupV2Mount, CgroupV2Mount)
+	}
+	return nil
+}

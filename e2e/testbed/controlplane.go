@@ -49,6 +49,7 @@ func controlPlane(cfg Config, t *Topology) []daemon {
 				"--enable-admission-plugins=NodeRestriction",
 				"--kubelet-client-certificate=" + p.path(kubeletClientCert),
 				"--kubelet-client-key=" + p.path(kubeletClientKey),
+				"--kubelet-certificate-authority=" + p.path(caCert),
 				// The node names do not resolve: reach kubelets by address.
 				"--kubelet-preferred-address-types=InternalIP,Hostname",
 				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",

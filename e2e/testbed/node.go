@@ -96,6 +96,11 @@ state = %q
     address = %q
   [plugins.'io.containerd.server.v1.ttrpc']
     address = %q
+  # Not the host's /opt/containerd and /run/containerd/s.
+  [plugins.'io.containerd.internal.v1.opt']
+    path = %q
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = %q
 
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
@@ -128,6 +133,7 @@ state = %q
 `,
 		filepath.Join(d, "root"), filepath.Join(d, "state"),
 		r.ContainerdSocket, r.ContainerdSocket+".ttrpc",
+		filepath.Join(d, "opt"), filepath.Join(nodeDir(t, n), "s"),
 		PauseImage,
 		cfg.RuncBinary, filepath.Join(d, "runc"),
 		r.CNIBinDir, r.CNIConfDir)
@@ -138,13 +144,18 @@ func kubeletConfig(t *Topology, n Node) ([]byte, error) {
 	p := pki{dir: filepath.Join(t.StateDir, "pki")}
 	addr := n.ENIs[0].Addr.Addr().String()
 	kc := kubeletv1beta1.KubeletConfiguration{
-		TypeMeta:                 metav1.TypeMeta{APIVersion: "kubelet.config.k8s.io/v1beta1", Kind: "KubeletConfiguration"},
-		Address:                  addr,
-		Port:                     10250,
-		ReadOnlyPort:             0,
-		HealthzBindAddress:       "127.0.0.1",
-		HealthzPort:              ptr.To[int32](10248),
-		ProviderID:               "directlb-testbed:///" + n.Name,
+		TypeMeta:           metav1.TypeMeta{APIVersion: "kubelet.config.k8s.io/v1beta1", Kind: "KubeletConfiguration"},
+		Address:            addr,
+		Port:               10250,
+		ReadOnlyPort:       0,
+		HealthzBindAddress: "127.0.0.1",
+		HealthzPort:        ptr.To[int32](10248),
+		ProviderID:         "directlb-testbed:///" + n.Name,
+		// Its own serving certificate from the bed's CA (the default is a
+		// self-signed pair in the host-wide /var/lib/kubelet/pki).
+		TLSCertFile:              p.path(nodeServingCert(n.Name)),
+		TLSPrivateKeyFile:        p.path(nodeServingKey(n.Name)),
+		VolumePluginDir:          filepath.Join(nodeDir(t, n), "volume-plugins"),
 		ContainerRuntimeEndpoint: "unix://" + n.Runtime.ContainerdSocket,
 		PodLogsDir:               n.Runtime.PodLogsDir,
 		CgroupDriver:             "cgroupfs",
@@ -195,7 +206,8 @@ func kubeletConfig(t *Topology, n Node) ([]byte, error) {
 func prepareNode(cfg Config, t *Topology, n Node) error {
 	d := nodeDir(t, n)
 	r := n.Runtime
-	for _, dir := range []string{d, r.KubeletRootDir, r.PodLogsDir, r.CNIConfDir, r.CNIBinDir, filepath.Join(d, "containerd"), filepath.Join(d, "sysctl")} {
+	for _, dir := range []string{d, r.KubeletRootDir, r.PodLogsDir, r.CNIConfDir, r.CNIBinDir, filepath.Join(d, "containerd"), filepath.Join(d, "sysctl"),
+		filepath.Join(d, "device-plugins"), filepath.Join(d, "log-containers"), kubeletHostDevicePlugins, kubeletHostContainerLogs} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -259,9 +271,16 @@ func kubeletDaemon(cfg Config, t *Topology, n Node) daemon {
 	for name := range kubeletSysctls {
 		binds = append(binds, fmt.Sprintf("mount --bind %s /proc/sys/%s", filepath.Join(d, "sysctl", strings.ReplaceAll(name, "/", ".")), name))
 	}
-	// /proc private first: on a host whose /proc is shared the binds
-	// would otherwise reach the host's namespace.
-	script := "set -e; mount --make-private /proc; " + strings.Join(binds, "; ") + `; exec "$@"`
+	// Two fixed host paths every kubelet uses get a directory of the
+	// node's: the device-plugin socket dir (each kubelet clears it and
+	// listens on kubelet.sock there) and the /var/log/containers links.
+	binds = append(binds,
+		fmt.Sprintf("mount --bind %s %s", filepath.Join(d, "device-plugins"), kubeletHostDevicePlugins),
+		fmt.Sprintf("mount --bind %s %s", filepath.Join(d, "log-containers"), kubeletHostContainerLogs))
+	// /proc (recursively) and / private first: on a host whose mounts are
+	// shared the binds would otherwise reach the host's namespace. The
+	// root dir stays a peer of the host's: it is a mount of its own.
+	script := "set -e; mount --make-rprivate /proc; mount --make-private /; " + strings.Join(binds, "; ") + `; exec "$@"`
 	args := []string{"--mount", "--propagation", "unchanged", "--", "sh", "-c", script, "kubelet",
 		filepath.Join(cfg.BinDir, "kubelet"),
 		"--config=" + filepath.Join(d, "kubelet-config.yaml"),
@@ -295,30 +314,35 @@ func firstENI(t *Topology, n Node) int {
 	return 0
 }
 
+// kubeletHostDevicePlugins and kubeletHostContainerLogs are paths the
+// kubelet uses whatever its flags say; each node's kubelet sees its own
+// directory there (kubeletDaemon). They are made, empty, on the host.
+const (
+	kubeletHostDevicePlugins = "/var/lib/kubelet/device-plugins"
+	kubeletHostContainerLogs = "/var/log/containers"
+)
+
 // hostPathMounts are the host mounts the chart's node-agent mounts with
 // mountPropagation HostToContainer, which the runtime allows only from a
 // shared (or slave) mount, as systemd makes every mount on a real node.
-var hostPathMounts = []struct{ path, fstype string }{
-	{"/sys/fs/bpf", "bpf"},
-	{"/sys/fs/cgroup/unified", "cgroup2"},
-}
+var hostPathMounts = []string{"/sys/fs/bpf", CgroupV2Mount}
 
 // prepareHostMounts mounts bpffs at /sys/fs/bpf if nothing is there (as a
 // node's init does) and makes both host-path mounts shared. It changes
 // only their propagation; 'down' leaves them, like any node's.
 func prepareHostMounts() error {
-	for _, m := range hostPathMounts {
-		mounted, err := mountinfo.Mounted(m.path)
-		if err != nil {
-			return fmt.Errorf("host mount %s: %w", m.path, err)
+	mounted, err := mountinfo.Mounted("/sys/fs/bpf")
+	if err != nil {
+		return fmt.Errorf("host mount /sys/fs/bpf: %w", err)
+	}
+	if !mounted {
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, ""); err != nil {
+			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w", err)
 		}
-		if !mounted {
-			if err := unix.Mount(m.fstype, m.path, m.fstype, 0, ""); err != nil {
-				return fmt.Errorf("mount %s at %s: %w", m.fstype, m.path, err)
-			}
-		}
-		if err := unix.Mount("", m.path, "", unix.MS_SHARED, ""); err != nil {
-			return fmt.Errorf("make %s shared: %w", m.path, err)
+	}
+	for _, p := range hostPathMounts {
+		if err := unix.Mount("", p, "", unix.MS_SHARED, ""); err != nil {
+			return fmt.Errorf("make %s shared: %w", p, err)
 		}
 	}
 	return nil

@@ -51,6 +51,11 @@ const (
 func nodeCert(node string) string { return "node-" + node + ".crt" }
 func nodeKey(node string) string  { return "node-" + node + ".key" }
 
+// nodeServingCert and nodeServingKey are the kubelet's serving certificate
+// (its node address and name), which the apiserver verifies.
+func nodeServingCert(node string) string { return "node-" + node + "-serving.crt" }
+func nodeServingKey(node string) string  { return "node-" + node + "-serving.key" }
+
 // keyPair is a certificate and its key, both in memory.
 type keyPair struct {
 	cert *x509.Certificate
@@ -63,7 +68,7 @@ type keyPair struct {
 // certificate for the kubelets and each node's client certificate. ECDSA
 // P-256 throughout: it takes microseconds, RSA takes a noticeable share of
 // the bring-up.
-func generatePKI(dir string, nodes []string) error {
+func generatePKI(dir string, nodes []Node) error {
 	p := pki{dir: dir}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pki: %w", err)
@@ -119,14 +124,23 @@ func generatePKI(dir string, nodes []string) error {
 		{kubeletClient, kubeletClientCert, kubeletClientKey},
 	}
 	for _, n := range nodes {
-		kp, err := ca.issue(x509.Certificate{
-			Subject:     pkix.Name{CommonName: "system:node:" + n, Organization: []string{"system:nodes"}},
+		client, err := ca.issue(x509.Certificate{
+			Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		})
 		if err != nil {
 			return err
 		}
-		pairs = append(pairs, pair{kp, nodeCert(n), nodeKey(n)})
+		serving, err := ca.issue(x509.Certificate{
+			Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			DNSNames:    []string{n.Name},
+			IPAddresses: []net.IP{n.ENIs[0].Addr.Addr().AsSlice()},
+		})
+		if err != nil {
+			return err
+		}
+		pairs = append(pairs, pair{client, nodeCert(n.Name), nodeKey(n.Name)}, pair{serving, nodeServingCert(n.Name), nodeServingKey(n.Name)})
 	}
 	sa, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

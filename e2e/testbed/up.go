@@ -123,6 +123,9 @@ func checkUp(cfg Config) error {
 	if err := cfg.CheckBinaries(); err != nil {
 		return err
 	}
+	if err := checkCgroups(); err != nil {
+		return err
+	}
 	if present, err := Present(cfg.StateDir); err != nil {
 		return err
 	} else if present {
@@ -206,11 +209,7 @@ func pkiAndNetwork(ctx context.Context, cfg Config, t *Topology) error {
 	var g errgroup.Group
 	g.Go(func() error {
 		p := pki{dir: filepath.Join(t.StateDir, "pki")}
-		var nodes []string
-		for _, n := range t.Nodes {
-			nodes = append(nodes, n.Name)
-		}
-		if err := generatePKI(p.dir, nodes); err != nil {
+		if err := generatePKI(p.dir, t.Nodes); err != nil {
 			return err
 		}
 		for _, n := range t.Nodes {

@@ -150,6 +150,10 @@ func ptSandboxLeft(topo *testbed.Topology, node string, uid types.UID, ip string
 	if !ok {
 		return []string{"no node " + node}
 	}
+	// Without the kubelet's tree nothing could be found: not "clean".
+	if _, err := os.Stat(filepath.Join(n.Cgroup, "kubepods")); err != nil {
+		return []string{"no kubepods cgroup: " + err.Error()}
+	}
 	_ = filepath.WalkDir(filepath.Join(n.Cgroup, "kubepods"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() && d.Name() == "pod"+string(uid) {
 			left = append(left, "cgroup "+p)
