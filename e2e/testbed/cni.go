@@ -1,11 +1,11 @@
 package testbed
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/directlb/directlb/pkg/cni/install"
 	localcloudcfg "github.com/directlb/directlb/pkg/localcloud"
 )
 
@@ -25,8 +25,9 @@ func writeCNICredentials(t *Topology) error {
 const CNIConfName = "10-directlb.conflist"
 
 // installCNI puts node n's CNI plugins in its bin dir (directlb-cni from
-// the bin dir, portmap from the reference plugins) and writes its conflist:
-// what a node image or the chart's installer provides on a real node.
+// the bin dir, portmap from the reference plugins) and writes its conflist
+// with the chart installer's Conflist: what a node image or `directlb-cni
+// install` provides on a real node.
 func installCNI(cfg Config, t *Topology, n Node) error {
 	r := n.Runtime
 	links := map[string]string{
@@ -41,38 +42,29 @@ func installCNI(cfg Config, t *Topology, n Node) error {
 			return fmt.Errorf("node %s: cni plugin %s: %w", n.Name, name, err)
 		}
 	}
-	b, err := json.MarshalIndent(cniConfList(t, n), "", "  ")
+	b, err := install.Conflist(cniInstallConfig(t, n))
 	if err != nil {
-		return fmt.Errorf("node %s: cni config: %w", n.Name, err)
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	return os.WriteFile(filepath.Join(r.CNIConfDir, CNIConfName), b, 0o644)
 }
 
-// cniConfList is node n's conflist: directlb-cni gives the pod an address
-// on one of the node's ENIs (through localcloud's EC2 API), portmap serves
-// hostPort.
-func cniConfList(t *Topology, n Node) map[string]any {
-	plugin := map[string]any{
-		"type":         "directlb-cni",
-		"instanceID":   n.Name,
-		"dataDir":      filepath.Join(nodeDir(t, n), "cni", "data"),
-		"logFile":      filepath.Join(t.StateDir, "logs", "cni-"+n.Name+".log"),
-		"warmIPTarget": 0,
-		"firstENI":     firstENI(t, n),
-	}
-	if t.LocalcloudURL != "" {
-		plugin["aws"] = map[string]any{
-			"endpoint":              t.LocalcloudURL,
-			"region":                LocalcloudRegion,
-			"sharedCredentialsFile": filepath.Join(t.StateDir, "cni-credentials"),
-		}
-	}
-	return map[string]any{
-		"cniVersion": "1.0.0",
-		"name":       "directlb",
-		"plugins": []any{
-			plugin,
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true},
-		},
-	}
+// cniInstallConfig is node n's directlb-cni configuration: addresses from
+// the node's ENIs through localcloud's EC2 API, none kept warm (so EC2
+// follows the pods), the node's first ENI, portmap for hostPort. CNI 1.0.0:
+// the runtime does not call 1.1's GC, which could race an ADD.
+func cniInstallConfig(t *Topology, n Node) install.Config {
+	c := install.DefaultConfig()
+	c.CNIVersion = "1.0.0"
+	c.ChainPortmap = true
+	warm := 0
+	c.Plugin.InstanceID = n.Name
+	c.Plugin.DataDir = filepath.Join(nodeDir(t, n), "cni", "data")
+	c.Plugin.LogFile = filepath.Join(t.StateDir, "logs", "cni-"+n.Name+".log")
+	c.Plugin.WarmIPTarget = &warm
+	c.Plugin.FirstENI = firstENI(t, n)
+	c.Plugin.AWS.Endpoint = t.LocalcloudURL
+	c.Plugin.AWS.Region = LocalcloudRegion
+	c.Plugin.AWS.SharedCredentialsFile = filepath.Join(t.StateDir, "cni-credentials")
+	return c
 }

@@ -108,9 +108,15 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 // settings are the plugin's settings with the flag-only ones filled in.
 func (c *Config) settings() cni.Settings {
 	s := c.Plugin
-	w := c.warmIPTarget
-	s.WarmIPTarget = &w
-	s.CloudTimeout = cni.Duration{Duration: c.cloudTimeout}
+	// The flags' values, unless a caller set the plugin's own (the test
+	// bed writes its conflist through Conflist).
+	if s.WarmIPTarget == nil {
+		w := c.warmIPTarget
+		s.WarmIPTarget = &w
+	}
+	if s.CloudTimeout.Duration == 0 {
+		s.CloudTimeout = cni.Duration{Duration: c.cloudTimeout}
+	}
 	return s
 }
 
