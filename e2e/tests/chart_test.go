@@ -284,15 +284,25 @@ func TestChart(t *testing.T) {
 	})
 
 	// The controller and the agents run as the chart's ServiceAccounts.
-	pods, err := b.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// helm --wait accepts a DaemonSet with maxUnavailable (1) pods not yet
+	// Ready, so every pod gets a short while to become Ready.
+	var pods *corev1.PodList
+	ptPoll(t, 60*time.Second, "every pod of the release Ready", func(ctx context.Context) (bool, string) {
+		var err error
+		pods, err = b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
+		if err != nil {
+			return false, err.Error()
+		}
+		var notReady []string
+		for _, p := range pods.Items {
+			if !ptReady(&p) {
+				notReady = append(notReady, p.Name+" "+string(p.Status.Phase))
+			}
+		}
+		return len(notReady) == 0, fmt.Sprintf("not ready: %v", notReady)
+	})
 	running := map[string]int{}
 	for _, p := range pods.Items {
-		if !ptReady(&p) {
-			t.Errorf("pod %s is not ready: %s", p.Name, p.Status.Phase)
-		}
 		running[p.Spec.ServiceAccountName]++
 	}
 	if diff := cmp.Diff(map[string]int{chController: 2, chAgent: len(b.Topology.Nodes)}, running); diff != "" {
