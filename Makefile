@@ -16,7 +16,7 @@ STATICCHECK_VERSION := v0.8.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
 DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux \
-	runc containernetworking-plugins busybox-static
+	runc containernetworking-plugins busybox-static netcat-openbsd bind9-dnsutils
 
 CONTAINERD_VERSION := v2.3.7
 
@@ -26,6 +26,10 @@ HELM_STAMP := $(BIN)/.helm-$(HELM_VERSION)
 CONTAINERD_STAMP := $(BIN)/.containerd-$(CONTAINERD_VERSION)
 # agnhost, the e2e framework's test server, for the agnhost image.
 AGNHOST_STAMP := $(BIN)/.agnhost-$(K8S_VERSION)
+# The upstream e2e suite (e2e.test) and its ginkgo runner, for make conformance.
+E2E_TEST_STAMP := $(BIN)/.e2e-test-$(K8S_VERSION)
+# CoreDNS with the test bed's plugins (hack/coredns), the cluster DNS.
+COREDNS_STAMP := $(BIN)/.coredns
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 \
@@ -38,7 +42,7 @@ K8S_LDFLAGS := -s -w \
 # without a libc; the pause and echo programs of the test bed's images.
 CMDS := lb-controller node-agent localcloud directlb-cni
 TESTBED := $(BIN)/dlb-testbed
-E2E_CMDS := dlb-testbed dlb-echo pause
+E2E_CMDS := dlb-testbed dlb-echo pause dlb-conformance
 
 .PHONY: all
 all: build
@@ -52,9 +56,9 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
 
-## tools: build the pinned Kubernetes binaries, containerd, agnhost and helm into bin/ (cached).
+## tools: build the pinned Kubernetes binaries, e2e.test, containerd, agnhost, CoreDNS and helm into bin/ (cached).
 .PHONY: tools
-tools: $(K8S_STAMP) $(HELM_STAMP) $(CONTAINERD_STAMP) $(AGNHOST_STAMP)
+tools: $(K8S_STAMP) $(HELM_STAMP) $(CONTAINERD_STAMP) $(AGNHOST_STAMP) $(E2E_TEST_STAMP) $(COREDNS_STAMP)
 
 $(K8S_STAMP): hack/tools/go.mod hack/tools/go.sum
 	@mkdir -p $(BIN)
@@ -75,6 +79,17 @@ $(AGNHOST_STAMP): hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/agnhost \
 		k8s.io/kubernetes/test/images/agnhost
 	@rm -f $(BIN)/.agnhost-*; touch $@
+
+$(E2E_TEST_STAMP): hack/tools/go.mod hack/tools/go.sum
+	@mkdir -p $(BIN)
+	cd hack/tools && $(GO) test -c -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(BIN)/e2e.test k8s.io/kubernetes/test/e2e
+	cd hack/tools && $(GO) build -trimpath -o $(BIN)/ginkgo github.com/onsi/ginkgo/v2/ginkgo
+	@rm -f $(BIN)/.e2e-test-*; touch $@
+
+$(COREDNS_STAMP): hack/coredns/go.mod hack/coredns/go.sum hack/coredns/main.go
+	@mkdir -p $(BIN)
+	cd hack/coredns && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/coredns .
+	touch $@
 
 $(HELM_STAMP):
 	@mkdir -p $(BIN)
@@ -108,6 +123,13 @@ test-e2e: tools build images
 	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 40m -v ./e2e/tests/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
 	exit $${PIPESTATUS[0]}
 
+## conformance: the upstream e2e suites (Services conformance, the sig-node
+## subset, sig-network) under kube-proxy and under directlb, each on a fresh
+## test bed; rewrites the results in docs/conformance.md.
+.PHONY: conformance
+conformance: tools build images
+	$(BIN)/dlb-conformance --bin-dir $(BIN) $(CONFORMANCE_ARGS)
+
 ## up / down: bring the local test bed up or tear it down (idempotent).
 .PHONY: up down
 up: tools build images
@@ -135,11 +157,12 @@ generate:
 verify-generate: generate
 	git diff --exit-code -- pkg/datapath
 
-## verify-tidy: fail if 'go mod tidy' would change go.mod or go.sum (both modules).
+## verify-tidy: fail if 'go mod tidy' would change go.mod or go.sum (all three modules).
 .PHONY: verify-tidy
 verify-tidy:
 	$(GO) mod tidy -diff
 	cd hack/tools && $(GO) mod tidy -diff
+	cd hack/coredns && $(GO) mod tidy -diff
 
 ## lint: go vet, staticcheck and golangci-lint at pinned versions.
 .PHONY: lint
