@@ -27,8 +27,12 @@ const ListFile = "images.txt"
 // binaries are the files of the bin dir the images need.
 var binaries = []string{"lb-controller", "node-agent", "localcloud", "agnhost", "pause", "dlb-echo"}
 
-// cniBinary is packed into the node-agent image when the bin dir has it.
-const cniBinary = "directlb-cni"
+// cniBinary is packed into the node-agent image when the bin dir has it;
+// corednsBinary makes the cluster DNS image (hack/coredns, 'make tools').
+const (
+	cniBinary     = "directlb-cni"
+	corednsBinary = "coredns"
+)
 
 // Result is one image's archive.
 type Result struct {
@@ -130,10 +134,15 @@ func inputs(ctx context.Context, cfg Config) (Inputs, error) {
 	for _, b := range binaries {
 		errs = append(errs, checkStatic(filepath.Join(cfg.BinDir, b)))
 	}
-	cni := filepath.Join(cfg.BinDir, cniBinary)
-	if _, err := os.Stat(cni); err == nil {
-		in.CNI = true
-		errs = append(errs, checkStatic(cni))
+	for b, present := range map[string]*bool{cniBinary: &in.CNI, corednsBinary: &in.CoreDNS} {
+		p := filepath.Join(cfg.BinDir, b)
+		if _, err := os.Stat(p); err == nil {
+			*present = true
+			errs = append(errs, checkStatic(p))
+		}
+	}
+	if in.AgnhostTools, err = hostToolEntries(ctx, cfg.AgnhostTools); err != nil {
+		errs = append(errs, err)
 	}
 	if err := checkStatic(cfg.Busybox); err != nil {
 		errs = append(errs, fmt.Errorf("%w (Debian's busybox-static is)", err))

@@ -25,6 +25,9 @@ type Config struct {
 	Go string
 	// Busybox is a static busybox (Debian's busybox-static).
 	Busybox string
+	// AgnhostTools are host programs the agnhost image gets with their
+	// shared libraries (curl, nc, dig for the upstream e2e tests).
+	AgnhostTools []HostTool
 
 	Log *zap.Logger
 }
@@ -32,12 +35,13 @@ type Config struct {
 // DefaultConfig returns the defaults, relative to the repository's root.
 func DefaultConfig() Config {
 	return Config{
-		BinDir:      "bin",
-		OutDir:      "bin/images",
-		Chart:       "charts/directlb/Chart.yaml",
-		ToolsModule: "hack/tools",
-		Go:          "go",
-		Busybox:     "/bin/busybox",
+		BinDir:       "bin",
+		OutDir:       "bin/images",
+		Chart:        "charts/directlb/Chart.yaml",
+		ToolsModule:  "hack/tools",
+		Go:           "go",
+		Busybox:      "/bin/busybox",
+		AgnhostTools: AgnhostTools,
 	}
 }
 

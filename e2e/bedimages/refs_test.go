@@ -75,3 +75,16 @@ func TestAppVersion(t *testing.T) {
 		t.Errorf("chart without appVersion: %v", err)
 	}
 }
+
+// TestCoreDNSRefPinned: the cluster DNS image's tag is the CoreDNS version
+// that hack/coredns builds.
+func TestCoreDNSRefPinned(t *testing.T) {
+	data, err := os.ReadFile("../../hack/coredns/go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tag, _ := strings.Cut(CoreDNSRef, ":")
+	if !strings.Contains(string(data), "github.com/coredns/coredns "+tag+"\n") {
+		t.Errorf("hack/coredns/go.mod does not require github.com/coredns/coredns %s (CoreDNSRef %s)", tag, CoreDNSRef)
+	}
+}

@@ -21,6 +21,9 @@ const (
 	LocalcloudRepo   = "ghcr.io/directlb/localcloud"
 	// EchoRef is the image the e2e tests run their echo pods from.
 	EchoRef = "example.com/echo:1"
+	// CoreDNSRef is the test bed's cluster DNS; its tag is the version
+	// hack/coredns/go.mod pins.
+	CoreDNSRef = "registry.k8s.io/coredns/coredns:v1.15.0"
 )
 
 // defaultPath is every image's PATH.
@@ -29,10 +32,11 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 // Inputs is what the images are made of.
 type Inputs struct {
 	// BinDir holds lb-controller, node-agent, localcloud, agnhost, pause,
-	// dlb-echo and, optionally, directlb-cni.
+	// dlb-echo and, optionally, directlb-cni and coredns.
 	BinDir string
-	// CNI says whether BinDir/directlb-cni exists.
-	CNI bool
+	// CNI and CoreDNS say whether BinDir/directlb-cni and BinDir/coredns
+	// exist.
+	CNI, CoreDNS bool
 	// AppVersion is the chart's appVersion.
 	AppVersion string
 	// Agnhost, BusyBox and Pause are the references the pinned e2e
@@ -42,6 +46,9 @@ type Inputs struct {
 	// (`busybox --list`).
 	Busybox string
 	Applets []string
+	// AgnhostTools are the agnhost image's host programs and their
+	// libraries (HostTool).
+	AgnhostTools []images.Entry
 }
 
 // Named is an image and the base name of its archive, <Name>.oci.tar.
@@ -90,7 +97,9 @@ func Images(in Inputs) []Named {
 	// ECHO_TCP_PORTS / ECHO_UDP_PORTS.
 	echo.Env = append(echo.Env, "ECHO_TCP_PORTS=8080", "ECHO_UDP_PORTS=9090")
 
-	return []Named{
+	coredns := config("/coredns")
+	coredns.User = "65532:65532" // as upstream's image (distroless nonroot)
+	named := []Named{
 		{"lb-controller", images.Image{Ref: app(LBControllerRepo), Config: controller,
 			Entries: []images.Entry{command("lb-controller"), tmp}}},
 		{"node-agent", images.Image{Ref: app(NodeAgentRepo), Config: config("/usr/local/bin/node-agent"),
@@ -98,19 +107,24 @@ func Images(in Inputs) []Named {
 		{"localcloud", images.Image{Ref: app(LocalcloudRepo), Config: config("/usr/local/bin/localcloud"),
 			Entries: []images.Entry{command("localcloud"), tmp}}},
 		{"agnhost", images.Image{Ref: in.Agnhost, Config: agnhost,
-			Entries: append(in.shell(agnhostUsers),
+			Entries: append(append(in.shell(agnhostUsers, commandNames(in.AgnhostTools)),
 				images.File("/agnhost", bin("agnhost"), 0o755),
 				// Upstream's entrypoint tests override the entrypoint with agnhost-2.
 				images.Symlink("/agnhost-2", "agnhost"),
 				images.Dir("/uploads", 0o755), // netexec's upload directory
-				tmp)}},
+				tmp), in.AgnhostTools...)}},
 		{"busybox", images.Image{Ref: in.BusyBox, Config: busybox,
-			Entries: append(in.shell(passwd{}), tmp)}},
+			Entries: append(in.shell(passwd{}, nil), tmp)}},
 		{"pause", images.Image{Ref: in.Pause, Config: pause,
 			Entries: []images.Entry{images.File("/pause", bin("pause"), 0o755)}}},
 		{"echo", images.Image{Ref: EchoRef, Config: echo,
-			Entries: append(in.shell(passwd{}), images.File("/dlb-echo", bin("dlb-echo"), 0o755), tmp)}},
+			Entries: append(in.shell(passwd{}, nil), images.File("/dlb-echo", bin("dlb-echo"), 0o755), tmp)}},
 	}
+	if in.CoreDNS {
+		named = append(named, Named{"coredns", images.Image{Ref: CoreDNSRef, Config: coredns,
+			Entries: []images.Entry{images.File("/coredns", bin("coredns"), 0o755), tmp}}})
+	}
+	return named
 }
 
 // passwd is what an image adds to the root and nobody entries of
@@ -119,8 +133,11 @@ type passwd struct{ users, groups string }
 
 // shell is a static busybox at /bin/busybox with its applets linked in
 // /bin, so that `sh -c`, exec probes and preStop hooks work, plus
-// /etc/passwd and /etc/group.
-func (in Inputs) shell(extra passwd) []images.Entry {
+// /etc/passwd and /etc/group. Applets named in replaced are left out: the
+// image has the real program (Debian's busybox-static runs its own applet
+// for any command name its sh is given, whatever PATH says, so an image
+// with a host tool of that name gets the host's sh too).
+func (in Inputs) shell(extra passwd, replaced map[string]bool) []images.Entry {
 	out := []images.Entry{
 		images.File("/bin/busybox", in.Busybox, 0o755),
 		images.Content("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"+extra.users), 0o644),
@@ -128,10 +145,21 @@ func (in Inputs) shell(extra passwd) []images.Entry {
 		images.Dir("/root", 0o700),
 	}
 	for _, a := range in.Applets {
-		if a == "busybox" || a == "" || filepath.Base(a) != a {
+		if a == "busybox" || a == "" || filepath.Base(a) != a || replaced[a] {
 			continue
 		}
 		out = append(out, images.Symlink("/bin/"+a, "busybox"))
 	}
 	return out
+}
+
+// commandNames are the names of the entries in /bin and /usr/bin.
+func commandNames(entries []images.Entry) map[string]bool {
+	names := map[string]bool{}
+	for _, e := range entries {
+		if d := filepath.Dir(e.Path); d == "/bin" || d == "/usr/bin" {
+			names[filepath.Base(e.Path)] = true
+		}
+	}
+	return names
 }
