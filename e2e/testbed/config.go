@@ -58,6 +58,12 @@ type Config struct {
 	CNIPluginDir string
 	// Images are OCI archives imported into every node's containerd.
 	Images []string
+	// KubeProxy runs kube-proxy (nftables mode) on every node: the control
+	// of the conformance runs; a bed with node-agent leaves it off.
+	KubeProxy bool
+	// ClusterDNS deploys CoreDNS as kube-system/kube-dns at ClusterDNS
+	// (needs the coredns image).
+	ClusterDNS bool
 	// APIServerArgs and ControllerManagerArgs are extra arguments for
 	// kube-apiserver and kube-controller-manager (e.g. feature gates).
 	APIServerArgs         []string
@@ -81,6 +87,7 @@ func DefaultConfig() Config {
 		EtcdBinary:   "/usr/bin/etcd",
 		Nodes:        3,
 		Kubelets:     true,
+		ClusterDNS:   true,
 		Localcloud:   true,
 		RuncBinary:   "/usr/sbin/runc",
 		CNIPluginDir: "/usr/lib/cni",
@@ -101,6 +108,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.RuncBinary, "runc", c.RuncBinary, "OCI runtime for containerd")
 	fs.StringVar(&c.CNIPluginDir, "cni-plugin-dir", c.CNIPluginDir, "directory of the reference CNI plugins")
 	fs.StringArrayVar(&c.Images, "image", c.Images, "OCI image archive to import into every node (repeatable; default: <bin-dir>/images/*.oci.tar)")
+	fs.BoolVar(&c.KubeProxy, "kube-proxy", c.KubeProxy, "run kube-proxy (nftables mode) on every node, as the conformance runs' control does")
+	fs.BoolVar(&c.ClusterDNS, "cluster-dns", c.ClusterDNS, "deploy CoreDNS as kube-system/kube-dns at "+ClusterDNS.String())
 	fs.StringArrayVar(&c.APIServerArgs, "apiserver-arg", c.APIServerArgs, "extra argument for kube-apiserver (repeatable)")
 	fs.StringArrayVar(&c.ControllerManagerArgs, "controller-manager-arg", c.ControllerManagerArgs, "extra argument for kube-controller-manager (repeatable)")
 	fs.BoolVar(&c.Localcloud, "localcloud", c.Localcloud, "start bin/localcloud in the cloud namespace")
@@ -131,6 +140,9 @@ func (c *Config) Validate() error {
 	if c.Kubelets && !c.Localcloud {
 		errs = append(errs, errors.New("kubelets need localcloud (--localcloud): directlb-cni takes the pods' addresses from its EC2 API"))
 	}
+	if (c.KubeProxy || c.ClusterDNS) && !c.Kubelets {
+		errs = append(errs, errors.New("--kube-proxy and --cluster-dns need the nodes' kubelets (--kubelets)"))
+	}
 	if c.EtcdBinary == "" {
 		errs = append(errs, errors.New("etcd binary: must be set"))
 	}
@@ -148,6 +160,9 @@ func (c *Config) CheckBinaries() error {
 			need = append(need, filepath.Join(c.BinDir, b))
 		}
 		need = append(need, c.RuncBinary)
+	}
+	if c.KubeProxy {
+		need = append(need, filepath.Join(c.BinDir, "kube-proxy"))
 	}
 	if c.Localcloud {
 		need = append(need, filepath.Join(c.BinDir, "localcloud"))

@@ -43,6 +43,11 @@ const (
 	// exec, port-forward).
 	kubeletClientCert = "apiserver-kubelet-client.crt"
 	kubeletClientKey  = "apiserver-kubelet-client.key"
+	// kube-proxy's client certificate (system:kube-proxy, which the
+	// bootstrap policy binds to system:node-proxier), for the control
+	// runs with kube-proxy (--kube-proxy).
+	kubeProxyCert = "kube-proxy.crt"
+	kubeProxyKey  = "kube-proxy.key"
 )
 
 // nodeCert and nodeKey are node's client certificate and key: identity
@@ -111,6 +116,13 @@ func generatePKI(dir string, nodes []Node) error {
 	if err != nil {
 		return err
 	}
+	kubeProxy, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "system:kube-proxy"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return err
+	}
 	type pair struct {
 		kp       keyPair
 		crt, key string
@@ -122,6 +134,7 @@ func generatePKI(dir string, nodes []Node) error {
 		{fpCA, frontProxyCACert, frontProxyCAKey},
 		{fp, frontProxyCert, frontProxyKeyFile},
 		{kubeletClient, kubeletClientCert, kubeletClientKey},
+		{kubeProxy, kubeProxyCert, kubeProxyKey},
 	}
 	for _, n := range nodes {
 		client, err := ca.issue(x509.Certificate{

@@ -84,9 +84,11 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 			return t, err
 		}
 		log.Info("containerd ready, images imported", zap.Duration("took", time.Since(begin)))
-		for _, n := range t.Nodes {
-			rest = append(rest, kubeletDaemon(cfg, t, n))
+		nodes, err := nodeDaemons(cfg, t)
+		if err != nil {
+			return t, err
 		}
+		rest = append(rest, nodes...)
 	}
 	if daemons, err = startAll(t.StateDir, daemons, rest); err != nil {
 		return t, err
@@ -106,6 +108,11 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 			return t, err
 		}
 		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("took", time.Since(begin)))
+		if cfg.ClusterDNS {
+			if err := deployClusterDNS(ctx, cs, t); err != nil {
+				return t, err
+			}
+		}
 	}
 	log.Info("test bed up",
 		zap.Duration("took", time.Since(begin)),
@@ -167,6 +174,9 @@ func startNodes(ctx context.Context, cfg Config, t *Topology, daemons []*running
 	if err != nil {
 		return daemons, err
 	}
+	if cfg.ClusterDNS && !slices.ContainsFunc(images, func(a string) bool { return filepath.Base(a) == "coredns.oci.tar" }) {
+		return daemons, errors.New("cluster DNS: no coredns.oci.tar among the images (make tools builds bin/coredns, make images its image; or --cluster-dns=false)")
+	}
 	if err := prepareHostMounts(); err != nil {
 		return daemons, err
 	}
@@ -203,6 +213,21 @@ func startNodes(ctx context.Context, cfg Config, t *Topology, daemons []*running
 	return daemons, g.Wait()
 }
 
+// nodeDaemons are the kubelets and, if asked, the kube-proxies.
+func nodeDaemons(cfg Config, t *Topology) ([]daemon, error) {
+	var ds []daemon
+	for _, n := range t.Nodes {
+		ds = append(ds, kubeletDaemon(cfg, t, n))
+		if cfg.KubeProxy {
+			if err := writeKubeProxyConfig(t, n); err != nil {
+				return nil, err
+			}
+			ds = append(ds, kubeProxyDaemon(cfg, t, n))
+		}
+	}
+	return ds, nil
+}
+
 // pkiAndNetwork makes the certificates and kubeconfigs and, at the same
 // time, the network (with the source/destination check if asked).
 func pkiAndNetwork(ctx context.Context, cfg Config, t *Topology) error {
@@ -220,6 +245,9 @@ func pkiAndNetwork(ctx context.Context, cfg Config, t *Topology) error {
 				nodeCert(n.Name), nodeKey(n.Name), "system:node:"+n.Name); err != nil {
 				return err
 			}
+		}
+		if err := writeClientKubeconfig(kubeProxyKubeconfig(t), t.APIServer, p, kubeProxyCert, kubeProxyKey, "system:kube-proxy"); err != nil {
+			return err
 		}
 		if err := writeKubeconfig(t.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", apiServerPort), p); err != nil {
 			return err
