@@ -108,9 +108,9 @@ build:
 images: build tools
 	$(TESTBED) images --bin-dir $(BIN) --out $(BIN)/images
 
-## test: every test — unit, privileged and end-to-end.
+## test: every test — unit, privileged, end-to-end and the upstream conformance gate.
 .PHONY: test
-test: test-unit test-e2e
+test: test-unit test-e2e test-conformance
 
 ## test-unit: unit tests and privileged tests (BPF, netns; they need root).
 .PHONY: test-unit
@@ -129,6 +129,16 @@ test-e2e: tools build images
 .PHONY: conformance
 conformance: tools build images
 	$(BIN)/dlb-conformance --bin-dir $(BIN) $(CONFORMANCE_ARGS)
+
+## test-conformance: the upstream Services conformance tests and the sig-node
+## subset against directlb on a bed of their own, held to the recorded results
+## (e2e/conformance/testdata; docs/conformance.md).
+.PHONY: test-conformance
+test-conformance: tools build images
+	DLB_CONFORMANCE=1 DLB_BIN_DIR=$(BIN) DLB_CONFORMANCE_OUT=$(BIN)/conformance-gate \
+		$(GO) test -count=1 -timeout 45m -v -run TestConformanceGate ./e2e/conformance/ 2>&1 | tee $(BIN)/conformance.log | \
+		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
+	exit $${PIPESTATUS[0]}
 
 ## up / down: bring the local test bed up or tear it down (idempotent).
 .PHONY: up down
