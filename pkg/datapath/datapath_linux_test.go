@@ -867,3 +867,41 @@ func envOr(name, def string) string {
 	}
 	return def
 }
+
+// TestVerdictsInKernel: a port the ClusterIP does not serve is refused (it
+// used to leave untranslated and time out), and a dropped Service
+// (internalTrafficPolicy Local without a local endpoint) fails with
+// ETIMEDOUT at once, from IPv4 and IPv6 sockets alike.
+func TestVerdictsInKernel(t *testing.T) {
+	b := newBed(t)
+	addrs, names := tcpBackends(t, 1)
+	served := frontend(12, 8080, TCP)
+	dropped := frontend(12, 8081, TCP)
+	b.apply(Service{Frontend: served, Backends: addrs},
+		Service{Frontend: dropped, Drop: true},
+		Service{Frontend: AddressFrontend(served.Addr)})
+	for _, mode := range []string{"tcp", "tcp6"} {
+		if diff := cmp.Diff(map[string]int{names[0]: 2}, counts(t, b.run(mode, target(served), 2))); diff != "" {
+			t.Errorf("%s to the served port (-want +got):\n%s", mode, diff)
+		}
+		for _, c := range []struct {
+			target, errno string
+		}{
+			{target(dropped), "ETIMEDOUT"},
+			{netip.AddrPortFrom(served.Addr, 9).String(), "ECONNREFUSED"},
+		} {
+			for _, r := range b.run(mode, c.target, 2) {
+				if r.ok || r.errno != c.errno || r.took > 100*time.Millisecond {
+					t.Errorf("%s to %s: %+v, want %s at once", mode, c.target, r, c.errno)
+				}
+			}
+		}
+	}
+	for _, mode := range []string{"udp", "udp6"} {
+		for _, r := range b.run(mode, netip.AddrPortFrom(served.Addr, 53).String(), 2) {
+			if r.ok || r.errno != "ECONNREFUSED" {
+				t.Errorf("%s to a port the ClusterIP does not serve: %+v, want ECONNREFUSED", mode, r)
+			}
+		}
+	}
+}

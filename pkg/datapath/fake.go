@@ -168,23 +168,33 @@ func (f *FakeMaps) Consistent() error {
 	return nil
 }
 
-// ErrNoService and ErrRefused are what Resolve returns where connect4 lets
-// the call through untouched or refuses it.
+// ErrNoService, ErrRefused and ErrDropped are what Resolve returns where
+// connect4 lets the call through untouched, refuses it, or fails it as
+// dropped.
 var (
 	ErrNoService = errors.New("not a service")
 	ErrRefused   = errors.New("connection refused")
+	// ErrDropped is a Service whose traffic is dropped (FlagDrop).
+	ErrDropped = errors.New("dropped")
 )
 
 // Resolve picks a backend for a frontend as connect4 does (random slot,
-// without affinity).
+// without affinity; a port the address entry's ClusterIP does not serve is
+// refused).
 func (f *FakeMaps) Resolve(fe Frontend, rng *rand.Rand) (Backend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	m, ok := f.Services[ServiceKey{Frontend: fe}]
 	if !ok {
+		if _, ok := f.Services[ServiceKey{Frontend: AddressFrontend(fe.Addr)}]; ok {
+			return Backend{}, fmt.Errorf("port not served by %s: %w", fe.Addr, ErrRefused)
+		}
 		return Backend{}, ErrNoService
 	}
 	if m.Count == 0 {
+		if m.Flags&FlagDrop != 0 {
+			return Backend{}, ErrDropped
+		}
 		return Backend{}, ErrRefused
 	}
 	slot := uint16(rng.IntN(int(m.Count))) + 1
