@@ -88,7 +88,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no initial sync")
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}})
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {}})
 	if healthy, _, _ := health.Status(); !healthy {
 		t.Error("unhealthy after the initial sync")
 	}
@@ -98,7 +98,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}})
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.10/any": {}})
 
 	// A second Service appears; the first is not rewritten.
 	writes := maps.Writes
@@ -110,9 +110,9 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.CoreV1().Services("ns").Create(ctx, other, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.53:53/UDP": {}})
-	if got := maps.Writes - writes; got != 1 {
-		t.Errorf("adding an endpoint-less Service took %d map writes, want 1 (its master)", got)
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.10/any": {}, "10.96.0.53:53/UDP": {}, "10.96.0.53/any": {}})
+	if got := maps.Writes - writes; got != 2 {
+		t.Errorf("adding an endpoint-less Service took %d map writes, want 2 (its master and its address entry)", got)
 	}
 
 	// Handing the first Service to another proxy removes it here.
@@ -120,7 +120,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.CoreV1().Services("ns").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.53:53/UDP": {}})
+	eventually(t, maps, map[string][]string{"10.96.0.53:53/UDP": {}, "10.96.0.53/any": {}})
 
 	// Deleting the last one leaves empty maps, backends included.
 	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
