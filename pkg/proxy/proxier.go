@@ -11,6 +11,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -48,7 +49,9 @@ type Proxier struct {
 	cfg       Config
 	factory   informers.SharedInformerFactory
 	epFactory informers.SharedInformerFactory
-	services  corelisters.ServiceLister
+	// nodeFactory watches this agent's own Node, for nodeEligible.
+	nodeFactory informers.SharedInformerFactory
+	services    corelisters.ServiceLister
 
 	mu         sync.Mutex
 	slices     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
@@ -100,6 +103,17 @@ func New(cfg Config) (*Proxier, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = discoveryv1.LabelServiceName + "," + "!" + LabelHeadless
 		}))
+	p.nodeFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		}))
+	if _, err := p.nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.onNode(o, false) },
+		UpdateFunc: func(_, o any) { p.onNode(o, false) },
+		DeleteFunc: func(o any) { p.onNode(o, true) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch node: %w", err)
+	}
 	svcInformer := p.factory.Core().V1().Services()
 	p.services = svcInformer.Lister()
 	if _, err := svcInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -124,6 +138,24 @@ func unwrap(o any) any {
 		return d.Obj
 	}
 	return o
+}
+
+func (p *Proxier) onNode(o any, deleted bool) {
+	n, ok := unwrap(o).(*v1.Node)
+	if !ok || n.Name != p.cfg.NodeName {
+		return
+	}
+	if deleted && n.DeletionTimestamp == nil {
+		// Gone from the apiserver: as good as being deleted.
+		n = n.DeepCopy()
+		now := metav1.Now()
+		n.DeletionTimestamp = &now
+	}
+	was, _ := p.cfg.Health.NodeEligible()
+	p.cfg.Health.SyncNode(n)
+	if is, why := p.cfg.Health.NodeEligible(); is != was {
+		p.cfg.Logger.Info("node eligibility changed", zap.String("node", n.Name), zap.Bool("nodeEligible", is), zap.String("reason", why))
+	}
 }
 
 func (p *Proxier) onService(o any) {
@@ -193,8 +225,12 @@ func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 func (p *Proxier) Run(ctx context.Context) error {
 	p.factory.Start(ctx.Done())
 	p.epFactory.Start(ctx.Done())
+	// The Node watch is not waited for: until it answers (or if RBAC
+	// denies it) the node counts as eligible.
+	p.nodeFactory.Start(ctx.Done())
 	defer p.factory.Shutdown()
 	defer p.epFactory.Shutdown()
+	defer p.nodeFactory.Shutdown()
 	for typ, ok := range p.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("wait for %v informer to sync: %w", typ, ctx.Err())

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
@@ -163,5 +166,71 @@ func TestHealthGoesStale(t *testing.T) {
 	now = now.Add(11 * time.Second)
 	if ok, _, _ := h.Status(); ok {
 		t.Fatal("healthy with a change waiting 11s")
+	}
+}
+
+func TestNodeEligible(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode}}
+	other := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}}
+	client := fake.NewClientset(node, other)
+	health := NewHealth(time.Minute)
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: datapath.NewFakeMaps()}), Health: health})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	<-p.Synced()
+
+	get := func(path string) (int, healthBody) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		var b healthBody
+		if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil {
+			t.Fatal(err)
+		}
+		return rec.Code, b
+	}
+	waitEligible := func(want bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if ok, _ := health.NodeEligible(); ok == want {
+				return
+			}
+		}
+		t.Fatalf("nodeEligible never became %v", want)
+	}
+	if code, b := get("/healthz"); code != http.StatusOK || b.NodeEligible == nil || !*b.NodeEligible {
+		t.Errorf("/healthz with an untainted node (another node tainted): %d %+v", code, b)
+	}
+
+	// cluster-autoscaler marks this node for removal.
+	node.Spec.Taints = []v1.Taint{{Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(false)
+	if code, b := get("/healthz"); code != http.StatusServiceUnavailable || b.NodeEligible == nil || *b.NodeEligible {
+		t.Errorf("/healthz on a node to be deleted: %d %+v, want 503 and nodeEligible false", code, b)
+	}
+	if code, b := get("/livez"); code != http.StatusOK || b.NodeEligible != nil {
+		t.Errorf("/livez on a node to be deleted: %d %+v, want 200 without nodeEligible (no restart for it)", code, b)
+	}
+
+	node.Spec.Taints = nil
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(true)
+	if err := client.CoreV1().Nodes().Delete(ctx, thisNode, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(false)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
