@@ -23,7 +23,13 @@ type FakeMaps struct {
 	Writes int
 	// FailAfter, if > 0, makes the write with that number fail.
 	FailAfter int
+	// MaxServices, if > 0, is the services map's size: adding a key
+	// beyond it fails as a full BPF hash map does (E2BIG).
+	MaxServices int
 }
+
+// ErrMapFull is what a write into a full fake map returns.
+var ErrMapFull = errors.New("map full (E2BIG)")
 
 // NewFakeMaps returns empty maps.
 func NewFakeMaps() *FakeMaps {
@@ -75,6 +81,9 @@ func (f *FakeMaps) UpdateServices(keys []ServiceKey, vals []ServiceValue) error 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, k := range keys {
+		if _, ok := f.Services[k]; !ok && f.MaxServices > 0 && len(f.Services) >= f.MaxServices {
+			return fmt.Errorf("update service %s slot %d: %w", k.Frontend, k.Slot, ErrMapFull)
+		}
 		f.Services[k] = vals[i]
 		if err := f.wrote(); err != nil {
 			return err
