@@ -60,7 +60,8 @@ func TestCNI(t *testing.T) {
 		wantEnv   []string
 		nodesRule bool
 	}{
-		{name: "off by default"},
+		// The agent watches its Node (nodeEligible) whatever cni says.
+		{name: "off by default", nodesRule: true},
 		{
 			name: "on", args: []string{"--set", "cni.enabled=true"}, init: true, nodesRule: true,
 			wantArgs: []string{"--node-name=$(NODE_NAME)", "--first-eni-label=directlb.io/first-eni", "--warm-ip-target=1", "--data-dir=/var/lib/directlb-cni"},
@@ -69,7 +70,7 @@ func TestCNI(t *testing.T) {
 		{
 			name: "instance ID given, credentials from the Secret",
 			args: []string{"--set", "cni.enabled=true", "--set-string", "cni.instanceID=$(NODE_NAME)", "--set", "cloud.credentials.existingSecret=creds"},
-			init: true, wantArgs: []string{"--instance-id=$(NODE_NAME)", "--credentials-file=/etc/directlb/cni-credentials"},
+			init: true, nodesRule: true, wantArgs: []string{"--instance-id=$(NODE_NAME)", "--credentials-file=/etc/directlb/cni-credentials"},
 			wantEnv: []string{"NODE_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
 		},
 	} {

@@ -46,6 +46,11 @@ var hooks = []hook{
 	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbSendmsg4 }},
 	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbRecvmsg4 }},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *sockLBPrograms) *ebpf.Program { return p.DlbGetpeername4 }},
+	// IPv6 sockets to IPv4 Services (::ffff:a.b.c.d).
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *sockLBPrograms) *ebpf.Program { return p.DlbConnect6 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbSendmsg6 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(p *sockLBPrograms) *ebpf.Program { return p.DlbRecvmsg6 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(p *sockLBPrograms) *ebpf.Program { return p.DlbGetpeername6 }},
 }
 
 // CheckKernel reports the first kernel feature the datapath needs and the

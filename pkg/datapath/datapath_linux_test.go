@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -58,36 +59,85 @@ func runHelper(mode string, args []string) int {
 	}
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
+	if conc, _ := strconv.Atoi(os.Getenv("DLBT_DP_CONC")); conc > 1 {
+		return runConcurrent(out, mode, target, n, conc)
+	}
 	for i := range n {
 		if i > 0 && pause > 0 {
 			out.Flush()
 			time.Sleep(pause)
 		}
-		start := time.Now()
-		var answer, peer string
-		var err error
-		switch mode {
-		case "tcp":
-			answer, peer, err = tcpOnce(target)
-		case "udp":
-			answer, peer, err = udpOnce(target)
-		case "udp-connected":
-			answer, peer, err = udpConnectedOnce(target)
-		default:
-			fmt.Fprintln(out, "bad mode")
+		if !tryOnce(out, mode, target) {
 			return 2
 		}
-		us := time.Since(start).Microseconds()
-		if err != nil {
-			var errno syscall.Errno
-			if errors.As(err, &errno) {
-				fmt.Fprintf(out, "err %s %d\n", unix.ErrnoName(errno), us)
-			} else {
-				fmt.Fprintf(out, "err %q %d\n", err.Error(), us)
-			}
-			continue
+	}
+	return 0
+}
+
+// tryOnce makes one request and prints its result line; false for a bad
+// mode.
+func tryOnce(out io.Writer, mode, target string) bool {
+	start := time.Now()
+	var answer, peer string
+	var err error
+	switch mode {
+	case "tcp":
+		answer, peer, err = tcpOnce(target)
+	case "udp":
+		answer, peer, err = udpOnce(target)
+	case "udp-connected":
+		answer, peer, err = udpConnectedOnce(target)
+	case "tcp6":
+		answer, peer, err = tcp6Once(target)
+	case "udp6":
+		answer, peer, err = udp6Once(target, false)
+	case "udp6-connected":
+		answer, peer, err = udp6Once(target, true)
+	default:
+		fmt.Fprintln(out, "bad mode")
+		return false
+	}
+	us := time.Since(start).Microseconds()
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			fmt.Fprintf(out, "err %s %d\n", unix.ErrnoName(errno), us)
+		} else {
+			fmt.Fprintf(out, "err %q %d\n", err.Error(), us)
 		}
-		fmt.Fprintf(out, "ok %s %s %d\n", answer, peer, us)
+		return true
+	}
+	fmt.Fprintf(out, "ok %s %s %d\n", answer, peer, us)
+	return true
+}
+
+// runConcurrent makes n requests from conc goroutines at once (one client:
+// the same network namespace), each result line printed whole.
+func runConcurrent(out io.Writer, mode, target string, n, conc int) int {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	bad := false
+	for g := range conc {
+		k := n / conc
+		if g < n%conc {
+			k++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range k {
+				var line strings.Builder
+				ok := tryOnce(&line, mode, target)
+				mu.Lock()
+				bad = bad || !ok
+				io.WriteString(out, line.String())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if bad {
+		return 2
 	}
 	return 0
 }
@@ -103,8 +153,7 @@ func tcpOnce(target string) (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	in4 := sa.(*unix.SockaddrInet4)
-	peer := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String()
+	peer := peerOf(sa)
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
@@ -166,6 +215,115 @@ func udpConnectedOnce(target string) (string, string, error) {
 		return "", "", err
 	}
 	return string(buf[:n]), peer, nil
+}
+
+// The AF_INET6 clients use raw sockets: Go's net package dials a
+// v4-mapped address with an AF_INET socket, and the point here is the
+// IPv6 hooks that a dual-stack runtime (the JVM, for one) goes through.
+
+// mapped is target (an IPv4 host:port) as an IPv6 socket address
+// ::ffff:a.b.c.d.
+func mapped(target string) (*unix.SockaddrInet6, error) {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return nil, err
+	}
+	return &unix.SockaddrInet6{Addr: netip.AddrFrom16(ap.Addr().As16()).As16(), Port: int(ap.Port())}, nil
+}
+
+func peerOf(sa unix.Sockaddr) string {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	}
+	return fmt.Sprintf("%T", sa)
+}
+
+// socket6 is a dual-stack AF_INET6 socket with a 2 s receive timeout.
+func socket6(typ int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// tcp6Once connects an AF_INET6 socket to ::ffff:<target> and reads a line.
+func tcp6Once(target string) (string, string, error) {
+	sa, err := mapped(target)
+	if err != nil {
+		return "", "", err
+	}
+	fd, err := socket6(unix.SOCK_STREAM)
+	if err != nil {
+		return "", "", err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, sa); err != nil {
+		return "", "", err
+	}
+	p, err := unix.Getpeername(fd)
+	if err != nil {
+		return "", "", err
+	}
+	buf := make([]byte, 256)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return "", "", err
+	}
+	return strings.TrimSpace(string(buf[:n])), peerOf(p), nil
+}
+
+// udp6Once sends one datagram from an AF_INET6 socket to ::ffff:<target>,
+// connected (connect, getpeername, send, read) or not (sendto, recvfrom),
+// and returns the answer and the peer the kernel reported.
+func udp6Once(target string, connected bool) (string, string, error) {
+	sa, err := mapped(target)
+	if err != nil {
+		return "", "", err
+	}
+	fd, err := socket6(unix.SOCK_DGRAM)
+	if err != nil {
+		return "", "", err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 256)
+	if connected {
+		if err := unix.Connect(fd, sa); err != nil {
+			return "", "", err
+		}
+		p, err := unix.Getpeername(fd)
+		if err != nil {
+			return "", "", err
+		}
+		if _, err := unix.Write(fd, []byte("ping")); err != nil {
+			return "", "", err
+		}
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			return "", "", err
+		}
+		return string(buf[:n]), peerOf(p), nil
+	}
+	if err := unix.Sendto(fd, []byte("ping"), 0, sa); err != nil {
+		return "", "", err
+	}
+	n, from, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return "", "", err
+	}
+	return string(buf[:n]), peerOf(from), nil
 }
 
 type result struct {
@@ -266,11 +424,11 @@ func (b *bed) apply(svcs ...Service) {
 }
 
 // client starts the helper in the test cgroup; wait collects its results.
-func (b *bed) client(mode, target string, n int, pause time.Duration) func() []result {
+func (b *bed) client(mode, target string, n int, pause time.Duration, env ...string) func() []result {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", target, strconv.Itoa(n))
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode, "DLBT_DP_PAUSE="+pause.String())
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode, "DLBT_DP_PAUSE="+pause.String()), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(b.cgroup.Fd())}
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -596,5 +754,154 @@ func TestCleanupRemovesEverything(t *testing.T) {
 	out, err := exec.Command("bpftool", "cgroup", "show", b.cfg.Cgroup).CombinedOutput()
 	if err == nil && strings.TrimSpace(string(out)) != "" {
 		t.Errorf("programs still attached after cleanup:\n%s", out)
+	}
+}
+
+// mappedTarget is fe as the peer an AF_INET6 socket sees: ::ffff:a.b.c.d.
+func mappedTarget(fe Frontend) string {
+	return netip.AddrPortFrom(netip.AddrFrom16(fe.Addr.As16()), fe.Port).String()
+}
+
+func TestIPv6SocketToIPv4Service(t *testing.T) {
+	b := newBed(t)
+	taddrs, tnames := tcpBackends(t, 2)
+	uaddrs, unames := udpBackends(t, 2)
+	tfe := frontend(8, 8080, TCP)
+	ufe := frontend(8, 5353, UDP)
+	b.apply(Service{Frontend: tfe, Backends: taddrs}, Service{Frontend: ufe, Backends: uaddrs})
+
+	for _, c := range []struct {
+		mode  string
+		fe    Frontend
+		names []string
+	}{
+		{"tcp6", tfe, tnames},
+		{"udp6", ufe, unames},
+		{"udp6-connected", ufe, unames},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			rs := b.run(c.mode, target(c.fe), 30)
+			got := counts(t, rs)
+			for _, n := range c.names {
+				if got[n] == 0 {
+					t.Errorf("backend %s got nothing in 30: %v", n, got)
+				}
+			}
+			for _, r := range rs {
+				if r.peer != mappedTarget(c.fe) {
+					t.Fatalf("peer = %s, want the ClusterIP %s", r.peer, mappedTarget(c.fe))
+				}
+			}
+		})
+	}
+
+	// A Service without endpoints refuses an IPv6 socket too, and a real
+	// IPv6 destination is left alone (::1 has a listener here; no v6
+	// Services are programmed).
+	efe := frontend(9, 8080, TCP)
+	b.apply(Service{Frontend: efe})
+	for _, r := range b.run("tcp6", target(efe), 3) {
+		if r.errno != "ECONNREFUSED" {
+			t.Errorf("tcp6 to a Service without endpoints: %+v, want ECONNREFUSED", r)
+		}
+	}
+}
+
+func TestIPv6SocketRealIPv6Untouched(t *testing.T) {
+	b := newBed(t)
+	taddrs, _ := tcpBackends(t, 1)
+	b.apply(Service{Frontend: frontend(10, 8080, TCP), Backends: taddrs})
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("skipping: no IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, "v6")
+			c.Close()
+		}
+	}()
+	rs := b.run("tcp", ln.Addr().String(), 3)
+	if diff := cmp.Diff(map[string]int{"v6": 3}, counts(t, rs)); diff != "" {
+		t.Errorf("IPv6 destination (-want +got):\n%s", diff)
+	}
+}
+
+// TestSessionAffinityUnderConcurrency is the stress case at a size
+// for a 2-core machine: one client (one netns) with many sockets at once
+// must reach one backend, from its first request on.
+func TestSessionAffinityUnderConcurrency(t *testing.T) {
+	b := newBed(t)
+	uaddrs, _ := udpBackends(t, 4)
+	taddrs, _ := tcpBackends(t, 4)
+	ufe := frontend(11, 5353, UDP)
+	tfe := frontend(11, 8080, TCP)
+	b.apply(Service{Frontend: ufe, Backends: uaddrs, AffinityTimeout: time.Minute},
+		Service{Frontend: tfe, Backends: taddrs, AffinityTimeout: time.Minute})
+	n, _ := strconv.Atoi(envOr("DLBT_AFFINITY_N", "2000"))
+	conc := envOr("DLBT_AFFINITY_CONC", "64")
+	for _, c := range []struct {
+		mode string
+		fe   Frontend
+	}{{"udp", ufe}, {"udp6", ufe}, {"tcp", tfe}} {
+		for round := range 5 {
+			if err := b.dp.Maps.ClearAffinity(); err != nil {
+				t.Fatal(err)
+			}
+			got := counts(t, b.client(c.mode, target(c.fe), n, 0, "DLBT_DP_CONC="+conc)())
+			if len(got) != 1 {
+				t.Errorf("%s round %d: %s concurrent sockets of one client reached %v, want one backend", c.mode, round, conc, got)
+			}
+		}
+	}
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// TestVerdictsInKernel: a port the ClusterIP does not serve is refused (it
+// used to leave untranslated and time out), and a dropped Service
+// (internalTrafficPolicy Local without a local endpoint) fails with
+// ETIMEDOUT at once, from IPv4 and IPv6 sockets alike.
+func TestVerdictsInKernel(t *testing.T) {
+	b := newBed(t)
+	addrs, names := tcpBackends(t, 1)
+	served := frontend(12, 8080, TCP)
+	dropped := frontend(12, 8081, TCP)
+	b.apply(Service{Frontend: served, Backends: addrs},
+		Service{Frontend: dropped, Drop: true},
+		Service{Frontend: AddressFrontend(served.Addr)})
+	for _, mode := range []string{"tcp", "tcp6"} {
+		if diff := cmp.Diff(map[string]int{names[0]: 2}, counts(t, b.run(mode, target(served), 2))); diff != "" {
+			t.Errorf("%s to the served port (-want +got):\n%s", mode, diff)
+		}
+		for _, c := range []struct {
+			target, errno string
+		}{
+			{target(dropped), "ETIMEDOUT"},
+			{netip.AddrPortFrom(served.Addr, 9).String(), "ECONNREFUSED"},
+		} {
+			for _, r := range b.run(mode, c.target, 2) {
+				if r.ok || r.errno != c.errno || r.took > 100*time.Millisecond {
+					t.Errorf("%s to %s: %+v, want %s at once", mode, c.target, r, c.errno)
+				}
+			}
+		}
+	}
+	for _, mode := range []string{"udp", "udp6"} {
+		for _, r := range b.run(mode, netip.AddrPortFrom(served.Addr, 53).String(), 2) {
+			if r.ok || r.errno != "ECONNREFUSED" {
+				t.Errorf("%s to a port the ClusterIP does not serve: %+v, want ECONNREFUSED", mode, r)
+			}
+		}
 	}
 }

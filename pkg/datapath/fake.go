@@ -23,7 +23,13 @@ type FakeMaps struct {
 	Writes int
 	// FailAfter, if > 0, makes the write with that number fail.
 	FailAfter int
+	// MaxServices, if > 0, is the services map's size: adding a key
+	// beyond it fails as a full BPF hash map does (E2BIG).
+	MaxServices int
 }
+
+// ErrMapFull is what a write into a full fake map returns.
+var ErrMapFull = errors.New("map full (E2BIG)")
 
 // NewFakeMaps returns empty maps.
 func NewFakeMaps() *FakeMaps {
@@ -75,6 +81,9 @@ func (f *FakeMaps) UpdateServices(keys []ServiceKey, vals []ServiceValue) error 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, k := range keys {
+		if _, ok := f.Services[k]; !ok && f.MaxServices > 0 && len(f.Services) >= f.MaxServices {
+			return fmt.Errorf("update service %s slot %d: %w", k.Frontend, k.Slot, ErrMapFull)
+		}
 		f.Services[k] = vals[i]
 		if err := f.wrote(); err != nil {
 			return err
@@ -168,23 +177,33 @@ func (f *FakeMaps) Consistent() error {
 	return nil
 }
 
-// ErrNoService and ErrRefused are what Resolve returns where connect4 lets
-// the call through untouched or refuses it.
+// ErrNoService, ErrRefused and ErrDropped are what Resolve returns where
+// connect4 lets the call through untouched, refuses it, or fails it as
+// dropped.
 var (
 	ErrNoService = errors.New("not a service")
 	ErrRefused   = errors.New("connection refused")
+	// ErrDropped is a Service whose traffic is dropped (FlagDrop).
+	ErrDropped = errors.New("dropped")
 )
 
 // Resolve picks a backend for a frontend as connect4 does (random slot,
-// without affinity).
+// without affinity; a port the address entry's ClusterIP does not serve is
+// refused).
 func (f *FakeMaps) Resolve(fe Frontend, rng *rand.Rand) (Backend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	m, ok := f.Services[ServiceKey{Frontend: fe}]
 	if !ok {
+		if _, ok := f.Services[ServiceKey{Frontend: AddressFrontend(fe.Addr)}]; ok {
+			return Backend{}, fmt.Errorf("port not served by %s: %w", fe.Addr, ErrRefused)
+		}
 		return Backend{}, ErrNoService
 	}
 	if m.Count == 0 {
+		if m.Flags&FlagDrop != 0 {
+			return Backend{}, ErrDropped
+		}
 		return Backend{}, ErrRefused
 	}
 	slot := uint16(rng.IntN(int(m.Count))) + 1

@@ -453,6 +453,9 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	if !fe.Addr.Is4() {
 		return false, fmt.Errorf("program service %s: only IPv4 frontends are supported", fe)
 	}
+	if (fe.Port == 0) != (fe.Proto == 0) || (fe.IsAddress() && (len(s.Backends) > 0 || s.AffinityTimeout > 0 || s.Drop)) {
+		return false, fmt.Errorf("program service %s: port 0 and protocol 0 go together, for an address entry without backends", fe)
+	}
 	if len(s.Backends) > math.MaxUint16 {
 		return false, fmt.Errorf("program service %s: %d backends, at most %d", fe, len(s.Backends), math.MaxUint16)
 	}
@@ -460,6 +463,9 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	var flags uint8
 	if timeout > 0 {
 		flags |= FlagAffinity
+	}
+	if s.Drop && len(s.Backends) == 0 {
+		flags |= FlagDrop
 	}
 	want, seen, err := wantedBackends(s)
 	if err != nil {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -250,6 +251,73 @@ func TestAssignSlots(t *testing.T) {
 		got := assignSlots(c.old, c.ids, want)
 		if diff := cmp.Diff(c.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", c.name, diff)
+		}
+	}
+}
+
+func TestVerdictsWithoutBackends(t *testing.T) {
+	f := NewFakeMaps()
+	f.AfterWrite = func(f *FakeMaps) {
+		if err := f.Consistent(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lb := NewLoadBalancer(LoadBalancerConfig{Maps: f})
+	ip := netip.MustParseAddr("10.96.0.1")
+	served := Frontend{Addr: ip, Port: 80, Proto: TCP}
+	local := Frontend{Addr: ip, Port: 81, Proto: TCP}
+	empty := Frontend{Addr: ip, Port: 82, Proto: UDP}
+	if _, err := lb.Apply([]Service{
+		{Frontend: served, Backends: []netip.AddrPort{ap("10.0.0.1:8080")}},
+		{Frontend: local, Drop: true},
+		{Frontend: empty},
+		{Frontend: AddressFrontend(ip)},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, c := range []struct {
+		fe   Frontend
+		want error
+	}{
+		{served, nil},
+		{local, ErrDropped},
+		{empty, ErrRefused},
+		{Frontend{Addr: ip, Port: 80, Proto: UDP}, ErrRefused}, // not a port of the ClusterIP
+		{Frontend{Addr: ip, Port: 9999, Proto: TCP}, ErrRefused},
+		{Frontend{Addr: netip.MustParseAddr("10.96.0.2"), Port: 80, Proto: TCP}, ErrNoService},
+	} {
+		if _, err := f.Resolve(c.fe, rng); !errors.Is(err, c.want) {
+			t.Errorf("resolve %s: %v, want %v", c.fe, err, c.want)
+		}
+	}
+
+	// Endpoints arrive on this node: the drop flag goes with them.
+	if _, err := lb.Apply([]Service{{Frontend: local, Drop: true, Backends: []netip.AddrPort{ap("10.0.0.2:8080")}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Resolve(local, rng); err != nil {
+		t.Errorf("resolve %s after endpoints arrived: %v", local, err)
+	}
+	if m := f.Services[ServiceKey{Frontend: local}]; m.Flags&FlagDrop != 0 {
+		t.Errorf("master of %s keeps FlagDrop with a backend: %+v", local, m)
+	}
+
+	// Deleting the Service's frontends removes the address entry too.
+	if _, err := lb.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Services) != 0 || len(f.Backends) != 0 {
+		t.Errorf("after Sync(nil): %v %v", f.Services, f.Backends)
+	}
+
+	for _, bad := range []Service{
+		{Frontend: Frontend{Addr: ip, Port: 0, Proto: TCP}},
+		{Frontend: Frontend{Addr: ip, Port: 80}},
+		{Frontend: AddressFrontend(ip), Backends: []netip.AddrPort{ap("10.0.0.1:80")}},
+	} {
+		if _, err := lb.Apply([]Service{bad}, nil); err == nil {
+			t.Errorf("apply %+v: no error", bad)
 		}
 	}
 }

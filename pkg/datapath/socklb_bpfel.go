@@ -87,9 +87,13 @@ const (
 	sockLBMapDlbRevnat4       = "dlb_revnat4"
 	sockLBMapDlbSvc4          = "dlb_svc4"
 	sockLBProgDlbConnect4     = "dlb_connect4"
+	sockLBProgDlbConnect6     = "dlb_connect6"
 	sockLBProgDlbGetpeername4 = "dlb_getpeername4"
+	sockLBProgDlbGetpeername6 = "dlb_getpeername6"
 	sockLBProgDlbRecvmsg4     = "dlb_recvmsg4"
+	sockLBProgDlbRecvmsg6     = "dlb_recvmsg6"
 	sockLBProgDlbSendmsg4     = "dlb_sendmsg4"
+	sockLBProgDlbSendmsg6     = "dlb_sendmsg6"
 )
 
 // loadSockLB returns the embedded CollectionSpec for sockLB.
@@ -135,9 +139,13 @@ type sockLBSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockLBProgramSpecs struct {
 	DlbConnect4     *ebpf.ProgramSpec `ebpf:"dlb_connect4"`
+	DlbConnect6     *ebpf.ProgramSpec `ebpf:"dlb_connect6"`
 	DlbGetpeername4 *ebpf.ProgramSpec `ebpf:"dlb_getpeername4"`
+	DlbGetpeername6 *ebpf.ProgramSpec `ebpf:"dlb_getpeername6"`
 	DlbRecvmsg4     *ebpf.ProgramSpec `ebpf:"dlb_recvmsg4"`
+	DlbRecvmsg6     *ebpf.ProgramSpec `ebpf:"dlb_recvmsg6"`
 	DlbSendmsg4     *ebpf.ProgramSpec `ebpf:"dlb_sendmsg4"`
+	DlbSendmsg6     *ebpf.ProgramSpec `ebpf:"dlb_sendmsg6"`
 }
 
 // sockLBMapSpecs contains maps before they are loaded into the kernel.
@@ -205,17 +213,25 @@ type sockLBVariables struct {
 // It can be passed to loadSockLBObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockLBPrograms struct {
 	DlbConnect4     *ebpf.Program `ebpf:"dlb_connect4"`
+	DlbConnect6     *ebpf.Program `ebpf:"dlb_connect6"`
 	DlbGetpeername4 *ebpf.Program `ebpf:"dlb_getpeername4"`
+	DlbGetpeername6 *ebpf.Program `ebpf:"dlb_getpeername6"`
 	DlbRecvmsg4     *ebpf.Program `ebpf:"dlb_recvmsg4"`
+	DlbRecvmsg6     *ebpf.Program `ebpf:"dlb_recvmsg6"`
 	DlbSendmsg4     *ebpf.Program `ebpf:"dlb_sendmsg4"`
+	DlbSendmsg6     *ebpf.Program `ebpf:"dlb_sendmsg6"`
 }
 
 func (p *sockLBPrograms) Close() error {
 	return _SockLBClose(
 		p.DlbConnect4,
+		p.DlbConnect6,
 		p.DlbGetpeername4,
+		p.DlbGetpeername6,
 		p.DlbRecvmsg4,
+		p.DlbRecvmsg6,
 		p.DlbSendmsg4,
+		p.DlbSendmsg6,
 	)
 }
 

@@ -37,8 +37,21 @@ type Frontend struct {
 }
 
 func (f Frontend) String() string {
+	if f.IsAddress() {
+		return fmt.Sprintf("%s/any", f.Addr)
+	}
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.Addr, f.Port), f.Proto)
 }
+
+// AddressFrontend is the address entry of a ClusterIP: port 0, protocol 0.
+// Programmed (with no backends) next to the Service's frontends, it makes
+// a connect or datagram to a port the ClusterIP does not serve fail with
+// ECONNREFUSED, as kube-proxy rejects it, instead of leaving on the
+// default route untranslated.
+func AddressFrontend(a netip.Addr) Frontend { return Frontend{Addr: a} }
+
+// IsAddress reports whether f is an address entry (AddressFrontend).
+func (f Frontend) IsAddress() bool { return f.Port == 0 && f.Proto == 0 }
 
 // Backend is one endpoint as the backends map stores it.
 type Backend struct {
@@ -62,6 +75,11 @@ type Service struct {
 	// network namespace) keeps its backend while it keeps using it within
 	// this time.
 	AffinityTimeout time.Duration
+	// Drop, with no Backends, makes connects and datagrams fail as if
+	// dropped (ETIMEDOUT at once) instead of refused: kube-proxy drops
+	// traffic for internalTrafficPolicy Local when the Service has
+	// endpoints, but none on this node.
+	Drop bool
 }
 
 // BackendID names a backend in the backends map; 0 is never used.
@@ -83,6 +101,9 @@ type ServiceKey struct {
 const (
 	// FlagAffinity marks a Service with sessionAffinity ClientIP.
 	FlagAffinity uint8 = 1 << 0
+	// FlagDrop marks a Service without backends whose traffic is dropped
+	// rather than refused (Service.Drop).
+	FlagDrop uint8 = 1 << 1
 )
 
 // ServiceValue is a value of the services map. In the master slot, Count is

@@ -71,16 +71,23 @@ type endpointState struct {
 	local       bool
 }
 
-// Desired returns the datapath Services (one per ClusterIP × port) that
-// svc needs on node nodeName, given the EndpointSlices that belong to it.
-// Which endpoints serve follows kube-proxy:
-//   - ready endpoints serve;
-//   - if none is ready, serving-but-terminating ones serve (KEP-1669), so a
-//     rollout that leaves only terminating pods does not drop traffic;
-//   - internalTrafficPolicy Local keeps only endpoints on this node, and
-//     applies the same fallback among them;
-//   - with no endpoint left the Service is still programmed, with none, so
-//     that connections are refused at once.
+// Desired returns the datapath Services (one per ClusterIP × port, and one
+// address entry per ClusterIP) that svc needs on node nodeName, given the
+// EndpointSlices that belong to it. Which endpoints serve follows
+// kube-proxy's CategorizeEndpoints:
+//   - ready endpoints serve, terminating or not (the EndpointSlice
+//     controller marks terminating pods ready only for
+//     publishNotReadyAddresses Services, which then keep all of them);
+//   - if none is ready, the serving-and-terminating ones serve (KEP-1669),
+//     so a rollout that leaves only terminating pods does not drop traffic;
+//   - internalTrafficPolicy Local keeps only endpoints on this node, with
+//     the same fallback among them; with none here while the Service has
+//     usable endpoints elsewhere, its traffic is dropped (Drop), as
+//     kube-proxy drops it;
+//   - with no usable endpoint anywhere the Service is still programmed,
+//     with none, so that connections are refused at once;
+//   - a port the ClusterIP does not serve is refused (the address entry),
+//     as kube-proxy's nftables mode rejects it.
 func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
 	if !Handled(svc) {
 		return nil
@@ -111,14 +118,18 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 		if !ok {
 			continue // SCTP is not translated
 		}
-		backends := chooseEndpoints(endpointsFor(slices, port, nodeName), local)
+		backends, drop := chooseEndpoints(endpointsFor(slices, port, nodeName), local)
 		for _, ip := range ips {
 			out = append(out, datapath.Service{
 				Frontend:        datapath.Frontend{Addr: ip, Port: uint16(port.Port), Proto: proto},
 				Backends:        backends,
 				AffinityTimeout: timeout,
+				Drop:            drop,
 			})
 		}
+	}
+	for _, ip := range ips {
+		out = append(out, datapath.Service{Frontend: datapath.AddressFrontend(ip)})
 	}
 	return out
 }
@@ -167,13 +178,12 @@ func endpointsFor(eps []*discoveryv1.EndpointSlice, port v1.ServicePort, nodeNam
 			if err != nil || !a.Is4() {
 				continue
 			}
-			// Conditions as EndpointSlice defines them: nil ready means
-			// ready; nil serving means as ready; nil terminating means not.
+			// Conditions as discovery/v1 defines them and kube-proxy
+			// reads them: nil ready and nil serving mean true, nil
+			// terminating means false. (v1beta1 said a nil serving
+			// defers to ready; v1 and kube-proxy take it as true.)
 			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			serving := ready
-			if ep.Conditions.Serving != nil {
-				serving = *ep.Conditions.Serving
-			}
+			serving := ep.Conditions.Serving == nil || *ep.Conditions.Serving
 			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
 			out = append(out, endpointState{
 				addr:        netip.AddrPortFrom(a, uint16(target)),
@@ -187,14 +197,25 @@ func endpointsFor(eps []*discoveryv1.EndpointSlice, port v1.ServicePort, nodeNam
 	return out
 }
 
-func chooseEndpoints(eps []endpointState, local bool) []netip.AddrPort {
-	if local {
-		eps = slices.DeleteFunc(eps, func(e endpointState) bool { return !e.local })
+// chooseEndpoints returns the endpoints that serve, and whether traffic is
+// to be dropped because none of them is on this node while some elsewhere
+// could serve (internalTrafficPolicy Local).
+func chooseEndpoints(eps []endpointState, local bool) ([]netip.AddrPort, bool) {
+	usable := usableEndpoints(eps)
+	if !local {
+		return usable, false
 	}
+	mine := usableEndpoints(slices.DeleteFunc(slices.Clone(eps), func(e endpointState) bool { return !e.local }))
+	return mine, len(mine) == 0 && len(usable) > 0
+}
+
+// usableEndpoints are the ready endpoints, or if there is none the
+// serving-and-terminating ones, sorted and deduplicated.
+func usableEndpoints(eps []endpointState) []netip.AddrPort {
 	var ready, fallback []netip.AddrPort
 	for _, e := range eps {
 		switch {
-		case e.ready && !e.terminating:
+		case e.ready:
 			ready = append(ready, e.addr)
 		case e.serving && e.terminating:
 			fallback = append(fallback, e.addr)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -136,12 +137,58 @@ func TestDesired(t *testing.T) {
 			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
 			want:   tcp80(backends("10.1.0.2:8080")),
 		},
+		// The rows below are kube-proxy's behaviour where the issue found
+		// node-agent's different (pkg/proxy CategorizeEndpoints and the
+		// iptables/nftables proxiers' reject/drop rules).
 		{
-			name: "Local with no local endpoint has none",
+			name: "Local with no local endpoint but some elsewhere: dropped, not refused",
 			svc: service(func(s *v1.Service) {
 				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
 			}),
 			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
+		},
+		{
+			name: "Local with a serving terminating endpoint elsewhere only: dropped",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", true))},
+			want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
+		},
+		{
+			name: "Local with no usable endpoint anywhere: refused",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", false), ep{addr: "10.1.0.2", node: "node-2", ready: no, serving: no, terminating: no})},
+			want:   tcp80(backends()),
+		},
+		{
+			name: "publishNotReadyAddresses: ready terminating endpoints serve with the live one",
+			svc:  service(func(s *v1.Service) { s.Spec.PublishNotReadyAddresses = true }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+				ready("10.1.0.1", ""),
+				ep{addr: "10.1.0.2", ready: yes, serving: yes, terminating: yes},
+				ep{addr: "10.1.0.3", ready: yes, serving: no, terminating: yes})},
+			want: tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080")),
+		},
+		{
+			name:   "ready wins over the terminating state without publishNotReadyAddresses too",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: yes, terminating: yes}, terminating("10.1.0.3", "", true))},
+			want:   tcp80(backends("10.1.0.2:8080")),
+		},
+		{
+			name:   "manual slice: not ready, terminating, serving omitted: nil serving is true, so the fallback serves",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: no, terminating: yes}, ep{addr: "10.1.0.3", ready: no})},
+			want:   tcp80(backends("10.1.0.2:8080")),
+		},
+		{
+			name:   "not ready and not terminating never serves, even as a fallback",
+			svc:    service(),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.3", ready: no, serving: yes, terminating: no})},
 			want:   tcp80(backends()),
 		},
 		{
@@ -211,8 +258,13 @@ func TestDesired(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			want := c.want
+			if want != nil {
+				// Every programmed ClusterIP has its address entry.
+				want = append(slices.Clone(want), datapath.Service{Frontend: datapath.AddressFrontend(netip.MustParseAddr("10.96.0.10"))})
+			}
 			got := Desired(c.svc, c.slices, thisNode)
-			if diff := cmp.Diff(c.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // Health tracks whether the datapath keeps up with the apiserver, the way
@@ -16,6 +18,44 @@ type Health struct {
 	now         func() time.Time
 	lastUpdated time.Time
 	oldestQueue time.Time
+	// notEligible says why the node is not eligible (kube-proxy's
+	// nodeEligible false); empty while it is, and while its Node is not
+	// known yet: unknown is not "going away".
+	notEligible string
+}
+
+// ToBeDeletedTaint is the taint cluster-autoscaler puts on a node it is
+// about to remove; kube-proxy's /healthz then reports nodeEligible false.
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// SyncNode records whether this agent's Node is eligible for load-balancer
+// traffic, as kube-proxy decides it: not when the Node is being deleted or
+// carries ToBeDeletedTaint. /healthz then answers 503, so external load
+// balancers that health-check kube-proxy's port drain the node.
+func (h *Health) SyncNode(node *v1.Node) {
+	reason := ""
+	switch {
+	case node == nil:
+	case node.DeletionTimestamp != nil:
+		reason = "node is being deleted"
+	default:
+		for _, t := range node.Spec.Taints {
+			if t.Key == ToBeDeletedTaint {
+				reason = "node has taint " + ToBeDeletedTaint
+				break
+			}
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notEligible = reason
+}
+
+// NodeEligible reports whether the node is eligible, and why not.
+func (h *Health) NodeEligible() (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.notEligible == "", h.notEligible
 }
 
 // NewHealth returns a Health that turns unhealthy when a queued change waits
@@ -60,15 +100,17 @@ type healthBody struct {
 }
 
 // ServeHTTP answers /healthz and /livez with kube-proxy's JSON body:
-// 200 when healthy, 503 when a change has waited too long.
+// 200 when healthy, 503 when a change has waited too long; /healthz also
+// 503 when the node is not eligible (SyncNode).
 func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	healthy, last, now := h.Status()
 	body := healthBody{LastUpdated: last.String(), CurrentTime: now.String()}
 	if r.URL.Path == "/healthz" {
-		// This agent does not take part in node draining of external
-		// load balancers, so the node is always eligible.
-		eligible := true
+		// /healthz is what external load balancers probe: a node on its
+		// way out is unhealthy there, not on /livez (no restart for it).
+		eligible, _ := h.NodeEligible()
 		body.NodeEligible = &eligible
+		healthy = healthy && eligible
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")

@@ -7,16 +7,18 @@ import (
 // Metrics are the agent's sync metrics. Names follow kube-proxy's where the
 // meaning is the same, so dashboards built for kube-proxy keep working.
 type Metrics struct {
-	SyncDuration               prometheus.Histogram
-	NetworkProgrammingDuration prometheus.Histogram
-	LastSyncTimestamp          prometheus.Gauge
-	EndpointChangesTotal       prometheus.Counter
-	EndpointChangesPending     prometheus.Gauge
-	ServiceChangesTotal        prometheus.Counter
-	ServiceChangesPending      prometheus.Gauge
-	SyncFailuresTotal          prometheus.Counter
-	MapWritesTotal             prometheus.Counter
-	ProgrammedServices         prometheus.Gauge
+	SyncDuration                prometheus.Histogram
+	NetworkProgrammingDuration  prometheus.Histogram
+	LastSyncTimestamp           prometheus.Gauge
+	EndpointChangesTotal        prometheus.Counter
+	EndpointChangesPending      prometheus.Gauge
+	ServiceChangesTotal         prometheus.Counter
+	ServiceChangesPending       prometheus.Gauge
+	SyncFailuresTotal           prometheus.Counter
+	MapWritesTotal              prometheus.Counter
+	ProgrammedServices          prometheus.Gauge
+	ServicesNotProgrammed       prometheus.Gauge
+	ServiceProgramFailuresTotal prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -65,11 +67,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "directlb", Subsystem: "node_agent", Name: "programmed_frontends",
 			Help: "ClusterIP frontends (IP, port, protocol) programmed in the datapath.",
 		}),
+		ServicesNotProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "services_not_programmed",
+			Help: "Services whose last write to the BPF maps failed (a full map, say); they keep their earlier state, are logged by name and retried.",
+		}),
+		ServiceProgramFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "service_program_failures_total",
+			Help: "Writes of one Service to the BPF maps that failed after its batch failed.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
 			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
-			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices)
+			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices,
+			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal)
 	}
 	return m
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -26,6 +29,8 @@ import (
 type Programmer interface {
 	Apply(upserts []datapath.Service, deletes []datapath.Frontend) (datapath.ApplyStats, error)
 	Sync(desired []datapath.Service) (datapath.ApplyStats, error)
+	// Frontends are all programmed frontends, restored ones included.
+	Frontends() []datapath.Frontend
 }
 
 // Config configures a Proxier.
@@ -38,9 +43,13 @@ type Config struct {
 	SyncWindow time.Duration
 	// RetryPeriod is the wait before a full sync after a failed one.
 	RetryPeriod time.Duration
-	Metrics     *Metrics
-	Health      *Health
-	Logger      *zap.Logger
+	// FailedRetryPeriod is the wait before Services that did not fit (a
+	// full map) are tried again; each failure costs a re-read of the maps,
+	// so it is longer than RetryPeriod. Default 30 s.
+	FailedRetryPeriod time.Duration
+	Metrics           *Metrics
+	Health            *Health
+	Logger            *zap.Logger
 }
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
@@ -48,7 +57,9 @@ type Proxier struct {
 	cfg       Config
 	factory   informers.SharedInformerFactory
 	epFactory informers.SharedInformerFactory
-	services  corelisters.ServiceLister
+	// nodeFactory watches this agent's own Node, for nodeEligible.
+	nodeFactory informers.SharedInformerFactory
+	services    corelisters.ServiceLister
 
 	mu         sync.Mutex
 	slices     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
@@ -58,8 +69,12 @@ type Proxier struct {
 	full       bool
 	kick       chan struct{}
 
-	// programmed is touched only by the sync loop.
+	// programmed and failed are touched only by the sync loop. failed
+	// holds the Services whose last write failed (maps full, say); they
+	// keep what was programmed before and are retried after
+	// FailedRetryPeriod.
 	programmed map[types.NamespacedName][]datapath.Frontend
+	failed     map[types.NamespacedName]error
 	synced     chan struct{}
 }
 
@@ -73,6 +88,9 @@ func New(cfg Config) (*Proxier, error) {
 	}
 	if cfg.RetryPeriod <= 0 {
 		cfg.RetryPeriod = time.Second
+	}
+	if cfg.FailedRetryPeriod <= 0 {
+		cfg.FailedRetryPeriod = 30 * time.Second
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
@@ -90,6 +108,7 @@ func New(cfg Config) (*Proxier, error) {
 		full:       true,
 		kick:       make(chan struct{}, 1),
 		programmed: map[types.NamespacedName][]datapath.Frontend{},
+		failed:     map[types.NamespacedName]error{},
 		synced:     make(chan struct{}),
 	}
 	// The same server-side filters as kube-proxy: Services another proxy
@@ -100,6 +119,17 @@ func New(cfg Config) (*Proxier, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = discoveryv1.LabelServiceName + "," + "!" + LabelHeadless
 		}))
+	p.nodeFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		}))
+	if _, err := p.nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.onNode(o, false) },
+		UpdateFunc: func(_, o any) { p.onNode(o, false) },
+		DeleteFunc: func(o any) { p.onNode(o, true) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch node: %w", err)
+	}
 	svcInformer := p.factory.Core().V1().Services()
 	p.services = svcInformer.Lister()
 	if _, err := svcInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -124,6 +154,24 @@ func unwrap(o any) any {
 		return d.Obj
 	}
 	return o
+}
+
+func (p *Proxier) onNode(o any, deleted bool) {
+	n, ok := unwrap(o).(*v1.Node)
+	if !ok || n.Name != p.cfg.NodeName {
+		return
+	}
+	if deleted && n.DeletionTimestamp == nil {
+		// Gone from the apiserver: as good as being deleted.
+		n = n.DeepCopy()
+		now := metav1.Now()
+		n.DeletionTimestamp = &now
+	}
+	was, _ := p.cfg.Health.NodeEligible()
+	p.cfg.Health.SyncNode(n)
+	if is, why := p.cfg.Health.NodeEligible(); is != was {
+		p.cfg.Logger.Info("node eligibility changed", zap.String("node", n.Name), zap.Bool("nodeEligible", is), zap.String("reason", why))
+	}
 }
 
 func (p *Proxier) onService(o any) {
@@ -193,8 +241,12 @@ func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 func (p *Proxier) Run(ctx context.Context) error {
 	p.factory.Start(ctx.Done())
 	p.epFactory.Start(ctx.Done())
+	// The Node watch is not waited for: until it answers (or if RBAC
+	// denies it) the node counts as eligible.
+	p.nodeFactory.Start(ctx.Done())
 	defer p.factory.Shutdown()
 	defer p.epFactory.Shutdown()
+	defer p.nodeFactory.Shutdown()
 	for typ, ok := range p.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("wait for %v informer to sync: %w", typ, ctx.Err())
@@ -209,6 +261,7 @@ func (p *Proxier) Run(ctx context.Context) error {
 	first := true
 	retry := time.NewTimer(0)
 	defer retry.Stop()
+	var retryFailed <-chan time.Time
 	for {
 		if err := p.syncOnce(); err != nil {
 			p.cfg.Metrics.SyncFailuresTotal.Inc()
@@ -225,10 +278,20 @@ func (p *Proxier) Run(ctx context.Context) error {
 			first = false
 			close(p.synced)
 		}
+		if len(p.failed) > 0 && retryFailed == nil {
+			retryFailed = time.After(p.cfg.FailedRetryPeriod)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-p.kick:
+		case <-retryFailed:
+			retryFailed = nil
+			p.mu.Lock()
+			for name := range p.failed {
+				p.markLocked(name, time.Time{})
+			}
+			p.mu.Unlock()
 		}
 		// Gather what else arrives within the window into one batch.
 		t := time.NewTimer(p.cfg.SyncWindow)
@@ -293,6 +356,9 @@ func (p *Proxier) syncOnce() error {
 		n += len(fes)
 	}
 	p.cfg.Metrics.ProgrammedServices.Set(float64(n))
+	p.cfg.Metrics.ServicesNotProgrammed.Set(float64(len(p.failed)))
+	// Services that did not fit are reported above and retried; they do not
+	// make the agent unhealthy, or a full map would restart it in a loop.
 	p.cfg.Health.Updated()
 	if st.Writes > 0 || full {
 		p.cfg.Logger.Debug("programmed datapath",
@@ -341,20 +407,88 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 		return datapath.ApplyStats{}, fmt.Errorf("list services: %w", err)
 	}
 	var all []datapath.Service
-	programmed := map[types.NamespacedName][]datapath.Frontend{}
+	byName := map[types.NamespacedName][]datapath.Service{}
 	for _, svc := range list {
 		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		d := Desired(svc, p.slicesOf(name), p.cfg.NodeName)
 		if len(d) > 0 {
-			programmed[name] = frontends(d)
+			byName[name] = d
 			all = append(all, d...)
 		}
 	}
 	st, err := p.cfg.Programmer.Sync(all)
-	if err != nil {
-		return st, err
+	if err == nil {
+		p.programmed = map[types.NamespacedName][]datapath.Frontend{}
+		for name, d := range byName {
+			p.programmed[name] = frontends(d)
+		}
+		clear(p.failed)
+		return st, nil
 	}
-	p.programmed = programmed
+	p.cfg.Logger.Warn("programming all services in one batch failed; programming them one by one", zap.Error(err))
+	want := map[datapath.Frontend]bool{}
+	for _, s := range all {
+		want[s.Frontend] = true
+	}
+	var deletes []datapath.Frontend
+	for _, fe := range p.cfg.Programmer.Frontends() {
+		if !want[fe] {
+			deletes = append(deletes, fe)
+		}
+	}
+	for name := range p.programmed {
+		if _, ok := byName[name]; !ok {
+			delete(p.programmed, name)
+		}
+	}
+	return p.applyEach(byName, deletes)
+}
+
+// applyEach programs each Service on its own after a batch failed, so that
+// a Service that does not fit (a full map) affects only itself: deletes
+// first (they free room), then one Apply per Service. A failed Service
+// keeps what was programmed for it before, is logged and counted, and is
+// retried after FailedRetryPeriod; the others are programmed. Each failure costs
+// the LoadBalancer a re-read of the maps.
+func (p *Proxier) applyEach(byName map[types.NamespacedName][]datapath.Service, deletes []datapath.Frontend) (datapath.ApplyStats, error) {
+	var st datapath.ApplyStats
+	add := func(s datapath.ApplyStats) {
+		st.ServicesChanged += s.ServicesChanged
+		st.ServicesDeleted += s.ServicesDeleted
+		st.Writes += s.Writes
+	}
+	s, err := p.cfg.Programmer.Apply(nil, deletes)
+	add(s)
+	if err != nil {
+		return st, fmt.Errorf("delete services: %w", err)
+	}
+	names := make([]types.NamespacedName, 0, len(byName))
+	for name := range byName {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) })
+	for _, name := range names {
+		d := byName[name]
+		s, err := p.cfg.Programmer.Apply(d, nil)
+		add(s)
+		if err != nil {
+			if _, known := p.failed[name]; !known {
+				p.cfg.Logger.Error("program service", zap.String("service", name.String()), zap.Error(err))
+			}
+			p.failed[name] = err
+			p.cfg.Metrics.ServiceProgramFailuresTotal.Inc()
+			continue
+		}
+		if _, known := p.failed[name]; known {
+			p.cfg.Logger.Info("programmed service after earlier failures", zap.String("service", name.String()))
+			delete(p.failed, name)
+		}
+		if len(d) == 0 {
+			delete(p.programmed, name)
+		} else {
+			p.programmed[name] = frontends(d)
+		}
+	}
 	return st, nil
 }
 
@@ -362,11 +496,13 @@ func (p *Proxier) syncDirty(dirty map[types.NamespacedName]time.Time) (datapath.
 	var upserts []datapath.Service
 	var deletes []datapath.Frontend
 	next := map[types.NamespacedName][]datapath.Frontend{}
+	byName := map[types.NamespacedName][]datapath.Service{}
 	for name := range dirty {
 		d, err := p.desiredFor(name)
 		if err != nil {
 			return datapath.ApplyStats{}, err
 		}
+		byName[name] = d
 		want := map[datapath.Frontend]bool{}
 		for _, s := range d {
 			want[s.Frontend] = true
@@ -381,7 +517,11 @@ func (p *Proxier) syncDirty(dirty map[types.NamespacedName]time.Time) (datapath.
 	}
 	st, err := p.cfg.Programmer.Apply(upserts, deletes)
 	if err != nil {
-		return st, err
+		p.cfg.Logger.Warn("programming changed services in one batch failed; programming them one by one", zap.Error(err), zap.Int("services", len(dirty)))
+		return p.applyEach(byName, deletes)
+	}
+	for name := range dirty {
+		delete(p.failed, name)
 	}
 	for name, fes := range next {
 		if len(fes) == 0 {

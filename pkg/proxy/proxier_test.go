@@ -2,13 +2,20 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap/zaptest"
 	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -88,7 +95,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no initial sync")
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}})
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {}})
 	if healthy, _, _ := health.Status(); !healthy {
 		t.Error("unhealthy after the initial sync")
 	}
@@ -98,7 +105,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}})
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.10/any": {}})
 
 	// A second Service appears; the first is not rewritten.
 	writes := maps.Writes
@@ -110,9 +117,9 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.CoreV1().Services("ns").Create(ctx, other, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.53:53/UDP": {}})
-	if got := maps.Writes - writes; got != 1 {
-		t.Errorf("adding an endpoint-less Service took %d map writes, want 1 (its master)", got)
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.10/any": {}, "10.96.0.53:53/UDP": {}, "10.96.0.53/any": {}})
+	if got := maps.Writes - writes; got != 2 {
+		t.Errorf("adding an endpoint-less Service took %d map writes, want 2 (its master and its address entry)", got)
 	}
 
 	// Handing the first Service to another proxy removes it here.
@@ -120,7 +127,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	if _, err := client.CoreV1().Services("ns").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maps, map[string][]string{"10.96.0.53:53/UDP": {}})
+	eventually(t, maps, map[string][]string{"10.96.0.53:53/UDP": {}, "10.96.0.53/any": {}})
 
 	// Deleting the last one leaves empty maps, backends included.
 	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
@@ -164,4 +171,176 @@ func TestHealthGoesStale(t *testing.T) {
 	if ok, _, _ := h.Status(); ok {
 		t.Fatal("healthy with a change waiting 11s")
 	}
+}
+
+func TestNodeEligible(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode}}
+	other := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}}
+	client := fake.NewClientset(node, other)
+	health := NewHealth(time.Minute)
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: datapath.NewFakeMaps()}), Health: health})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	<-p.Synced()
+
+	get := func(path string) (int, healthBody) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		var b healthBody
+		if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil {
+			t.Fatal(err)
+		}
+		return rec.Code, b
+	}
+	waitEligible := func(want bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if ok, _ := health.NodeEligible(); ok == want {
+				return
+			}
+		}
+		t.Fatalf("nodeEligible never became %v", want)
+	}
+	if code, b := get("/healthz"); code != http.StatusOK || b.NodeEligible == nil || !*b.NodeEligible {
+		t.Errorf("/healthz with an untainted node (another node tainted): %d %+v", code, b)
+	}
+
+	// cluster-autoscaler marks this node for removal.
+	node.Spec.Taints = []v1.Taint{{Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(false)
+	if code, b := get("/healthz"); code != http.StatusServiceUnavailable || b.NodeEligible == nil || *b.NodeEligible {
+		t.Errorf("/healthz on a node to be deleted: %d %+v, want 503 and nodeEligible false", code, b)
+	}
+	if code, b := get("/livez"); code != http.StatusOK || b.NodeEligible != nil {
+		t.Errorf("/livez on a node to be deleted: %d %+v, want 200 without nodeEligible (no restart for it)", code, b)
+	}
+
+	node.Spec.Taints = nil
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(true)
+	if err := client.CoreV1().Nodes().Delete(ctx, thisNode, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEligible(false)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFullMapAffectsOnlyTheServiceThatDoesNotFit: a services map with room
+// for 8 entries cannot take web (master, 2 slots, address entry), dns
+// (master, address entry) and wide (master, 4 slots, address entry)
+// together. Which ones fit depends on the order the informers deliver, but
+// those that fit are programmed whole, the one that does not is counted
+// and keeps its earlier state, and the agent stays healthy; once room is
+// made, the retry programs it.
+func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	maps := datapath.NewFakeMaps()
+	maps.MaxServices = 8
+	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps})
+	named := func(name, ip string, port int32) func(*v1.Service) {
+		return func(s *v1.Service) {
+			s.Name = name
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = ip, []string{ip}
+			s.Spec.Ports[0].Port = port
+		}
+	}
+	sliceOf := func(svc string, eps ...ep) *discoveryv1.EndpointSlice {
+		s := slice(svc+"-a", 8080, eps...)
+		s.Labels[discoveryv1.LabelServiceName] = svc
+		return s
+	}
+	client := fake.NewClientset(
+		service(), slice("web-a", 8080, ready("10.1.0.1", ""), ready("10.1.0.2", "")),
+		service(named("wide", "10.96.0.20", 80)),
+		sliceOf("wide", ready("10.1.1.1", ""), ready("10.1.1.2", ""), ready("10.1.1.3", ""), ready("10.1.1.4", "")),
+		service(named("dns", "10.96.0.53", 53)),
+	)
+	health := NewHealth(time.Minute)
+	metrics := NewMetrics(nil)
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: lb, Health: health, Metrics: metrics,
+		FailedRetryPeriod: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	<-p.Synced()
+
+	want := map[string][]string{
+		"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"},
+		"10.96.0.53:53/TCP": {},
+		"10.96.0.20:80/TCP": {"10.1.1.1:8080", "10.1.1.2:8080", "10.1.1.3:8080", "10.1.1.4:8080"},
+	}
+	whole := func(got map[string][]string) int {
+		n := 0
+		for fe, bs := range want {
+			if g, ok := got[fe]; ok && cmp.Diff(bs, g, cmpopts.EquateEmpty(), cmpopts.SortSlices(func(a, b string) bool { return a < b })) == "" {
+				n++
+			}
+		}
+		return n
+	}
+	var got map[string][]string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		got = programmedState(maps)
+		if whole(got) == 2 && gaugeValue(t, metrics.ServicesNotProgrammed) == 1 {
+			break
+		}
+	}
+	if n, g := whole(got), gaugeValue(t, metrics.ServicesNotProgrammed); n != 2 || g != 1 {
+		t.Fatalf("with a full map: %d Services programmed whole, %v counted as not programmed, want 2 and 1: %v", n, g, got)
+	}
+	if err := maps.Consistent(); err != nil {
+		t.Error(err)
+	}
+	if healthy, _, _ := health.Status(); !healthy {
+		t.Error("unhealthy because one Service does not fit")
+	}
+
+	// dns goes and wide shrinks to one endpoint: web's 4 entries and
+	// wide's 3 fit.
+	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sliceOf("wide", ready("10.1.1.1", "")), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{
+		"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {},
+		"10.96.0.20:80/TCP": {"10.1.1.1:8080"}, "10.96.0.20/any": {},
+	})
+	for deadline := time.Now().Add(5 * time.Second); gaugeValue(t, metrics.ServicesNotProgrammed) != 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := gaugeValue(t, metrics.ServicesNotProgrammed); got != 0 {
+		t.Errorf("services_not_programmed = %v once everything fits, want 0", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }

@@ -6,14 +6,18 @@
 // translate a ClusterIP frontend to one of its backends once, when the
 // application connects (TCP, connected UDP) or sends (unconnected UDP).
 // recvmsg4 and getpeername4 translate the backend back to the frontend so the
-// application only ever sees the ClusterIP as its peer.
+// application only ever sees the ClusterIP as its peer. connect6, sendmsg6,
+// recvmsg6 and getpeername6 do the same for an IPv6 socket that addresses an
+// IPv4 Service as ::ffff:a.b.c.d.
 //
 // Map layout (kept in step with pkg/datapath/types.go):
 //   dlb_svc4        (frontend, slot) -> service value. Slot 0 is the master:
 //                   backend count, service ID, affinity timeout. Slots 1..N
 //                   hold backend IDs. Writers fill backends and slots first
 //                   and the master last, so a reader never sees a master
-//                   whose slots are missing.
+//                   whose slots are missing. A key with port 0 and protocol
+//                   0 is a ClusterIP's address entry: the address is a
+//                   Service's, so a port it does not serve is refused.
 //   dlb_backends4   backend ID -> address, port, protocol.
 //   dlb_revnat4     (socket cookie, backend address, port) -> frontend; LRU.
 //   dlb_affinity4   (client netns cookie, service ID) -> backend ID, last use; LRU.
@@ -21,8 +25,11 @@
 //                   the service; an affinity entry is only honoured if its
 //                   backend still matches.
 //
-// IPv6 uses the same layout with 16-byte addresses; its maps and programs are
-// not written yet (connect6 etc.).
+// IPv6 Services would use the same layout with 16-byte addresses; they are
+// not programmed yet, so real IPv6 destinations pass untouched.
+//
+// Built with -mcpu=v3 for the compare-and-swap in pick_backend (BPF atomics,
+// Linux 5.12+; the agent needs 5.18 for bpf_set_retval anyway).
 
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -33,6 +40,12 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SVC_FLAG_AFFINITY 0x1
+// With no backends: drop (internalTrafficPolicy Local, endpoints only on
+// other nodes) rather than refuse.
+#define SVC_FLAG_DROP 0x2
+
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
 struct svc4_key {
 	__be32 addr;
@@ -143,36 +156,60 @@ static __always_inline struct svc4_val *lookup_master(__be32 addr, __be16 port, 
 	return bpf_map_lookup_elem(&dlb_svc4, &key);
 }
 
+// affinity_backend is the backend of an affinity entry while that backend
+// still serves the Service.
+static __always_inline struct backend4 *affinity_backend(__u32 id, __u32 svc_id)
+{
+	struct affmatch_key mkey = {
+		.backend_id = id,
+		.svc_id = svc_id,
+	};
+
+	if (!bpf_map_lookup_elem(&dlb_affmatch4, &mkey))
+		return NULL;
+	return bpf_map_lookup_elem(&dlb_backends4, &id);
+}
+
+// pick_backend chooses a backend for one connect or datagram. With
+// sessionAffinity ClientIP the client's entry decides while it is fresh and
+// its backend still serves; many sockets of one client run this at once on
+// several CPUs, so:
+//   - the clock is read after the entry is looked up, and an entry another
+//     CPU touched after our clock read (its time ahead of ours) counts as
+//     fresh, not as 2^64 ns old;
+//   - a first choice is inserted with BPF_NOEXIST: of two sockets racing to
+//     make the entry, the loser takes the winner's backend;
+//   - a stale entry's backend is replaced with a compare-and-swap on it, so
+//     again only one replacement wins and the others follow it.
 static __always_inline struct backend4 *pick_backend(struct bpf_sock_addr *ctx,
 						     struct svc4_key *key,
 						     const struct svc4_val *master,
 						     __u32 *backend_id)
 {
 	struct affinity4_key akey = {};
+	struct affinity4_val *aval = NULL;
 	struct backend4 *be;
 	struct svc4_val *slot;
 	__u64 now = 0;
+	__u32 seen = 0;
 	__u32 id;
 
 	if (master->flags & SVC_FLAG_AFFINITY) {
-		struct affinity4_val *aval;
+		__u64 last, timeout = (__u64)master->affinity_timeout * 1000000000ULL;
 
 		akey.client = bpf_get_netns_cookie(ctx);
 		akey.svc_id = master->svc_id;
-		now = bpf_ktime_get_ns();
 		aval = bpf_map_lookup_elem(&dlb_affinity4, &akey);
-		if (aval && now - aval->last_used_ns <=
-				    (__u64)master->affinity_timeout * 1000000000ULL) {
-			struct affmatch_key mkey = {
-				.backend_id = aval->backend_id,
-				.svc_id = master->svc_id,
-			};
-			if (bpf_map_lookup_elem(&dlb_affmatch4, &mkey)) {
-				id = aval->backend_id;
-				be = bpf_map_lookup_elem(&dlb_backends4, &id);
+		now = bpf_ktime_get_ns();
+		if (aval) {
+			last = READ_ONCE(aval->last_used_ns);
+			seen = READ_ONCE(aval->backend_id);
+			if (last >= now || now - last <= timeout) {
+				be = affinity_backend(seen, master->svc_id);
 				if (be) {
-					aval->last_used_ns = now;
-					*backend_id = id;
+					if (now > last)
+						WRITE_ONCE(aval->last_used_ns, now);
+					*backend_id = seen;
 					return be;
 				}
 			}
@@ -189,22 +226,53 @@ static __always_inline struct backend4 *pick_backend(struct bpf_sock_addr *ctx,
 		return NULL;
 
 	if (master->flags & SVC_FLAG_AFFINITY) {
-		struct affinity4_val aval = {
-			.last_used_ns = now,
-			.backend_id = id,
-		};
-		bpf_map_update_elem(&dlb_affinity4, &akey, &aval, BPF_ANY);
+		__u32 winner = id;
+
+		if (!aval) {
+			struct affinity4_val nval = {
+				.last_used_ns = now,
+				.backend_id = id,
+			};
+			if (bpf_map_update_elem(&dlb_affinity4, &akey, &nval, BPF_NOEXIST) == -EEXIST) {
+				aval = bpf_map_lookup_elem(&dlb_affinity4, &akey);
+				if (aval)
+					winner = READ_ONCE(aval->backend_id);
+			}
+		} else {
+			winner = __sync_val_compare_and_swap(&aval->backend_id, seen, id);
+			if (winner == seen) {
+				winner = id;
+				WRITE_ONCE(aval->last_used_ns, now);
+			}
+		}
+		if (winner != id) {
+			struct backend4 *wbe = affinity_backend(winner, master->svc_id);
+
+			if (wbe) {
+				id = winner;
+				be = wbe;
+			}
+		}
 	}
 	*backend_id = id;
 	return be;
 }
 
-// translate rewrites a ClusterIP destination to a backend. It returns 1 to
-// let the call go on (translated or not a Service) and 0 to refuse it.
-static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto)
+// lb4_translate picks a backend for the IPv4 destination *addr and the
+// context's port. It returns 1 to let the call go on (with *addr and the
+// port rewritten when addr:port is a Service) and 0 to refuse it (the
+// errno set with bpf_set_retval):
+//   - ECONNREFUSED for a Service without endpoints, and for a port the
+//     ClusterIP does not serve (kube-proxy's reject);
+//   - ETIMEDOUT for internalTrafficPolicy Local with endpoints only on other
+//     nodes: kube-proxy drops that traffic, so the client ends in a
+//     timeout; a socket hook cannot hold the call, so it fails at once
+//     with the timeout the drop would end in.
+// The IPv4 hooks and the IPv6 hooks (for ::ffff:a.b.c.d) share it.
+static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr, __u8 proto)
 {
 	struct svc4_key key = {
-		.addr = ctx->user_ip4,
+		.addr = *addr,
 		.port = (__be16)ctx->user_port,
 		.proto = proto,
 	};
@@ -215,12 +283,20 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto)
 	__u32 backend_id = 0;
 
 	master = bpf_map_lookup_elem(&dlb_svc4, &key);
-	if (!master)
+	if (!master) {
+		// Not a frontend. The address entry (port 0, protocol 0) says
+		// the address is a ClusterIP, and this port is not one of its.
+		struct svc4_key akey = {
+			.addr = *addr,
+		};
+		if (bpf_map_lookup_elem(&dlb_svc4, &akey)) {
+			bpf_set_retval(-ECONNREFUSED);
+			return 0;
+		}
 		return 1;
+	}
 	if (master->count == 0) {
-		// A Service without endpoints: refuse at once, as kube-proxy's
-		// REJECT rule does, instead of letting the caller time out.
-		bpf_set_retval(-ECONNREFUSED);
+		bpf_set_retval(master->flags & SVC_FLAG_DROP ? -ETIMEDOUT : -ECONNREFUSED);
 		return 0;
 	}
 	be = pick_backend(ctx, &key, master, &backend_id);
@@ -232,21 +308,23 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto)
 	rkey.cookie = bpf_get_socket_cookie(ctx);
 	rkey.addr = be->addr;
 	rkey.port = be->port;
-	rval.addr = ctx->user_ip4;
+	rval.addr = *addr;
 	rval.port = (__be16)ctx->user_port;
 	rval.svc_id = master->svc_id;
 	bpf_map_update_elem(&dlb_revnat4, &rkey, &rval, BPF_ANY);
 
-	ctx->user_ip4 = be->addr;
+	*addr = be->addr;
 	ctx->user_port = be->port;
 	return 1;
 }
 
-static __always_inline void reverse(struct bpf_sock_addr *ctx, __u8 proto)
+// lb4_reverse turns a backend (*addr and the context's port) back into the
+// frontend the socket was translated from.
+static __always_inline void lb4_reverse(struct bpf_sock_addr *ctx, __be32 *addr, __u8 proto)
 {
 	struct revnat4_key rkey = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
+		.addr = *addr,
 		.port = (__be16)ctx->user_port,
 	};
 	struct revnat4_val *rval;
@@ -261,7 +339,7 @@ static __always_inline void reverse(struct bpf_sock_addr *ctx, __u8 proto)
 		bpf_map_delete_elem(&dlb_revnat4, &rkey);
 		return;
 	}
-	ctx->user_ip4 = rval->addr;
+	*addr = rval->addr;
 	ctx->user_port = rval->port;
 }
 
@@ -278,25 +356,38 @@ SEC("cgroup/connect4")
 int dlb_connect4(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = sock_proto(ctx);
+	__be32 addr = ctx->user_ip4;
+	int ret;
 
 	if (!proto)
 		return 1;
-	return translate(ctx, proto);
+	ret = lb4_translate(ctx, &addr, proto);
+	ctx->user_ip4 = addr;
+	return ret;
 }
 
 SEC("cgroup/sendmsg4")
 int dlb_sendmsg4(struct bpf_sock_addr *ctx)
 {
+	__be32 addr = ctx->user_ip4;
+	int ret;
+
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
-	return translate(ctx, IPPROTO_UDP);
+	ret = lb4_translate(ctx, &addr, IPPROTO_UDP);
+	ctx->user_ip4 = addr;
+	return ret;
 }
 
 SEC("cgroup/recvmsg4")
 int dlb_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->protocol == IPPROTO_UDP)
-		reverse(ctx, IPPROTO_UDP);
+	__be32 addr = ctx->user_ip4;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	lb4_reverse(ctx, &addr, IPPROTO_UDP);
+	ctx->user_ip4 = addr;
 	return 1;
 }
 
@@ -304,8 +395,81 @@ SEC("cgroup/getpeername4")
 int dlb_getpeername4(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = sock_proto(ctx);
+	__be32 addr = ctx->user_ip4;
 
-	if (proto)
-		reverse(ctx, proto);
+	if (!proto)
+		return 1;
+	lb4_reverse(ctx, &addr, proto);
+	ctx->user_ip4 = addr;
+	return 1;
+}
+
+// The IPv6 hooks: an AF_INET6 socket (the JVM's default, and other
+// dual-stack runtimes') reaches an IPv4 Service at ::ffff:a.b.c.d and runs
+// these hooks, not the IPv4 ones. They translate the mapped address exactly
+// as the IPv4 hooks translate a plain one, and keep it mapped. Real IPv6
+// destinations pass untouched: no IPv6 Services are programmed.
+
+static __always_inline int v4mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+SEC("cgroup/connect6")
+int dlb_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 proto = sock_proto(ctx);
+	__be32 addr;
+	int ret;
+
+	if (!proto || !v4mapped(ctx))
+		return 1;
+	addr = ctx->user_ip6[3];
+	ret = lb4_translate(ctx, &addr, proto);
+	ctx->user_ip6[3] = addr;
+	return ret;
+}
+
+// A datagram to a mapped address normally leaves through the IPv4 path
+// (sendmsg4 runs); sendmsg6 covers a kernel that hands it here.
+SEC("cgroup/sendmsg6")
+int dlb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__be32 addr;
+	int ret;
+
+	if (ctx->protocol != IPPROTO_UDP || !v4mapped(ctx))
+		return 1;
+	addr = ctx->user_ip6[3];
+	ret = lb4_translate(ctx, &addr, IPPROTO_UDP);
+	ctx->user_ip6[3] = addr;
+	return ret;
+}
+
+SEC("cgroup/recvmsg6")
+int dlb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	__be32 addr;
+
+	if (ctx->protocol != IPPROTO_UDP || !v4mapped(ctx))
+		return 1;
+	addr = ctx->user_ip6[3];
+	lb4_reverse(ctx, &addr, IPPROTO_UDP);
+	ctx->user_ip6[3] = addr;
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int dlb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u8 proto = sock_proto(ctx);
+	__be32 addr;
+
+	if (!proto || !v4mapped(ctx))
+		return 1;
+	addr = ctx->user_ip6[3];
+	lb4_reverse(ctx, &addr, proto);
+	ctx->user_ip6[3] = addr;
 	return 1;
 }
