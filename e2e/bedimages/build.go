@@ -121,6 +121,13 @@ func inputs(ctx context.Context, cfg Config) (Inputs, error) {
 			return in, err
 		}
 	}
+	// upstream's agnhost image has porter's test certificate at /localhost.crt
+	// (netexec --tls-cert-file in the HTTPS hook tests); the pinned module has
+	// it next to the manifest. A stand-in manifest (tests) has none.
+	porter := filepath.Join(strings.TrimSuffix(manifest, ManifestPath), "test", "images", "agnhost", "porter")
+	if _, err := os.Stat(filepath.Join(porter, "localhost.crt")); err == nil {
+		in.PorterDir = porter
+	}
 	refs, err := E2ERefs(manifest)
 	if err != nil {
 		return in, err

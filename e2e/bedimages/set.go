@@ -7,6 +7,7 @@ package bedimages
 import (
 	"io/fs"
 	"path/filepath"
+	"slices"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -49,6 +50,9 @@ type Inputs struct {
 	// AgnhostTools are the agnhost image's host programs and their
 	// libraries (HostTool).
 	AgnhostTools []images.Entry
+	// PorterDir holds agnhost porter's localhost.crt and localhost.key,
+	// which upstream's image has at /; empty leaves them out.
+	PorterDir string
 }
 
 // Named is an image and the base name of its archive, <Name>.oci.tar.
@@ -85,6 +89,17 @@ func Images(in Inputs) []Named {
 		groups: "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n",
 	}
 
+	agnhostExtra := slices.Clone(in.AgnhostTools)
+	if in.PorterDir != "" {
+		agnhostExtra = append(agnhostExtra,
+			images.File("/localhost.crt", filepath.Join(in.PorterDir, "localhost.crt"), 0o644),
+			images.File("/localhost.key", filepath.Join(in.PorterDir, "localhost.key"), 0o644))
+	}
+	if in.CoreDNS {
+		// Upstream's image has CoreDNS at /coredns for some DNS tests.
+		agnhostExtra = append(agnhostExtra, images.File("/coredns", bin("coredns"), 0o755))
+	}
+
 	busybox := config()
 	busybox.Entrypoint = nil
 	busybox.Cmd = []string{"sh"}
@@ -112,7 +127,7 @@ func Images(in Inputs) []Named {
 				// Upstream's entrypoint tests override the entrypoint with agnhost-2.
 				images.Symlink("/agnhost-2", "agnhost"),
 				images.Dir("/uploads", 0o755), // netexec's upload directory
-				tmp), in.AgnhostTools...)}},
+				tmp), agnhostExtra...)}},
 		{"busybox", images.Image{Ref: in.BusyBox, Config: busybox,
 			Entries: append(in.shell(passwd{}, nil), tmp)}},
 		{"pause", images.Image{Ref: in.Pause, Config: pause,
