@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -75,10 +76,10 @@ func Run(ctx context.Context, rc RunConfig, s Suite) ([]Result, error) {
 	runErr := cmd.Run()
 	results, err := ReadJUnit(junit, focus)
 	if err != nil {
-		return nil, fmt.Errorf("suite %s: ginkgo: %v; %w (log: %s)", s.Name, runErr, err, log.Name())
+		return nil, fmt.Errorf("suite %s: %w (log: %s)", s.Name, errors.Join(err, runErr), log.Name())
 	}
 	if len(results) == 0 {
-		return nil, fmt.Errorf("suite %s: no test matched %q (ginkgo: %v; log: %s)", s.Name, s.Focus, runErr, log.Name())
+		return nil, fmt.Errorf("suite %s: no test matched %q (log: %s): %w", s.Name, s.Focus, log.Name(), errors.Join(errors.New("empty report"), runErr))
 	}
 	return results, nil
 }
