@@ -81,6 +81,7 @@ func TestCompare(t *testing.T) {
 		{"a skip is not a pass", []Result{{Name: basic, State: Passed}, {Name: nodePort, State: Failed}, {Name: affinity, State: Skipped}}, []string{"REGRESSION, skipped"}},
 		{"a fix to record", []Result{{Name: basic, State: Passed}, {Name: nodePort, State: Passed}, {Name: affinity, State: Passed}}, []string{"now passes, recorded as failing (needs NodePort)"}},
 		{"missing and extra", []Result{{Name: basic, State: Passed}, {Name: nodePort, State: Failed}, {Name: "x", State: Passed}}, []string{"did not run: " + affinity, "not in the record (passed): x"}},
+		{"an unrecorded skip is fine", []Result{{Name: basic, State: Passed}, {Name: nodePort, State: Failed}, {Name: affinity, State: Passed}, {Name: "y", State: Skipped}}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
