@@ -156,6 +156,7 @@ func Load(cfg Config) (*Datapath, error) {
 		affmatch: d.objs.DlbAffmatch4,
 		revnat:   d.objs.DlbRevnat4,
 		affinity: d.objs.DlbAffinity4,
+		nodeaddr: d.objs.DlbNodeaddr4,
 	}
 	return d, nil
 }

@@ -53,7 +53,8 @@ type sockLBRevnat4Val struct {
 	_     structs.HostLayout
 	Addr  uint32
 	Port  uint16
-	Pad   uint16
+	Scope uint8
+	Pad   uint8
 	SvcId uint32
 }
 
@@ -84,6 +85,7 @@ const (
 	sockLBMapDlbAffinity4     = "dlb_affinity4"
 	sockLBMapDlbAffmatch4     = "dlb_affmatch4"
 	sockLBMapDlbBackends4     = "dlb_backends4"
+	sockLBMapDlbNodeaddr4     = "dlb_nodeaddr4"
 	sockLBMapDlbRevnat4       = "dlb_revnat4"
 	sockLBMapDlbSvc4          = "dlb_svc4"
 	sockLBProgDlbConnect4     = "dlb_connect4"
@@ -155,6 +157,7 @@ type sockLBMapSpecs struct {
 	DlbAffinity4 *ebpf.MapSpec `ebpf:"dlb_affinity4"`
 	DlbAffmatch4 *ebpf.MapSpec `ebpf:"dlb_affmatch4"`
 	DlbBackends4 *ebpf.MapSpec `ebpf:"dlb_backends4"`
+	DlbNodeaddr4 *ebpf.MapSpec `ebpf:"dlb_nodeaddr4"`
 	DlbRevnat4   *ebpf.MapSpec `ebpf:"dlb_revnat4"`
 	DlbSvc4      *ebpf.MapSpec `ebpf:"dlb_svc4"`
 }
@@ -188,6 +191,7 @@ type sockLBMaps struct {
 	DlbAffinity4 *ebpf.Map `ebpf:"dlb_affinity4"`
 	DlbAffmatch4 *ebpf.Map `ebpf:"dlb_affmatch4"`
 	DlbBackends4 *ebpf.Map `ebpf:"dlb_backends4"`
+	DlbNodeaddr4 *ebpf.Map `ebpf:"dlb_nodeaddr4"`
 	DlbRevnat4   *ebpf.Map `ebpf:"dlb_revnat4"`
 	DlbSvc4      *ebpf.Map `ebpf:"dlb_svc4"`
 }
@@ -197,6 +201,7 @@ func (m *sockLBMaps) Close() error {
 		m.DlbAffinity4,
 		m.DlbAffmatch4,
 		m.DlbBackends4,
+		m.DlbNodeaddr4,
 		m.DlbRevnat4,
 		m.DlbSvc4,
 	)

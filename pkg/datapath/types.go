@@ -29,14 +29,41 @@ func (p Protocol) String() string {
 	return fmt.Sprintf("proto-%d", uint8(p))
 }
 
-// Frontend is what a client connects to: a ClusterIP, a port and a protocol.
+// Frontend is what a client connects to: a ClusterIP (or externalIP, or
+// load-balancer IP), a port and a protocol; or, with ScopeNodePort, a
+// NodePort on every node address.
 type Frontend struct {
 	Addr  netip.Addr
 	Port  uint16
 	Proto Protocol
+	Scope Scope
 }
 
+// Scope says which destinations a frontend stands for.
+type Scope uint8
+
+const (
+	// ScopeAddress is a frontend at its own address: a ClusterIP, an
+	// externalIP or a load-balancer IP.
+	ScopeAddress Scope = 0
+	// ScopeNodePort is a NodePort: address 0.0.0.0 in the frontend, and
+	// every node address (SetNodeAddresses) at its port.
+	ScopeNodePort Scope = 1
+)
+
+// NodePortFrontend is the frontend of a NodePort: the port on every node
+// address.
+func NodePortFrontend(port uint16, proto Protocol) Frontend {
+	return Frontend{Addr: netip.IPv4Unspecified(), Port: port, Proto: proto, Scope: ScopeNodePort}
+}
+
+// IsNodePort reports whether f is a NodePort frontend (NodePortFrontend).
+func (f Frontend) IsNodePort() bool { return f.Scope == ScopeNodePort }
+
 func (f Frontend) String() string {
+	if f.IsNodePort() {
+		return fmt.Sprintf("nodeport:%d/%s", f.Port, f.Proto)
+	}
 	if f.IsAddress() {
 		return fmt.Sprintf("%s/any", f.Addr)
 	}
@@ -51,7 +78,18 @@ func (f Frontend) String() string {
 func AddressFrontend(a netip.Addr) Frontend { return Frontend{Addr: a} }
 
 // IsAddress reports whether f is an address entry (AddressFrontend).
-func (f Frontend) IsAddress() bool { return f.Port == 0 && f.Proto == 0 }
+func (f Frontend) IsAddress() bool { return f.Port == 0 && f.Proto == 0 && f.Scope == ScopeAddress }
+
+// NodeAddressFlags say what a node address (SetNodeAddresses) is.
+type NodeAddressFlags uint8
+
+const (
+	// NodeAddressLocal is an address of this node.
+	NodeAddressLocal NodeAddressFlags = 1 << 0
+	// NodeAddressRemote is another node's address. This node's sockets
+	// reach its NodePorts through the socket hooks too.
+	NodeAddressRemote NodeAddressFlags = 1 << 1
+)
 
 // Backend is one endpoint as the backends map stores it.
 type Backend struct {

@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
-// directlb socket-level load balancer for ClusterIP Services.
+// directlb socket-level load balancer for Services: ClusterIPs, externalIPs,
+// load-balancer IPs and NodePorts on node addresses.
 //
 // The programs run on cgroup v2 sock_addr hooks. connect4 and sendmsg4
-// translate a ClusterIP frontend to one of its backends once, when the
+// translate a frontend to one of its backends once, when the
 // application connects (TCP, connected UDP) or sends (unconnected UDP).
-// recvmsg4 and getpeername4 translate the backend back to the frontend so the
-// application only ever sees the ClusterIP as its peer. connect6, sendmsg6,
-// recvmsg6 and getpeername6 do the same for an IPv6 socket that addresses an
-// IPv4 Service as ::ffff:a.b.c.d.
+// recvmsg4 and getpeername4 translate the backend back to the frontend so
+// the application only ever sees the address it dialled as its peer.
+// connect6, sendmsg6, recvmsg6 and getpeername6 do the same for an IPv6
+// socket that addresses an IPv4 Service as ::ffff:a.b.c.d.
 //
 // Map layout (kept in step with pkg/datapath/types.go):
 //   dlb_svc4        (frontend, slot) -> service value. Slot 0 is the master:
@@ -17,7 +18,13 @@
 //                   and the master last, so a reader never sees a master
 //                   whose slots are missing. A key with port 0 and protocol
 //                   0 is a ClusterIP's address entry: the address is a
-//                   Service's, so a port it does not serve is refused.
+//                   Service's, so a port it does not serve is refused. A
+//                   key with scope SCOPE_NODEPORT and address 0 is a
+//                   NodePort: it serves that port on every address in
+//                   dlb_nodeaddr4.
+//   dlb_nodeaddr4   node address -> NODEADDR_* flags: the addresses whose
+//                   NodePorts this node's sockets reach (this node's and
+//                   the other nodes', as nodePortAddresses selects them).
 //   dlb_backends4   backend ID -> address, port, protocol.
 //   dlb_revnat4     (socket cookie, backend address, port) -> frontend; LRU.
 //   dlb_affinity4   (client netns cookie, service ID) -> backend ID, last use; LRU.
@@ -43,6 +50,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // With no backends: drop (internalTrafficPolicy Local, endpoints only on
 // other nodes) rather than refuse.
 #define SVC_FLAG_DROP 0x2
+
+// svc4_key.scope: SCOPE_NODEPORT keys have address 0 and stand for every
+// node address.
+#define SCOPE_NODEPORT 0x1
+
+// dlb_nodeaddr4 values.
+#define NODEADDR_LOCAL 0x1  // an address of this node
+#define NODEADDR_REMOTE 0x2 // another node's address
 
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
@@ -82,7 +97,8 @@ struct revnat4_key {
 struct revnat4_val {
 	__be32 addr;
 	__be16 port;
-	__u16 pad;
+	__u8 scope; // the frontend's key scope: SCOPE_NODEPORT looks up address 0
+	__u8 pad;
 	__u32 svc_id;
 };
 
@@ -122,6 +138,15 @@ struct {
 } dlb_backends4 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dlb_nodeaddr4 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct revnat4_key);
 	__type(value, struct revnat4_val);
@@ -146,12 +171,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dlb_affmatch4 SEC(".maps");
 
-static __always_inline struct svc4_val *lookup_master(__be32 addr, __be16 port, __u8 proto)
+static __always_inline struct svc4_val *lookup_master(__be32 addr, __be16 port, __u8 proto, __u8 scope)
 {
 	struct svc4_key key = {
-		.addr = addr,
+		.addr = scope & SCOPE_NODEPORT ? 0 : addr,
 		.port = port,
 		.proto = proto,
+		.scope = scope,
 	};
 	return bpf_map_lookup_elem(&dlb_svc4, &key);
 }
@@ -259,9 +285,11 @@ static __always_inline struct backend4 *pick_backend(struct bpf_sock_addr *ctx,
 }
 
 // lb4_translate picks a backend for the IPv4 destination *addr and the
-// context's port. It returns 1 to let the call go on (with *addr and the
-// port rewritten when addr:port is a Service) and 0 to refuse it (the
-// errno set with bpf_set_retval):
+// context's port: a ClusterIP, externalIP or load-balancer IP frontend
+// (addr, port), else, when addr is a node address, the NodePort frontend
+// (0, port, SCOPE_NODEPORT). It returns 1 to let the call go on (with
+// *addr and the port rewritten when it is a Service) and 0 to refuse it
+// (the errno set with bpf_set_retval):
 //   - ECONNREFUSED for a Service without endpoints, and for a port the
 //     ClusterIP does not serve (kube-proxy's reject);
 //   - ETIMEDOUT for internalTrafficPolicy Local with endpoints only on other
@@ -293,7 +321,15 @@ static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr
 			bpf_set_retval(-ECONNREFUSED);
 			return 0;
 		}
-		return 1;
+		// A node address: its NodePorts. Any other port is the node's
+		// own (sshd, the kubelet) and passes untouched.
+		if (!bpf_map_lookup_elem(&dlb_nodeaddr4, addr))
+			return 1;
+		key.addr = 0;
+		key.scope = SCOPE_NODEPORT;
+		master = bpf_map_lookup_elem(&dlb_svc4, &key);
+		if (!master)
+			return 1;
 	}
 	if (master->count == 0) {
 		bpf_set_retval(master->flags & SVC_FLAG_DROP ? -ETIMEDOUT : -ECONNREFUSED);
@@ -310,6 +346,7 @@ static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr
 	rkey.port = be->port;
 	rval.addr = *addr;
 	rval.port = (__be16)ctx->user_port;
+	rval.scope = key.scope;
 	rval.svc_id = master->svc_id;
 	bpf_map_update_elem(&dlb_revnat4, &rkey, &rval, BPF_ANY);
 
@@ -334,7 +371,7 @@ static __always_inline void lb4_reverse(struct bpf_sock_addr *ctx, __be32 *addr,
 	if (!rval)
 		return;
 	// Only while the Service still exists with the same ID.
-	master = lookup_master(rval->addr, rval->port, proto);
+	master = lookup_master(rval->addr, rval->port, proto, rval->scope);
 	if (!master || master->svc_id != rval->svc_id) {
 		bpf_map_delete_elem(&dlb_revnat4, &rkey);
 		return;
