@@ -126,11 +126,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := dp.Attach(); err != nil {
 		return err
 	}
+	if len(cfg.NodePortDevices) > 0 {
+		if err := datapath.CheckNorthSouthKernel(); err != nil {
+			return fmt.Errorf("kernel check for --nodeport-devices: %w", err)
+		}
+	}
+	// With no devices this detaches what an earlier run attached.
+	if err := dp.AttachDevices(cfg.NodePortDevices); err != nil {
+		return fmt.Errorf("--nodeport-devices: %w", err)
+	}
 	log.Info("datapath attached",
 		zap.String("node", node),
 		zap.String("cgroup", cfg.CgroupRoot),
 		zap.String("bpfRoot", cfg.BPFRoot),
 		zap.String("clusterCIDR", cfg.ClusterCIDR),
+		zap.Strings("nodePortDevices", cfg.NodePortDevices),
 		zap.Int("restoredServices", st.Services),
 		zap.Int("restoredBackends", st.Backends),
 		zap.Int("removedStale", st.Removed))
@@ -150,6 +160,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		SyncWindow:        cfg.SyncWindow,
 		NodePortAddresses: npa,
 		LocalAddresses:    localAddresses,
+		NorthSouth:        len(cfg.NodePortDevices) > 0,
 		Metrics:           metrics,
 		Health:            health,
 		Logger:            log.Named("proxy"),

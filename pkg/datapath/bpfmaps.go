@@ -16,6 +16,7 @@ type BPFMaps struct {
 	svc, backends, affmatch *ebpf.Map
 	revnat, affinity        *ebpf.Map
 	nodeaddr                *ebpf.Map
+	nat, devices            *ebpf.Map
 }
 
 // The maps hold addresses and ports in network byte order; the generated
@@ -252,6 +253,43 @@ func (m *BPFMaps) DumpNodeAddresses(fn func(netip.Addr, NodeAddressFlags)) error
 		return fmt.Errorf("iterate node address map: %w", err)
 	}
 	return nil
+}
+
+// setDevices makes dlb_devices exactly these interface indexes.
+func (m *BPFMaps) setDevices(want map[uint32]bool) error {
+	var k uint32
+	var v uint8
+	var stale []uint32
+	it := m.devices.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate devices map: %w", err)
+	}
+	for idx := range want {
+		if err := m.devices.Put(idx, uint8(1)); err != nil {
+			return fmt.Errorf("update devices map: %w", err)
+		}
+	}
+	if err := deleteBatch(m.devices, stale); err != nil {
+		return fmt.Errorf("delete from devices map: %w", err)
+	}
+	return nil
+}
+
+// NATEntries counts the north-south NAT entries (both directions).
+func (m *BPFMaps) NATEntries() (int, error) {
+	var k sockLBNat4Key
+	var v sockLBNat4Val
+	n := 0
+	it := m.nat.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
 }
 
 // RevNATEntries counts the socket reverse-NAT entries (for tests and

@@ -468,12 +468,19 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 	switch fe.Scope {
 	case ScopeAddress:
-	case ScopeNodePort:
+	case ScopeExternal:
+		if fe.Port == 0 || fe.Proto == 0 {
+			return false, fmt.Errorf("program service %s: an external frontend has a port and a protocol", fe)
+		}
+	case ScopeNodePort, ScopeNodePort | ScopeExternal:
 		if fe.Addr != netip.IPv4Unspecified() || fe.Port == 0 || fe.Proto == 0 {
 			return false, fmt.Errorf("program service %s: a NodePort frontend has address 0.0.0.0, a port and a protocol", fe)
 		}
 	default:
 		return false, fmt.Errorf("program service %s: unknown scope %d", fe, fe.Scope)
+	}
+	if s.SNAT && fe.Scope&ScopeExternal == 0 {
+		return false, fmt.Errorf("program service %s: SNAT is for external frontends", fe)
 	}
 	if (fe.Port == 0) != (fe.Proto == 0) || (fe.IsAddress() && (len(s.Backends) > 0 || s.AffinityTimeout > 0 || s.Drop)) {
 		return false, fmt.Errorf("program service %s: port 0 and protocol 0 go together, for an address entry without backends", fe)
@@ -488,6 +495,9 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 	if s.Drop && len(s.Backends) == 0 {
 		flags |= FlagDrop
+	}
+	if s.SNAT {
+		flags |= FlagSNAT
 	}
 	want, seen, err := wantedBackends(s)
 	if err != nil {

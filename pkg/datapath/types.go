@@ -49,6 +49,12 @@ const (
 	// ScopeNodePort is a NodePort: address 0.0.0.0 in the frontend, and
 	// every node address (SetNodeAddresses) at its port.
 	ScopeNodePort Scope = 1
+	// ScopeExternal marks a frontend for traffic from outside the node
+	// (the tc programs on --nodeport-devices), with the backends
+	// externalTrafficPolicy selects: ScopeExternal alone at an externalIP
+	// or load-balancer IP, ScopeExternal|ScopeNodePort for a NodePort on
+	// this node's addresses.
+	ScopeExternal Scope = 2
 )
 
 // NodePortFrontend is the frontend of a NodePort: the port on every node
@@ -58,11 +64,24 @@ func NodePortFrontend(port uint16, proto Protocol) Frontend {
 }
 
 // IsNodePort reports whether f is a NodePort frontend (NodePortFrontend).
-func (f Frontend) IsNodePort() bool { return f.Scope == ScopeNodePort }
+func (f Frontend) IsNodePort() bool { return f.Scope&ScopeNodePort != 0 }
+
+// External returns f for traffic from outside the node (ScopeExternal).
+func (f Frontend) External() Frontend {
+	f.Scope |= ScopeExternal
+	return f
+}
 
 func (f Frontend) String() string {
+	ext := ""
+	if f.Scope&ScopeExternal != 0 {
+		ext = "external:"
+	}
 	if f.IsNodePort() {
-		return fmt.Sprintf("nodeport:%d/%s", f.Port, f.Proto)
+		return fmt.Sprintf("%snodeport:%d/%s", ext, f.Port, f.Proto)
+	}
+	if ext != "" {
+		return fmt.Sprintf("%s%s/%s", ext, netip.AddrPortFrom(f.Addr, f.Port), f.Proto)
 	}
 	if f.IsAddress() {
 		return fmt.Sprintf("%s/any", f.Addr)
@@ -118,6 +137,11 @@ type Service struct {
 	// traffic for internalTrafficPolicy Local when the Service has
 	// endpoints, but none on this node.
 	Drop bool
+	// SNAT, for an external frontend (ScopeExternal), rewrites the
+	// client's address to this node's when the backend is on another node
+	// (externalTrafficPolicy Cluster); without it the client's address is
+	// kept (Local, whose backends are all on this node).
+	SNAT bool
 }
 
 // BackendID names a backend in the backends map; 0 is never used.
@@ -142,6 +166,9 @@ const (
 	// FlagDrop marks a Service without backends whose traffic is dropped
 	// rather than refused (Service.Drop).
 	FlagDrop uint8 = 1 << 1
+	// FlagSNAT marks an external frontend whose traffic to another node's
+	// backend is SNATed to this node (Service.SNAT).
+	FlagSNAT uint8 = 1 << 2
 )
 
 // ServiceValue is a value of the services map. In the master slot, Count is

@@ -154,6 +154,64 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 	return out
 }
 
+// DesiredNorthSouth returns the datapath Services for traffic that comes
+// from outside the node to its NodePorts, externalIPs and load-balancer IPs
+// (the tc programs; external-scope frontends). externalTrafficPolicy
+// decides, as kube-proxy applies it to external traffic:
+//   - Cluster: every usable endpoint, and the client is SNATed to the node
+//     when the endpoint is on another node (so that the reply comes back);
+//   - Local: this node's usable endpoints (with the terminating fallback
+//     among them) and the client's address kept; none here while there are
+//     some elsewhere drops the traffic, so a load balancer's health check
+//     (healthCheckNodePort) takes the node out.
+//
+// With no usable endpoint anywhere the frontend has none, and the node's
+// stack refuses the connection as it refuses a closed port.
+func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
+	if !Handled(svc) {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, s := range clusterIPs(svc) {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			ips = append(ips, a)
+		}
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	var timeout time.Duration
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		timeout = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	var out []datapath.Service
+	for _, port := range svc.Spec.Ports {
+		proto, ok := toProtocol(port.Protocol)
+		if !ok {
+			continue
+		}
+		fes := externalFrontends(svc, port, proto, ips)
+		if len(fes) == 0 {
+			continue
+		}
+		backends, drop := chooseEndpoints(endpointsFor(eps, port, nodeName), local)
+		for _, fe := range fes {
+			out = append(out, datapath.Service{
+				Frontend:        fe.External(),
+				Backends:        backends,
+				AffinityTimeout: timeout,
+				Drop:            drop,
+				SNAT:            !local,
+			})
+		}
+	}
+	return out
+}
+
 // externalFrontends are the frontends of one Service port that are not
 // ClusterIPs: its NodePort, its externalIPs and its load-balancer ingress
 // IPs (IPv4 only, as the ClusterIPs). An address that is also one of the

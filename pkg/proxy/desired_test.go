@@ -430,3 +430,65 @@ func TestDesiredExternal(t *testing.T) {
 		})
 	}
 }
+
+// TestDesiredNorthSouth: traffic from outside the node follows
+// externalTrafficPolicy: Cluster uses every endpoint and SNATs, Local this
+// node's only, keeps the client, and drops with endpoints elsewhere only.
+func TestDesiredNorthSouth(t *testing.T) {
+	np := func(mut ...func(*v1.Service)) *v1.Service {
+		return service(append([]func(*v1.Service){func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.Ports[0].NodePort = 30080
+			s.Spec.ExternalIPs = []string{"192.0.2.7"}
+		}}, mut...)...)
+	}
+	localPolicy := func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }
+	nodePort := datapath.NodePortFrontend(30080, datapath.TCP).External()
+	extIP := datapath.Frontend{Addr: netip.MustParseAddr("192.0.2.7"), Port: 80, Proto: datapath.TCP}.External()
+	twoNodes := []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))}
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   []datapath.Service
+	}{
+		{
+			name: "Cluster: all endpoints, SNAT", svc: np(), slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.1:8080", "10.1.0.2:8080"), SNAT: true},
+				{Frontend: extIP, Backends: backends("10.1.0.1:8080", "10.1.0.2:8080"), SNAT: true},
+			},
+		},
+		{
+			name: "Local: this node's endpoints, client kept", svc: np(localPolicy), slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.2:8080")},
+				{Frontend: extIP, Backends: backends("10.1.0.2:8080")},
+			},
+		},
+		{
+			name: "Local with endpoints elsewhere only: dropped", svc: np(localPolicy),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want:   []datapath.Service{{Frontend: nodePort, Drop: true}, {Frontend: extIP, Drop: true}},
+		},
+		{
+			name: "Local: the terminating fallback among local endpoints", svc: np(localPolicy),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.2:8080")},
+				{Frontend: extIP, Backends: backends("10.1.0.2:8080")},
+			},
+		},
+		{
+			name: "ClusterIP Service without externalIPs: nothing", svc: service(), slices: twoNodes,
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := DesiredNorthSouth(c.svc, c.slices, thisNode)
+			if diff := cmp.Diff(c.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}

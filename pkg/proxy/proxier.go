@@ -61,9 +61,12 @@ type Config struct {
 	// LocalAddressResync re-reads LocalAddresses this often while CIDRs
 	// are configured. Default 30 s.
 	LocalAddressResync time.Duration
-	Metrics            *Metrics
-	Health             *Health
-	Logger             *zap.Logger
+	// NorthSouth also programs the frontends for traffic from outside the
+	// node (DesiredNorthSouth), for the tc programs on --nodeport-devices.
+	NorthSouth bool
+	Metrics    *Metrics
+	Health     *Health
+	Logger     *zap.Logger
 }
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
@@ -515,7 +518,15 @@ func (p *Proxier) desiredFor(name types.NamespacedName) ([]datapath.Service, err
 	if err != nil {
 		return nil, fmt.Errorf("get service %s: %w", name, err)
 	}
-	return Desired(svc, p.slicesOf(name), p.cfg.NodeName), nil
+	return p.desired(svc, p.slicesOf(name)), nil
+}
+
+func (p *Proxier) desired(svc *v1.Service, eps []*discoveryv1.EndpointSlice) []datapath.Service {
+	d := Desired(svc, eps, p.cfg.NodeName)
+	if p.cfg.NorthSouth {
+		d = append(d, DesiredNorthSouth(svc, eps, p.cfg.NodeName)...)
+	}
+	return d
 }
 
 func frontends(svcs []datapath.Service) []datapath.Frontend {
@@ -535,7 +546,7 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 	byName := map[types.NamespacedName][]datapath.Service{}
 	for _, svc := range list {
 		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		d := Desired(svc, p.slicesOf(name), p.cfg.NodeName)
+		d := p.desired(svc, p.slicesOf(name))
 		if len(d) > 0 {
 			byName[name] = d
 			all = append(all, d...)
