@@ -126,11 +126,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := dp.Attach(); err != nil {
 		return err
 	}
+	if len(cfg.NodePortDevices) > 0 {
+		if err := datapath.CheckNorthSouthKernel(); err != nil {
+			return fmt.Errorf("kernel check for --nodeport-devices: %w", err)
+		}
+	}
+	// With no devices this detaches what an earlier run attached.
+	if err := dp.AttachDevices(cfg.NodePortDevices); err != nil {
+		return fmt.Errorf("--nodeport-devices: %w", err)
+	}
 	log.Info("datapath attached",
 		zap.String("node", node),
 		zap.String("cgroup", cfg.CgroupRoot),
 		zap.String("bpfRoot", cfg.BPFRoot),
 		zap.String("clusterCIDR", cfg.ClusterCIDR),
+		zap.Strings("nodePortDevices", cfg.NodePortDevices),
 		zap.Int("restoredServices", st.Services),
 		zap.Int("restoredBackends", st.Backends),
 		zap.Int("removedStale", st.Removed))
@@ -139,14 +149,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
 	health := proxy.NewHealth(cfg.HealthTimeout)
+	npa, err := proxy.ParseNodePortAddresses(cfg.NodePortAddresses)
+	if err != nil {
+		return fmt.Errorf("--nodeport-addresses: %w", err)
+	}
 	p, err := proxy.New(proxy.Config{
-		Client:     client,
-		NodeName:   node,
-		Programmer: lb,
-		SyncWindow: cfg.SyncWindow,
-		Metrics:    metrics,
-		Health:     health,
-		Logger:     log.Named("proxy"),
+		Client:            client,
+		NodeName:          node,
+		Programmer:        lb,
+		SyncWindow:        cfg.SyncWindow,
+		NodePortAddresses: npa,
+		LocalAddresses:    localAddresses,
+		NorthSouth:        len(cfg.NodePortDevices) > 0,
+		Metrics:           metrics,
+		Health:            health,
+		Logger:            log.Named("proxy"),
 	})
 	if err != nil {
 		return err
@@ -182,6 +199,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// localAddresses are the IPv4 addresses on this network namespace's links.
+func localAddresses() ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
 }
 
 func newENIRouting(ctx context.Context, cfg Config, client kubernetes.Interface, node string, reg prometheus.Registerer, log *zap.Logger) (*ENIRouting, error) {

@@ -17,6 +17,7 @@ import (
 
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/eni"
+	"github.com/directlb/directlb/pkg/proxy"
 )
 
 // Config is the node agent's configuration; every field is a flag.
@@ -27,8 +28,15 @@ type Config struct {
 	// translation (the whole machine when it is the v2 root).
 	CgroupRoot string
 	// BPFRoot is where maps and links are pinned (on a bpffs).
-	BPFRoot            string
-	ClusterCIDR        string
+	BPFRoot     string
+	ClusterCIDR string
+	// NodePortAddresses is --nodeport-addresses: CIDRs and "primary"
+	// (proxy.ParseNodePortAddresses); empty means primary.
+	NodePortAddresses []string
+	// NodePortDevices are the links whose traffic from outside the node
+	// gets NodePorts, externalIPs and load-balancer IPs (tc programs);
+	// empty: none (only this node's own sockets translate them).
+	NodePortDevices    []string
 	MetricsBindAddress string
 	HealthzBindAddress string
 	// K8sServiceHost and K8sServicePort reach the apiserver directly, so
@@ -96,6 +104,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup v2 directory to attach the socket load balancer to; its processes and those of its descendants get ClusterIP translation.")
 	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "Directory on a bpffs where maps and links are pinned (a bpffs is mounted at /sys/fs/bpf if needed). Use one per agent on a shared kernel.")
 	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "The pods' CIDR (comma-separated for several). Validated and logged; the socket load balancer does not masquerade, so it changes nothing else.")
+	fs.StringSliceVar(&c.NodePortAddresses, "nodeport-addresses", c.NodePortAddresses, "Node addresses NodePorts are served on, as kube-proxy's nodePortAddresses: CIDRs (this node's interface addresses and the Nodes' addresses within them) and the keyword \"primary\" (every Node's primary InternalIP); empty means primary. This node's sockets reach the NodePorts of every node's selected addresses.")
+	fs.StringSliceVar(&c.NodePortDevices, "nodeport-devices", c.NodePortDevices, "Links (comma-separated) whose incoming traffic to this node's NodePorts, externalIPs and load-balancer IPs is load-balanced by tc (tcx) programs: externalTrafficPolicy Cluster SNATs to the node for a backend on another node, Local keeps the client's address. Empty: off; the node's own processes and pods still reach them through the socket hooks.")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "Address for /metrics (Prometheus); empty turns it off.")
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "Address for /healthz and /livez; empty turns it off.")
 	fs.StringVar(&c.K8sServiceHost, "k8s-service-host", c.K8sServiceHost, "Apiserver host to use instead of the kubeconfig's or in-cluster one.")
@@ -131,6 +141,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("--cluster-cidr %q: %w", c.ClusterCIDR, err)
 			}
 		}
+	}
+	if _, err := proxy.ParseNodePortAddresses(c.NodePortAddresses); err != nil {
+		return fmt.Errorf("--nodeport-addresses: %w", err)
 	}
 	for flag, addr := range map[string]string{"--metrics-bind-address": c.MetricsBindAddress, "--healthz-bind-address": c.HealthzBindAddress} {
 		if addr == "" {

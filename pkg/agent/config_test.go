@@ -19,6 +19,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "all flags", args: []string{"--kubeconfig=/k", "--hostname-override=Node-1", "--cgroup-root=/sys/fs/cgroup/unified/directlb/node-1", "--bpf-root=/sys/fs/bpf/directlb/node-1", "--cluster-cidr=10.100.0.0/16", "--metrics-bind-address=127.0.0.1:0", "--healthz-bind-address=", "--k8s-service-host=10.100.0.2", "--k8s-service-port=6443"}},
 		{name: "relative bpf root", args: []string{"--bpf-root=bpf"}, wantErr: "--bpf-root"},
 		{name: "bad cidr", args: []string{"--cluster-cidr=10.0.0.0"}, wantErr: "--cluster-cidr"},
+		{name: "nodeport addresses", args: []string{"--nodeport-addresses=primary,10.0.0.0/8"}},
+		{name: "bad nodeport address", args: []string{"--nodeport-addresses=10.0.0.1"}, wantErr: "--nodeport-addresses"},
 		{name: "bad metrics address", args: []string{"--metrics-bind-address=10249"}, wantErr: "--metrics-bind-address"},
 		{name: "port without host", args: []string{"--k8s-service-port=6443"}, wantErr: "--k8s-service-host"},
 		{name: "bad log level", args: []string{"--log-level=loud"}, wantErr: "--log-level"},

@@ -15,6 +15,8 @@ import (
 type BPFMaps struct {
 	svc, backends, affmatch *ebpf.Map
 	revnat, affinity        *ebpf.Map
+	nodeaddr                *ebpf.Map
+	nat, devices            *ebpf.Map
 }
 
 // The maps hold addresses and ports in network byte order; the generated
@@ -49,12 +51,13 @@ func svcKeyToBPF(k ServiceKey) sockLBSvc4Key {
 		Port:  portToBPF(k.Frontend.Port),
 		Slot:  k.Slot,
 		Proto: uint8(k.Frontend.Proto),
+		Scope: uint8(k.Frontend.Scope),
 	}
 }
 
 func svcKeyFromBPF(k sockLBSvc4Key) ServiceKey {
 	return ServiceKey{
-		Frontend: Frontend{Addr: addrFromBPF(k.Addr), Port: portFromBPF(k.Port), Proto: Protocol(k.Proto)},
+		Frontend: Frontend{Addr: addrFromBPF(k.Addr), Port: portFromBPF(k.Port), Proto: Protocol(k.Proto), Scope: Scope(k.Scope)},
 		Slot:     k.Slot,
 	}
 }
@@ -222,6 +225,71 @@ func (m *BPFMaps) DumpAffinityMatches(fn func(AffinityMatchKey)) error {
 		return fmt.Errorf("iterate affinity match map: %w", err)
 	}
 	return nil
+}
+
+func (m *BPFMaps) UpdateNodeAddresses(addrs []netip.Addr, flags []NodeAddressFlags) error {
+	vals := convert(flags, func(f NodeAddressFlags) uint8 { return uint8(f) })
+	if err := writeBatch(m.nodeaddr, convert(addrs, addrToBPF), vals); err != nil {
+		return fmt.Errorf("update node address map: %w", err)
+	}
+	return nil
+}
+
+func (m *BPFMaps) DeleteNodeAddresses(addrs []netip.Addr) error {
+	if err := deleteBatch(m.nodeaddr, convert(addrs, addrToBPF)); err != nil {
+		return fmt.Errorf("delete from node address map: %w", err)
+	}
+	return nil
+}
+
+func (m *BPFMaps) DumpNodeAddresses(fn func(netip.Addr, NodeAddressFlags)) error {
+	var k uint32
+	var v uint8
+	it := m.nodeaddr.Iterate()
+	for it.Next(&k, &v) {
+		fn(addrFromBPF(k), NodeAddressFlags(v))
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate node address map: %w", err)
+	}
+	return nil
+}
+
+// setDevices makes dlb_devices exactly these interface indexes.
+func (m *BPFMaps) setDevices(want map[uint32]bool) error {
+	var k uint32
+	var v uint8
+	var stale []uint32
+	it := m.devices.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate devices map: %w", err)
+	}
+	for idx := range want {
+		if err := m.devices.Put(idx, uint8(1)); err != nil {
+			return fmt.Errorf("update devices map: %w", err)
+		}
+	}
+	if err := deleteBatch(m.devices, stale); err != nil {
+		return fmt.Errorf("delete from devices map: %w", err)
+	}
+	return nil
+}
+
+// NATEntries counts the north-south NAT entries (both directions).
+func (m *BPFMaps) NATEntries() (int, error) {
+	var k sockLBNat4Key
+	var v sockLBNat4Val
+	n := 0
+	it := m.nat.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
 }
 
 // RevNATEntries counts the socket reverse-NAT entries (for tests and

@@ -5,6 +5,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,6 +157,9 @@ func Load(cfg Config) (*Datapath, error) {
 		affmatch: d.objs.DlbAffmatch4,
 		revnat:   d.objs.DlbRevnat4,
 		affinity: d.objs.DlbAffinity4,
+		nodeaddr: d.objs.DlbNodeaddr4,
+		nat:      d.objs.DlbNat4,
+		devices:  d.objs.DlbDevices,
 	}
 	return d, nil
 }
@@ -210,6 +214,110 @@ func (d *Datapath) Attach() error {
 	return nil
 }
 
+// tcxPrefix names the pins of the tc links: tcx-<device>-ingress/egress.
+const tcxPrefix = "tcx-"
+
+// AttachDevices attaches the north-south programs (NodePorts, externalIPs
+// and load-balancer IPs reached from outside the node) to each device's
+// tcx ingress and egress, with links pinned in BPFRoot/links, and records
+// the devices in dlb_devices (a backend behind one of them is on another
+// node). Pinned links on the same device are updated in place; those of
+// devices no longer listed are detached.
+func (d *Datapath) AttachDevices(devices []string) error {
+	if err := os.MkdirAll(linksDir(d.cfg.BPFRoot), 0o700); err != nil {
+		return fmt.Errorf("create links dir: %w", err)
+	}
+	want := map[string]bool{}
+	ifindexes := map[uint32]bool{}
+	for _, dev := range devices {
+		iface, err := net.InterfaceByName(dev)
+		if err != nil {
+			return fmt.Errorf("nodeport device %s: %w", dev, err)
+		}
+		for _, dir := range []struct {
+			name   string
+			attach ebpf.AttachType
+			prog   *ebpf.Program
+		}{
+			{"ingress", ebpf.AttachTCXIngress, d.objs.DlbNodeportIngress},
+			{"egress", ebpf.AttachTCXEgress, d.objs.DlbNodeportEgress},
+		} {
+			name := tcxPrefix + dev + "-" + dir.name
+			want[name] = true
+			if err := d.attachTCX(filepath.Join(linksDir(d.cfg.BPFRoot), name), iface.Index, dir.attach, dir.prog); err != nil {
+				return fmt.Errorf("attach %s to %s: %w", dir.name, dev, err)
+			}
+		}
+		ifindexes[uint32(iface.Index)] = true
+	}
+	entries, err := os.ReadDir(linksDir(d.cfg.BPFRoot))
+	if err != nil {
+		return fmt.Errorf("read links dir: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tcxPrefix) && !want[e.Name()] {
+			if err := detachPin(filepath.Join(linksDir(d.cfg.BPFRoot), e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return d.Maps.setDevices(ifindexes)
+}
+
+func (d *Datapath) attachTCX(pin string, ifindex int, attach ebpf.AttachType, prog *ebpf.Program) error {
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex && ebpf.AttachType(info.TCX().AttachType) == attach {
+			err := l.Update(prog)
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("update pinned link %s: %w", pin, err)
+			}
+			return nil
+		}
+		// Another device (the name now means another interface).
+		if err := l.Unpin(); err != nil {
+			l.Close()
+			return fmt.Errorf("unpin link %s: %w", pin, err)
+		}
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach})
+	if err != nil {
+		return fmt.Errorf("tcx attach (Linux 6.6+): %w", err)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return l.Close()
+}
+
+// detachPin detaches a pinned link at once and removes its pin.
+func detachPin(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		if rerr := os.Remove(pin); rerr != nil {
+			return fmt.Errorf("remove pin %s: %w", pin, rerr)
+		}
+		return nil
+	}
+	defer l.Close()
+	var errs []error
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+	}
+	if err := l.Unpin(); err != nil {
+		errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+	}
+	return errors.Join(errs...)
+}
+
 // Close releases the agent's handles. Pinned maps and links stay.
 func (d *Datapath) Close() error {
 	return d.objs.Close()
@@ -219,27 +327,23 @@ func (d *Datapath) Close() error {
 // removes its pins. A missing bpfRoot is not an error.
 func Cleanup(bpfRoot string) error {
 	var errs []error
+	// Detach at once, even if another process holds a link open: the
+	// cgroup hooks and the tc links of the devices.
+	pins := []string{}
 	for _, h := range hooks {
-		pin := filepath.Join(linksDir(bpfRoot), h.name)
-		l, err := link.LoadPinnedLink(pin, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			// Not a link we can open: remove the pin anyway.
-			if rerr := os.Remove(pin); rerr != nil {
-				errs = append(errs, fmt.Errorf("remove pin %s: %w", pin, rerr))
+		pins = append(pins, filepath.Join(linksDir(bpfRoot), h.name))
+	}
+	if entries, err := os.ReadDir(linksDir(bpfRoot)); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), tcxPrefix) {
+				pins = append(pins, filepath.Join(linksDir(bpfRoot), e.Name()))
 			}
-			continue
 		}
-		// Detach at once, even if another process holds the link open.
-		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+	}
+	for _, pin := range pins {
+		if err := detachPin(pin); err != nil {
+			errs = append(errs, err)
 		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
-		}
-		l.Close()
 	}
 	for _, dir := range []string{linksDir(bpfRoot), mapsDir(bpfRoot)} {
 		entries, err := os.ReadDir(dir)
@@ -263,4 +367,32 @@ func Cleanup(bpfRoot string) error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", bpfRoot, err))
 	}
 	return errors.Join(errs...)
+}
+
+// CheckNorthSouthKernel reports the first feature the tc programs
+// (--nodeport-devices) need that the running kernel lacks: tc (sched_cls)
+// programs with the helpers they call; tcx links need Linux 6.6, which
+// AttachDevices reports if missing.
+func CheckNorthSouthKernel() error {
+	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
+		return fmt.Errorf("kernel lacks BPF tc (sched_cls) programs: %w", err)
+	}
+	for _, h := range []struct {
+		fn   asm.BuiltinFunc
+		what string
+	}{
+		{asm.FnFibLookup, "bpf_fib_lookup (Linux 4.18+; BPF_FIB_LOOKUP_SRC needs 6.7+)"},
+		{asm.FnRedirectNeigh, "bpf_redirect_neigh (Linux 5.10+)"},
+		{asm.FnSkbStoreBytes, "bpf_skb_store_bytes"},
+		{asm.FnSkbLoadBytes, "bpf_skb_load_bytes"},
+		{asm.FnL3CsumReplace, "bpf_l3_csum_replace"},
+		{asm.FnL4CsumReplace, "bpf_l4_csum_replace"},
+		{asm.FnGetPrandomU32, "bpf_get_prandom_u32"},
+		{asm.FnKtimeGetNs, "bpf_ktime_get_ns"},
+	} {
+		if err := features.HaveProgramHelper(ebpf.SchedCLS, h.fn); err != nil {
+			return fmt.Errorf("kernel lacks helper %s for tc programs: %w", h.what, err)
+		}
+	}
+	return nil
 }

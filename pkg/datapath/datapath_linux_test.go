@@ -905,3 +905,156 @@ func TestVerdictsInKernel(t *testing.T) {
 		}
 	}
 }
+
+// hostListener answers "host" on a TCP port of addr: what a connect reaches
+// when the hooks leave it alone.
+func hostListener(t *testing.T, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, "host")
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestNodePortOnNodeAddresses: a socket in the cgroup reaches a NodePort on
+// this node's address and on another node's, over TCP, UDP and connected
+// UDP, from IPv4 and IPv6 sockets; its peer is the address it dialled;
+// sessionAffinity sticks; a NodePort without endpoints is refused; other
+// ports of a node address, and an address that is no longer a node's, are
+// left alone.
+func TestNodePortOnNodeAddresses(t *testing.T) {
+	b := newBed(t)
+	self := netip.MustParseAddr("127.97.0.1")
+	other := netip.MustParseAddr("127.97.0.2")
+	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote}); err != nil {
+		t.Fatal(err)
+	}
+	tcpAddrs, tcpNames := tcpBackends(t, 3)
+	udpAddrs, udpNames := udpBackends(t, 2)
+	// The NodePort on other: a host listener there, at whatever port the
+	// kernel gives, is the NodePort (so that without translation the
+	// connect would reach "host").
+	hostPort := hostListener(t, other)
+	np := NodePortFrontend(hostPort.Port(), TCP)
+	unp := NodePortFrontend(30053, UDP)
+	b.apply(Service{Frontend: np, Backends: tcpAddrs}, Service{Frontend: unp, Backends: udpAddrs})
+
+	for _, addr := range []netip.Addr{self, other} {
+		tgt := netip.AddrPortFrom(addr, np.Port).String()
+		for _, mode := range []string{"tcp", "tcp6"} {
+			rs := b.run(mode, tgt, 45)
+			got := counts(t, rs)
+			for _, n := range tcpNames {
+				if got[n] == 0 {
+					t.Errorf("%s to %s: backend %s got nothing in 45: %v", mode, tgt, n, got)
+				}
+			}
+			want := tgt
+			if mode == "tcp6" {
+				want = mappedTarget(Frontend{Addr: addr, Port: np.Port})
+			}
+			for _, r := range rs {
+				if r.peer != want {
+					t.Fatalf("%s to %s: peer %s, want the node address %s", mode, tgt, r.peer, want)
+				}
+			}
+		}
+		utgt := netip.AddrPortFrom(addr, unp.Port).String()
+		for _, mode := range []string{"udp", "udp-connected", "udp6", "udp6-connected"} {
+			rs := b.run(mode, utgt, 30)
+			got := counts(t, rs)
+			for _, n := range udpNames {
+				if got[n] == 0 {
+					t.Errorf("%s to %s: backend %s got nothing in 30: %v", mode, utgt, n, got)
+				}
+			}
+			want := utgt
+			if strings.HasPrefix(mode, "udp6") {
+				want = mappedTarget(Frontend{Addr: addr, Port: unp.Port})
+			}
+			for _, r := range rs {
+				if r.peer != want {
+					t.Fatalf("%s to %s: reply from %s, want the node address %s", mode, utgt, r.peer, want)
+				}
+			}
+		}
+	}
+
+	// A restart restores the NodePort with its scope and the node
+	// addresses from the pins: nothing is rewritten, traffic flows.
+	before, _ := b.lb.Programmed(np)
+	if err := b.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.dp = nil
+	b.load()
+	if after, ok := b.lb.Programmed(np); !ok || after.ID != before.ID {
+		t.Fatalf("after a restart the NodePort is %+v (found %v), want ID %d", after, ok, before.ID)
+	}
+	if n, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote}); err != nil || n != 0 {
+		t.Fatalf("node addresses after a restart: %d writes, %v; want them restored", n, err)
+	}
+	if got := counts(t, b.run("tcp", netip.AddrPortFrom(other, np.Port).String(), 10)); got["host"] != 0 {
+		t.Errorf("after a restart: %v", got)
+	}
+
+	// A port of a node address that is no NodePort is the node's own.
+	own := hostListener(t, self)
+	if diff := cmp.Diff(map[string]int{"host": 3}, counts(t, b.run("tcp", own.String(), 3))); diff != "" {
+		t.Errorf("a node address's own port (-want +got):\n%s", diff)
+	}
+
+	// sessionAffinity ClientIP on a NodePort sticks, on either address.
+	b.apply(Service{Frontend: np, Backends: tcpAddrs, AffinityTimeout: time.Minute},
+		Service{Frontend: unp, Backends: udpAddrs, AffinityTimeout: time.Minute})
+	for round := range 2 {
+		got := counts(t, append(b.run("tcp", netip.AddrPortFrom(self, np.Port).String(), 15),
+			b.run("tcp", netip.AddrPortFrom(other, np.Port).String(), 15)...))
+		if len(got) != 1 {
+			t.Errorf("round %d: TCP NodePort with affinity spread over %v, want one backend", round, got)
+		}
+		ugot := counts(t, b.run("udp", netip.AddrPortFrom(other, unp.Port).String(), 20))
+		if len(ugot) != 1 {
+			t.Errorf("round %d: UDP NodePort with affinity spread over %v, want one backend", round, ugot)
+		}
+		if err := b.dp.Maps.ClearAffinity(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// No endpoints: refused at once, TCP and UDP.
+	b.apply(Service{Frontend: np}, Service{Frontend: unp})
+	for _, c := range []struct{ mode, target string }{
+		{"tcp", netip.AddrPortFrom(self, np.Port).String()},
+		{"udp", netip.AddrPortFrom(other, unp.Port).String()},
+	} {
+		for _, r := range b.run(c.mode, c.target, 2) {
+			if r.ok || r.errno != "ECONNREFUSED" || r.took > 100*time.Millisecond {
+				t.Errorf("%s to %s without endpoints: %+v, want ECONNREFUSED at once", c.mode, c.target, r)
+			}
+		}
+	}
+
+	// other is no longer a node's address: its port is its own again.
+	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{"host": 3}, counts(t, b.run("tcp", hostPort.String(), 3))); diff != "" {
+		t.Errorf("after removing the node address (-want +got):\n%s", diff)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 )
 
@@ -15,6 +16,8 @@ type FakeMaps struct {
 	Services map[ServiceKey]ServiceValue
 	Backends map[BackendID]Backend
 	Matches  map[AffinityMatchKey]bool
+	// NodeAddrs are the node addresses whose NodePorts resolve.
+	NodeAddrs map[netip.Addr]NodeAddressFlags
 
 	// AfterWrite, if set, runs after each single entry is written or
 	// deleted, with the lock held; use Consistent inside it.
@@ -34,9 +37,10 @@ var ErrMapFull = errors.New("map full (E2BIG)")
 // NewFakeMaps returns empty maps.
 func NewFakeMaps() *FakeMaps {
 	return &FakeMaps{
-		Services: map[ServiceKey]ServiceValue{},
-		Backends: map[BackendID]Backend{},
-		Matches:  map[AffinityMatchKey]bool{},
+		Services:  map[ServiceKey]ServiceValue{},
+		Backends:  map[BackendID]Backend{},
+		Matches:   map[AffinityMatchKey]bool{},
+		NodeAddrs: map[netip.Addr]NodeAddressFlags{},
 	}
 }
 
@@ -128,6 +132,39 @@ func (f *FakeMaps) DeleteAffinityMatches(keys []AffinityMatchKey) error {
 	return nil
 }
 
+func (f *FakeMaps) UpdateNodeAddresses(addrs []netip.Addr, flags []NodeAddressFlags) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, a := range addrs {
+		f.NodeAddrs[a] = flags[i]
+		if err := f.wrote(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *FakeMaps) DeleteNodeAddresses(addrs []netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range addrs {
+		delete(f.NodeAddrs, a)
+		if err := f.wrote(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *FakeMaps) DumpNodeAddresses(fn func(netip.Addr, NodeAddressFlags)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for a, fl := range f.NodeAddrs {
+		fn(a, fl)
+	}
+	return nil
+}
+
 func (f *FakeMaps) DumpServices(fn func(ServiceKey, ServiceValue)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -187,18 +224,26 @@ var (
 	ErrDropped = errors.New("dropped")
 )
 
-// Resolve picks a backend for a frontend as connect4 does (random slot,
+// Resolve picks a backend for a destination as connect4 does (random slot,
 // without affinity; a port the address entry's ClusterIP does not serve is
-// refused).
+// refused; a node address's NodePort resolves). fe is what the client
+// dials: an address, a port and a protocol (its Scope is ignored).
 func (f *FakeMaps) Resolve(fe Frontend, rng *rand.Rand) (Backend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	fe.Scope = ScopeAddress
 	m, ok := f.Services[ServiceKey{Frontend: fe}]
 	if !ok {
 		if _, ok := f.Services[ServiceKey{Frontend: AddressFrontend(fe.Addr)}]; ok {
 			return Backend{}, fmt.Errorf("port not served by %s: %w", fe.Addr, ErrRefused)
 		}
-		return Backend{}, ErrNoService
+		if _, ok := f.NodeAddrs[fe.Addr]; !ok {
+			return Backend{}, ErrNoService
+		}
+		fe = NodePortFrontend(fe.Port, fe.Proto)
+		if m, ok = f.Services[ServiceKey{Frontend: fe}]; !ok {
+			return Backend{}, ErrNoService
+		}
 	}
 	if m.Count == 0 {
 		if m.Flags&FlagDrop != 0 {

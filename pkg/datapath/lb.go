@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -21,12 +23,18 @@ import (
 //
 // Backends are shared: one (address, port, protocol) has one ID however
 // many Services use it.
+//
+// Node addresses (SetNodeAddresses) are written apart from the Services:
+// each entry stands alone, a NodePort frontend without node addresses
+// matches nothing and a node address without NodePorts passes.
 type LoadBalancer struct {
 	mu   sync.Mutex
 	maps Maps
 
 	services map[Frontend]*programmed
 	svcIDs   map[ServiceID]Frontend
+	// nodeAddrs are the node addresses programmed (SetNodeAddresses).
+	nodeAddrs map[netip.Addr]NodeAddressFlags
 
 	backendIDs map[Backend]BackendID
 	backends   map[BackendID]Backend
@@ -78,6 +86,7 @@ func (lb *LoadBalancer) reset() {
 	lb.backendIDs = map[Backend]BackendID{}
 	lb.backends = map[BackendID]Backend{}
 	lb.refs = map[BackendID]int{}
+	lb.nodeAddrs = map[netip.Addr]NodeAddressFlags{}
 }
 
 // RestoreStats says what Restore found in the maps.
@@ -154,6 +163,10 @@ func (lb *LoadBalancer) dumpPinned() (pinned, error) {
 	}
 	if err := lb.maps.DumpAffinityMatches(func(k AffinityMatchKey) { d.matches = append(d.matches, k) }); err != nil {
 		return d, fmt.Errorf("dump affinity matches: %w", err)
+	}
+	// Node addresses need no checking: each entry stands alone.
+	if err := lb.maps.DumpNodeAddresses(func(a netip.Addr, f NodeAddressFlags) { lb.nodeAddrs[a] = f }); err != nil {
+		return d, fmt.Errorf("dump node addresses: %w", err)
 	}
 	return d, nil
 }
@@ -453,6 +466,22 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	if !fe.Addr.Is4() {
 		return false, fmt.Errorf("program service %s: only IPv4 frontends are supported", fe)
 	}
+	switch fe.Scope {
+	case ScopeAddress:
+	case ScopeExternal:
+		if fe.Port == 0 || fe.Proto == 0 {
+			return false, fmt.Errorf("program service %s: an external frontend has a port and a protocol", fe)
+		}
+	case ScopeNodePort, ScopeNodePort | ScopeExternal:
+		if fe.Addr != netip.IPv4Unspecified() || fe.Port == 0 || fe.Proto == 0 {
+			return false, fmt.Errorf("program service %s: a NodePort frontend has address 0.0.0.0, a port and a protocol", fe)
+		}
+	default:
+		return false, fmt.Errorf("program service %s: unknown scope %d", fe, fe.Scope)
+	}
+	if s.SNAT && fe.Scope&ScopeExternal == 0 {
+		return false, fmt.Errorf("program service %s: SNAT is for external frontends", fe)
+	}
 	if (fe.Port == 0) != (fe.Proto == 0) || (fe.IsAddress() && (len(s.Backends) > 0 || s.AffinityTimeout > 0 || s.Drop)) {
 		return false, fmt.Errorf("program service %s: port 0 and protocol 0 go together, for an address entry without backends", fe)
 	}
@@ -466,6 +495,9 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 	if s.Drop && len(s.Backends) == 0 {
 		flags |= FlagDrop
+	}
+	if s.SNAT {
+		flags |= FlagSNAT
 	}
 	want, seen, err := wantedBackends(s)
 	if err != nil {
@@ -710,4 +742,53 @@ func (lb *LoadBalancer) BackendID(b Backend) (BackendID, bool) {
 	defer lb.mu.Unlock()
 	id, ok := lb.backendIDs[b]
 	return id, ok
+}
+
+// SetNodeAddresses makes the node addresses (whose NodePorts this node's
+// sockets reach) exactly want, writing only what differs. Node addresses
+// are independent of the Services: a NodePort frontend with no node
+// address matches nothing, and an address with no NodePort passes.
+func (lb *LoadBalancer) SetNodeAddresses(want map[netip.Addr]NodeAddressFlags) (int, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	var addrs, dels []netip.Addr
+	var flags []NodeAddressFlags
+	for a, f := range want {
+		if !a.Is4() || a.IsUnspecified() {
+			return 0, fmt.Errorf("node address %s: want a specific IPv4 address", a)
+		}
+		if old, ok := lb.nodeAddrs[a]; !ok || old != f {
+			addrs = append(addrs, a)
+			flags = append(flags, f)
+		}
+	}
+	for a := range lb.nodeAddrs {
+		if _, ok := want[a]; !ok {
+			dels = append(dels, a)
+		}
+	}
+	err := lb.maps.UpdateNodeAddresses(addrs, flags)
+	if err == nil {
+		err = lb.maps.DeleteNodeAddresses(dels)
+	}
+	if err != nil {
+		// Start again from what the maps hold.
+		clear(lb.nodeAddrs)
+		if derr := lb.maps.DumpNodeAddresses(func(a netip.Addr, f NodeAddressFlags) { lb.nodeAddrs[a] = f }); derr != nil {
+			return 0, fmt.Errorf("set node addresses: %w (and re-reading them failed: %w)", err, derr)
+		}
+		return 0, fmt.Errorf("set node addresses: %w", err)
+	}
+	lb.nodeAddrs = maps.Clone(want)
+	if lb.nodeAddrs == nil {
+		lb.nodeAddrs = map[netip.Addr]NodeAddressFlags{}
+	}
+	return len(addrs) + len(dels), nil
+}
+
+// NodeAddresses returns the programmed node addresses.
+func (lb *LoadBalancer) NodeAddresses() map[netip.Addr]NodeAddressFlags {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return maps.Clone(lb.nodeAddrs)
 }

@@ -321,3 +321,84 @@ func TestVerdictsWithoutBackends(t *testing.T) {
 		}
 	}
 }
+
+// TestNodePortFrontends: a NodePort frontend resolves on every node
+// address (and only there), next to a ClusterIP on the same port; its
+// scope survives a restore, as do the node addresses; SetNodeAddresses
+// writes only what differs.
+func TestNodePortFrontends(t *testing.T) {
+	maps := NewFakeMaps()
+	lb := NewLoadBalancer(LoadBalancerConfig{Maps: maps})
+	np := NodePortFrontend(30080, TCP)
+	cip := fe("10.96.0.1:30080", TCP)
+	if _, err := lb.Apply([]Service{
+		{Frontend: np, Backends: []netip.AddrPort{ap("10.0.0.1:8080")}},
+		{Frontend: cip, Backends: []netip.AddrPort{ap("10.0.0.2:8080")}},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	self, other := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	n, err := lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote})
+	if err != nil || n != 2 {
+		t.Fatalf("SetNodeAddresses = %d, %v; want 2 writes", n, err)
+	}
+	if n, err := lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote}); err != nil || n != 0 {
+		t.Fatalf("SetNodeAddresses again = %d, %v; want no writes", n, err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	resolve := func(addr string) string {
+		b, err := maps.Resolve(fe(addr, TCP), rng)
+		if err != nil {
+			return err.Error()
+		}
+		return netip.AddrPortFrom(b.Addr, b.Port).String()
+	}
+	want := map[string]string{
+		"192.0.2.1:30080":  "10.0.0.1:8080",
+		"192.0.2.2:30080":  "10.0.0.1:8080",
+		"192.0.2.1:22":     ErrNoService.Error(),
+		"192.0.2.3:30080":  ErrNoService.Error(),
+		"10.96.0.1:30080":  "10.0.0.2:8080",
+		"0.0.0.0:30080":    ErrNoService.Error(),
+		"198.51.100.1:300": ErrNoService.Error(),
+	}
+	check := func(when string) {
+		t.Helper()
+		got := map[string]string{}
+		for k := range want {
+			got[k] = resolve(k)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", when, diff)
+		}
+	}
+	check("programmed")
+
+	restarted := NewLoadBalancer(LoadBalancerConfig{Maps: maps})
+	st, err := restarted.Restore()
+	if err != nil || st.Removed != 0 || st.Services != 2 {
+		t.Fatalf("restore = %+v, %v; want 2 services, nothing removed", st, err)
+	}
+	if diff := cmp.Diff(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote}, restarted.NodeAddresses()); diff != "" {
+		t.Errorf("restored node addresses (-want +got):\n%s", diff)
+	}
+	before, _ := lb.Programmed(np)
+	after, ok := restarted.Programmed(np)
+	if !ok || after.ID != before.ID {
+		t.Errorf("restored NodePort %v (found %v), want ID %d", after, ok, before.ID)
+	}
+	check("restored")
+
+	if n, err := restarted.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal}); err != nil || n != 1 {
+		t.Fatalf("SetNodeAddresses(self) = %d, %v; want 1 write", n, err)
+	}
+	want["192.0.2.2:30080"] = ErrNoService.Error()
+	check("other node gone")
+
+	if _, err := restarted.Apply([]Service{{Frontend: Frontend{Addr: self, Port: 1, Proto: TCP, Scope: ScopeNodePort}}}, nil); err == nil {
+		t.Error("a NodePort frontend with an address was accepted")
+	}
+	if _, err := restarted.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{netip.IPv4Unspecified(): NodeAddressLocal}); err == nil {
+		t.Error("0.0.0.0 accepted as a node address")
+	}
+}

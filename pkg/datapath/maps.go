@@ -1,5 +1,7 @@
 package datapath
 
+import "net/netip"
+
 // Maps is the datapath's storage: the BPF maps in the kernel (BPFMaps) or an
 // in-memory fake for unit tests (FakeMaps). Every call takes a batch; a
 // batch is applied in order but not atomically, so callers order their
@@ -14,7 +16,11 @@ type Maps interface {
 	UpdateAffinityMatches(keys []AffinityMatchKey) error
 	DeleteAffinityMatches(keys []AffinityMatchKey) error
 
+	UpdateNodeAddresses(addrs []netip.Addr, flags []NodeAddressFlags) error
+	DeleteNodeAddresses(addrs []netip.Addr) error
+
 	DumpServices(fn func(ServiceKey, ServiceValue)) error
 	DumpBackends(fn func(BackendID, Backend)) error
 	DumpAffinityMatches(fn func(AffinityMatchKey)) error
+	DumpNodeAddresses(fn func(netip.Addr, NodeAddressFlags)) error
 }

@@ -41,6 +41,27 @@ type sockLBBackend4 struct {
 	Flags uint8
 }
 
+type sockLBNat4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type sockLBNat4Val struct {
+	_       structs.HostLayout
+	Saddr   uint32
+	Daddr   uint32
+	Sport   uint16
+	Dport   uint16
+	Ifindex uint32
+	Flags   uint8
+	Pad     [3]uint8
+}
+
 type sockLBRevnat4Key struct {
 	_      structs.HostLayout
 	Cookie uint64
@@ -53,7 +74,8 @@ type sockLBRevnat4Val struct {
 	_     structs.HostLayout
 	Addr  uint32
 	Port  uint16
-	Pad   uint16
+	Scope uint8
+	Pad   uint8
 	SvcId uint32
 }
 
@@ -81,19 +103,24 @@ type sockLBSvc4Val struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockLBMapDlbAffinity4     = "dlb_affinity4"
-	sockLBMapDlbAffmatch4     = "dlb_affmatch4"
-	sockLBMapDlbBackends4     = "dlb_backends4"
-	sockLBMapDlbRevnat4       = "dlb_revnat4"
-	sockLBMapDlbSvc4          = "dlb_svc4"
-	sockLBProgDlbConnect4     = "dlb_connect4"
-	sockLBProgDlbConnect6     = "dlb_connect6"
-	sockLBProgDlbGetpeername4 = "dlb_getpeername4"
-	sockLBProgDlbGetpeername6 = "dlb_getpeername6"
-	sockLBProgDlbRecvmsg4     = "dlb_recvmsg4"
-	sockLBProgDlbRecvmsg6     = "dlb_recvmsg6"
-	sockLBProgDlbSendmsg4     = "dlb_sendmsg4"
-	sockLBProgDlbSendmsg6     = "dlb_sendmsg6"
+	sockLBMapDlbAffinity4        = "dlb_affinity4"
+	sockLBMapDlbAffmatch4        = "dlb_affmatch4"
+	sockLBMapDlbBackends4        = "dlb_backends4"
+	sockLBMapDlbDevices          = "dlb_devices"
+	sockLBMapDlbNat4             = "dlb_nat4"
+	sockLBMapDlbNodeaddr4        = "dlb_nodeaddr4"
+	sockLBMapDlbRevnat4          = "dlb_revnat4"
+	sockLBMapDlbSvc4             = "dlb_svc4"
+	sockLBProgDlbConnect4        = "dlb_connect4"
+	sockLBProgDlbConnect6        = "dlb_connect6"
+	sockLBProgDlbGetpeername4    = "dlb_getpeername4"
+	sockLBProgDlbGetpeername6    = "dlb_getpeername6"
+	sockLBProgDlbNodeportEgress  = "dlb_nodeport_egress"
+	sockLBProgDlbNodeportIngress = "dlb_nodeport_ingress"
+	sockLBProgDlbRecvmsg4        = "dlb_recvmsg4"
+	sockLBProgDlbRecvmsg6        = "dlb_recvmsg6"
+	sockLBProgDlbSendmsg4        = "dlb_sendmsg4"
+	sockLBProgDlbSendmsg6        = "dlb_sendmsg6"
 )
 
 // loadSockLB returns the embedded CollectionSpec for sockLB.
@@ -138,14 +165,16 @@ type sockLBSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockLBProgramSpecs struct {
-	DlbConnect4     *ebpf.ProgramSpec `ebpf:"dlb_connect4"`
-	DlbConnect6     *ebpf.ProgramSpec `ebpf:"dlb_connect6"`
-	DlbGetpeername4 *ebpf.ProgramSpec `ebpf:"dlb_getpeername4"`
-	DlbGetpeername6 *ebpf.ProgramSpec `ebpf:"dlb_getpeername6"`
-	DlbRecvmsg4     *ebpf.ProgramSpec `ebpf:"dlb_recvmsg4"`
-	DlbRecvmsg6     *ebpf.ProgramSpec `ebpf:"dlb_recvmsg6"`
-	DlbSendmsg4     *ebpf.ProgramSpec `ebpf:"dlb_sendmsg4"`
-	DlbSendmsg6     *ebpf.ProgramSpec `ebpf:"dlb_sendmsg6"`
+	DlbConnect4        *ebpf.ProgramSpec `ebpf:"dlb_connect4"`
+	DlbConnect6        *ebpf.ProgramSpec `ebpf:"dlb_connect6"`
+	DlbGetpeername4    *ebpf.ProgramSpec `ebpf:"dlb_getpeername4"`
+	DlbGetpeername6    *ebpf.ProgramSpec `ebpf:"dlb_getpeername6"`
+	DlbNodeportEgress  *ebpf.ProgramSpec `ebpf:"dlb_nodeport_egress"`
+	DlbNodeportIngress *ebpf.ProgramSpec `ebpf:"dlb_nodeport_ingress"`
+	DlbRecvmsg4        *ebpf.ProgramSpec `ebpf:"dlb_recvmsg4"`
+	DlbRecvmsg6        *ebpf.ProgramSpec `ebpf:"dlb_recvmsg6"`
+	DlbSendmsg4        *ebpf.ProgramSpec `ebpf:"dlb_sendmsg4"`
+	DlbSendmsg6        *ebpf.ProgramSpec `ebpf:"dlb_sendmsg6"`
 }
 
 // sockLBMapSpecs contains maps before they are loaded into the kernel.
@@ -155,6 +184,9 @@ type sockLBMapSpecs struct {
 	DlbAffinity4 *ebpf.MapSpec `ebpf:"dlb_affinity4"`
 	DlbAffmatch4 *ebpf.MapSpec `ebpf:"dlb_affmatch4"`
 	DlbBackends4 *ebpf.MapSpec `ebpf:"dlb_backends4"`
+	DlbDevices   *ebpf.MapSpec `ebpf:"dlb_devices"`
+	DlbNat4      *ebpf.MapSpec `ebpf:"dlb_nat4"`
+	DlbNodeaddr4 *ebpf.MapSpec `ebpf:"dlb_nodeaddr4"`
 	DlbRevnat4   *ebpf.MapSpec `ebpf:"dlb_revnat4"`
 	DlbSvc4      *ebpf.MapSpec `ebpf:"dlb_svc4"`
 }
@@ -188,6 +220,9 @@ type sockLBMaps struct {
 	DlbAffinity4 *ebpf.Map `ebpf:"dlb_affinity4"`
 	DlbAffmatch4 *ebpf.Map `ebpf:"dlb_affmatch4"`
 	DlbBackends4 *ebpf.Map `ebpf:"dlb_backends4"`
+	DlbDevices   *ebpf.Map `ebpf:"dlb_devices"`
+	DlbNat4      *ebpf.Map `ebpf:"dlb_nat4"`
+	DlbNodeaddr4 *ebpf.Map `ebpf:"dlb_nodeaddr4"`
 	DlbRevnat4   *ebpf.Map `ebpf:"dlb_revnat4"`
 	DlbSvc4      *ebpf.Map `ebpf:"dlb_svc4"`
 }
@@ -197,6 +232,9 @@ func (m *sockLBMaps) Close() error {
 		m.DlbAffinity4,
 		m.DlbAffmatch4,
 		m.DlbBackends4,
+		m.DlbDevices,
+		m.DlbNat4,
+		m.DlbNodeaddr4,
 		m.DlbRevnat4,
 		m.DlbSvc4,
 	)
@@ -212,14 +250,16 @@ type sockLBVariables struct {
 //
 // It can be passed to loadSockLBObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockLBPrograms struct {
-	DlbConnect4     *ebpf.Program `ebpf:"dlb_connect4"`
-	DlbConnect6     *ebpf.Program `ebpf:"dlb_connect6"`
-	DlbGetpeername4 *ebpf.Program `ebpf:"dlb_getpeername4"`
-	DlbGetpeername6 *ebpf.Program `ebpf:"dlb_getpeername6"`
-	DlbRecvmsg4     *ebpf.Program `ebpf:"dlb_recvmsg4"`
-	DlbRecvmsg6     *ebpf.Program `ebpf:"dlb_recvmsg6"`
-	DlbSendmsg4     *ebpf.Program `ebpf:"dlb_sendmsg4"`
-	DlbSendmsg6     *ebpf.Program `ebpf:"dlb_sendmsg6"`
+	DlbConnect4        *ebpf.Program `ebpf:"dlb_connect4"`
+	DlbConnect6        *ebpf.Program `ebpf:"dlb_connect6"`
+	DlbGetpeername4    *ebpf.Program `ebpf:"dlb_getpeername4"`
+	DlbGetpeername6    *ebpf.Program `ebpf:"dlb_getpeername6"`
+	DlbNodeportEgress  *ebpf.Program `ebpf:"dlb_nodeport_egress"`
+	DlbNodeportIngress *ebpf.Program `ebpf:"dlb_nodeport_ingress"`
+	DlbRecvmsg4        *ebpf.Program `ebpf:"dlb_recvmsg4"`
+	DlbRecvmsg6        *ebpf.Program `ebpf:"dlb_recvmsg6"`
+	DlbSendmsg4        *ebpf.Program `ebpf:"dlb_sendmsg4"`
+	DlbSendmsg6        *ebpf.Program `ebpf:"dlb_sendmsg6"`
 }
 
 func (p *sockLBPrograms) Close() error {
@@ -228,6 +268,8 @@ func (p *sockLBPrograms) Close() error {
 		p.DlbConnect6,
 		p.DlbGetpeername4,
 		p.DlbGetpeername6,
+		p.DlbNodeportEgress,
+		p.DlbNodeportIngress,
 		p.DlbRecvmsg4,
 		p.DlbRecvmsg6,
 		p.DlbSendmsg4,

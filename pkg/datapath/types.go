@@ -29,14 +29,60 @@ func (p Protocol) String() string {
 	return fmt.Sprintf("proto-%d", uint8(p))
 }
 
-// Frontend is what a client connects to: a ClusterIP, a port and a protocol.
+// Frontend is what a client connects to: a ClusterIP (or externalIP, or
+// load-balancer IP), a port and a protocol; or, with ScopeNodePort, a
+// NodePort on every node address.
 type Frontend struct {
 	Addr  netip.Addr
 	Port  uint16
 	Proto Protocol
+	Scope Scope
+}
+
+// Scope says which destinations a frontend stands for.
+type Scope uint8
+
+const (
+	// ScopeAddress is a frontend at its own address: a ClusterIP, an
+	// externalIP or a load-balancer IP.
+	ScopeAddress Scope = 0
+	// ScopeNodePort is a NodePort: address 0.0.0.0 in the frontend, and
+	// every node address (SetNodeAddresses) at its port.
+	ScopeNodePort Scope = 1
+	// ScopeExternal marks a frontend for traffic from outside the node
+	// (the tc programs on --nodeport-devices), with the backends
+	// externalTrafficPolicy selects: ScopeExternal alone at an externalIP
+	// or load-balancer IP, ScopeExternal|ScopeNodePort for a NodePort on
+	// this node's addresses.
+	ScopeExternal Scope = 2
+)
+
+// NodePortFrontend is the frontend of a NodePort: the port on every node
+// address.
+func NodePortFrontend(port uint16, proto Protocol) Frontend {
+	return Frontend{Addr: netip.IPv4Unspecified(), Port: port, Proto: proto, Scope: ScopeNodePort}
+}
+
+// IsNodePort reports whether f is a NodePort frontend (NodePortFrontend).
+func (f Frontend) IsNodePort() bool { return f.Scope&ScopeNodePort != 0 }
+
+// External returns f for traffic from outside the node (ScopeExternal).
+func (f Frontend) External() Frontend {
+	f.Scope |= ScopeExternal
+	return f
 }
 
 func (f Frontend) String() string {
+	ext := ""
+	if f.Scope&ScopeExternal != 0 {
+		ext = "external:"
+	}
+	if f.IsNodePort() {
+		return fmt.Sprintf("%snodeport:%d/%s", ext, f.Port, f.Proto)
+	}
+	if ext != "" {
+		return fmt.Sprintf("%s%s/%s", ext, netip.AddrPortFrom(f.Addr, f.Port), f.Proto)
+	}
 	if f.IsAddress() {
 		return fmt.Sprintf("%s/any", f.Addr)
 	}
@@ -51,7 +97,18 @@ func (f Frontend) String() string {
 func AddressFrontend(a netip.Addr) Frontend { return Frontend{Addr: a} }
 
 // IsAddress reports whether f is an address entry (AddressFrontend).
-func (f Frontend) IsAddress() bool { return f.Port == 0 && f.Proto == 0 }
+func (f Frontend) IsAddress() bool { return f.Port == 0 && f.Proto == 0 && f.Scope == ScopeAddress }
+
+// NodeAddressFlags say what a node address (SetNodeAddresses) is.
+type NodeAddressFlags uint8
+
+const (
+	// NodeAddressLocal is an address of this node.
+	NodeAddressLocal NodeAddressFlags = 1 << 0
+	// NodeAddressRemote is another node's address. This node's sockets
+	// reach its NodePorts through the socket hooks too.
+	NodeAddressRemote NodeAddressFlags = 1 << 1
+)
 
 // Backend is one endpoint as the backends map stores it.
 type Backend struct {
@@ -80,6 +137,11 @@ type Service struct {
 	// traffic for internalTrafficPolicy Local when the Service has
 	// endpoints, but none on this node.
 	Drop bool
+	// SNAT, for an external frontend (ScopeExternal), rewrites the
+	// client's address to this node's when the backend is on another node
+	// (externalTrafficPolicy Cluster); without it the client's address is
+	// kept (Local, whose backends are all on this node).
+	SNAT bool
 }
 
 // BackendID names a backend in the backends map; 0 is never used.
@@ -104,6 +166,9 @@ const (
 	// FlagDrop marks a Service without backends whose traffic is dropped
 	// rather than refused (Service.Drop).
 	FlagDrop uint8 = 1 << 1
+	// FlagSNAT marks an external frontend whose traffic to another node's
+	// backend is SNATed to this node (Service.SNAT).
+	FlagSNAT uint8 = 1 << 2
 )
 
 // ServiceValue is a value of the services map. In the master slot, Count is

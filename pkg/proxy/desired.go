@@ -1,6 +1,7 @@
-// Package proxy is the node agent's control plane for ClusterIP load
-// balancing: it watches Services and EndpointSlices, decides which endpoints
-// serve each Service on this node with kube-proxy's rules, and programs the
+// Package proxy is the node agent's control plane for Service load
+// balancing: it watches Services, EndpointSlices and Nodes, decides which
+// endpoints serve each Service's ClusterIPs, NodePorts, externalIPs and
+// load-balancer IPs on this node with kube-proxy's rules, and programs the
 // result into the datapath incrementally.
 package proxy
 
@@ -71,9 +72,13 @@ type endpointState struct {
 	local       bool
 }
 
-// Desired returns the datapath Services (one per ClusterIP × port, and one
-// address entry per ClusterIP) that svc needs on node nodeName, given the
-// EndpointSlices that belong to it. Which endpoints serve follows
+// Desired returns the datapath Services that svc needs on node nodeName,
+// given the EndpointSlices that belong to it: one per ClusterIP × port and
+// one address entry per ClusterIP; one NodePort frontend per port with a
+// nodePort; one per externalIP × port and per load-balancer ingress IP ×
+// port (not for ipMode Proxy, whose load balancer must see the traffic,
+// nor while loadBalancerSourceRanges is set, which the load balancer
+// enforces and the socket hooks do not). Which endpoints serve follows
 // kube-proxy's CategorizeEndpoints:
 //   - ready endpoints serve, terminating or not (the EndpointSlice
 //     controller marks terminating pods ready only for
@@ -87,7 +92,14 @@ type endpointState struct {
 //   - with no usable endpoint anywhere the Service is still programmed,
 //     with none, so that connections are refused at once;
 //   - a port the ClusterIP does not serve is refused (the address entry),
-//     as kube-proxy's nftables mode rejects it.
+//     as kube-proxy's nftables mode rejects it;
+//   - NodePorts, externalIPs and load-balancer IPs reached from this node
+//     (its processes and its pods: the socket hooks see nothing else) use
+//     every usable endpoint of the cluster whatever the traffic policies
+//     say: kube-proxy sends traffic from the node itself and from pods to
+//     these "external" destinations to the Service's cluster-wide
+//     endpoints, externalTrafficPolicy Local applying only to traffic
+//     from outside, and internalTrafficPolicy only to ClusterIPs.
 func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
 	if !Handled(svc) {
 		return nil
@@ -118,7 +130,8 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 		if !ok {
 			continue // SCTP is not translated
 		}
-		backends, drop := chooseEndpoints(endpointsFor(slices, port, nodeName), local)
+		eps := endpointsFor(slices, port, nodeName)
+		backends, drop := chooseEndpoints(eps, local)
 		for _, ip := range ips {
 			out = append(out, datapath.Service{
 				Frontend:        datapath.Frontend{Addr: ip, Port: uint16(port.Port), Proto: proto},
@@ -127,9 +140,107 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 				Drop:            drop,
 			})
 		}
+		var cluster []netip.AddrPort
+		for i, fe := range externalFrontends(svc, port, proto, ips) {
+			if i == 0 {
+				cluster = usableEndpoints(eps)
+			}
+			out = append(out, datapath.Service{Frontend: fe, Backends: cluster, AffinityTimeout: timeout})
+		}
 	}
 	for _, ip := range ips {
 		out = append(out, datapath.Service{Frontend: datapath.AddressFrontend(ip)})
+	}
+	return out
+}
+
+// DesiredNorthSouth returns the datapath Services for traffic that comes
+// from outside the node to its NodePorts, externalIPs and load-balancer IPs
+// (the tc programs; external-scope frontends). externalTrafficPolicy
+// decides, as kube-proxy applies it to external traffic:
+//   - Cluster: every usable endpoint, and the client is SNATed to the node
+//     when the endpoint is on another node (so that the reply comes back);
+//   - Local: this node's usable endpoints (with the terminating fallback
+//     among them) and the client's address kept; none here while there are
+//     some elsewhere drops the traffic, so a load balancer's health check
+//     (healthCheckNodePort) takes the node out.
+//
+// With no usable endpoint anywhere the frontend has none, and the node's
+// stack refuses the connection as it refuses a closed port.
+func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
+	if !Handled(svc) {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, s := range clusterIPs(svc) {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			ips = append(ips, a)
+		}
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	var timeout time.Duration
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		timeout = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	var out []datapath.Service
+	for _, port := range svc.Spec.Ports {
+		proto, ok := toProtocol(port.Protocol)
+		if !ok {
+			continue
+		}
+		fes := externalFrontends(svc, port, proto, ips)
+		if len(fes) == 0 {
+			continue
+		}
+		backends, drop := chooseEndpoints(endpointsFor(eps, port, nodeName), local)
+		for _, fe := range fes {
+			out = append(out, datapath.Service{
+				Frontend:        fe.External(),
+				Backends:        backends,
+				AffinityTimeout: timeout,
+				Drop:            drop,
+				SNAT:            !local,
+			})
+		}
+	}
+	return out
+}
+
+// externalFrontends are the frontends of one Service port that are not
+// ClusterIPs: its NodePort, its externalIPs and its load-balancer ingress
+// IPs (IPv4 only, as the ClusterIPs). An address that is also one of the
+// Service's ClusterIPs is left to the ClusterIP frontend.
+func externalFrontends(svc *v1.Service, port v1.ServicePort, proto datapath.Protocol, clusterIPs []netip.Addr) []datapath.Frontend {
+	var out []datapath.Frontend
+	if (svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer) && port.NodePort > 0 && port.NodePort <= 65535 {
+		out = append(out, datapath.NodePortFrontend(uint16(port.NodePort), proto))
+	}
+	add := func(s string) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() || a.IsUnspecified() || slices.Contains(clusterIPs, a) {
+			return
+		}
+		fe := datapath.Frontend{Addr: a, Port: uint16(port.Port), Proto: proto}
+		if !slices.Contains(out, fe) {
+			out = append(out, fe)
+		}
+	}
+	for _, ip := range svc.Spec.ExternalIPs {
+		add(ip)
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer && len(svc.Spec.LoadBalancerSourceRanges) == 0 {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
+				continue
+			}
+			add(ing.IP)
+		}
 	}
 	return out
 }

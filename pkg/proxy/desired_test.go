@@ -270,3 +270,225 @@ func TestDesired(t *testing.T) {
 		})
 	}
 }
+
+// TestDesiredExternal: NodePorts, externalIPs and load-balancer IPs as this
+// node's sockets reach them: every usable endpoint of the cluster, whatever
+// externalTrafficPolicy and internalTrafficPolicy say (kube-proxy sends
+// traffic from the node and its pods to these destinations to the
+// cluster-wide endpoints), with the same affinity and fallback as the
+// ClusterIP.
+func TestDesiredExternal(t *testing.T) {
+	cip := netip.MustParseAddr("10.96.0.10")
+	at := func(addr string, port uint16) datapath.Frontend {
+		return datapath.Frontend{Addr: netip.MustParseAddr(addr), Port: port, Proto: datapath.TCP}
+	}
+	nodePort := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	}
+	lbIngress := func(ing ...v1.LoadBalancerIngress) func(*v1.Service) {
+		return func(s *v1.Service) {
+			nodePort(s)
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Status.LoadBalancer.Ingress = ing
+		}
+	}
+	twoNodes := []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))}
+	all := backends("10.1.0.1:8080", "10.1.0.2:8080")
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   []datapath.Service
+	}{
+		{
+			name:   "NodePort: the port on every node address, all endpoints",
+			svc:    service(nodePort),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
+			},
+		},
+		{
+			name: "externalTrafficPolicy Local does not apply to the node's own traffic",
+			svc: service(nodePort, func(s *v1.Service) {
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: backends("10.1.0.1:8080")},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
+			},
+		},
+		{
+			name: "internalTrafficPolicy Local applies to the ClusterIP only",
+			svc: service(nodePort, func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+				s.Spec.ExternalIPs = []string{"192.0.2.7"}
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Drop: true},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
+				{Frontend: at("192.0.2.7", 80), Backends: backends("10.1.0.1:8080")},
+			},
+		},
+		{
+			name:   "no endpoints: every frontend refuses; the terminating fallback serves them all",
+			svc:    service(nodePort, func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.7"} }),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.3", "node-2", true))},
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: backends("10.1.0.3:8080")},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.3:8080")},
+				{Frontend: at("192.0.2.7", 80), Backends: backends("10.1.0.3:8080")},
+			},
+		},
+		{
+			name: "session affinity on every frontend",
+			svc: service(nodePort, func(s *v1.Service) {
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			}),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all, AffinityTimeout: DefaultAffinityTimeout},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all, AffinityTimeout: DefaultAffinityTimeout},
+			},
+		},
+		{
+			name: "externalIPs on a ClusterIP Service; IPv6, bad and duplicate ones skipped",
+			svc: service(func(s *v1.Service) {
+				s.Spec.ExternalIPs = []string{"192.0.2.7", "2001:db8::1", "nonsense", "192.0.2.7", "10.96.0.10"}
+			}),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all},
+				{Frontend: at("192.0.2.7", 80), Backends: all},
+			},
+		},
+		{
+			name: "LoadBalancer: ingress IPs (VIP or unset ipMode), not Proxy, not hostnames",
+			svc: service(lbIngress(
+				v1.LoadBalancerIngress{IP: "198.51.100.1"},
+				v1.LoadBalancerIngress{IP: "198.51.100.2", IPMode: ptr.To(v1.LoadBalancerIPModeVIP)},
+				v1.LoadBalancerIngress{IP: "198.51.100.3", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)},
+				v1.LoadBalancerIngress{Hostname: "lb.example.com"},
+			)),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
+				{Frontend: at("198.51.100.1", 80), Backends: all},
+				{Frontend: at("198.51.100.2", 80), Backends: all},
+			},
+		},
+		{
+			name: "LoadBalancer with loadBalancerSourceRanges: its IPs are left to the load balancer",
+			svc: service(lbIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
+				s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+			}),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
+			},
+		},
+		{
+			name: "LoadBalancer without node ports (allocateLoadBalancerNodePorts false)",
+			svc: service(lbIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
+				s.Spec.Ports[0].NodePort = 0
+			}),
+			slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: at("10.96.0.10", 80), Backends: all},
+				{Frontend: at("198.51.100.1", 80), Backends: all},
+			},
+		},
+		{
+			name: "UDP NodePort",
+			svc: service(nodePort, func(s *v1.Service) {
+				s.Spec.Ports[0].Protocol = v1.ProtocolUDP
+			}),
+			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+				s := slice("a", 5353, ready("10.1.0.1", ""))
+				s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
+				return s
+			}()},
+			want: []datapath.Service{
+				{Frontend: datapath.Frontend{Addr: cip, Port: 80, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")},
+				{Frontend: datapath.NodePortFrontend(30080, datapath.UDP), Backends: backends("10.1.0.1:5353")},
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			want := append(slices.Clone(c.want), datapath.Service{Frontend: datapath.AddressFrontend(cip)})
+			got := Desired(c.svc, c.slices, thisNode)
+			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestDesiredNorthSouth: traffic from outside the node follows
+// externalTrafficPolicy: Cluster uses every endpoint and SNATs, Local this
+// node's only, keeps the client, and drops with endpoints elsewhere only.
+func TestDesiredNorthSouth(t *testing.T) {
+	np := func(mut ...func(*v1.Service)) *v1.Service {
+		return service(append([]func(*v1.Service){func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.Ports[0].NodePort = 30080
+			s.Spec.ExternalIPs = []string{"192.0.2.7"}
+		}}, mut...)...)
+	}
+	localPolicy := func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }
+	nodePort := datapath.NodePortFrontend(30080, datapath.TCP).External()
+	extIP := datapath.Frontend{Addr: netip.MustParseAddr("192.0.2.7"), Port: 80, Proto: datapath.TCP}.External()
+	twoNodes := []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))}
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   []datapath.Service
+	}{
+		{
+			name: "Cluster: all endpoints, SNAT", svc: np(), slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.1:8080", "10.1.0.2:8080"), SNAT: true},
+				{Frontend: extIP, Backends: backends("10.1.0.1:8080", "10.1.0.2:8080"), SNAT: true},
+			},
+		},
+		{
+			name: "Local: this node's endpoints, client kept", svc: np(localPolicy), slices: twoNodes,
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.2:8080")},
+				{Frontend: extIP, Backends: backends("10.1.0.2:8080")},
+			},
+		},
+		{
+			name: "Local with endpoints elsewhere only: dropped", svc: np(localPolicy),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+			want:   []datapath.Service{{Frontend: nodePort, Drop: true}, {Frontend: extIP, Drop: true}},
+		},
+		{
+			name: "Local: the terminating fallback among local endpoints", svc: np(localPolicy),
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
+			want: []datapath.Service{
+				{Frontend: nodePort, Backends: backends("10.1.0.2:8080")},
+				{Frontend: extIP, Backends: backends("10.1.0.2:8080")},
+			},
+		},
+		{
+			name: "ClusterIP Service without externalIPs: nothing", svc: service(), slices: twoNodes,
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := DesiredNorthSouth(c.svc, c.slices, thisNode)
+			if diff := cmp.Diff(c.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -13,7 +15,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -31,6 +32,9 @@ type Programmer interface {
 	Sync(desired []datapath.Service) (datapath.ApplyStats, error)
 	// Frontends are all programmed frontends, restored ones included.
 	Frontends() []datapath.Frontend
+	// SetNodeAddresses makes the node addresses whose NodePorts are
+	// translated exactly these; it returns the number of map writes.
+	SetNodeAddresses(map[netip.Addr]datapath.NodeAddressFlags) (int, error)
 }
 
 // Config configures a Proxier.
@@ -47,9 +51,22 @@ type Config struct {
 	// full map) are tried again; each failure costs a re-read of the maps,
 	// so it is longer than RetryPeriod. Default 30 s.
 	FailedRetryPeriod time.Duration
-	Metrics           *Metrics
-	Health            *Health
-	Logger            *zap.Logger
+	// NodePortAddresses selects the node addresses NodePorts are served
+	// on (--nodeport-addresses); the zero value serves none, so callers
+	// set it (ParseNodePortAddresses(nil) is kube-proxy's default).
+	NodePortAddresses NodePortAddresses
+	// LocalAddresses lists this node's own IPv4 addresses, for
+	// NodePortAddresses.CIDRs; nil: only the Node objects' addresses.
+	LocalAddresses func() ([]netip.Addr, error)
+	// LocalAddressResync re-reads LocalAddresses this often while CIDRs
+	// are configured. Default 30 s.
+	LocalAddressResync time.Duration
+	// NorthSouth also programs the frontends for traffic from outside the
+	// node (DesiredNorthSouth), for the tc programs on --nodeport-devices.
+	NorthSouth bool
+	Metrics    *Metrics
+	Health     *Health
+	Logger     *zap.Logger
 }
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
@@ -57,8 +74,10 @@ type Proxier struct {
 	cfg       Config
 	factory   informers.SharedInformerFactory
 	epFactory informers.SharedInformerFactory
-	// nodeFactory watches this agent's own Node, for nodeEligible.
+	// nodeFactory watches the Nodes: this agent's own for nodeEligible,
+	// all of them for the addresses NodePorts are served on.
 	nodeFactory informers.SharedInformerFactory
+	nodeSynced  cache.InformerSynced
 	services    corelisters.ServiceLister
 
 	mu         sync.Mutex
@@ -68,6 +87,13 @@ type Proxier struct {
 	epPending  int
 	full       bool
 	kick       chan struct{}
+	// nodes are the Nodes' IPv4 addresses (nodeAddresses), by name;
+	// nodesDirty says the node addresses need programming, which waits
+	// for the Node informer's first list (nodesReady) so that a restart
+	// keeps the pinned ones until then.
+	nodes      map[string][]netip.Addr
+	nodesDirty bool
+	nodesReady bool
 
 	// programmed and failed are touched only by the sync loop. failed
 	// holds the Services whose last write failed (maps full, say); they
@@ -92,6 +118,9 @@ func New(cfg Config) (*Proxier, error) {
 	if cfg.FailedRetryPeriod <= 0 {
 		cfg.FailedRetryPeriod = 30 * time.Second
 	}
+	if cfg.LocalAddressResync <= 0 {
+		cfg.LocalAddressResync = 30 * time.Second
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
@@ -110,6 +139,7 @@ func New(cfg Config) (*Proxier, error) {
 		programmed: map[types.NamespacedName][]datapath.Frontend{},
 		failed:     map[types.NamespacedName]error{},
 		synced:     make(chan struct{}),
+		nodes:      map[string][]netip.Addr{},
 	}
 	// The same server-side filters as kube-proxy: Services another proxy
 	// owns or that are headless never reach us.
@@ -119,11 +149,10 @@ func New(cfg Config) (*Proxier, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = discoveryv1.LabelServiceName + "," + "!" + LabelHeadless
 		}))
-	p.nodeFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
-		}))
-	if _, err := p.nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	p.nodeFactory = informers.NewSharedInformerFactory(cfg.Client, 0)
+	nodeInformer := p.nodeFactory.Core().V1().Nodes().Informer()
+	p.nodeSynced = nodeInformer.HasSynced
+	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { p.onNode(o, false) },
 		UpdateFunc: func(_, o any) { p.onNode(o, false) },
 		DeleteFunc: func(o any) { p.onNode(o, true) },
@@ -158,7 +187,22 @@ func unwrap(o any) any {
 
 func (p *Proxier) onNode(o any, deleted bool) {
 	n, ok := unwrap(o).(*v1.Node)
-	if !ok || n.Name != p.cfg.NodeName {
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	old, known := p.nodes[n.Name]
+	if deleted {
+		delete(p.nodes, n.Name)
+	} else {
+		p.nodes[n.Name] = nodeAddresses(n)
+	}
+	if deleted && known || !deleted && (!known || !slices.Equal(old, p.nodes[n.Name])) {
+		p.nodesDirty = true
+		p.kickLocked()
+	}
+	p.mu.Unlock()
+	if n.Name != p.cfg.NodeName {
 		return
 	}
 	if deleted && n.DeletionTimestamp == nil {
@@ -226,6 +270,10 @@ func (p *Proxier) markLocked(name types.NamespacedName, trigger time.Time) {
 		p.dirty[name] = trigger
 	}
 	p.cfg.Health.QueuedUpdate()
+	p.kickLocked()
+}
+
+func (p *Proxier) kickLocked() {
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -242,8 +290,10 @@ func (p *Proxier) Run(ctx context.Context) error {
 	p.factory.Start(ctx.Done())
 	p.epFactory.Start(ctx.Done())
 	// The Node watch is not waited for: until it answers (or if RBAC
-	// denies it) the node counts as eligible.
+	// denies it) the node counts as eligible, and the node addresses
+	// restored from the pins stay as they are.
 	p.nodeFactory.Start(ctx.Done())
+	go p.watchNodeAddresses(ctx)
 	defer p.factory.Shutdown()
 	defer p.epFactory.Shutdown()
 	defer p.nodeFactory.Shutdown()
@@ -304,9 +354,87 @@ func (p *Proxier) Run(ctx context.Context) error {
 	}
 }
 
+// watchNodeAddresses marks the node addresses for programming once the
+// Nodes are listed, and again every LocalAddressResync while CIDRs select
+// local addresses (they are not watched).
+func (p *Proxier) watchNodeAddresses(ctx context.Context) {
+	if !cache.WaitForCacheSync(ctx.Done(), p.nodeSynced) {
+		return
+	}
+	mark := func() {
+		p.mu.Lock()
+		p.nodesReady = true
+		p.nodesDirty = true
+		p.kickLocked()
+		p.mu.Unlock()
+	}
+	mark()
+	if len(p.cfg.NodePortAddresses.CIDRs) == 0 || p.cfg.LocalAddresses == nil {
+		return
+	}
+	t := time.NewTicker(p.cfg.LocalAddressResync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			mark()
+		}
+	}
+}
+
+// syncNodeAddresses programs the node addresses when they changed.
+func (p *Proxier) syncNodeAddresses() error {
+	p.mu.Lock()
+	if !p.nodesReady || !p.nodesDirty {
+		p.mu.Unlock()
+		return nil
+	}
+	p.nodesDirty = false
+	nodes := make(map[string][]netip.Addr, len(p.nodes))
+	for n, a := range p.nodes {
+		nodes[n] = a
+	}
+	p.mu.Unlock()
+	var local []netip.Addr
+	if len(p.cfg.NodePortAddresses.CIDRs) > 0 && p.cfg.LocalAddresses != nil {
+		var err error
+		if local, err = p.cfg.LocalAddresses(); err != nil {
+			p.mu.Lock()
+			p.nodesDirty = true
+			p.mu.Unlock()
+			return fmt.Errorf("list local addresses: %w", err)
+		}
+	}
+	want := DesiredNodeAddresses(nodes, p.cfg.NodeName, p.cfg.NodePortAddresses, local)
+	n, err := p.cfg.Programmer.SetNodeAddresses(want)
+	if err != nil {
+		p.mu.Lock()
+		p.nodesDirty = true
+		p.mu.Unlock()
+		return err
+	}
+	p.cfg.Metrics.MapWritesTotal.Add(float64(n))
+	if n > 0 {
+		p.cfg.Logger.Info("programmed node addresses", zap.Int("addresses", len(want)), zap.Int("writes", n))
+	}
+	return nil
+}
+
 // syncOnce programs every dirty Service, or everything after a failure or
-// at start.
+// at start, and the node addresses when they changed.
 func (p *Proxier) syncOnce() error {
+	// Node addresses stand alone: a failure there does not hold back
+	// the Services, and is retried with them.
+	nerr := p.syncNodeAddresses()
+	if err := p.syncServices(); err != nil {
+		return errors.Join(err, nerr)
+	}
+	return nerr
+}
+
+func (p *Proxier) syncServices() error {
 	p.mu.Lock()
 	full := p.full
 	dirty := p.dirty
@@ -390,7 +518,15 @@ func (p *Proxier) desiredFor(name types.NamespacedName) ([]datapath.Service, err
 	if err != nil {
 		return nil, fmt.Errorf("get service %s: %w", name, err)
 	}
-	return Desired(svc, p.slicesOf(name), p.cfg.NodeName), nil
+	return p.desired(svc, p.slicesOf(name)), nil
+}
+
+func (p *Proxier) desired(svc *v1.Service, eps []*discoveryv1.EndpointSlice) []datapath.Service {
+	d := Desired(svc, eps, p.cfg.NodeName)
+	if p.cfg.NorthSouth {
+		d = append(d, DesiredNorthSouth(svc, eps, p.cfg.NodeName)...)
+	}
+	return d
 }
 
 func frontends(svcs []datapath.Service) []datapath.Frontend {
@@ -410,7 +546,7 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 	byName := map[types.NamespacedName][]datapath.Service{}
 	for _, svc := range list {
 		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		d := Desired(svc, p.slicesOf(name), p.cfg.NodeName)
+		d := p.desired(svc, p.slicesOf(name))
 		if len(d) > 0 {
 			byName[name] = d
 			all = append(all, d...)

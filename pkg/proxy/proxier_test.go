@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -343,4 +344,68 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return m.GetGauge().GetValue()
+}
+
+// TestProxierNodePortOnEveryNode: the agent programs every Node's primary
+// address, so that a NodePort resolves on this node's address and the
+// other nodes' alike, and follows Nodes as they come, change and go.
+func TestProxierNodePortOnEveryNode(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc := service(func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	})
+	client := fake.NewClientset(svc, slice("web-a", 8080, ready("10.1.0.1", "node-2")),
+		node(thisNode, internal("10.0.0.11")), node("node-2", internal("10.0.0.12")))
+	maps := datapath.NewFakeMaps()
+	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps})
+	npa, _ := ParseNodePortAddresses(nil)
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: lb, NodePortAddresses: npa, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Run(ctx)
+	resolves := func(want map[string]string) {
+		t.Helper()
+		rng := rand.New(rand.NewPCG(1, 2))
+		var got map[string]string
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			got = map[string]string{}
+			for dst := range want {
+				ap := netip.MustParseAddrPort(dst)
+				b, err := maps.Resolve(datapath.Frontend{Addr: ap.Addr(), Port: ap.Port(), Proto: datapath.TCP}, rng)
+				if err != nil {
+					got[dst] = err.Error()
+				} else {
+					got[dst] = netip.AddrPortFrom(b.Addr, b.Port).String()
+				}
+			}
+			if cmp.Diff(want, got) == "" {
+				return
+			}
+		}
+		t.Fatalf("resolved (-want +got):\n%s", cmp.Diff(want, got))
+	}
+	none := datapath.ErrNoService.Error()
+	resolves(map[string]string{"10.0.0.11:30080": "10.1.0.1:8080", "10.0.0.12:30080": "10.1.0.1:8080", "10.0.0.13:30080": none, "10.0.0.11:22": none})
+
+	if _, err := client.CoreV1().Nodes().Create(ctx, node("node-3", internal("10.0.0.13")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	resolves(map[string]string{"10.0.0.13:30080": "10.1.0.1:8080"})
+	if _, err := client.CoreV1().Nodes().Update(ctx, node("node-2", internal("10.0.0.22")), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	resolves(map[string]string{"10.0.0.12:30080": none, "10.0.0.22:30080": "10.1.0.1:8080"})
+	if err := client.CoreV1().Nodes().Delete(ctx, "node-3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	resolves(map[string]string{"10.0.0.13:30080": none, "10.0.0.11:30080": "10.1.0.1:8080"})
+	if diff := cmp.Diff(map[netip.Addr]datapath.NodeAddressFlags{
+		netip.MustParseAddr("10.0.0.11"): datapath.NodeAddressLocal,
+		netip.MustParseAddr("10.0.0.22"): datapath.NodeAddressRemote,
+	}, lb.NodeAddresses(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("node addresses (-want +got):\n%s", diff)
+	}
 }
