@@ -34,6 +34,9 @@ type Datapath struct {
 	cfg  Config
 	objs sockLBObjects
 	Maps *BPFMaps
+	// destroyIter is the UDP socket iterator (DestroySockets), attached
+	// on first use and not pinned.
+	destroyIter *link.Iter
 }
 
 type hook struct {
@@ -76,7 +79,7 @@ func CheckKernel() error {
 			return fmt.Errorf("kernel lacks helper %s for cgroup sock_addr programs: %w", h.what, err)
 		}
 	}
-	return nil
+	return checkSockDestroyKernel()
 }
 
 // IsCgroup2 reports whether dir is a directory of a cgroup v2 hierarchy.
@@ -320,6 +323,9 @@ func detachPin(pin string) error {
 
 // Close releases the agent's handles. Pinned maps and links stay.
 func (d *Datapath) Close() error {
+	if d.destroyIter != nil {
+		d.destroyIter.Close()
+	}
 	return d.objs.Close()
 }
 
