@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		NodePortAddresses: npa,
 		LocalAddresses:    localAddresses,
 		NorthSouth:        len(cfg.NodePortDevices) > 0,
+		Sockets:           dp,
 		Metrics:           metrics,
 		Health:            health,
 		Logger:            log.Named("proxy"),

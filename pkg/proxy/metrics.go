@@ -19,6 +19,8 @@ type Metrics struct {
 	ProgrammedServices          prometheus.Gauge
 	ServicesNotProgrammed       prometheus.Gauge
 	ServiceProgramFailuresTotal prometheus.Counter
+	UDPSocketsDestroyedTotal    prometheus.Counter
+	SocketDestroyFailuresTotal  prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -75,12 +77,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "directlb", Subsystem: "node_agent", Name: "service_program_failures_total",
 			Help: "Writes of one Service to the BPF maps that failed after its batch failed.",
 		}),
+		UDPSocketsDestroyedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "udp_sockets_destroyed_total",
+			Help: "Connected UDP sockets destroyed because the backend they were translated to left its Service.",
+		}),
+		SocketDestroyFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "socket_destroy_failures_total",
+			Help: "Runs of the UDP socket iterator (after a sync that removed backends) that failed in at least one network namespace.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
 			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
 			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices,
-			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal)
+			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal, m.UDPSocketsDestroyedTotal,
+			m.SocketDestroyFailuresTotal)
 	}
 	return m
 }
