@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,11 +28,45 @@ const udpHoldEnv = "DLBT_DP_UDP_HOLD"
 // does not answer) and waits in read until the socket fails ("err
 // <errno> <micros>", the time from the test's "go" line), then reconnects
 // and asks n more times on the new socket, each answer a line.
+//
+// With DLBT_DP_UDP_HOLD=netns it runs in a network namespace of its own
+// (as a pod does) and first starts the backends there: nsAddrs, answering
+// nsbe0, nsbe1.
 func runUDPHold(args []string) int {
 	target := args[0]
 	n, _ := strconv.Atoi(args[1])
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
+	if os.Getenv(udpHoldEnv) == "netns" {
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			fmt.Fprintf(out, "fatal lo: %v\n", err)
+			return 2
+		}
+		for i, a := range nsAddrs {
+			c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(a))
+			if err != nil {
+				fmt.Fprintf(out, "fatal %v\n", err)
+				return 2
+			}
+			name := fmt.Sprintf("nsbe%d", i)
+			go func() {
+				buf := make([]byte, 256)
+				for {
+					k, from, err := c.ReadFromUDPAddrPort(buf)
+					if err != nil {
+						return
+					}
+					if string(buf[:k]) != "hold" {
+						c.WriteToUDPAddrPort([]byte(name), from)
+					}
+				}
+			}()
+		}
+	}
 	c, err := net.Dial("udp4", target)
 	if err != nil {
 		fmt.Fprintf(out, "fatal %v\n", err)
@@ -108,12 +144,40 @@ func TestConnectedUDPFollowsBackends(t *testing.T) {
 	for i, a := range addrs {
 		direct[i] = b.client("udp-connected", a.String(), 10, 100*time.Millisecond)
 	}
+	b.holdClient(fe, addrs, names, "1", 0)
+	for i, wait := range direct {
+		for _, r := range wait() {
+			if !r.ok || r.answer != names[i] {
+				t.Errorf("a socket connected to %s directly: %+v, want untouched", names[i], r)
+			}
+		}
+	}
+}
 
+// nsAddrs are the backends TestConnectedUDPInPodNetns's client starts in
+// its own network namespace.
+var nsAddrs = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:5301"), netip.MustParseAddrPort("127.0.0.3:5301")}
+
+// TestConnectedUDPInPodNetns: the same from a client in a network
+// namespace of its own, as a pod is: the iterator has to run there.
+func TestConnectedUDPInPodNetns(t *testing.T) {
+	b := newBed(t)
+	fe := frontend(11, 5353, UDP)
+	b.apply(Service{Frontend: fe, Backends: nsAddrs})
+	b.holdClient(fe, nsAddrs, []string{"nsbe0", "nsbe1"}, "netns", syscall.CLONE_NEWNET)
+}
+
+// holdClient runs runUDPHold against fe, removes the backend it reached
+// first, destroys its sockets and checks that the client's read fails with
+// ECONNABORTED and its reconnect reaches the other backend.
+func (b *bed) holdClient(fe Frontend, addrs []netip.AddrPort, names []string, mode string, clone uintptr) {
+	t := b.t
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", target(fe), "10")
-	cmd.Env = append(os.Environ(), udpHoldEnv+"=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(b.cgroup.Fd())}
+	cmd.Env = append(os.Environ(), udpHoldEnv+"="+mode)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(b.cgroup.Fd()), Cloneflags: clone}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -181,13 +245,6 @@ func TestConnectedUDPFollowsBackends(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("client: %v; stderr: %s", err, stderr.String())
-	}
-	for i, wait := range direct {
-		for _, r := range wait() {
-			if !r.ok || r.answer != names[i] {
-				t.Errorf("a socket connected to %s directly: %+v, want untouched", names[i], r)
-			}
-		}
 	}
 }
 
