@@ -742,6 +742,22 @@ func (lb *LoadBalancer) planDelete(p *plan, fe Frontend) bool {
 	return true
 }
 
+// MapEntries are the entries the LoadBalancer has written to the Service
+// maps, by map name: dlb_svc4 (masters, slots and address entries),
+// dlb_backends4 and dlb_affmatch4.
+func (lb *LoadBalancer) MapEntries() map[string]int {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	svc, matches := 0, 0
+	for _, p := range lb.services {
+		svc += 1 + len(p.slots)
+		if p.flags&FlagAffinity != 0 {
+			matches += len(p.slots)
+		}
+	}
+	return map[string]int{"dlb_svc4": svc, "dlb_backends4": len(lb.backends), "dlb_affmatch4": matches}
+}
+
 // ProgrammedService is one Service as the LoadBalancer has programmed it.
 type ProgrammedService struct {
 	ID              ServiceID

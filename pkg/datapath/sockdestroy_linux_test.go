@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/directlb/directlb/internal/privileged"
 )
 
 const udpHoldEnv = "DLBT_DP_UDP_HOLD"
@@ -297,5 +300,37 @@ func TestUnconnectedUDPSticksPerSocket(t *testing.T) {
 	}
 	if last := rs[len(rs)-1].answer; last != names[0] || switches > 1 {
 		t.Errorf("after shrinking to %s: last answer %s with %d switches, want %s and at most 1", names[0], last, switches, names[0])
+	}
+}
+
+// TestMapSizes: Config.MapSizes sets the maps' max entries, and the
+// LoadBalancer counts what it wrote.
+func TestMapSizes(t *testing.T) {
+	privileged.Require(t, "loads BPF programs and mounts a bpffs")
+	privileged.RequireKernel(t, CheckKernel)
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpffs", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	root := filepath.Join(bpffs, "directlb")
+	dp, err := Load(Config{BPFRoot: root, MapSizes: MapSizes{Services: 1024, Backends: 512, RevNAT: 256, Sticky: 128}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Cleanup(root)
+	defer dp.Close()
+	got := dp.MapCapacities()
+	for name, want := range map[string]uint32{"dlb_svc4": 1024, "dlb_backends4": 512, "dlb_affmatch4": 512, "dlb_revnat4": 256, "dlb_sticky4": 128, "dlb_nat4": 262144} {
+		if got[name] != want {
+			t.Errorf("%s: max entries %d, want %d", name, got[name], want)
+		}
+	}
+	lb := NewLoadBalancer(LoadBalancerConfig{Maps: dp.Maps})
+	if _, err := lb.Apply([]Service{{Frontend: frontend(1, 53, UDP), Backends: nsAddrs}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e := lb.MapEntries(); e["dlb_svc4"] != 3 || e["dlb_backends4"] != 2 {
+		t.Errorf("MapEntries = %v, want 3 service entries and 2 backends", e)
 	}
 }

@@ -522,3 +522,27 @@ func waitDestroyed(t *testing.T, rec *recordingDestroyer, want []string) {
 		t.Errorf("sockets to destroy (-want +got):\n%s", diff)
 	}
 }
+
+func TestMapFill(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&MapFill{Capacity: map[string]uint32{"dlb_svc4": 1000, "dlb_nat4": 10}, Entries: func() map[string]int { return map[string]int{"dlb_svc4": 250} }})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"directlb_node_agent_bpf_map_capacity/dlb_svc4":   1000,
+		"directlb_node_agent_bpf_map_capacity/dlb_nat4":   10,
+		"directlb_node_agent_bpf_map_entries/dlb_svc4":    250,
+		"directlb_node_agent_bpf_map_fill_ratio/dlb_svc4": 0.25,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("map fill metrics (-want +got):\n%s", diff)
+	}
+}
