@@ -143,11 +143,23 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		zap.Strings("nodePortDevices", cfg.NodePortDevices),
 		zap.Int("restoredServices", st.Services),
 		zap.Int("restoredBackends", st.Backends),
-		zap.Int("removedStale", st.Removed))
+		zap.Int("removedStale", st.Removed),
+		zap.Any("mapSizes", dp.MapCapacities()))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
+	reg.MustRegister(&proxy.MapFill{Capacity: dp.MapCapacities(), Entries: func() map[string]int {
+		// The Service maps from what the LoadBalancer wrote; the LRU
+		// revnat map counted (at most its 65,536 default). dlb_nat4 is
+		// not counted: iterating up to 262,144 entries per scrape costs
+		// too much.
+		n := lb.MapEntries()
+		if v, err := dp.Maps.RevNATEntries(); err == nil {
+			n["dlb_revnat4"] = v
+		}
+		return n
+	}})
 	health := proxy.NewHealth(cfg.HealthTimeout)
 	npa, err := proxy.ParseNodePortAddresses(cfg.NodePortAddresses)
 	if err != nil {
@@ -161,6 +173,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		NodePortAddresses: npa,
 		LocalAddresses:    localAddresses,
 		NorthSouth:        len(cfg.NodePortDevices) > 0,
+		Sockets:           dp,
 		Metrics:           metrics,
 		Health:            health,
 		Logger:            log.Named("proxy"),

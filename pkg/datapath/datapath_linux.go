@@ -26,6 +26,56 @@ type Config struct {
 	// Cgroup is the cgroup v2 directory whose processes (and its
 	// descendants') get ClusterIP translation.
 	Cgroup string
+	// MapSizes overrides the maps' max entries; zero keeps the size in
+	// sock_lb.c. A pinned map of another size cannot be reused: Load
+	// fails until it is removed (node-agent --cleanup).
+	MapSizes MapSizes
+}
+
+// MapSizes are the max entries of the maps that grow with the cluster.
+type MapSizes struct {
+	// Services is dlb_svc4: one entry per frontend, one per backend slot
+	// and one address entry per ClusterIP (default 262,144).
+	Services uint32
+	// Backends is dlb_backends4 and dlb_affmatch4 (default 131,072).
+	Backends uint32
+	// RevNAT is dlb_revnat4, one entry per translated socket and peer
+	// (LRU, default 65,536).
+	RevNAT uint32
+	// Sticky is dlb_sticky4, one per unconnected UDP socket and Service
+	// (LRU, default 65,536).
+	Sticky uint32
+}
+
+func (m MapSizes) apply(spec *ebpf.CollectionSpec) {
+	set := func(n uint32, names ...string) {
+		if n == 0 {
+			return
+		}
+		for _, name := range names {
+			if ms := spec.Maps[name]; ms != nil {
+				ms.MaxEntries = n
+			}
+		}
+	}
+	set(m.Services, "dlb_svc4")
+	set(m.Backends, "dlb_backends4", "dlb_affmatch4")
+	set(m.RevNAT, "dlb_revnat4")
+	set(m.Sticky, "dlb_sticky4")
+}
+
+// MapCapacities returns every loaded map's max entries, by map name.
+func (d *Datapath) MapCapacities() map[string]uint32 {
+	out := map[string]uint32{}
+	for name, m := range map[string]*ebpf.Map{
+		"dlb_svc4": d.objs.DlbSvc4, "dlb_backends4": d.objs.DlbBackends4,
+		"dlb_affmatch4": d.objs.DlbAffmatch4, "dlb_revnat4": d.objs.DlbRevnat4,
+		"dlb_affinity4": d.objs.DlbAffinity4, "dlb_sticky4": d.objs.DlbSticky4,
+		"dlb_nodeaddr4": d.objs.DlbNodeaddr4, "dlb_nat4": d.objs.DlbNat4,
+	} {
+		out[name] = m.MaxEntries()
+	}
+	return out
 }
 
 // Datapath is the loaded programs and maps. Closing it leaves the pinned
@@ -34,6 +84,9 @@ type Datapath struct {
 	cfg  Config
 	objs sockLBObjects
 	Maps *BPFMaps
+	// destroyIter is the UDP socket iterator (DestroySockets), attached
+	// on first use and not pinned.
+	destroyIter *link.Iter
 }
 
 type hook struct {
@@ -76,7 +129,7 @@ func CheckKernel() error {
 			return fmt.Errorf("kernel lacks helper %s for cgroup sock_addr programs: %w", h.what, err)
 		}
 	}
-	return nil
+	return checkSockDestroyKernel()
 }
 
 // IsCgroup2 reports whether dir is a directory of a cgroup v2 hierarchy.
@@ -142,6 +195,7 @@ func Load(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF spec: %w", err)
 	}
+	cfg.MapSizes.apply(spec)
 	d := &Datapath{cfg: cfg}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg.BPFRoot)}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
@@ -320,6 +374,9 @@ func detachPin(pin string) error {
 
 // Close releases the agent's handles. Pinned maps and links stay.
 func (d *Datapath) Close() error {
+	if d.destroyIter != nil {
+		d.destroyIter.Close()
+	}
 	return d.objs.Close()
 }
 

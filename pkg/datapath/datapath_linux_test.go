@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[len(os.Args)-2:]))
 	}
+	if mode := os.Getenv(udpHoldEnv); mode != "" {
+		os.Exit(runUDPHold(os.Args[len(os.Args)-2:]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -87,6 +90,8 @@ func tryOnce(out io.Writer, mode, target string) bool {
 		answer, peer, err = udpOnce(target)
 	case "udp-connected":
 		answer, peer, err = udpConnectedOnce(target)
+	case "udp-socket":
+		answer, peer, err = udpSocketOnce(target)
 	case "tcp6":
 		answer, peer, err = tcp6Once(target)
 	case "udp6":
@@ -185,6 +190,34 @@ func udpOnce(target string) (string, string, error) {
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	buf := make([]byte, 256)
 	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return "", "", err
+	}
+	return string(buf[:n]), from.String(), nil
+}
+
+var udpSocket *net.UDPConn
+
+// udpSocketOnce sends one datagram from the helper's one unconnected
+// socket, kept across requests.
+func udpSocketOnce(target string) (string, string, error) {
+	if udpSocket == nil {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return "", "", err
+		}
+		udpSocket = c
+	}
+	dst, err := net.ResolveUDPAddr("udp4", target)
+	if err != nil {
+		return "", "", err
+	}
+	if _, err := udpSocket.WriteToUDP([]byte("ping"), dst); err != nil {
+		return "", "", err
+	}
+	udpSocket.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 256)
+	n, from, err := udpSocket.ReadFromUDPAddrPort(buf)
 	if err != nil {
 		return "", "", err
 	}
@@ -518,9 +551,12 @@ func udpBackends(t *testing.T, n int) ([]netip.AddrPort, []string) {
 			defer wg.Done()
 			buf := make([]byte, 256)
 			for {
-				_, from, err := c.ReadFromUDPAddrPort(buf)
+				n, from, err := c.ReadFromUDPAddrPort(buf)
 				if err != nil {
 					return
+				}
+				if string(buf[:n]) == "hold" {
+					continue // the client waits (TestConnectedUDPFollowsBackends)
 				}
 				c.WriteToUDPAddrPort([]byte(name), from)
 			}

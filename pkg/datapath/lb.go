@@ -277,6 +277,7 @@ type plan struct {
 	matchDeletes  []AffinityMatchKey
 	released      []BackendID
 	backendDels   []BackendID
+	left          []LeftBackend
 }
 
 // ApplyStats counts what one Apply or Sync changed.
@@ -284,6 +285,37 @@ type ApplyStats struct {
 	ServicesChanged, ServicesDeleted int
 	// Writes is the number of map entries written or deleted.
 	Writes int
+	// Left are the backends that left a UDP socket frontend (removed from
+	// it, or the frontend deleted): connected UDP sockets translated to
+	// them are stale (DestroySockets). A failed Apply reports them too,
+	// since some of its writes may have been made.
+	Left []LeftBackend
+}
+
+// LeftBackend is a backend that no longer serves a Service it served: a
+// socket the hooks translated from that Service to it is stale.
+type LeftBackend struct {
+	Service ServiceID
+	Backend Backend
+}
+
+// socketUDP reports whether fe is reached by UDP sockets through the
+// socket hooks (not the tc programs' external frontends).
+func socketUDP(fe Frontend) bool {
+	return fe.Proto == UDP && fe.Scope&ScopeExternal == 0
+}
+
+// planLeft records in p the backends of old that are not in want (nil:
+// none are) for a UDP socket frontend.
+func (lb *LoadBalancer) planLeft(p *plan, fe Frontend, old *programmed, want *set[BackendID]) {
+	if old == nil || !socketUDP(fe) {
+		return
+	}
+	for _, id := range old.slots {
+		if want == nil || !want.has(id) {
+			p.left = append(p.left, LeftBackend{Service: old.id, Backend: lb.backends[id]})
+		}
+	}
 }
 
 // Apply programs the given Services (adding or changing them) and deletes
@@ -373,6 +405,7 @@ func (lb *LoadBalancer) applyLocked(upserts []Service, deletes []Frontend) (Appl
 	}
 	st.Writes = len(p.newBackendIDs) + len(p.matchAdds) + len(p.slotKeys) + len(p.masterKeys) +
 		len(p.masterDeletes) + len(p.slotDeletes) + len(p.matchDeletes) + len(p.backendDels)
+	st.Left = p.left
 	if err := lb.execute(&p); err != nil {
 		if _, rerr := lb.restoreLocked(); rerr != nil {
 			return st, fmt.Errorf("%w (and re-reading the maps failed: %w)", err, rerr)
@@ -517,6 +550,7 @@ func (lb *LoadBalancer) planUpsert(p *plan, s Service) (bool, error) {
 	}
 	planAffinityMatches(p, old, cur, wantIDs)
 	planServiceWrites(p, fe, old, cur)
+	lb.planLeft(p, fe, old, wantIDs)
 	// Old references are dropped after every acquire of this batch, so a
 	// backend that moves between Services keeps its ID.
 	p.released = append(p.released, oldSlots...)
@@ -701,10 +735,27 @@ func (lb *LoadBalancer) planDelete(p *plan, fe Frontend) bool {
 			p.matchDeletes = append(p.matchDeletes, AffinityMatchKey{BackendID: id, ServiceID: old.id})
 		}
 	}
+	lb.planLeft(p, fe, old, nil)
 	p.released = append(p.released, old.slots...)
 	delete(lb.services, fe)
 	delete(lb.svcIDs, old.id)
 	return true
+}
+
+// MapEntries are the entries the LoadBalancer has written to the Service
+// maps, by map name: dlb_svc4 (masters, slots and address entries),
+// dlb_backends4 and dlb_affmatch4.
+func (lb *LoadBalancer) MapEntries() map[string]int {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	svc, matches := 0, 0
+	for _, p := range lb.services {
+		svc += 1 + len(p.slots)
+		if p.flags&FlagAffinity != 0 {
+			matches += len(p.slots)
+		}
+	}
+	return map[string]int{"dlb_svc4": svc, "dlb_backends4": len(lb.backends), "dlb_affmatch4": matches}
 }
 
 // ProgrammedService is one Service as the LoadBalancer has programmed it.

@@ -79,6 +79,29 @@ type sockLBRevnat4Val struct {
 	SvcId uint32
 }
 
+type sockLBSockdestroy4Key struct {
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Pad   uint16
+	SvcId uint32
+}
+
+type sockLBSticky4Key struct {
+	_      structs.HostLayout
+	Cookie uint64
+	SvcId  uint32
+	Pad    uint32
+}
+
+type sockLBSticky4Val struct {
+	_          structs.HostLayout
+	LastUsedNs uint64
+	BackendId  uint32
+	Slot       uint16
+	Pad        uint16
+}
+
 type sockLBSvc4Key struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -110,6 +133,8 @@ const (
 	sockLBMapDlbNat4             = "dlb_nat4"
 	sockLBMapDlbNodeaddr4        = "dlb_nodeaddr4"
 	sockLBMapDlbRevnat4          = "dlb_revnat4"
+	sockLBMapDlbSockdestroy4     = "dlb_sockdestroy4"
+	sockLBMapDlbSticky4          = "dlb_sticky4"
 	sockLBMapDlbSvc4             = "dlb_svc4"
 	sockLBProgDlbConnect4        = "dlb_connect4"
 	sockLBProgDlbConnect6        = "dlb_connect6"
@@ -121,6 +146,8 @@ const (
 	sockLBProgDlbRecvmsg6        = "dlb_recvmsg6"
 	sockLBProgDlbSendmsg4        = "dlb_sendmsg4"
 	sockLBProgDlbSendmsg6        = "dlb_sendmsg6"
+	sockLBProgDlbSockDestroyUdp  = "dlb_sock_destroy_udp"
+	sockLBVarStickyTimeoutNs     = "sticky_timeout_ns"
 )
 
 // loadSockLB returns the embedded CollectionSpec for sockLB.
@@ -175,26 +202,30 @@ type sockLBProgramSpecs struct {
 	DlbRecvmsg6        *ebpf.ProgramSpec `ebpf:"dlb_recvmsg6"`
 	DlbSendmsg4        *ebpf.ProgramSpec `ebpf:"dlb_sendmsg4"`
 	DlbSendmsg6        *ebpf.ProgramSpec `ebpf:"dlb_sendmsg6"`
+	DlbSockDestroyUdp  *ebpf.ProgramSpec `ebpf:"dlb_sock_destroy_udp"`
 }
 
 // sockLBMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockLBMapSpecs struct {
-	DlbAffinity4 *ebpf.MapSpec `ebpf:"dlb_affinity4"`
-	DlbAffmatch4 *ebpf.MapSpec `ebpf:"dlb_affmatch4"`
-	DlbBackends4 *ebpf.MapSpec `ebpf:"dlb_backends4"`
-	DlbDevices   *ebpf.MapSpec `ebpf:"dlb_devices"`
-	DlbNat4      *ebpf.MapSpec `ebpf:"dlb_nat4"`
-	DlbNodeaddr4 *ebpf.MapSpec `ebpf:"dlb_nodeaddr4"`
-	DlbRevnat4   *ebpf.MapSpec `ebpf:"dlb_revnat4"`
-	DlbSvc4      *ebpf.MapSpec `ebpf:"dlb_svc4"`
+	DlbAffinity4    *ebpf.MapSpec `ebpf:"dlb_affinity4"`
+	DlbAffmatch4    *ebpf.MapSpec `ebpf:"dlb_affmatch4"`
+	DlbBackends4    *ebpf.MapSpec `ebpf:"dlb_backends4"`
+	DlbDevices      *ebpf.MapSpec `ebpf:"dlb_devices"`
+	DlbNat4         *ebpf.MapSpec `ebpf:"dlb_nat4"`
+	DlbNodeaddr4    *ebpf.MapSpec `ebpf:"dlb_nodeaddr4"`
+	DlbRevnat4      *ebpf.MapSpec `ebpf:"dlb_revnat4"`
+	DlbSockdestroy4 *ebpf.MapSpec `ebpf:"dlb_sockdestroy4"`
+	DlbSticky4      *ebpf.MapSpec `ebpf:"dlb_sticky4"`
+	DlbSvc4         *ebpf.MapSpec `ebpf:"dlb_svc4"`
 }
 
 // sockLBVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockLBVariableSpecs struct {
+	StickyTimeoutNs *ebpf.VariableSpec `ebpf:"sticky_timeout_ns"`
 }
 
 // sockLBObjects contains all objects after they have been loaded into the kernel.
@@ -217,14 +248,16 @@ func (o *sockLBObjects) Close() error {
 //
 // It can be passed to loadSockLBObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockLBMaps struct {
-	DlbAffinity4 *ebpf.Map `ebpf:"dlb_affinity4"`
-	DlbAffmatch4 *ebpf.Map `ebpf:"dlb_affmatch4"`
-	DlbBackends4 *ebpf.Map `ebpf:"dlb_backends4"`
-	DlbDevices   *ebpf.Map `ebpf:"dlb_devices"`
-	DlbNat4      *ebpf.Map `ebpf:"dlb_nat4"`
-	DlbNodeaddr4 *ebpf.Map `ebpf:"dlb_nodeaddr4"`
-	DlbRevnat4   *ebpf.Map `ebpf:"dlb_revnat4"`
-	DlbSvc4      *ebpf.Map `ebpf:"dlb_svc4"`
+	DlbAffinity4    *ebpf.Map `ebpf:"dlb_affinity4"`
+	DlbAffmatch4    *ebpf.Map `ebpf:"dlb_affmatch4"`
+	DlbBackends4    *ebpf.Map `ebpf:"dlb_backends4"`
+	DlbDevices      *ebpf.Map `ebpf:"dlb_devices"`
+	DlbNat4         *ebpf.Map `ebpf:"dlb_nat4"`
+	DlbNodeaddr4    *ebpf.Map `ebpf:"dlb_nodeaddr4"`
+	DlbRevnat4      *ebpf.Map `ebpf:"dlb_revnat4"`
+	DlbSockdestroy4 *ebpf.Map `ebpf:"dlb_sockdestroy4"`
+	DlbSticky4      *ebpf.Map `ebpf:"dlb_sticky4"`
+	DlbSvc4         *ebpf.Map `ebpf:"dlb_svc4"`
 }
 
 func (m *sockLBMaps) Close() error {
@@ -236,6 +269,8 @@ func (m *sockLBMaps) Close() error {
 		m.DlbNat4,
 		m.DlbNodeaddr4,
 		m.DlbRevnat4,
+		m.DlbSockdestroy4,
+		m.DlbSticky4,
 		m.DlbSvc4,
 	)
 }
@@ -244,6 +279,7 @@ func (m *sockLBMaps) Close() error {
 //
 // It can be passed to loadSockLBObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockLBVariables struct {
+	StickyTimeoutNs *ebpf.Variable `ebpf:"sticky_timeout_ns"`
 }
 
 // sockLBPrograms contains all programs after they have been loaded into the kernel.
@@ -260,6 +296,7 @@ type sockLBPrograms struct {
 	DlbRecvmsg6        *ebpf.Program `ebpf:"dlb_recvmsg6"`
 	DlbSendmsg4        *ebpf.Program `ebpf:"dlb_sendmsg4"`
 	DlbSendmsg6        *ebpf.Program `ebpf:"dlb_sendmsg6"`
+	DlbSockDestroyUdp  *ebpf.Program `ebpf:"dlb_sock_destroy_udp"`
 }
 
 func (p *sockLBPrograms) Close() error {
@@ -274,6 +311,7 @@ func (p *sockLBPrograms) Close() error {
 		p.DlbRecvmsg6,
 		p.DlbSendmsg4,
 		p.DlbSendmsg6,
+		p.DlbSockDestroyUdp,
 	)
 }
 

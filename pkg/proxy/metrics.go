@@ -19,6 +19,8 @@ type Metrics struct {
 	ProgrammedServices          prometheus.Gauge
 	ServicesNotProgrammed       prometheus.Gauge
 	ServiceProgramFailuresTotal prometheus.Counter
+	UDPSocketsDestroyedTotal    prometheus.Counter
+	SocketDestroyFailuresTotal  prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -75,12 +77,57 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "directlb", Subsystem: "node_agent", Name: "service_program_failures_total",
 			Help: "Writes of one Service to the BPF maps that failed after its batch failed.",
 		}),
+		UDPSocketsDestroyedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "udp_sockets_destroyed_total",
+			Help: "Connected UDP sockets destroyed because the backend they were translated to left its Service.",
+		}),
+		SocketDestroyFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "socket_destroy_failures_total",
+			Help: "Runs of the UDP socket iterator (after a sync that removed backends) that failed in at least one network namespace.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
 			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
 			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices,
-			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal)
+			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal, m.UDPSocketsDestroyedTotal,
+			m.SocketDestroyFailuresTotal)
 	}
 	return m
+}
+
+// MapFill reports, per BPF map, its entries, its capacity and the ratio of
+// the two, read at each scrape: directlb_node_agent_bpf_map_entries,
+// _bpf_map_capacity and _bpf_map_fill_ratio, labelled map.
+type MapFill struct {
+	// Capacity is each map's max entries.
+	Capacity map[string]uint32
+	// Entries counts the maps' entries (those it knows).
+	Entries func() map[string]int
+}
+
+var (
+	mapEntriesDesc  = prometheus.NewDesc("directlb_node_agent_bpf_map_entries", "Entries in a BPF map.", []string{"map"}, nil)
+	mapCapacityDesc = prometheus.NewDesc("directlb_node_agent_bpf_map_capacity", "A BPF map's max entries.", []string{"map"}, nil)
+	mapFillDesc     = prometheus.NewDesc("directlb_node_agent_bpf_map_fill_ratio", "Entries over max entries of a BPF map; an LRU map evicts near 1, a hash map refuses writes at 1.", []string{"map"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (f *MapFill) Describe(ch chan<- *prometheus.Desc) {
+	ch <- mapEntriesDesc
+	ch <- mapCapacityDesc
+	ch <- mapFillDesc
+}
+
+// Collect implements prometheus.Collector.
+func (f *MapFill) Collect(ch chan<- prometheus.Metric) {
+	for name, c := range f.Capacity {
+		ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(c), name)
+	}
+	for name, n := range f.Entries() {
+		ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(n), name)
+		if c := f.Capacity[name]; c > 0 {
+			ch <- prometheus.MustNewConstMetric(mapFillDesc, prometheus.GaugeValue, float64(n)/float64(c), name)
+		}
+	}
 }

@@ -37,6 +37,12 @@ type Programmer interface {
 	SetNodeAddresses(map[netip.Addr]datapath.NodeAddressFlags) (int, error)
 }
 
+// SocketDestroyer destroys the connected UDP sockets translated to
+// backends that left their Service; *datapath.Datapath is one.
+type SocketDestroyer interface {
+	DestroySockets(left []datapath.LeftBackend) (datapath.DestroyStats, error)
+}
+
 // Config configures a Proxier.
 type Config struct {
 	Client     kubernetes.Interface
@@ -64,9 +70,13 @@ type Config struct {
 	// NorthSouth also programs the frontends for traffic from outside the
 	// node (DesiredNorthSouth), for the tc programs on --nodeport-devices.
 	NorthSouth bool
-	Metrics    *Metrics
-	Health     *Health
-	Logger     *zap.Logger
+	// Sockets, if set, destroys the connected UDP sockets whose backend
+	// left their Service, right after the sync that removed it (kube-proxy
+	// flushes those conntrack entries instead).
+	Sockets SocketDestroyer
+	Metrics *Metrics
+	Health  *Health
+	Logger  *zap.Logger
 }
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
@@ -485,6 +495,7 @@ func (p *Proxier) syncServices() error {
 	}
 	p.cfg.Metrics.ProgrammedServices.Set(float64(n))
 	p.cfg.Metrics.ServicesNotProgrammed.Set(float64(len(p.failed)))
+	p.destroySockets(st.Left)
 	// Services that did not fit are reported above and retried; they do not
 	// make the agent unhealthy, or a full map would restart it in a loop.
 	p.cfg.Health.Updated()
@@ -498,6 +509,28 @@ func (p *Proxier) syncServices() error {
 			zap.Duration("took", done.Sub(start)))
 	}
 	return nil
+}
+
+// destroySockets ends the connected UDP sockets still translated to the
+// backends that just left their Services. A failure is logged and counted;
+// the sockets stay as they are (as a conntrack flush that fails leaves
+// the entries).
+func (p *Proxier) destroySockets(left []datapath.LeftBackend) {
+	if p.cfg.Sockets == nil || len(left) == 0 {
+		return
+	}
+	start := time.Now()
+	st, err := p.cfg.Sockets.DestroySockets(left)
+	p.cfg.Metrics.UDPSocketsDestroyedTotal.Add(float64(st.Destroyed))
+	if err != nil {
+		p.cfg.Metrics.SocketDestroyFailuresTotal.Inc()
+		p.cfg.Logger.Warn("destroy UDP sockets of backends that left", zap.Int("backends", len(left)), zap.Error(err))
+	}
+	p.cfg.Logger.Debug("destroyed UDP sockets of backends that left",
+		zap.Int("backends", len(left)),
+		zap.Int("sockets", st.Destroyed),
+		zap.Int("namespaces", st.Namespaces),
+		zap.Duration("took", time.Since(start)))
 }
 
 func (p *Proxier) slicesOf(name types.NamespacedName) []*discoveryv1.EndpointSlice {
@@ -562,6 +595,9 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 		return st, nil
 	}
 	p.cfg.Logger.Warn("programming all services in one batch failed; programming them one by one", zap.Error(err))
+	// Some of the failed batch's writes may have been made: its sockets
+	// of backends that left are ended too.
+	failedLeft := st.Left
 	want := map[datapath.Frontend]bool{}
 	for _, s := range all {
 		want[s.Frontend] = true
@@ -577,7 +613,9 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 			delete(p.programmed, name)
 		}
 	}
-	return p.applyEach(byName, deletes)
+	each, err := p.applyEach(byName, deletes)
+	each.Left = append(failedLeft, each.Left...)
+	return each, err
 }
 
 // applyEach programs each Service on its own after a batch failed, so that
@@ -592,6 +630,7 @@ func (p *Proxier) applyEach(byName map[types.NamespacedName][]datapath.Service, 
 		st.ServicesChanged += s.ServicesChanged
 		st.ServicesDeleted += s.ServicesDeleted
 		st.Writes += s.Writes
+		st.Left = append(st.Left, s.Left...)
 	}
 	s, err := p.cfg.Programmer.Apply(nil, deletes)
 	add(s)
@@ -654,7 +693,9 @@ func (p *Proxier) syncDirty(dirty map[types.NamespacedName]time.Time) (datapath.
 	st, err := p.cfg.Programmer.Apply(upserts, deletes)
 	if err != nil {
 		p.cfg.Logger.Warn("programming changed services in one batch failed; programming them one by one", zap.Error(err), zap.Int("services", len(dirty)))
-		return p.applyEach(byName, deletes)
+		each, err := p.applyEach(byName, deletes)
+		each.Left = append(st.Left, each.Left...)
+		return each, err
 	}
 	for name := range dirty {
 		delete(p.failed, name)

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/pkg/datapath"
 )
@@ -407,5 +410,139 @@ func TestProxierNodePortOnEveryNode(t *testing.T) {
 		netip.MustParseAddr("10.0.0.22"): datapath.NodeAddressRemote,
 	}, lb.NodeAddresses(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("node addresses (-want +got):\n%s", diff)
+	}
+}
+
+// recordingDestroyer records what the proxier asks DestroySockets for.
+type recordingDestroyer struct {
+	mu   sync.Mutex
+	left []string
+}
+
+func (r *recordingDestroyer) DestroySockets(left []datapath.LeftBackend) (datapath.DestroyStats, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range left {
+		r.left = append(r.left, netip.AddrPortFrom(l.Backend.Addr, l.Backend.Port).String()+"/"+l.Backend.Proto.String())
+	}
+	return datapath.DestroyStats{Destroyed: len(left)}, nil
+}
+
+func (r *recordingDestroyer) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.left
+	r.left = nil
+	slices.Sort(out)
+	return out
+}
+
+// TestProxierDestroysSocketsOfBackendsThatLeft: after a sync that removes a
+// UDP backend (an endpoint gone, or the Service), the proxier asks for the
+// sockets translated to it to be destroyed; TCP backends are not asked for.
+func TestProxierDestroysSocketsOfBackendsThatLeft(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	udp := func(s *v1.Service) {
+		s.Spec.Ports = []v1.ServicePort{
+			{Name: "http", Port: 53, Protocol: v1.ProtocolUDP},
+			{Name: "tcp", Port: 53, Protocol: v1.ProtocolTCP},
+		}
+	}
+	eps := func(addrs ...string) *discoveryv1.EndpointSlice {
+		var es []ep
+		for _, a := range addrs {
+			es = append(es, ready(a, ""))
+		}
+		s := slice("web-a", 5353, es...)
+		s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: ptr.To("tcp"), Port: ptr.To(int32(5353)), Protocol: ptr.To(v1.ProtocolTCP)})
+		s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
+		return s
+	}
+	client := fake.NewClientset(service(udp), eps("10.1.0.1", "10.1.0.2"))
+	maps := datapath.NewFakeMaps()
+	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps})
+	rec := &recordingDestroyer{}
+	metrics := NewMetrics(nil)
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: lb, Sockets: rec, Metrics: metrics, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	<-p.Synced()
+	eventually(t, maps, map[string][]string{
+		"10.96.0.10:53/UDP": {"10.1.0.1:5353", "10.1.0.2:5353"},
+		"10.96.0.10:53/TCP": {"10.1.0.1:5353", "10.1.0.2:5353"},
+		"10.96.0.10/any":    {},
+	})
+	if got := rec.take(); len(got) != 0 {
+		t.Errorf("the first sync asked to destroy %v", got)
+	}
+
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, eps("10.1.0.1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{
+		"10.96.0.10:53/UDP": {"10.1.0.1:5353"},
+		"10.96.0.10:53/TCP": {"10.1.0.1:5353"},
+		"10.96.0.10/any":    {},
+	})
+	waitDestroyed(t, rec, []string{"10.1.0.2:5353/UDP"})
+
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{})
+	waitDestroyed(t, rec, []string{"10.1.0.1:5353/UDP"})
+	var m dto.Metric
+	if err := metrics.UDPSocketsDestroyedTotal.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 2 {
+		t.Errorf("udp_sockets_destroyed_total = %v, want 2", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitDestroyed(t *testing.T, rec *recordingDestroyer, want []string) {
+	t.Helper()
+	var got []string
+	for range 200 {
+		got = append(got, rec.take()...)
+		if len(got) >= len(want) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("sockets to destroy (-want +got):\n%s", diff)
+	}
+}
+
+func TestMapFill(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&MapFill{Capacity: map[string]uint32{"dlb_svc4": 1000, "dlb_nat4": 10}, Entries: func() map[string]int { return map[string]int{"dlb_svc4": 250} }})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"directlb_node_agent_bpf_map_capacity/dlb_svc4":   1000,
+		"directlb_node_agent_bpf_map_capacity/dlb_nat4":   10,
+		"directlb_node_agent_bpf_map_entries/dlb_svc4":    250,
+		"directlb_node_agent_bpf_map_fill_ratio/dlb_svc4": 0.25,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("map fill metrics (-want +got):\n%s", diff)
 	}
 }

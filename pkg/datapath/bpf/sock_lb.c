@@ -177,6 +177,40 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dlb_affmatch4 SEC(".maps");
 
+// dlb_sticky4 keeps an unconnected UDP socket's datagrams to one Service on
+// one backend, as conntrack keeps a flow on its DNAT target: (socket
+// cookie, service ID) -> the backend's slot and ID, and when the socket
+// last sent. An entry holds while the same slot of the Service still has
+// that backend and the socket sent within STICKY_TIMEOUT_NS; otherwise a
+// new backend is picked. Connected sockets are translated once at connect
+// and need no entry.
+struct sticky4_key {
+	__u64 cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct sticky4_val {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u16 slot;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sticky4_key);
+	__type(value, struct sticky4_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dlb_sticky4 SEC(".maps");
+
+// The idle time after which an unconnected socket's next datagram picks a
+// backend afresh: the kernel's UDP conntrack timeout for a flow that has
+// not been answered (nf_conntrack_udp_timeout, 30 s). The agent may set it
+// before loading.
+volatile const __u64 sticky_timeout_ns = 30ULL * 1000000000ULL;
+
 static __always_inline struct svc4_val *lookup_master(__be32 addr, __be16 port, __u8 proto, __u8 scope)
 {
 	struct svc4_key key = {
@@ -290,6 +324,56 @@ static __always_inline struct backend4 *pick_backend(__u64 client,
 	return be;
 }
 
+// sticky_pick is pick_backend for an unconnected UDP datagram of a Service
+// without sessionAffinity: the socket's dlb_sticky4 entry decides while its
+// slot still holds its backend and it is fresh; else a backend is picked
+// and remembered.
+static __always_inline struct backend4 *sticky_pick(__u64 client, __u64 cookie,
+						    struct svc4_key *key,
+						    const struct svc4_val *master,
+						    __u32 *backend_id)
+{
+	struct sticky4_key skey = {
+		.cookie = cookie,
+		.svc_id = master->svc_id,
+	};
+	struct sticky4_val sval = {};
+	struct sticky4_val *cur;
+	struct backend4 *be;
+	struct svc4_val *slot;
+	__u64 now, last;
+
+	cur = bpf_map_lookup_elem(&dlb_sticky4, &skey);
+	now = bpf_ktime_get_ns();
+	if (cur) {
+		__u32 id = READ_ONCE(cur->backend_id);
+		__u16 s = READ_ONCE(cur->slot);
+
+		last = READ_ONCE(cur->last_used_ns);
+		if (s >= 1 && s <= master->count && (last >= now || now - last <= sticky_timeout_ns)) {
+			key->slot = s;
+			slot = bpf_map_lookup_elem(&dlb_svc4, key);
+			if (slot && slot->backend_id == id && slot->svc_id == master->svc_id) {
+				be = bpf_map_lookup_elem(&dlb_backends4, &id);
+				if (be) {
+					if (now > last)
+						WRITE_ONCE(cur->last_used_ns, now);
+					*backend_id = id;
+					return be;
+				}
+			}
+		}
+	}
+	be = pick_backend(client, key, master, backend_id);
+	if (!be)
+		return NULL;
+	sval.last_used_ns = now;
+	sval.backend_id = *backend_id;
+	sval.slot = key->slot;
+	bpf_map_update_elem(&dlb_sticky4, &skey, &sval, BPF_ANY);
+	return be;
+}
+
 // lb4_translate picks a backend for the IPv4 destination *addr and the
 // context's port: a ClusterIP, externalIP or load-balancer IP frontend
 // (addr, port), else, when addr is a node address, the NodePort frontend
@@ -303,7 +387,10 @@ static __always_inline struct backend4 *pick_backend(__u64 client,
 //     timeout; a socket hook cannot hold the call, so it fails at once
 //     with the timeout the drop would end in.
 // The IPv4 hooks and the IPv6 hooks (for ::ffff:a.b.c.d) share it.
-static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr, __u8 proto)
+//
+// sendmsg is set for an unconnected datagram: without sessionAffinity its
+// socket keeps its backend (dlb_sticky4).
+static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr, __u8 proto, int sendmsg)
 {
 	struct svc4_key key = {
 		.addr = *addr,
@@ -343,7 +430,10 @@ static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __be32 *addr
 	}
 	// The client is its network namespace (netns cookies are small
 	// counters; the tc programs' clients, addresses, have bit 63 set).
-	be = pick_backend(bpf_get_netns_cookie(ctx), &key, master, &backend_id);
+	if (sendmsg && !(master->flags & SVC_FLAG_AFFINITY))
+		be = sticky_pick(bpf_get_netns_cookie(ctx), bpf_get_socket_cookie(ctx), &key, master, &backend_id);
+	else
+		be = pick_backend(bpf_get_netns_cookie(ctx), &key, master, &backend_id);
 	if (!be) {
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;
@@ -406,7 +496,7 @@ int dlb_connect4(struct bpf_sock_addr *ctx)
 
 	if (!proto)
 		return 1;
-	ret = lb4_translate(ctx, &addr, proto);
+	ret = lb4_translate(ctx, &addr, proto, 0);
 	ctx->user_ip4 = addr;
 	return ret;
 }
@@ -419,7 +509,7 @@ int dlb_sendmsg4(struct bpf_sock_addr *ctx)
 
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
-	ret = lb4_translate(ctx, &addr, IPPROTO_UDP);
+	ret = lb4_translate(ctx, &addr, IPPROTO_UDP, 1);
 	ctx->user_ip4 = addr;
 	return ret;
 }
@@ -471,7 +561,7 @@ int dlb_connect6(struct bpf_sock_addr *ctx)
 	if (!proto || !v4mapped(ctx))
 		return 1;
 	addr = ctx->user_ip6[3];
-	ret = lb4_translate(ctx, &addr, proto);
+	ret = lb4_translate(ctx, &addr, proto, 0);
 	ctx->user_ip6[3] = addr;
 	return ret;
 }
@@ -487,7 +577,7 @@ int dlb_sendmsg6(struct bpf_sock_addr *ctx)
 	if (ctx->protocol != IPPROTO_UDP || !v4mapped(ctx))
 		return 1;
 	addr = ctx->user_ip6[3];
-	ret = lb4_translate(ctx, &addr, IPPROTO_UDP);
+	ret = lb4_translate(ctx, &addr, IPPROTO_UDP, 1);
 	ctx->user_ip6[3] = addr;
 	return ret;
 }
@@ -517,6 +607,100 @@ int dlb_getpeername6(struct bpf_sock_addr *ctx)
 	lb4_reverse(ctx, &addr, proto);
 	ctx->user_ip6[3] = addr;
 	return 1;
+}
+
+// ---------------------------------------------------------------------------
+// Connected UDP sockets whose backend left: dlb_sock_destroy_udp runs over
+// the UDP sockets of one network namespace (a BPF socket iterator; the
+// agent runs it in every network namespace of its cgroup) and destroys each
+// socket that the hooks above connected to a backend listed in
+// dlb_sockdestroy4 for the Service the socket was translated from: its
+// dlb_revnat4 entry (socket cookie, peer) names that Service. The socket's
+// next operation fails with ECONNABORTED and the application reconnects,
+// through connect4, to a backend that serves. Sockets that were not
+// translated (no dlb_revnat4 entry) are left alone, even if their peer is
+// the same address. Each destroyed socket's cookie is written to the
+// iterator's output, so the agent can count them.
+
+// These kernel types are read with CO-RE: only the fields used, matched by
+// name against the running kernel's BTF.
+struct sock_common {
+	__be32 skc_daddr;
+	__be16 skc_dport;
+	unsigned short skc_family;
+} __attribute__((preserve_access_index));
+
+struct udp_sock;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+// The context of an iter/udp program (the kernel's bpf_iter__udp): fixed
+// by the iterator's function prototype.
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+	__u32 uid;
+	int bucket;
+};
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+struct sockdestroy4_key {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id;
+};
+
+// dlb_sockdestroy4: (backend address, port, service ID) -> 1, written by
+// the agent just before it runs the iterator and emptied after.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sockdestroy4_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} dlb_sockdestroy4 SEC(".maps");
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#define AF_INET6 10
+
+SEC("iter/udp")
+int dlb_sock_destroy_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock_common *sk = (struct sock_common *)ctx->udp_sk;
+	struct sockdestroy4_key dkey = {};
+	struct revnat4_key rkey = {};
+	struct revnat4_val *rval;
+	__u64 cookie;
+
+	if (!sk)
+		return 0;
+	// An IPv4 socket, or an IPv6 one connected to ::ffff:a.b.c.d (the
+	// kernel keeps the IPv4 peer in skc_daddr for both).
+	if (sk->skc_family != AF_INET && sk->skc_family != AF_INET6)
+		return 0;
+	if (sk->skc_daddr == 0 || sk->skc_dport == 0)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	rkey.cookie = cookie;
+	rkey.addr = sk->skc_daddr;
+	rkey.port = sk->skc_dport;
+	rval = bpf_map_lookup_elem(&dlb_revnat4, &rkey);
+	if (!rval)
+		return 0;
+	dkey.addr = rkey.addr;
+	dkey.port = rkey.port;
+	dkey.svc_id = rval->svc_id;
+	if (!bpf_map_lookup_elem(&dlb_sockdestroy4, &dkey))
+		return 0;
+	if (bpf_sock_destroy(sk) == 0)
+		bpf_seq_write(ctx->meta->seq, &cookie, sizeof(cookie));
+	return 0;
 }
 
 // ---------------------------------------------------------------------------
