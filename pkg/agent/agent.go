@@ -153,6 +153,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--nodeport-addresses: %w", err)
 	}
+	// healthCheckNodePorts, on this node's addresses as NodePorts are;
+	// closed when Run returns.
+	hcs := proxy.NewServiceHealthServer(proxy.ServiceHealthConfig{Proxy: health, Metrics: metrics, Logger: log.Named("healthcheck")})
+	defer hcs.Close()
 	p, err := proxy.New(proxy.Config{
 		Client:            client,
 		NodeName:          node,
@@ -161,6 +165,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		NodePortAddresses: npa,
 		LocalAddresses:    localAddresses,
 		NorthSouth:        len(cfg.NodePortDevices) > 0,
+		ServiceHealth:     hcs,
 		Metrics:           metrics,
 		Health:            health,
 		Logger:            log.Named("proxy"),

@@ -19,6 +19,10 @@ type Metrics struct {
 	ProgrammedServices          prometheus.Gauge
 	ServicesNotProgrammed       prometheus.Gauge
 	ServiceProgramFailuresTotal prometheus.Counter
+	// Health check node ports (ServiceHealthServer).
+	HealthCheckNodePorts           prometheus.Gauge
+	HealthCheckNodePortsFailed     prometheus.Gauge
+	HealthCheckListenFailuresTotal prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -75,12 +79,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "directlb", Subsystem: "node_agent", Name: "service_program_failures_total",
 			Help: "Writes of one Service to the BPF maps that failed after its batch failed.",
 		}),
+		HealthCheckNodePorts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports",
+			Help: "healthCheckNodePorts served (externalTrafficPolicy Local Services).",
+		}),
+		HealthCheckNodePortsFailed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports_failed",
+			Help: "healthCheckNodePorts that could not be opened (a port in use, say); retried.",
+		}),
+		HealthCheckListenFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_listen_failures_total",
+			Help: "Attempts to open a healthCheckNodePort that failed.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
 			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
 			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices,
-			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal)
+			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal,
+			m.HealthCheckNodePorts, m.HealthCheckNodePortsFailed, m.HealthCheckListenFailuresTotal)
 	}
 	return m
 }
