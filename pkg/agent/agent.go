@@ -80,7 +80,7 @@ func RestConfig(cfg Config) (*rest.Config, error) {
 		}
 		rc.Host = "https://" + net.JoinHostPort(cfg.K8sServiceHost, strconv.Itoa(port))
 	}
-	rc.QPS, rc.Burst = 50, 100
+	rc.QPS, rc.Burst = cfg.KubeAPIQPS, cfg.KubeAPIBurst
 	rc.UserAgent = "directlb-node-agent"
 	return rc, nil
 }
@@ -91,6 +91,13 @@ func RestConfig(cfg Config) (*rest.Config, error) {
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if cfg.Cleanup {
 		return Cleanup(ctx, cfg, log)
+	}
+	if cfg.WriteConfigTo != "" {
+		if err := WriteConfigFile(cfg.WriteConfigTo, cfg); err != nil {
+			return err
+		}
+		log.Info("wrote configuration", zap.String("file", cfg.WriteConfigTo))
+		return nil
 	}
 	if err := datapath.CheckKernel(); err != nil {
 		return fmt.Errorf("kernel check: %w", err)
