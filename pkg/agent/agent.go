@@ -186,6 +186,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		// The programmed frontends and backends, read from the pinned maps.
+		mux.Handle("/debug/services", proxy.ServiceTableHandler(dp.Maps, p.Owners))
 		serve(ctx, g, log, "metrics", cfg.MetricsBindAddress, mux)
 	}
 	if cfg.HealthzBindAddress != "" {
