@@ -184,9 +184,7 @@ func (s *ServiceHealthServer) Sync(addrs []netip.Addr, checks map[types.Namespac
 			s.failed[port] = err.Error()
 			continue
 		}
-		if _, was := s.failed[port]; was {
-			delete(s.failed, port)
-		}
+		delete(s.failed, port)
 		s.cfg.Logger.Info("serving health check node port", zap.String("service", name.String()), zap.Uint16("port", port))
 	}
 	s.cfg.Metrics.HealthCheckNodePorts.Set(float64(len(s.ports)))

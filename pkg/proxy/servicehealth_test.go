@@ -184,7 +184,8 @@ func getHealthCheck(t *testing.T, port uint16) (hcAnswer, error) {
 
 func TestServiceHealthServerListeners(t *testing.T) {
 	metrics := NewMetrics(nil)
-	s := NewServiceHealthServer(ServiceHealthConfig{Metrics: metrics, Logger: zaptest.NewLogger(t)})
+	proxyHealth := NewHealth(time.Minute)
+	s := NewServiceHealthServer(ServiceHealthConfig{Proxy: proxyHealth, Metrics: metrics, Logger: zaptest.NewLogger(t)})
 	defer s.Close()
 	lo := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	web := types.NamespacedName{Namespace: "ns", Name: "web"}
@@ -235,13 +236,15 @@ func TestServiceHealthServerListeners(t *testing.T) {
 	}
 
 	// The proxy turns unhealthy: 503 with endpoints, as kube-proxy.
-	stale := NewHealth(time.Nanosecond)
+	proxyHealth.mu.Lock()
+	proxyHealth.timeout = time.Nanosecond
+	proxyHealth.mu.Unlock()
+	proxyHealth.QueuedUpdate()
 	time.Sleep(time.Millisecond)
-	s.cfg.Proxy = stale
 	if a, err := getHealthCheck(t, p2); err != nil || a.code != http.StatusServiceUnavailable || a.body.ServiceProxyHealthy {
 		t.Errorf("proxy unhealthy: %+v %v", a, err)
 	}
-	s.cfg.Proxy = NewHealth(time.Minute)
+	proxyHealth.Updated()
 
 	// A Service goes: its port closes, the other stays.
 	s.Sync(lo, map[types.NamespacedName]HealthCheck{api: {Port: p2, LocalEndpoints: 1}})
