@@ -28,6 +28,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	warnings, err := cfg.LoadConfigFile(fs)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "node-agent:", err)
+		os.Exit(2)
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "node-agent:", err)
 		os.Exit(2)
@@ -41,6 +46,9 @@ func main() {
 		os.Exit(1)
 	}
 	defer func() { _ = log.Sync() }() // stderr cannot always be synced; nothing to do about it
+	for _, w := range warnings {
+		log.Warn("--config field ignored", zap.String("config", cfg.ConfigFile), zap.String("field", w.Field), zap.String("value", w.Value), zap.String("reason", w.Reason))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -80,7 +80,7 @@ func RestConfig(cfg Config) (*rest.Config, error) {
 		}
 		rc.Host = "https://" + net.JoinHostPort(cfg.K8sServiceHost, strconv.Itoa(port))
 	}
-	rc.QPS, rc.Burst = 50, 100
+	rc.QPS, rc.Burst = cfg.KubeAPIQPS, cfg.KubeAPIBurst
 	rc.UserAgent = "directlb-node-agent"
 	return rc, nil
 }
@@ -91,6 +91,13 @@ func RestConfig(cfg Config) (*rest.Config, error) {
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if cfg.Cleanup {
 		return Cleanup(ctx, cfg, log)
+	}
+	if cfg.WriteConfigTo != "" {
+		if err := WriteConfigFile(cfg.WriteConfigTo, cfg); err != nil {
+			return err
+		}
+		log.Info("wrote configuration", zap.String("file", cfg.WriteConfigTo))
+		return nil
 	}
 	if err := datapath.CheckKernel(); err != nil {
 		return fmt.Errorf("kernel check: %w", err)
@@ -165,6 +172,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--nodeport-addresses: %w", err)
 	}
+	// healthCheckNodePorts, on this node's addresses as NodePorts are;
+	// closed when Run returns.
+	hcs := proxy.NewServiceHealthServer(proxy.ServiceHealthConfig{Proxy: health, Metrics: metrics, Logger: log.Named("healthcheck")})
+	defer hcs.Close()
 	p, err := proxy.New(proxy.Config{
 		Client:            client,
 		NodeName:          node,
@@ -174,6 +185,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		LocalAddresses:    localAddresses,
 		NorthSouth:        len(cfg.NodePortDevices) > 0,
 		Sockets:           dp,
+		ServiceHealth:     hcs,
 		Metrics:           metrics,
 		Health:            health,
 		Logger:            log.Named("proxy"),
@@ -187,6 +199,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		// The programmed frontends and backends, read from the pinned maps.
+		mux.Handle("/debug/services", proxy.ServiceTableHandler(dp.Maps, p.Owners))
 		serve(ctx, g, log, "metrics", cfg.MetricsBindAddress, mux)
 	}
 	if cfg.HealthzBindAddress != "" {

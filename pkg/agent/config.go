@@ -22,7 +22,17 @@ import (
 
 // Config is the node agent's configuration; every field is a flag.
 type Config struct {
-	Kubeconfig       string
+	// ConfigFile is --config: a kube-proxy KubeProxyConfiguration whose
+	// fields set the flags not given on the command line
+	// (LoadConfigFile).
+	ConfigFile string
+	// WriteConfigTo is --write-config-to: write the effective
+	// configuration there as a KubeProxyConfiguration and exit.
+	WriteConfigTo string
+	Kubeconfig    string
+	// KubeAPIQPS and KubeAPIBurst limit the apiserver client.
+	KubeAPIQPS       float32
+	KubeAPIBurst     int
 	HostnameOverride string
 	// CgroupRoot is the cgroup v2 directory whose processes get ClusterIP
 	// translation (the whole machine when it is the v2 root).
@@ -84,6 +94,8 @@ func DefaultCgroupRoot() string {
 func DefaultConfig() Config {
 	return Config{
 		CgroupRoot:         DefaultCgroupRoot(),
+		KubeAPIQPS:         50,
+		KubeAPIBurst:       100,
 		BPFRoot:            "/sys/fs/bpf/directlb",
 		MetricsBindAddress: ":10249",
 		HealthzBindAddress: ":10256",
@@ -99,7 +111,11 @@ func DefaultConfig() Config {
 // BindFlags registers the flags, with kube-proxy's names where they mean
 // the same and c's current values as defaults.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "A kube-proxy configuration file (kubeproxy.config.k8s.io/v1alpha1 KubeProxyConfiguration): the fields that apply set the flags of the same meaning; flags given on the command line win. Fields that do not apply are logged, or refused when node-agent would break their meaning (docs/node-agent.md).")
+	fs.StringVar(&c.WriteConfigTo, "write-config-to", c.WriteConfigTo, "Write the effective configuration (the fields a KubeProxyConfiguration carries) to this file and exit.")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.Float32Var(&c.KubeAPIQPS, "kube-api-qps", c.KubeAPIQPS, "Queries per second to the apiserver.")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", c.KubeAPIBurst, "Burst of queries to the apiserver.")
 	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "The node's name as Kubernetes knows it; defaults to $NODE_NAME, then the hostname.")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup v2 directory to attach the socket load balancer to; its processes and those of its descendants get ClusterIP translation.")
 	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "Directory on a bpffs where maps and links are pinned (a bpffs is mounted at /sys/fs/bpf if needed). Use one per agent on a shared kernel.")
@@ -154,6 +170,12 @@ func (c *Config) Validate() error {
 		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 			return fmt.Errorf("%s %q: bad port: %w", flag, addr, err)
 		}
+	}
+	if c.KubeAPIQPS <= 0 {
+		return fmt.Errorf("--kube-api-qps %v: must be positive", c.KubeAPIQPS)
+	}
+	if c.KubeAPIBurst <= 0 {
+		return fmt.Errorf("--kube-api-burst %d: must be positive", c.KubeAPIBurst)
 	}
 	if c.K8sServicePort < 0 || c.K8sServicePort > 65535 {
 		return fmt.Errorf("--k8s-service-port %d: out of range", c.K8sServicePort)

@@ -21,6 +21,10 @@ type Metrics struct {
 	ServiceProgramFailuresTotal prometheus.Counter
 	UDPSocketsDestroyedTotal    prometheus.Counter
 	SocketDestroyFailuresTotal  prometheus.Counter
+	// Health check node ports (ServiceHealthServer).
+	HealthCheckNodePorts           prometheus.Gauge
+	HealthCheckNodePortsFailed     prometheus.Gauge
+	HealthCheckListenFailuresTotal prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -85,13 +89,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "directlb", Subsystem: "node_agent", Name: "socket_destroy_failures_total",
 			Help: "Runs of the UDP socket iterator (after a sync that removed backends) that failed in at least one network namespace.",
 		}),
+		HealthCheckNodePorts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports",
+			Help: "healthCheckNodePorts served (externalTrafficPolicy Local Services).",
+		}),
+		HealthCheckNodePortsFailed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports_failed",
+			Help: "healthCheckNodePorts that could not be opened (a port in use, say); retried.",
+		}),
+		HealthCheckListenFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_listen_failures_total",
+			Help: "Attempts to open a healthCheckNodePort that failed.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
 			m.EndpointChangesTotal, m.EndpointChangesPending, m.ServiceChangesTotal,
 			m.ServiceChangesPending, m.SyncFailuresTotal, m.MapWritesTotal, m.ProgrammedServices,
 			m.ServicesNotProgrammed, m.ServiceProgramFailuresTotal, m.UDPSocketsDestroyedTotal,
-			m.SocketDestroyFailuresTotal)
+			m.SocketDestroyFailuresTotal,
+			m.HealthCheckNodePorts, m.HealthCheckNodePortsFailed, m.HealthCheckListenFailuresTotal)
 	}
 	return m
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -130,5 +131,30 @@ func DesiredNodeAddresses(nodes map[string][]netip.Addr, self string, sel NodePo
 			out[a] = datapath.NodeAddressLocal
 		}
 	}
+	return out
+}
+
+// matchAll reports whether the CIDRs select every IPv4 address (0.0.0.0/0):
+// kube-proxy then listens for health checks on the unspecified address.
+func (n NodePortAddresses) matchAll() bool {
+	for _, p := range n.CIDRs {
+		if p.Addr().Is4() && p.Bits() == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// healthCheckAddresses are this node's addresses among the desired node
+// addresses (NodeAddressLocal), sorted: where kube-proxy listens for
+// healthCheckNodePorts when nodePortAddresses does not match all.
+func healthCheckAddresses(nodeAddrs map[netip.Addr]datapath.NodeAddressFlags) []netip.Addr {
+	var out []netip.Addr
+	for a, f := range nodeAddrs {
+		if f&datapath.NodeAddressLocal != 0 {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
 	return out
 }

@@ -74,9 +74,14 @@ type Config struct {
 	// left their Service, right after the sync that removed it (kube-proxy
 	// flushes those conntrack entries instead).
 	Sockets SocketDestroyer
-	Metrics *Metrics
-	Health  *Health
-	Logger  *zap.Logger
+	// ServiceHealth, if set, serves the healthCheckNodePorts of
+	// externalTrafficPolicy Local Services on this node's addresses
+	// (those NodePortAddresses selects for this node), following the
+	// same Services and EndpointSlices.
+	ServiceHealth *ServiceHealthServer
+	Metrics       *Metrics
+	Health        *Health
+	Logger        *zap.Logger
 }
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
@@ -111,7 +116,14 @@ type Proxier struct {
 	// FailedRetryPeriod.
 	programmed map[types.NamespacedName][]datapath.Frontend
 	failed     map[types.NamespacedName]error
-	synced     chan struct{}
+	// healthChecks are the health checks the Services want
+	// (DesiredHealthCheck), hcAddrs the addresses they listen on, and
+	// hcFailed how many ports did not open at the last try; sync loop
+	// only.
+	healthChecks map[types.NamespacedName]HealthCheck
+	hcAddrs      []netip.Addr
+	hcFailed     int
+	synced       chan struct{}
 }
 
 // New sets up the informers; Run starts them.
@@ -150,6 +162,12 @@ func New(cfg Config) (*Proxier, error) {
 		failed:     map[types.NamespacedName]error{},
 		synced:     make(chan struct{}),
 		nodes:      map[string][]netip.Addr{},
+
+		healthChecks: map[types.NamespacedName]HealthCheck{},
+	}
+	if cfg.NodePortAddresses.matchAll() {
+		// kube-proxy listens on every address then; no Node needed.
+		p.hcAddrs = []netip.Addr{netip.IPv4Unspecified()}
 	}
 	// The same server-side filters as kube-proxy: Services another proxy
 	// owns or that are headless never reach us.
@@ -338,7 +356,7 @@ func (p *Proxier) Run(ctx context.Context) error {
 			first = false
 			close(p.synced)
 		}
-		if len(p.failed) > 0 && retryFailed == nil {
+		if (len(p.failed) > 0 || p.hcFailed > 0) && retryFailed == nil {
 			retryFailed = time.After(p.cfg.FailedRetryPeriod)
 		}
 		select {
@@ -351,6 +369,7 @@ func (p *Proxier) Run(ctx context.Context) error {
 			for name := range p.failed {
 				p.markLocked(name, time.Time{})
 			}
+			p.kickLocked() // health check ports that did not open
 			p.mu.Unlock()
 		}
 		// Gather what else arrives within the window into one batch.
@@ -418,6 +437,9 @@ func (p *Proxier) syncNodeAddresses() error {
 		}
 	}
 	want := DesiredNodeAddresses(nodes, p.cfg.NodeName, p.cfg.NodePortAddresses, local)
+	if !p.cfg.NodePortAddresses.matchAll() {
+		p.hcAddrs = healthCheckAddresses(want)
+	}
 	n, err := p.cfg.Programmer.SetNodeAddresses(want)
 	if err != nil {
 		p.mu.Lock()
@@ -438,7 +460,11 @@ func (p *Proxier) syncOnce() error {
 	// Node addresses stand alone: a failure there does not hold back
 	// the Services, and is retried with them.
 	nerr := p.syncNodeAddresses()
-	if err := p.syncServices(); err != nil {
+	err := p.syncServices()
+	if p.cfg.ServiceHealth != nil {
+		p.hcFailed = p.cfg.ServiceHealth.Sync(p.hcAddrs, p.healthChecks)
+	}
+	if err != nil {
 		return errors.Join(err, nerr)
 	}
 	return nerr
@@ -546,6 +572,7 @@ func (p *Proxier) slicesOf(name types.NamespacedName) []*discoveryv1.EndpointSli
 func (p *Proxier) desiredFor(name types.NamespacedName) ([]datapath.Service, error) {
 	svc, err := p.services.Services(name.Namespace).Get(name.Name)
 	if apierrors.IsNotFound(err) {
+		delete(p.healthChecks, name)
 		return nil, nil
 	}
 	if err != nil {
@@ -554,7 +581,15 @@ func (p *Proxier) desiredFor(name types.NamespacedName) ([]datapath.Service, err
 	return p.desired(svc, p.slicesOf(name)), nil
 }
 
+// desired returns the Service's datapath Services and records its health
+// check (the sync loop's healthChecks).
 func (p *Proxier) desired(svc *v1.Service, eps []*discoveryv1.EndpointSlice) []datapath.Service {
+	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	if hc, ok := DesiredHealthCheck(svc, eps, p.cfg.NodeName); ok {
+		p.healthChecks[name] = hc
+	} else {
+		delete(p.healthChecks, name)
+	}
 	d := Desired(svc, eps, p.cfg.NodeName)
 	if p.cfg.NorthSouth {
 		d = append(d, DesiredNorthSouth(svc, eps, p.cfg.NodeName)...)
@@ -577,6 +612,7 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 	}
 	var all []datapath.Service
 	byName := map[types.NamespacedName][]datapath.Service{}
+	clear(p.healthChecks)
 	for _, svc := range list {
 		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		d := p.desired(svc, p.slicesOf(name))
