@@ -218,6 +218,38 @@ func TestNodePort(t *testing.T) {
 		}
 	})
 
+	// The healthCheckNodePort of a LoadBalancer Service with
+	// externalTrafficPolicy Local answers kube-proxy's way on every node:
+	// 200 with the node's local endpoint count while it has one, 503 once
+	// the Service selects none.
+	t.Run("HealthCheckNodePort", func(t *testing.T) {
+		hc, err := b.Client.CoreV1().Services(ns).Create(ctx, npService(ns, "hc", corev1.ServiceTypeLoadBalancer, func(s *corev1.Service) {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.LoadBalancerClass = ptr.To("example.com/e2e-none")
+		}), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hc.Spec.HealthCheckNodePort == 0 {
+			t.Fatal("the apiserver gave the Service no healthCheckNodePort")
+		}
+		check := func(want int, body string) {
+			for _, n := range b.Topology.Nodes {
+				url := "http://" + net.JoinHostPort(n.ENIs[0].Addr.Addr().String(), strconv.Itoa(int(hc.Spec.HealthCheckNodePort))) + "/"
+				ptPoll(t, 20*time.Second, fmt.Sprintf("%s answers %d", url, want), func(context.Context) (bool, string) {
+					code, got, err := ptGet(url)
+					return err == nil && code == want && strings.Contains(got, body), fmt.Sprintf("%d %q %v", code, got, err)
+				})
+			}
+		}
+		check(http.StatusOK, `"localEndpoints": 1`)
+		hc.Spec.Selector = map[string]string{"app": "nothing"}
+		if _, err := b.Client.CoreV1().Services(ns).Update(ctx, hc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		check(http.StatusServiceUnavailable, `"localEndpoints": 0`)
+	})
+
 	// An externalIP and a load-balancer ingress IP are reached from a pod
 	// through the socket hooks, short-circuited to the Service's pods.
 	t.Run("ExternalIPAndIngress", func(t *testing.T) {
