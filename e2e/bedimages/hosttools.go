@@ -21,11 +21,11 @@ type HostTool struct {
 }
 
 // AgnhostTools are the programs the upstream e2e tests run in agnhost
-// containers besides agnhost itself: curl, netcat with OpenBSD's flags
-// (-v -t -u -w -z), dig and nslookup (with the resolver's search list),
-// ip, bash, and dash as /bin/sh, whose commands are looked up in PATH
+// containers besides agnhost itself: curl, wget, netcat with OpenBSD's
+// flags (-v -t -u -w -z), dig and nslookup (with the resolver's search
+// list), ip, bash, and dash as /bin/sh, whose commands are looked up in PATH
 // (busybox's sh would run its own nc and nslookup applets). Upstream's
-// image installs the same from Alpine; these are Debian's (curl,
+// image installs the same from Alpine; these are Debian's (curl, wget,
 // netcat-openbsd, bind9-dnsutils, iproute2, bash, dash).
 var AgnhostTools = []HostTool{
 	{Path: "/bin/sh", Source: "/bin/dash"},
@@ -34,6 +34,9 @@ var AgnhostTools = []HostTool{
 	{Path: "/usr/bin/nc", Source: "/bin/nc.openbsd"},
 	{Path: "/usr/bin/dig", Source: "/usr/bin/dig"},
 	{Path: "/usr/bin/nslookup", Source: "/usr/bin/nslookup"},
+	// Debian's static busybox's wget crashes (SIGSEGV) on every URL, a
+	// static glibc's resolver; GNU wget takes the tests' -q -T -O flags.
+	{Path: "/usr/bin/wget", Source: "/usr/bin/wget"},
 	{Path: "/bin/ip", Source: "/bin/ip"},
 }
 
