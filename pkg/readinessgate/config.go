@@ -25,9 +25,16 @@ type Config struct {
 	// MaxPendingInterval, and starts over on any change.
 	PollInterval       time.Duration
 	MaxPendingInterval time.Duration
-	// WatchInterval is the poll interval once every gate is True, to catch
-	// a target that turns unhealthy later.
+	// WatchInterval is the poll interval once every gate is True while
+	// something still needs watching: a health regression the writer
+	// reports, or a gated pod draining.
 	WatchInterval time.Duration
+	// RegressionCheckInterval is how often a Service whose gates are all
+	// True, with nothing draining and no regression, has its target
+	// health checked for regressions, on a result at most 1.25× as old
+	// (usually the target reconciler's own refresh, so no call of its
+	// own); 0: never (pod and Service changes still do).
+	RegressionCheckInterval time.Duration
 	// FailOpenAfter sets a gate True (with a Warning event) when the pod's
 	// containers have been ready this long and the target is still not
 	// healthy; 0 never fails open.
@@ -71,6 +78,7 @@ func DefaultConfig() Config {
 		PollInterval:               time.Second,
 		MaxPendingInterval:         10 * time.Second,
 		WatchInterval:              10 * time.Second,
+		RegressionCheckInterval:    20 * time.Minute,
 		DrainMargin:                5 * time.Second,
 		WebhookBindAddress:         ":9443",
 		WebhookShutdownDelay:       3 * time.Second,
@@ -87,7 +95,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Enabled, "readiness-gates", c.Enabled, "run the readiness-gate webhook and gate writer")
 	fs.DurationVar(&c.PollInterval, "gate-poll-interval", c.PollInterval, "first target-health poll interval while a Service has pending gates")
 	fs.DurationVar(&c.MaxPendingInterval, "gate-max-pending-interval", c.MaxPendingInterval, "longest target-health poll interval while gates are pending (at most 10s)")
-	fs.DurationVar(&c.WatchInterval, "gate-watch-interval", c.WatchInterval, "target-health poll interval once every gate is True (catches targets turning unhealthy)")
+	fs.DurationVar(&c.WatchInterval, "gate-watch-interval", c.WatchInterval, "target-health poll interval once every gate is True while a health regression is reported or a gated pod drains")
+	fs.DurationVar(&c.RegressionCheckInterval, "gate-regression-check-interval", c.RegressionCheckInterval, "how often a Service with every gate True and nothing draining is checked for health regressions (0: only on pod or Service changes); matching --target-refresh-period makes the check free")
 	fs.DurationVar(&c.FailOpenAfter, "gate-fail-open-after", c.FailOpenAfter, "set a gate True with a Warning event when the pod's containers have been ready this long (0: never)")
 	fs.DurationVar(&c.DrainMargin, "drain-grace-margin", c.DrainMargin, "margin over the deregistration delay that terminationGracePeriodSeconds must leave, else a Warning event")
 	fs.StringVar(&c.WebhookBindAddress, "webhook-bind-address", c.WebhookBindAddress, `address of the HTTPS readiness-gate webhook ("0" disables the server)`)
@@ -115,6 +124,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WatchInterval < time.Second || c.WatchInterval > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--gate-watch-interval %s: must be from 1s to 5m", c.WatchInterval))
+	}
+	if c.RegressionCheckInterval != 0 && (c.RegressionCheckInterval < time.Minute || c.RegressionCheckInterval > 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("--gate-regression-check-interval %s: must be 0 or from 1m to 24h", c.RegressionCheckInterval))
 	}
 	if c.FailOpenAfter < 0 {
 		errs = append(errs, fmt.Errorf("--gate-fail-open-after %s: must not be negative", c.FailOpenAfter))

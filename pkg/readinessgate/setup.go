@@ -18,14 +18,18 @@ import (
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // Options are what Setup wires together.
 type Options struct {
-	Config       Config
-	Classes      service.ClassFilter
-	Cloud        cloud.LoadBalancers
-	TargetGroups TargetGroupSource
+	Config  Config
+	Classes service.ClassFilter
+	Cloud   cloud.LoadBalancers
+	// Health is the target-health reader shared with the target
+	// reconciler and drain (nil: one of its own over Cloud).
+	Health       targethealth.Reader
+	TargetGroups targethealth.TargetGroupSource
 	// Drain is where the injected preStop hook goes (zero: no hook).
 	Drain DrainHook
 	// GetCertificate serves the webhook; nil runs no webhook server.
@@ -49,9 +53,13 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("index pods by readiness gate: %w", err)
 	}
+	health := o.Health
+	if health == nil {
+		health = targethealth.NewCache(o.Cloud, 0)
+	}
 	w := &Writer{
 		Client:       mgr.GetClient(),
-		Cloud:        o.Cloud,
+		Health:       health,
 		TargetGroups: o.TargetGroups,
 		Classes:      o.Classes,
 		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-readiness-gate")),

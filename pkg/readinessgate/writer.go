@@ -20,10 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/directlb/directlb/pkg/cloud"
-	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // IndexGates indexes pods by the names of the Services whose directlb
@@ -64,18 +63,13 @@ func GateServices(pod *corev1.Pod) []string {
 	return out
 }
 
-// TargetGroupSource gives a Service's target groups (the lb-controller's
-// registry).
-type TargetGroupSource interface {
-	Get(key types.NamespacedName) []deploy.TargetGroup
-}
-
 // Writer keeps the gate conditions of one Service's pods equal to the
 // cloud's view of their targets. Its requests are Service keys.
 type Writer struct {
-	Client       client.Client
-	Cloud        cloud.LoadBalancers
-	TargetGroups TargetGroupSource
+	Client client.Client
+	// Health is the shared target-health reader.
+	Health       targethealth.Reader
+	TargetGroups targethealth.TargetGroupSource
 	Classes      service.ClassFilter
 	Recorder     events.EventRecorder
 	Config       Config
@@ -141,7 +135,19 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		}
 		return ctrl.Result{RequeueAfter: w.Config.PollInterval}, nil
 	}
-	groups, err := w.health(ctx, req.NamespacedName)
+	// Something pending needs a fresh read; with every gate latched True,
+	// nothing draining and no regression reported, the read is only the
+	// slow regression check, and a result that young serves (usually the
+	// target reconciler's own refresh: no call of its own).
+	watch := w.watching(svc, pods.Items, gateType)
+	maxAge := time.Duration(0)
+	if !watch {
+		maxAge = w.Config.RegressionCheckInterval * 5 / 4
+		if maxAge == 0 {
+			maxAge = regressionOffMaxAge
+		}
+	}
+	groups, err := w.health(ctx, req.NamespacedName, maxAge)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -166,11 +172,50 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	if err := w.reportHealth(ctx, svc, regressed); err != nil {
 		return ctrl.Result{}, err
 	}
-	if !pendingAny {
-		w.setPending(req.NamespacedName, 0)
+	if pendingAny {
+		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	}
+	w.setPending(req.NamespacedName, 0)
+	if len(regressed) > 0 || w.draining(pods.Items) {
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
-	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	// Every gate True, nothing draining, no regression: no polling, only
+	// the slow regression check (pod and Service changes still enqueue).
+	return ctrl.Result{RequeueAfter: w.Config.RegressionCheckInterval}, nil
+}
+
+// regressionOffMaxAge is the age of a result the writer accepts, with the
+// regression check off, for a pass that a pod or Service change caused
+// while nothing is pending.
+const regressionOffMaxAge = 24 * time.Hour
+
+// watching reports whether the Service has something the writer must read
+// fresh for: a live pod whose gate is not True yet, a gated pod draining,
+// or a health regression it reports (ConditionTargetsHealthy False).
+func (w *Writer) watching(svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) bool {
+	if c := meta.FindStatusCondition(svc.Status.Conditions, ConditionTargetsHealthy); c != nil && c.Status == metav1.ConditionFalse {
+		return true
+	}
+	for i := range pods {
+		if pods[i].DeletionTimestamp != nil {
+			return true
+		}
+		if c := findCondition(&pods[i], gateType); c == nil || c.Status != corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// draining: a gated pod of the Service is terminating (its gate follows
+// its targets' draining).
+func (w *Writer) draining(pods []corev1.Pod) bool {
+	for i := range pods {
+		if pods[i].DeletionTimestamp != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // clearHealth removes ConditionTargetsHealthy from a Service whose gates
@@ -228,12 +273,13 @@ func (w *Writer) reportHealth(ctx context.Context, svc *corev1.Service, regresse
 	return nil
 }
 
-// health reads every target group of the Service once.
-func (w *Writer) health(ctx context.Context, key types.NamespacedName) ([]GroupHealth, error) {
+// health reads every target group of the Service once, through the shared
+// reader (a result at most maxAge old; 0: the reader's TTL).
+func (w *Writer) health(ctx context.Context, key types.NamespacedName, maxAge time.Duration) ([]GroupHealth, error) {
 	tgs := w.TargetGroups.Get(key)
 	out := make([]GroupHealth, 0, len(tgs))
 	for _, tg := range tgs {
-		ts, err := w.Cloud.DescribeTargetHealth(ctx, tg.ARN)
+		ts, err := w.Health.Read(ctx, tg.ARN, maxAge)
 		healthPolls.Inc()
 		if err != nil {
 			return nil, fmt.Errorf("describe target health %s: %w", tg.Spec.Name, err)
