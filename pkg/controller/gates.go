@@ -27,6 +27,7 @@ func SetupGates(ctx context.Context, mgr ctrl.Manager, cfg Config, lbs cloud.Loa
 		Config:         cfg.Gates,
 		Classes:        service.ClassFilter{Classes: cfg.LoadBalancerClasses, Default: cfg.ManageDefaultClass},
 		Cloud:          lbs,
+		Health:         ctrls.Health,
 		TargetGroups:   ctrls.TargetGroups,
 		Drain:          cfg.Drain.Hook(),
 		GetCertificate: getCert,
@@ -37,11 +38,11 @@ func SetupGates(ctx context.Context, mgr ctrl.Manager, cfg Config, lbs cloud.Loa
 		return err
 	}
 	return drain.Setup(ctx, mgr, &drain.Waiter{
-		Reader:       mgr.GetCache(),
-		APIReader:    mgr.GetAPIReader(),
-		Cloud:        lbs,
-		TargetGroups: ctrls.TargetGroups,
-		ClusterName:  cfg.ClusterName,
-		Config:       cfg.Drain,
+		Reader:          mgr.GetCache(),
+		APIReader:       mgr.GetAPIReader(),
+		Health:          ctrls.Health,
+		TargetGroups:    ctrls.TargetGroups,
+		Config:          cfg.Drain,
+		ListenAfterStop: cfg.Gates.WebhookShutdownDelay,
 	})
 }
