@@ -73,7 +73,7 @@ func TestConfigValidate(t *testing.T) {
 		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--aws-region"}},
 		{"owns nothing", func(c *Config) { c.ManageDefaultClass, c.LoadBalancerClasses = false, nil }, []string{"--manage-default-class"}},
 		{"drain stops before the webhook", func(c *Config) { c.Drain.ShutdownDelay = time.Second }, []string{"--drain-shutdown-delay"}},
-		{"drain shutdown past the ceiling", func(c *Config) { c.Drain.ShutdownDelay, c.Drain.MaxWait = time.Minute, 30 * time.Second }, []string{"--drain-shutdown-delay"}},
+		{"drain shutdown past the ceiling", func(c *Config) { c.Drain.ShutdownDelay, c.Drain.MaxWait = time.Minute, 30*time.Second }, []string{"--drain-shutdown-delay"}},
 		{"regression check too often", func(c *Config) { c.Gates.RegressionCheckInterval = time.Second }, []string{"--gate-regression-check-interval"}},
 		{"regression check off", func(c *Config) { c.Gates.RegressionCheckInterval = 0 }, nil},
 	}

@@ -243,7 +243,9 @@ func (w *Waiter) Start(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	w.serving.Store(false)
-	w.linger(errc)
+	if err := w.linger(errc); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error(err, "drain server failed while stopping")
+	}
 	w.stopping.Store(true)
 	if n := w.inFlight.Load(); n > 0 {
 		logger.Info("drain endpoint stopping with waits in flight", "waits", n, "shutdownDelay", w.Config.ShutdownDelay)
@@ -256,8 +258,9 @@ func (w *Waiter) Start(ctx context.Context) error {
 }
 
 // linger keeps serving after the stop: at least ListenAfterStop (capped by
-// the delay), then until no wait is in flight or the delay is over.
-func (w *Waiter) linger(errc <-chan error) {
+// the delay), then until no wait is in flight or the delay is over; it
+// returns early with the server's error if the server fails.
+func (w *Waiter) linger(errc <-chan error) error {
 	start := time.Now()
 	least := min(w.ListenAfterStop, w.Config.ShutdownDelay)
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -265,11 +268,11 @@ func (w *Waiter) linger(errc <-chan error) {
 	for {
 		since := time.Since(start)
 		if since >= w.Config.ShutdownDelay || (since >= least && w.inFlight.Load() == 0) {
-			return
+			return nil
 		}
 		select {
-		case <-errc:
-			return
+		case err := <-errc:
+			return err
 		case <-tick.C:
 		}
 	}
