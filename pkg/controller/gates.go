@@ -29,6 +29,7 @@ func SetupGates(ctx context.Context, mgr ctrl.Manager, cfg Config, lbs cloud.Loa
 		Cloud:          lbs,
 		Health:         ctrls.Health,
 		TargetGroups:   ctrls.TargetGroups,
+		Wake:           ctrls.TargetGroups.Subscribe(),
 		Drain:          cfg.Drain.Hook(),
 		GetCertificate: getCert,
 		CertReady:      ready,

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/recorder"
@@ -30,6 +31,10 @@ type Options struct {
 	// reconciler and drain (nil: one of its own over Cloud).
 	Health       targethealth.Reader
 	TargetGroups targethealth.TargetGroupSource
+	// Wake, when set, names a Service whose target groups changed (became
+	// known): the writer takes it up at once instead of at its next
+	// backed-off look.
+	Wake <-chan event.GenericEvent
 	// Drain is where the injected preStop hook goes (zero: no hook).
 	Drain DrainHook
 	// GetCertificate serves the webhook; nil runs no webhook server.
@@ -65,12 +70,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
 		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-readiness-gate")),
 		Config:       o.Config,
 	}
-	err = ctrl.NewControllerManagedBy(mgr).
+	bld := ctrl.NewControllerManagedBy(mgr).
 		Named("readiness-gates").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, o.Concurrency)}).
 		Watches(&corev1.Pod{}, w.podHandler()).
-		Watches(&corev1.Service{}, w.serviceHandler()).
-		Complete(w)
+		Watches(&corev1.Service{}, w.serviceHandler())
+	if o.Wake != nil {
+		bld = bld.WatchesRawSource(source.Channel(o.Wake, &handler.EnqueueRequestForObject{}))
+	}
+	err = bld.Complete(w)
 	if err != nil {
 		return nil, fmt.Errorf("set up readiness gate writer: %w", err)
 	}

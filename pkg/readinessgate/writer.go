@@ -133,7 +133,9 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 				}
 			}
 		}
-		return ctrl.Result{RequeueAfter: w.Config.PollInterval}, nil
+		// No cloud call here; the registry wakes the writer when they are
+		// known (Options.Wake), the backed-off look is the fallback.
+		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, false)}, nil
 	}
 	// Something pending needs a fresh read; with every gate latched True,
 	// nothing draining and no regression reported, the read is only the
