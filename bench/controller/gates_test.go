@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/directlb/directlb/internal/testenv"
@@ -55,7 +56,10 @@ func BenchmarkConvergenceGates(b *testing.B) {
 		steady = d
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapErrorLevel)))
-	_, cfg := testenv.StartEnvtest(b, "dlbt-bench-lbc-assets-", nil)
+	// envtest's default Service range (a /24) holds 254 ClusterIPs.
+	_, cfg := testenv.StartEnvtest(b, "dlbt-bench-lbc-assets-", func(env *envtest.Environment) {
+		env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	})
 	for i := 0; i < b.N; i++ {
 		runGates(b, cfg, n, fmt.Sprintf("lbg%d", i), steady)
 	}

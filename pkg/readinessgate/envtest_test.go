@@ -198,7 +198,7 @@ func TestGateWriter(t *testing.T) {
 	cfg.WatchInterval = time.Second
 	// The slow regression check, made fast: the test watches a regression
 	// of a latched gate (TestGateWriterIdle keeps the default).
-	cfg.RegressionCheckInterval = time.Second
+	cfg.RegressionChecksPerMinute = 600 // one target group: checked every WatchInterval
 	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
 		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
 			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
@@ -284,7 +284,9 @@ func TestGateWriterIdle(t *testing.T) {
 	}
 	key := types.NamespacedName{Namespace: ns, Name: "web"}
 	groups := staticGroups{key: {{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-idle"}}}}}
-	cfg := readinessgate.DefaultConfig() // regression check every 20 min
+	cfg := readinessgate.DefaultConfig()
+	// A big cluster's budget share: the slow check comes every 10 min.
+	cfg.RegressionChecksPerMinute = 0.1
 	cfg.PollInterval = 100 * time.Millisecond
 	cfg.MaxPendingInterval = 300 * time.Millisecond
 	cfg.WatchInterval = 300 * time.Millisecond
@@ -591,7 +593,7 @@ func TestGateFailOpen(t *testing.T) {
 	cfg.PollInterval = 100 * time.Millisecond
 	cfg.MaxPendingInterval = 300 * time.Millisecond
 	cfg.FailOpenAfter = 4 * time.Second
-	cfg.RegressionCheckInterval = time.Second // the test watches a regression of a latched gate
+	cfg.RegressionChecksPerMinute = 600 // the test watches a regression of a latched gate
 	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
 		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
 			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -138,9 +140,31 @@ func (w *Writer) serviceHandler() handler.Funcs {
 	}
 	return handler.Funcs{
 		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) { enqueue(e.Object, q) },
-		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) { enqueue(e.ObjectNew, q) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) {
+			o, ok1 := e.ObjectOld.(*corev1.Service)
+			n, ok2 := e.ObjectNew.(*corev1.Service)
+			if ok1 && ok2 && userChange(o, n) {
+				w.changed(client.ObjectKeyFromObject(n))
+				w.poke(client.ObjectKeyFromObject(n))
+			}
+			enqueue(e.ObjectNew, q)
+		},
 		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) { enqueue(e.Object, q) },
 	}
+}
+
+// userChange: the Service's spec or annotations changed (not its status,
+// nor the target-group record the lb-controller writes).
+func userChange(o, n *corev1.Service) bool {
+	if !equality.Semantic.DeepEqual(o.Spec, n.Spec) {
+		return true
+	}
+	strip := func(m map[string]string) map[string]string {
+		out := maps.Clone(m)
+		delete(out, service.AnnotationTargetGroups)
+		return out
+	}
+	return !maps.Equal(strip(o.Annotations), strip(n.Annotations))
 }
 
 func (w *Writer) forget(uid types.UID) {

@@ -81,7 +81,19 @@ type Writer struct {
 	// has been True once (for the containers-ready → True histogram).
 	graceChecked map[types.UID]bool
 	everTrue     map[types.UID]bool
+	// groups: gated target groups per Service (and their total), for the
+	// regression check's budget; changedAt: when a Service's spec or
+	// annotations last changed (it is watched for a while after).
+	groups      map[types.NamespacedName]int
+	groupsTotal int
+	changedAt   map[types.NamespacedName]time.Time
 }
+
+// watchAfterChange is how long a Service is watched (fresh reads every
+// WatchInterval) after its spec or annotations change: a health-check
+// edit shows its effect within a few checks, and a typo is reported at
+// once rather than at the next slow check.
+const watchAfterChange = 3 * time.Minute
 
 // Reconcile polls the target health of the Service's target groups once
 // and writes every gate that differs.
@@ -92,6 +104,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	if len(pods.Items) == 0 {
 		w.setPending(req.NamespacedName, 0)
+		w.setGroups(req.NamespacedName, 0)
 		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
@@ -114,6 +127,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 			return ctrl.Result{}, err
 		}
 		w.setPending(req.NamespacedName, 0)
+		w.setGroups(req.NamespacedName, 0)
 		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
@@ -141,10 +155,11 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	// nothing draining and no regression reported, the read is only the
 	// slow regression check, and a result that young serves (usually the
 	// target reconciler's own refresh: no call of its own).
+	check := w.setGroups(req.NamespacedName, len(w.TargetGroups.Get(req.NamespacedName)))
 	watch := w.watching(svc, pods.Items, gateType)
 	maxAge := time.Duration(0)
 	if !watch {
-		maxAge = w.Config.RegressionCheckInterval * 5 / 4
+		maxAge = check
 		if maxAge == 0 {
 			maxAge = regressionOffMaxAge
 		}
@@ -178,12 +193,64 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
 	}
 	w.setPending(req.NamespacedName, 0)
-	if len(regressed) > 0 || w.draining(pods.Items) {
+	if len(regressed) > 0 || w.draining(pods.Items) || w.recentlyChanged(req.NamespacedName) {
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
 	// Every gate True, nothing draining, no regression: no polling, only
 	// the slow regression check (pod and Service changes still enqueue).
-	return ctrl.Result{RequeueAfter: w.Config.RegressionCheckInterval}, nil
+	return ctrl.Result{RequeueAfter: check}, nil
+}
+
+// setGroups records how many target groups the Service's gates watch and
+// returns its regression-check interval: the budget shared by every
+// gated target group, at least WatchInterval; 0 with the check off.
+func (w *Writer) setGroups(key types.NamespacedName, n int) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.groups == nil {
+		w.groups = map[types.NamespacedName]int{}
+	}
+	w.groupsTotal += n - w.groups[key]
+	if n == 0 {
+		delete(w.groups, key)
+	} else {
+		w.groups[key] = n
+	}
+	return RegressionInterval(w.groupsTotal, w.Config.RegressionChecksPerMinute, w.Config.WatchInterval)
+}
+
+// RegressionInterval is how often each Service is checked for health
+// regressions when groups target groups share a budget of perMinute
+// reads a minute: groups/perMinute minutes, at least floor; 0 when the
+// budget is 0 (no check).
+func RegressionInterval(groups int, perMinute float64, floor time.Duration) time.Duration {
+	if perMinute <= 0 {
+		return 0
+	}
+	d := time.Duration(float64(max(groups, 1)) / perMinute * float64(time.Minute))
+	return max(d, floor)
+}
+
+// changed notes that a Service's spec or annotations changed.
+func (w *Writer) changed(key types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.changedAt == nil || len(w.changedAt) > 100000 {
+		w.changedAt = map[types.NamespacedName]time.Time{}
+	}
+	w.changedAt[key] = time.Now()
+}
+
+// recentlyChanged: the Service changed less than watchAfterChange ago.
+func (w *Writer) recentlyChanged(key types.NamespacedName) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at, ok := w.changedAt[key]
+	if ok && time.Since(at) >= watchAfterChange {
+		delete(w.changedAt, key)
+		return false
+	}
+	return ok
 }
 
 // regressionOffMaxAge is the age of a result the writer accepts, with the
@@ -193,8 +260,12 @@ const regressionOffMaxAge = 24 * time.Hour
 
 // watching reports whether the Service has something the writer must read
 // fresh for: a live pod whose gate is not True yet, a gated pod draining,
-// or a health regression it reports (ConditionTargetsHealthy False).
+// a health regression it reports (ConditionTargetsHealthy False), or a
+// recent change of its spec or annotations.
 func (w *Writer) watching(svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) bool {
+	if w.recentlyChanged(client.ObjectKeyFromObject(svc)) {
+		return true
+	}
 	if c := meta.FindStatusCondition(svc.Status.Conditions, ConditionTargetsHealthy); c != nil && c.Status == metav1.ConditionFalse {
 		return true
 	}
