@@ -30,6 +30,11 @@ import (
 	"github.com/directlb/directlb/pkg/service"
 )
 
+// benchLBCIDR holds a load-balancer address for each of 1,000 Services
+// (localcloud's default /24 holds about 250); the datapath is off, so the
+// addresses are configured nowhere. RFC 2544's benchmarking range.
+const benchLBCIDR = "198.18.0.0/20"
+
 const (
 	podsPerService = 10
 	// describeRefill is AWS's Describe* refill rate (per second), which the
@@ -119,7 +124,10 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 	})
 	fmt.Printf("  (setup: %d Services, %d pods and their slices in %.1f s)\n", n, n*podsPerService, time.Since(created).Seconds())
 
-	srv := testenv.Localcloud(b, func(c *localcloud.Config) { c.AWSRateLimits = true })
+	srv := testenv.Localcloud(b, func(c *localcloud.Config) {
+		c.AWSRateLimits = true
+		c.LBCIDR = benchLBCIDR
+	})
 	lbs := testenv.SDKClient(b, srv, nil)
 	ccfg := controller.DefaultConfig()
 	ccfg.ClusterName = "bench-" + ns
