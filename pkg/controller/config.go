@@ -75,7 +75,7 @@ func DefaultConfig() Config {
 		LoadBalancerClasses:    []string{service.LoadBalancerClass},
 		ResyncPeriod:           10 * time.Minute,
 		TargetBatchWindow:      100 * time.Millisecond,
-		TargetRefreshPeriod:    2 * time.Minute,
+		TargetRefreshPeriod:    20 * time.Minute,
 		CloudInventoryTTL:      time.Minute,
 		MetricsBindAddress:     ":8080",
 		HealthProbeBindAddress: ":8081",
@@ -95,7 +95,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.ManageDefaultClass, "manage-default-class", c.ManageDefaultClass, "also own direct-access Services that set no loadBalancerClass (where a cloud provider's service controller runs, it provisions those too)")
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "how often a converged Service is compared with the cloud again")
 	fs.DurationVar(&c.TargetBatchWindow, "target-batch-window", c.TargetBatchWindow, "delay that coalesces a burst of endpoint changes into one target update per Service")
-	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached")
+	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached before they are read again for drift (a change is read back 10s after it; the gates' slow regression check reuses this read where its interval is longer)")
 	fs.DurationVar(&c.CloudInventoryTTL, "cloud-inventory-ttl", c.CloudInventoryTTL, "how long this cluster's load balancers and target groups, found by tags, are cached (0 lists them on every Service pass)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run leader election (needed with more than one replica)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the leader election Lease (empty: the pod's namespace)")
@@ -156,6 +156,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.Cloud.Validate())
 	if c.Gates.Enabled {
 		errs = append(errs, c.Gates.Validate(), c.Certs.Validate(), c.Drain.Validate())
+		if c.Drain.ShutdownDelay < c.Gates.WebhookShutdownDelay {
+			errs = append(errs, fmt.Errorf("--drain-shutdown-delay %s: must be at least --webhook-shutdown-delay (%s): both endpoints must outlast the Services letting go of the replica", c.Drain.ShutdownDelay, c.Gates.WebhookShutdownDelay))
+		}
 	}
 	return errors.Join(errs...)
 }

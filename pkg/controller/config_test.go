@@ -72,6 +72,10 @@ func TestConfigValidate(t *testing.T) {
 			c.LoadBalancerClasses, c.Cloud.Region = []string{""}, ""
 		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--aws-region"}},
 		{"owns nothing", func(c *Config) { c.ManageDefaultClass, c.LoadBalancerClasses = false, nil }, []string{"--manage-default-class"}},
+		{"drain stops before the webhook", func(c *Config) { c.Drain.ShutdownDelay = time.Second }, []string{"--drain-shutdown-delay"}},
+		{"drain shutdown past the ceiling", func(c *Config) { c.Drain.ShutdownDelay, c.Drain.MaxWait = time.Minute, 30*time.Second }, []string{"--drain-shutdown-delay"}},
+		{"regression checks over the refill rate", func(c *Config) { c.Gates.RegressionChecksPerMinute = 601 }, []string{"--gate-regression-checks-per-minute"}},
+		{"regression check off", func(c *Config) { c.Gates.RegressionChecksPerMinute = 0 }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

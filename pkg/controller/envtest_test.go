@@ -337,6 +337,11 @@ func TestServiceLifecycle(t *testing.T) {
 	if got, want := h.get("web").Status.LoadBalancer.Ingress[0].IP, snap.LoadBalancers[0].Addresses[0]; got != want {
 		t.Errorf("ingress IP %s, want the load balancer's %s", got, want)
 	}
+	// The target groups are recorded on the Service, for every replica.
+	h.eventually("target groups recorded on the Service", func() (bool, string) {
+		got := service.RecordedTargetGroups(h.get("web").Annotations)
+		return cmp.Equal([]string{snap.TargetGroups[0].ARN}, got), fmt.Sprintf("recorded %v, want [%s]", got, snap.TargetGroups[0].ARN)
+	})
 	lbCalls := h.cloud.Calls()["CreateLoadBalancer"]
 	h.eventually("Ensuring and Ensured events", h.hasEvents("web", "Normal/EnsuringLoadBalancer", "Normal/EnsuredLoadBalancer"))
 
@@ -403,6 +408,9 @@ func TestServiceLifecycle(t *testing.T) {
 			meta.FindStatusCondition(s.Status.Conditions, ConditionReady) == nil
 		return ok, fmt.Sprintf("cloud %+v service finalizers %v status %+v", snap, s.Finalizers, s.Status)
 	})
+	if v, ok := h.get("web").Annotations[service.AnnotationTargetGroups]; ok {
+		t.Errorf("target-group record %q left on a Service no longer owned", v)
+	}
 	h.eventually("Deleting and Deleted events", h.hasEvents("web", "Normal/DeletingLoadBalancer", "Normal/DeletedLoadBalancer"))
 }
 
@@ -580,5 +588,41 @@ func TestUpgradeKeepsAdoptedClasslessService(t *testing.T) {
 	}
 	if lbs := h.cloud.Snapshot().LoadBalancers; len(lbs) != 1 {
 		t.Errorf("%d load balancers, want the adopted Service's only", len(lbs))
+	}
+}
+
+// TestCachesSyncedReadiness: the informer-caches readyz check fails before
+// the caches are started and synced, and passes after.
+func TestCachesSyncedReadiness(t *testing.T) {
+	_, ns := newNamespace(t)
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             skipNameValidation(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.GetCache().GetInformer(context.Background(), &corev1.Pod{}); err != nil {
+		t.Fatal(err)
+	}
+	check := CachesSynced(mgr.GetCache())
+	if err := check(nil); err == nil {
+		t.Fatal("ready before the caches started")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for check(nil) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready 20 s after start: %v", check(nil))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

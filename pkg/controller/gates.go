@@ -27,7 +27,9 @@ func SetupGates(ctx context.Context, mgr ctrl.Manager, cfg Config, lbs cloud.Loa
 		Config:         cfg.Gates,
 		Classes:        service.ClassFilter{Classes: cfg.LoadBalancerClasses, Default: cfg.ManageDefaultClass},
 		Cloud:          lbs,
+		Health:         ctrls.Health,
 		TargetGroups:   ctrls.TargetGroups,
+		Wake:           ctrls.TargetGroups.Subscribe(),
 		Drain:          cfg.Drain.Hook(),
 		GetCertificate: getCert,
 		CertReady:      ready,
@@ -37,11 +39,11 @@ func SetupGates(ctx context.Context, mgr ctrl.Manager, cfg Config, lbs cloud.Loa
 		return err
 	}
 	return drain.Setup(ctx, mgr, &drain.Waiter{
-		Reader:       mgr.GetCache(),
-		APIReader:    mgr.GetAPIReader(),
-		Cloud:        lbs,
-		TargetGroups: ctrls.TargetGroups,
-		ClusterName:  cfg.ClusterName,
-		Config:       cfg.Drain,
+		Reader:          mgr.GetCache(),
+		APIReader:       mgr.GetAPIReader(),
+		Health:          ctrls.Health,
+		TargetGroups:    ctrls.TargetGroups,
+		Config:          cfg.Drain,
+		ListenAfterStop: cfg.Gates.WebhookShutdownDelay,
 	})
 }

@@ -1,11 +1,20 @@
 package controller
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -28,14 +37,20 @@ func QueueOptions() config.Controller {
 }
 
 // NewManager is the controller-runtime manager cfg describes: its
-// kubeconfig, metrics and probe addresses (with ping checks) and leader
-// election.
+// kubeconfig, metrics and probe addresses (a ping liveness check; a
+// readiness check that the informer caches have synced) and leader
+// election. Every replica, leader or standby, starts the informers of
+// Services, Pods and EndpointSlices at once: the webhook and drain read
+// them, and a standby that becomes leader starts warm.
 func NewManager(cfg Config) (ctrl.Manager, error) {
 	restCfg, err := loadRESTConfig(cfg.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}
+	// Shutdown waits for the drain endpoint's delay, then for the rest.
+	shutdown := max(30*time.Second, cfg.Drain.ShutdownDelay+10*time.Second)
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		GracefulShutdownTimeout:       &shutdown,
 		Metrics:                       metricsserver.Options{BindAddress: cfg.MetricsBindAddress},
 		HealthProbeBindAddress:        cfg.HealthProbeBindAddress,
 		LeaderElection:                cfg.LeaderElect,
@@ -53,7 +68,37 @@ func NewManager(cfg Config) (ctrl.Manager, error) {
 	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
 		return nil, err
 	}
+	for _, obj := range []client.Object{&corev1.Service{}, &corev1.Pod{}, &discoveryv1.EndpointSlice{}} {
+		if _, err := mgr.GetCache().GetInformer(context.Background(), obj); err != nil {
+			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+		}
+	}
+	if err := mgr.AddReadyzCheck("informer-caches", CachesSynced(mgr.GetCache())); err != nil {
+		return nil, err
+	}
 	return mgr, nil
+}
+
+// cacheSyncCheck bounds how long one readiness probe looks at the caches.
+const cacheSyncCheck = 200 * time.Millisecond
+
+// CachesSynced is a readyz check that fails until every informer of c has
+// synced: a replica whose caches are still filling would admit pods
+// without seeing their Services (no gate, no drain hook) and answer
+// drains without the pods.
+func CachesSynced(c cache.Cache) healthz.Checker {
+	return func(req *http.Request) error {
+		ctx := context.Background()
+		if req != nil {
+			ctx = req.Context()
+		}
+		ctx, cancel := context.WithTimeout(ctx, cacheSyncCheck)
+		defer cancel()
+		if !c.WaitForCacheSync(ctx) {
+			return errors.New("informer caches have not synced")
+		}
+		return nil
+	}
 }
 
 func loadRESTConfig(kubeconfig string) (*rest.Config, error) {

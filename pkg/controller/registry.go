@@ -21,6 +21,20 @@ type TargetGroups struct {
 	mu     sync.RWMutex
 	groups map[types.NamespacedName][]deploy.TargetGroup
 	notify chan event.GenericEvent
+	// subs get the same wake-ups (the gate writer's).
+	subs []chan event.GenericEvent
+}
+
+// Subscribe returns a channel that receives the Service of every change
+// of its target groups, as the target reconciler does (the gate writer
+// waits for a Service's target groups to be known). Call it before the
+// manager starts, and keep reading it.
+func (t *TargetGroups) Subscribe() <-chan event.GenericEvent {
+	c := make(chan event.GenericEvent, 1024)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.subs = append(t.subs, c)
+	return c
 }
 
 // NewTargetGroups returns an empty registry.
@@ -69,8 +83,14 @@ func (t *TargetGroups) Delete(ctx context.Context, key types.NamespacedName) {
 
 func (t *TargetGroups) wake(ctx context.Context, key types.NamespacedName) {
 	obj := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
-	select {
-	case t.notify <- event.GenericEvent{Object: client.Object(obj)}:
-	case <-ctx.Done():
+	t.mu.RLock()
+	chans := append([]chan event.GenericEvent{t.notify}, t.subs...)
+	t.mu.RUnlock()
+	for _, c := range chans {
+		select {
+		case c <- event.GenericEvent{Object: client.Object(obj)}:
+		case <-ctx.Done():
+			return
+		}
 	}
 }

@@ -137,6 +137,9 @@ func (r *ServiceReconciler) ensure(ctx context.Context, svc *corev1.Service, wan
 	}
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	r.TargetGroups.Set(ctx, key, res.TargetGroups)
+	if err := r.recordTargetGroups(ctx, svc, res.TargetGroups); err != nil {
+		return ctrl.Result{}, err
+	}
 
 	ingress := ingressOf(res.LoadBalancer)
 	if len(ingress) == 0 {
@@ -157,6 +160,29 @@ func (r *ServiceReconciler) ensure(ctx context.Context, svc *corev1.Service, wan
 		return ctrl.Result{RequeueAfter: drainRecheck}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.ResyncPeriod}, nil
+}
+
+// recordTargetGroups writes the target groups' ARNs on the Service
+// (service.AnnotationTargetGroups), where every replica reads them from its
+// cache: drain on a standby, and whatever outlives this leader's memory.
+func (r *ServiceReconciler) recordTargetGroups(ctx context.Context, svc *corev1.Service, tgs []deploy.TargetGroup) error {
+	arns := make([]string, 0, len(tgs))
+	for _, tg := range tgs {
+		arns = append(arns, tg.ARN)
+	}
+	v := service.RecordTargetGroups(arns)
+	if cur, ok := svc.Annotations[service.AnnotationTargetGroups]; ok && cur == v {
+		return nil
+	}
+	orig := svc.DeepCopy()
+	if svc.Annotations == nil {
+		svc.Annotations = map[string]string{}
+	}
+	svc.Annotations[service.AnnotationTargetGroups] = v
+	if err := r.Client.Patch(ctx, svc, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("record target groups on %s: %w", service.Key(svc), err)
+	}
+	return nil
 }
 
 // ingressOf is status.loadBalancer.ingress: the IP addresses where the cloud
@@ -197,6 +223,7 @@ func (r *ServiceReconciler) cleanup(ctx context.Context, svc *corev1.Service) er
 	}
 	orig := svc.DeepCopy()
 	controllerutil.RemoveFinalizer(svc, Finalizer)
+	delete(svc.Annotations, service.AnnotationTargetGroups)
 	if err := r.Client.Patch(ctx, svc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("remove finalizer of %s: %w", service.Key(svc), err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // Controllers are the two reconcilers, for callers that need to reach them
@@ -34,12 +35,16 @@ type Controllers struct {
 	Services     *ServiceReconciler
 	Targets      *TargetReconciler
 	TargetGroups *TargetGroups
+	// Health is the one target-health reader the target reconciler, the
+	// gate writer and drain share.
+	Health *targethealth.Cache
 }
 
 // Setup adds the Service and target reconcilers to mgr.
 func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers, error) {
 	classes := service.ClassFilter{Classes: cfg.LoadBalancerClasses, Default: cfg.ManageDefaultClass}
 	tgs := NewTargetGroups()
+	health := targethealth.NewCache(lbs, targethealth.DefaultTTL)
 	svcs := &ServiceReconciler{
 		Client:       mgr.GetClient(),
 		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-lb-controller")),
@@ -60,7 +65,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 		o, ok1 := e.ObjectOld.(*corev1.Service)
 		n, ok2 := e.ObjectNew.(*corev1.Service)
 		return !ok1 || !ok2 || !equality.Semantic.DeepEqual(o.Spec, n.Spec) ||
-			!maps.Equal(o.Annotations, n.Annotations) ||
+			!maps.Equal(userAnnotations(o.Annotations), userAnnotations(n.Annotations)) ||
 			!slices.Equal(o.Finalizers, n.Finalizers) ||
 			(o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil)
 	}}
@@ -78,6 +83,7 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 		Cloud:         lbs,
 		Classes:       classes,
 		TargetGroups:  tgs,
+		Health:        health,
 		RefreshPeriod: cfg.TargetRefreshPeriod,
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
@@ -90,7 +96,19 @@ func Setup(mgr ctrl.Manager, cfg Config, lbs cloud.LoadBalancers) (*Controllers,
 	if err != nil {
 		return nil, fmt.Errorf("set up target controller: %w", err)
 	}
-	return &Controllers{Services: svcs, Targets: targets, TargetGroups: tgs}, nil
+	return &Controllers{Services: svcs, Targets: targets, TargetGroups: tgs, Health: health}, nil
+}
+
+// userAnnotations are a Service's annotations but the one the Service
+// reconciler writes itself (service.AnnotationTargetGroups), whose change
+// needs no cloud pass.
+func userAnnotations(m map[string]string) map[string]string {
+	if _, ok := m[service.AnnotationTargetGroups]; !ok {
+		return m
+	}
+	out := maps.Clone(m)
+	delete(out, service.AnnotationTargetGroups)
+	return out
 }
 
 // retryLimiter backs a failing item off exponentially from 100 ms up to

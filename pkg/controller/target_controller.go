@@ -23,6 +23,7 @@ import (
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // verifyDelay is how soon after a change the cloud's target list is read
@@ -37,6 +38,9 @@ type TargetReconciler struct {
 	Cloud        cloud.LoadBalancers
 	Classes      service.ClassFilter
 	TargetGroups *TargetGroups
+	// Health is the target-health reader shared with the gate writer and
+	// drain (nil: one of its own over Cloud).
+	Health *targethealth.Cache
 	// RefreshPeriod is how long a target group's target list is cached.
 	RefreshPeriod time.Duration
 
@@ -253,7 +257,9 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 	logger := log.FromContext(ctx)
 	if len(add) > 0 {
 		// The cloud splits long lists into requests (cloud.LoadBalancers).
-		if err := r.Cloud.RegisterTargets(ctx, tg.ARN, add); err != nil {
+		err := r.Cloud.RegisterTargets(ctx, tg.ARN, add)
+		r.health().Invalidate(tg.ARN) // the gate writer and drain read the change
+		if err != nil {
 			r.failed(tg.ARN, add, true, err)
 			return 0, fmt.Errorf("register targets %s: %w", tg.Spec.Name, err)
 		}
@@ -261,7 +267,9 @@ func (r *TargetReconciler) sync(ctx context.Context, tg deploy.TargetGroup, eps 
 		logger.Info("registered targets", "targetGroup", tg.Spec.Name, "count", len(add))
 	}
 	if len(remove) > 0 {
-		if err := r.Cloud.DeregisterTargets(ctx, tg.ARN, remove); err != nil {
+		err := r.Cloud.DeregisterTargets(ctx, tg.ARN, remove)
+		r.health().Invalidate(tg.ARN)
+		if err != nil {
 			r.failed(tg.ARN, remove, false, err)
 			return 0, fmt.Errorf("deregister targets %s: %w", tg.Spec.Name, err)
 		}
@@ -323,7 +331,7 @@ func (r *TargetReconciler) registered(ctx context.Context, arn string) (*cachedT
 	if ok && time.Now().Before(c.refreshAt) {
 		return c, nil
 	}
-	health, err := r.Cloud.DescribeTargetHealth(ctx, arn)
+	health, err := r.health().Read(ctx, arn, 0)
 	cloudTargetReads.Inc()
 	if err != nil {
 		return nil, fmt.Errorf("describe target health %s: %w", arn, err)
@@ -344,6 +352,16 @@ func (r *TargetReconciler) registered(ctx context.Context, arn string) (*cachedT
 	r.cache[arn] = c
 	r.mu.Unlock()
 	return c, nil
+}
+
+// health is the shared reader (made on first use when none was given).
+func (r *TargetReconciler) health() *targethealth.Cache {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Health == nil {
+		r.Health = targethealth.NewCache(r.Cloud, 0)
+	}
+	return r.Health
 }
 
 // applied records a successful change in the cache, observes the
@@ -393,10 +411,12 @@ func (r *TargetReconciler) failed(arn string, ts []cloud.Target, registered bool
 }
 
 func (r *TargetReconciler) forget(tgs []deploy.TargetGroup) {
+	h := r.health()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, tg := range tgs {
 		delete(r.cache, tg.ARN)
+		h.Forget(tg.ARN)
 	}
 }
 

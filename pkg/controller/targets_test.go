@@ -196,6 +196,7 @@ func TestSyncTargetPortChange(t *testing.T) {
 	}
 	// Healthy on the new port: the old targets go.
 	r.Cloud = healthyPort{Cloud: fc, port: 9090}
+	r.Health = nil // the shared reader was made over the old Cloud
 	time.Sleep(1100 * time.Millisecond)
 	if _, err := r.sync(ctx, tg, eps(2, 9090)); err != nil {
 		t.Fatal(err)

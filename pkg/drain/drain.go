@@ -12,7 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +25,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/directlb/directlb/pkg/cloud"
-	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/readinessgate"
+	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // IndexToken indexes pods by their drain token annotation.
@@ -38,6 +39,9 @@ const (
 	ResultNotTarget = "not_target"
 	ResultTimeout   = "timeout"
 	ResultCanceled  = "canceled"
+	// ResultShutdown: the controller replica stopped before the wait ended
+	// (past --drain-shutdown-delay).
+	ResultShutdown = "shutdown"
 )
 
 var (
@@ -47,7 +51,7 @@ var (
 	})
 	drainsCompleted = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "directlb_drains_completed_total",
-		Help: "Drain waits finished, by result (drained, timeout, canceled).",
+		Help: "Drain waits finished, by result (drained, timeout, canceled, shutdown).",
 	}, []string{"result"})
 	drainDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "directlb_drain_duration_seconds",
@@ -80,11 +84,25 @@ type Config struct {
 	// PollInterval is how often a target group's health is read while
 	// pods wait on it (shared by every waiter of the group).
 	PollInterval time.Duration
+	// ShutdownDelay is how long, once the replica is told to stop, the
+	// endpoint keeps answering: waits in flight go on (a controller
+	// rollout does not cut short the drains of pods deleted meanwhile)
+	// and new ones are still taken while the drain Service's endpoints
+	// let go of the replica. It stops earlier once no wait is in flight
+	// (but not before the webhook's shutdown delay).
+	ShutdownDelay time.Duration
 }
+
+// DefaultShutdownDelay covers a wait that began just before the stop on a
+// Service with the default deregistration delay (20 s) plus the default
+// --drain-grace-margin (5 s), inside the chart's controller
+// terminationGracePeriodSeconds (30 s).
+const DefaultShutdownDelay = 25 * time.Second
 
 // DefaultConfig returns the flag defaults.
 func DefaultConfig() Config {
-	return Config{BindAddress: ":8082", Port: 8082, MaxWait: 5 * time.Minute, PollInterval: time.Second}
+	return Config{BindAddress: ":8082", Port: 8082, MaxWait: 5 * time.Minute, PollInterval: time.Second,
+		ShutdownDelay: DefaultShutdownDelay}
 }
 
 // BindFlags registers the flags.
@@ -95,6 +113,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.Int32Var(&c.Port, "drain-port", c.Port, "port the injected preStop httpGet calls")
 	fs.DurationVar(&c.MaxWait, "drain-max-wait", c.MaxWait, "ceiling of one drain wait")
 	fs.DurationVar(&c.PollInterval, "drain-poll-interval", c.PollInterval, "target-health poll interval while pods drain")
+	fs.DurationVar(&c.ShutdownDelay, "drain-shutdown-delay", c.ShutdownDelay, "how long the drain endpoint keeps answering waits in flight (and new ones) once the controller is told to stop; it stops sooner when none is in flight. Keep it under the controller's terminationGracePeriodSeconds")
 }
 
 // Validate reports every invalid setting.
@@ -113,6 +132,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval < 100*time.Millisecond || c.PollInterval > 10*time.Second {
 		errs = append(errs, fmt.Errorf("--drain-poll-interval %s: must be from 100ms to 10s", c.PollInterval))
+	}
+	if c.ShutdownDelay < 0 || c.ShutdownDelay > c.MaxWait {
+		errs = append(errs, fmt.Errorf("--drain-shutdown-delay %s: must be from 0 to --drain-max-wait (%s)", c.ShutdownDelay, c.MaxWait))
 	}
 	return errors.Join(errs...)
 }
@@ -143,41 +165,58 @@ func (c *Config) Hook() readinessgate.DrainHook {
 	return h
 }
 
-// TargetGroupSource gives a Service's target groups.
-type TargetGroupSource interface {
-	Get(key types.NamespacedName) []deploy.TargetGroup
-}
-
-// Waiter answers drain waits.
+// Waiter answers drain waits. Every replica, leader or standby, answers
+// from shared state: the pod and its Services from the informer cache, the
+// Services' target groups as the leader recorded them on each Service
+// (service.AnnotationTargetGroups), their health through the shared
+// target-health reader. It never lists the cloud account.
 type Waiter struct {
+	// Reader is the manager's cache (pods by drain token, Services).
 	Reader client.Reader
 	// APIReader reads a pod from the apiserver when the cache has not yet
 	// seen its deletion (the kubelet may call before the controller's
 	// watch delivers it); nil skips that check.
 	APIReader client.Reader
-	Cloud     cloud.LoadBalancers
-	// TargetGroups is the leader's registry; ClusterName finds a Service's
-	// target groups by tags where the registry does not know them (on a
-	// replica that is not the leader).
-	TargetGroups TargetGroupSource
-	ClusterName  string
+	// Health reads target health (shared with the gate writer and the
+	// target reconciler).
+	Health targethealth.Reader
+	// TargetGroups is this replica's registry (filled on the leader): used
+	// for a Service that carries no record yet (deployed by an older
+	// release and not passed since).
+	TargetGroups targethealth.TargetGroupSource
 	Config       Config
+	// ListenAfterStop is the least time the endpoint keeps taking new
+	// waits once told to stop (the webhook's shutdown delay: the Services
+	// in front of both let go of the replica at the same pace).
+	ListenAfterStop time.Duration
 
-	mu     sync.Mutex
-	health map[string]*healthRead // by target group ARN
+	inFlight atomic.Int64
+	serving  atomic.Bool
+	stopping atomic.Bool
+	addr     atomic.Value // string: where it listens
 }
 
-type healthRead struct {
-	at      time.Time
-	targets []cloud.TargetHealth
-	err     error
-	done    chan struct{}
+// Addr is the address the endpoint listens on ("" before Start listens).
+func (w *Waiter) Addr() string {
+	a, _ := w.addr.Load().(string)
+	return a
+}
+
+// Checker is a readyz check: it fails until the endpoint listens and
+// again once the replica is told to stop, so the drain Service sends no
+// new wait to a replica that is leaving.
+func (w *Waiter) Checker(*http.Request) error {
+	if !w.serving.Load() {
+		return errors.New("the drain endpoint is not serving")
+	}
+	return nil
 }
 
 // NeedLeaderElection: every replica answers waits.
 func (w *Waiter) NeedLeaderElection() bool { return false }
 
-// Start serves the endpoint until ctx ends.
+// Start serves the endpoint until ctx ends, then for up to
+// Config.ShutdownDelay more (see there).
 func (w *Waiter) Start(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /drain/{namespace}/{token}", w.serveWait)
@@ -185,29 +224,72 @@ func (w *Waiter) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("drain listen %s: %w", w.Config.BindAddress, err)
 	}
+	// Waits outlive ctx (the manager's stop) until the shutdown delay is
+	// over.
+	waits, endWaits := context.WithCancel(context.WithoutCancel(ctx))
+	defer endWaits()
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
+		BaseContext: func(net.Listener) context.Context { return waits }}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.FromContext(ctx).Info("drain endpoint serving", "address", ln.Addr().String())
+	w.addr.Store(ln.Addr().String())
+	w.serving.Store(true)
+	logger := log.FromContext(ctx)
+	logger.Info("drain endpoint serving", "address", ln.Addr().String())
 	select {
 	case err := <-errc:
+		w.serving.Store(false)
 		return fmt.Errorf("drain server: %w", err)
 	case <-ctx.Done():
 	}
+	w.serving.Store(false)
+	if err := w.linger(errc); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error(err, "drain server failed while stopping")
+	}
+	w.stopping.Store(true)
+	if n := w.inFlight.Load(); n > 0 {
+		logger.Info("drain endpoint stopping with waits in flight", "waits", n, "shutdownDelay", w.Config.ShutdownDelay)
+	}
+	endWaits() // what is left answers ResultShutdown
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return nil
 }
 
+// linger keeps serving after the stop: at least ListenAfterStop (capped by
+// the delay), then until no wait is in flight or the delay is over; it
+// returns early with the server's error if the server fails.
+func (w *Waiter) linger(errc <-chan error) error {
+	start := time.Now()
+	least := min(w.ListenAfterStop, w.Config.ShutdownDelay)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		since := time.Since(start)
+		if since >= w.Config.ShutdownDelay || (since >= least && w.inFlight.Load() == 0) {
+			return nil
+		}
+		select {
+		case err := <-errc:
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
 func (w *Waiter) serveWait(rw http.ResponseWriter, r *http.Request) {
+	w.inFlight.Add(1)
+	defer w.inFlight.Add(-1)
 	ns, token := r.PathValue("namespace"), r.PathValue("token")
 	res, msg := w.Wait(r.Context(), ns, token)
 	code := http.StatusOK
-	if res == ResultTimeout {
+	switch res {
+	case ResultTimeout:
 		// The kubelet records a FailedPreStopHook event and stops the pod.
 		code = http.StatusGatewayTimeout
+	case ResultShutdown:
+		code = http.StatusServiceUnavailable
 	}
 	rw.WriteHeader(code)
 	fmt.Fprintf(rw, "%s: %s\n", res, msg)
@@ -256,6 +338,11 @@ func (w *Waiter) Wait(ctx context.Context, namespace, token string) (string, str
 				logger.Info("drain ceiling reached", "pod", namespace+"/"+pod.Name)
 				return ResultTimeout, fmt.Sprintf("targets still present after %s", w.Config.MaxWait)
 			}
+			if w.stopping.Load() {
+				drainsCompleted.WithLabelValues(ResultShutdown).Inc()
+				logger.Info("drain wait cut short: the controller stopped", "pod", namespace+"/"+pod.Name, "shutdownDelay", w.Config.ShutdownDelay)
+				return ResultShutdown, fmt.Sprintf("the controller replica stopped (after --drain-shutdown-delay %s) before the targets left", w.Config.ShutdownDelay)
+			}
 			drainsCompleted.WithLabelValues(ResultCanceled).Inc()
 			return ResultCanceled, "the caller went away"
 		case <-time.After(w.Config.PollInterval):
@@ -274,27 +361,28 @@ func (w *Waiter) pod(ctx context.Context, namespace, token string) (*corev1.Pod,
 	return &pods.Items[0], nil
 }
 
-// groups are the target groups of the Services the pod is gated on.
+// groups are the target groups of the Services the pod is gated on: as
+// the leader recorded them on each Service (read from the cache), else as
+// this replica's registry knows them. No cloud listing.
 func (w *Waiter) groups(ctx context.Context, pod *corev1.Pod) []string {
 	var arns []string
 	for _, name := range readinessgate.GateServices(pod) {
 		key := types.NamespacedName{Namespace: pod.Namespace, Name: name}
-		tgs := w.TargetGroups.Get(key)
-		if len(tgs) > 0 {
-			for _, tg := range tgs {
-				arns = append(arns, tg.ARN)
+		svc := &corev1.Service{}
+		err := w.Reader.Get(ctx, key, svc)
+		if client.IgnoreNotFound(err) != nil {
+			log.FromContext(ctx).Error(err, "get service for drain", "service", key.String())
+		}
+		if err == nil {
+			if rec := service.RecordedTargetGroups(svc.Annotations); rec != nil {
+				arns = append(arns, rec...)
+				continue
 			}
+		}
+		if w.TargetGroups == nil {
 			continue
 		}
-		if w.ClusterName == "" {
-			continue
-		}
-		found, err := w.Cloud.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: w.ClusterName, cloud.TagService: key.String()})
-		if err != nil {
-			log.FromContext(ctx).Error(err, "list target groups", "service", key.String())
-			continue
-		}
-		for _, tg := range found {
+		for _, tg := range w.TargetGroups.Get(key) {
 			arns = append(arns, tg.ARN)
 		}
 	}
@@ -322,40 +410,10 @@ func (w *Waiter) present(ctx context.Context, arns []string, ip string) (bool, e
 }
 
 // read returns a target group's health no older than half the poll
-// interval, sharing one call among every waiter of the group.
+// interval, through the shared reader (one call for every waiter of the
+// group, and for the gate writer's polls).
 func (w *Waiter) read(ctx context.Context, arn string) ([]cloud.TargetHealth, error) {
-	w.mu.Lock()
-	if w.health == nil {
-		w.health = map[string]*healthRead{}
-	}
-	h := w.health[arn]
-	if h == nil || (isDone(h.done) && time.Since(h.at) > w.Config.PollInterval/2) {
-		h = &healthRead{done: make(chan struct{})}
-		w.health[arn] = h
-		go func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			h.targets, h.err = w.Cloud.DescribeTargetHealth(rctx, arn)
-			h.at = time.Now()
-			close(h.done)
-		}()
-	}
-	w.mu.Unlock()
-	select {
-	case <-h.done:
-		return h.targets, h.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func isDone(c chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
+	return w.Health.Read(ctx, arn, w.Config.PollInterval/2)
 }
 
 // Setup indexes pods by drain token and adds the endpoint to mgr (when
@@ -369,6 +427,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, w *Waiter) error {
 	}
 	if err := mgr.Add(w); err != nil {
 		return fmt.Errorf("add drain endpoint: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("drain-endpoint", w.Checker); err != nil {
+		return fmt.Errorf("add drain readiness check: %w", err)
 	}
 	return nil
 }

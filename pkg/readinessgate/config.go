@@ -25,9 +25,19 @@ type Config struct {
 	// MaxPendingInterval, and starts over on any change.
 	PollInterval       time.Duration
 	MaxPendingInterval time.Duration
-	// WatchInterval is the poll interval once every gate is True, to catch
-	// a target that turns unhealthy later.
+	// WatchInterval is the poll interval once every gate is True while
+	// something still needs watching: a health regression the writer
+	// reports, or a gated pod draining.
 	WatchInterval time.Duration
+	// RegressionChecksPerMinute is the budget of the slow regression
+	// check, across all Services: a Service whose gates are all True, with
+	// nothing draining and no regression, is checked every
+	// (gated target groups ÷ this) minutes, at least WatchInterval apart,
+	// on a result at most that old (often the target reconciler's
+	// own refresh: no call of its own). A small cluster is checked every
+	// WatchInterval, a big one slowly, at a bounded cost. 0: never (pod
+	// and Service changes still do).
+	RegressionChecksPerMinute float64
 	// FailOpenAfter sets a gate True (with a Warning event) when the pod's
 	// containers have been ready this long and the target is still not
 	// healthy; 0 never fails open.
@@ -71,6 +81,7 @@ func DefaultConfig() Config {
 		PollInterval:               time.Second,
 		MaxPendingInterval:         10 * time.Second,
 		WatchInterval:              10 * time.Second,
+		RegressionChecksPerMinute:  20,
 		DrainMargin:                5 * time.Second,
 		WebhookBindAddress:         ":9443",
 		WebhookShutdownDelay:       3 * time.Second,
@@ -87,7 +98,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Enabled, "readiness-gates", c.Enabled, "run the readiness-gate webhook and gate writer")
 	fs.DurationVar(&c.PollInterval, "gate-poll-interval", c.PollInterval, "first target-health poll interval while a Service has pending gates")
 	fs.DurationVar(&c.MaxPendingInterval, "gate-max-pending-interval", c.MaxPendingInterval, "longest target-health poll interval while gates are pending (at most 10s)")
-	fs.DurationVar(&c.WatchInterval, "gate-watch-interval", c.WatchInterval, "target-health poll interval once every gate is True (catches targets turning unhealthy)")
+	fs.DurationVar(&c.WatchInterval, "gate-watch-interval", c.WatchInterval, "target-health poll interval once every gate is True while a health regression is reported or a gated pod drains")
+	fs.Float64Var(&c.RegressionChecksPerMinute, "gate-regression-checks-per-minute", c.RegressionChecksPerMinute, "target groups per minute, across all Services, checked for health regressions once every gate is True and nothing drains: each Service every (gated target groups / this) minutes, at least --gate-watch-interval apart (0: only on pod or Service changes)")
 	fs.DurationVar(&c.FailOpenAfter, "gate-fail-open-after", c.FailOpenAfter, "set a gate True with a Warning event when the pod's containers have been ready this long (0: never)")
 	fs.DurationVar(&c.DrainMargin, "drain-grace-margin", c.DrainMargin, "margin over the deregistration delay that terminationGracePeriodSeconds must leave, else a Warning event")
 	fs.StringVar(&c.WebhookBindAddress, "webhook-bind-address", c.WebhookBindAddress, `address of the HTTPS readiness-gate webhook ("0" disables the server)`)
@@ -115,6 +127,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WatchInterval < time.Second || c.WatchInterval > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--gate-watch-interval %s: must be from 1s to 5m", c.WatchInterval))
+	}
+	if c.RegressionChecksPerMinute < 0 || c.RegressionChecksPerMinute > 600 {
+		errs = append(errs, fmt.Errorf("--gate-regression-checks-per-minute %g: must be from 0 to 600 (AWS refills Describe calls at 600 a minute)", c.RegressionChecksPerMinute))
 	}
 	if c.FailOpenAfter < 0 {
 		errs = append(errs, fmt.Errorf("--gate-fail-open-after %s: must not be negative", c.FailOpenAfter))

@@ -56,6 +56,7 @@ type healthCloud struct {
 	*fake.Cloud
 	mu    sync.Mutex
 	state map[string]cloud.TargetState
+	calls atomic.Int64 // DescribeTargetHealth calls
 }
 
 func (h *healthCloud) set(ip string, s cloud.TargetState) {
@@ -65,6 +66,7 @@ func (h *healthCloud) set(ip string, s cloud.TargetState) {
 }
 
 func (h *healthCloud) DescribeTargetHealth(ctx context.Context, arn string) ([]cloud.TargetHealth, error) {
+	h.calls.Add(1)
 	ts, err := h.Cloud.DescribeTargetHealth(ctx, arn)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -194,6 +196,9 @@ func TestGateWriter(t *testing.T) {
 	cfg.PollInterval = 100 * time.Millisecond
 	cfg.MaxPendingInterval = 300 * time.Millisecond
 	cfg.WatchInterval = time.Second
+	// The slow regression check, made fast: the test watches a regression
+	// of a latched gate (TestGateWriterIdle keeps the default).
+	cfg.RegressionChecksPerMinute = 600 // one target group: checked every WatchInterval
 	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
 		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
 			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
@@ -262,6 +267,88 @@ func TestGateWriter(t *testing.T) {
 }
 
 // TestGateWriterServiceDeleted: the gates of a deleted Service are released.
+// With every gate True and nothing draining, the writer stops polling:
+// over a window with pod updates (which enqueue the Service) it makes no
+// DescribeTargetHealth call; a new pod makes it poll again.
+func TestGateWriterIdle(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	lb, _ := hc.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "lb-idle"})
+	tg, err := hc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg-idle", Protocol: cloud.ProtocolTCP, Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.CreateListener(ctx, cloud.ListenerSpec{LoadBalancerARN: lb.ARN, Protocol: cloud.ProtocolTCP, Port: 80, TargetGroupARN: tg.ARN}); err != nil {
+		t.Fatal(err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: "web"}
+	groups := staticGroups{key: {{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-idle"}}}}}
+	cfg := readinessgate.DefaultConfig()
+	// A big cluster's budget share: the slow check comes every 10 min.
+	cfg.RegressionChecksPerMinute = 0.1
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	cfg.WatchInterval = 300 * time.Millisecond
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	newPod := func(name, ip string) *corev1.Pod {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": "web"}},
+			Spec: corev1.PodSpec{
+				Containers:     []corev1.Container{{Name: "app", Image: "echo"}},
+				ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("web")}},
+			},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		if err := hc.RegisterTargets(ctx, tg.ARN, []cloud.Target{{IP: ip, Port: 8080}}); err != nil {
+			t.Fatal(err)
+		}
+		setIP(t, c, pod, ip)
+		return pod
+	}
+	pods := []*corev1.Pod{newPod("web-1", "10.100.1.81"), newPod("web-2", "10.100.1.82")}
+	for _, p := range pods {
+		waitGate(t, c, ns, p.Name, "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
+	}
+	if hc.calls.Load() == 0 {
+		t.Fatal("no DescribeTargetHealth call while gates were pending")
+	}
+	time.Sleep(time.Second) // the last pending pass ends
+	before := hc.calls.Load()
+	// Pod updates (as a kubelet's status writes would) enqueue the Service.
+	for i, p := range pods {
+		cur := &corev1.Pod{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(p), cur); err != nil {
+			t.Fatal(err)
+		}
+		cur.Labels["touch"] = fmt.Sprint(i)
+		if err := c.Update(ctx, cur); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3 * time.Second) // 30 pending polls' worth, 10 watch intervals
+	if got := hc.calls.Load() - before; got != 0 {
+		t.Fatalf("%d DescribeTargetHealth calls with every gate True and nothing draining, want 0", got)
+	}
+	// Something pending again: it polls.
+	newPod("web-3", "10.100.1.83")
+	waitGate(t, c, ns, "web-3", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
+	if hc.calls.Load() == before {
+		t.Fatal("no poll for a new pending gate")
+	}
+}
+
 func TestGateWriterServiceDeleted(t *testing.T) {
 	c, ns := newNamespace(t, nil)
 	ctx := context.Background()
@@ -506,6 +593,7 @@ func TestGateFailOpen(t *testing.T) {
 	cfg.PollInterval = 100 * time.Millisecond
 	cfg.MaxPendingInterval = 300 * time.Millisecond
 	cfg.FailOpenAfter = 4 * time.Second
+	cfg.RegressionChecksPerMinute = 600 // the test watches a regression of a latched gate
 	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
 		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
 			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,

@@ -2,6 +2,7 @@ package readinessgate
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -79,5 +80,31 @@ func TestRegression(t *testing.T) {
 		if got := regression(Verdict{Status: status, Reason: reason}); got != want {
 			t.Errorf("regression(%s) = %v, want %v", reason, got, want)
 		}
+	}
+}
+
+// TestRegressionInterval: the slow regression check shares one budget
+// among all gated target groups: a small cluster is checked every watch
+// interval, a big one slowly, at the same cost.
+func TestRegressionInterval(t *testing.T) {
+	tests := []struct {
+		name      string
+		groups    int
+		perMinute float64
+		want      time.Duration
+	}{
+		{"off", 100, 0, 0},
+		{"test bed: two groups, floor", 2, 20, 10 * time.Second},
+		{"no group yet counts as one", 0, 20, 10 * time.Second},
+		{"200 groups", 200, 20, 10 * time.Minute},
+		{"1,000 groups", 1000, 20, 50 * time.Minute},
+		{"a bigger budget", 1000, 100, 10 * time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RegressionInterval(tt.groups, tt.perMinute, 10*time.Second); got != tt.want {
+				t.Fatalf("RegressionInterval(%d, %g) = %s, want %s", tt.groups, tt.perMinute, got, tt.want)
+			}
+		})
 	}
 }

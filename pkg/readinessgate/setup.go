@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -14,18 +16,27 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // Options are what Setup wires together.
 type Options struct {
-	Config       Config
-	Classes      service.ClassFilter
-	Cloud        cloud.LoadBalancers
-	TargetGroups TargetGroupSource
+	Config  Config
+	Classes service.ClassFilter
+	Cloud   cloud.LoadBalancers
+	// Health is the target-health reader shared with the target
+	// reconciler and drain (nil: one of its own over Cloud).
+	Health       targethealth.Reader
+	TargetGroups targethealth.TargetGroupSource
+	// Wake, when set, names a Service whose target groups changed (became
+	// known): the writer takes it up at once instead of at its next
+	// backed-off look.
+	Wake <-chan event.GenericEvent
 	// Drain is where the injected preStop hook goes (zero: no hook).
 	Drain DrainHook
 	// GetCertificate serves the webhook; nil runs no webhook server.
@@ -49,20 +60,27 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("index pods by readiness gate: %w", err)
 	}
+	health := o.Health
+	if health == nil {
+		health = targethealth.NewCache(o.Cloud, 0)
+	}
 	w := &Writer{
 		Client:       mgr.GetClient(),
-		Cloud:        o.Cloud,
+		Health:       health,
 		TargetGroups: o.TargetGroups,
 		Classes:      o.Classes,
 		Recorder:     recorder.New(mgr.GetEventRecorder("directlb-readiness-gate")),
 		Config:       o.Config,
 	}
-	err = ctrl.NewControllerManagedBy(mgr).
+	bld := ctrl.NewControllerManagedBy(mgr).
 		Named("readiness-gates").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, o.Concurrency)}).
 		Watches(&corev1.Pod{}, w.podHandler()).
-		Watches(&corev1.Service{}, w.serviceHandler()).
-		Complete(w)
+		Watches(&corev1.Service{}, w.serviceHandler())
+	if o.Wake != nil {
+		bld = bld.WatchesRawSource(source.Channel(o.Wake, &handler.EnqueueRequestForObject{}))
+	}
+	err = bld.Complete(w)
 	if err != nil {
 		return nil, fmt.Errorf("set up readiness gate writer: %w", err)
 	}
@@ -122,9 +140,31 @@ func (w *Writer) serviceHandler() handler.Funcs {
 	}
 	return handler.Funcs{
 		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) { enqueue(e.Object, q) },
-		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) { enqueue(e.ObjectNew, q) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) {
+			o, ok1 := e.ObjectOld.(*corev1.Service)
+			n, ok2 := e.ObjectNew.(*corev1.Service)
+			if ok1 && ok2 && userChange(o, n) {
+				w.changed(client.ObjectKeyFromObject(n))
+				w.poke(client.ObjectKeyFromObject(n))
+			}
+			enqueue(e.ObjectNew, q)
+		},
 		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) { enqueue(e.Object, q) },
 	}
+}
+
+// userChange: the Service's spec or annotations changed (not its status,
+// nor the target-group record the lb-controller writes).
+func userChange(o, n *corev1.Service) bool {
+	if !equality.Semantic.DeepEqual(o.Spec, n.Spec) {
+		return true
+	}
+	strip := func(m map[string]string) map[string]string {
+		out := maps.Clone(m)
+		delete(out, service.AnnotationTargetGroups)
+		return out
+	}
+	return !maps.Equal(strip(o.Annotations), strip(n.Annotations))
 }
 
 func (w *Writer) forget(uid types.UID) {

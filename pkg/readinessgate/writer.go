@@ -20,10 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/directlb/directlb/pkg/cloud"
-	"github.com/directlb/directlb/pkg/deploy"
 	"github.com/directlb/directlb/pkg/recorder"
 	"github.com/directlb/directlb/pkg/service"
+	"github.com/directlb/directlb/pkg/targethealth"
 )
 
 // IndexGates indexes pods by the names of the Services whose directlb
@@ -64,18 +63,13 @@ func GateServices(pod *corev1.Pod) []string {
 	return out
 }
 
-// TargetGroupSource gives a Service's target groups (the lb-controller's
-// registry).
-type TargetGroupSource interface {
-	Get(key types.NamespacedName) []deploy.TargetGroup
-}
-
 // Writer keeps the gate conditions of one Service's pods equal to the
 // cloud's view of their targets. Its requests are Service keys.
 type Writer struct {
-	Client       client.Client
-	Cloud        cloud.LoadBalancers
-	TargetGroups TargetGroupSource
+	Client client.Client
+	// Health is the shared target-health reader.
+	Health       targethealth.Reader
+	TargetGroups targethealth.TargetGroupSource
 	Classes      service.ClassFilter
 	Recorder     events.EventRecorder
 	Config       Config
@@ -87,7 +81,19 @@ type Writer struct {
 	// has been True once (for the containers-ready → True histogram).
 	graceChecked map[types.UID]bool
 	everTrue     map[types.UID]bool
+	// groups: gated target groups per Service (and their total), for the
+	// regression check's budget; changedAt: when a Service's spec or
+	// annotations last changed (it is watched for a while after).
+	groups      map[types.NamespacedName]int
+	groupsTotal int
+	changedAt   map[types.NamespacedName]time.Time
 }
+
+// watchAfterChange is how long a Service is watched (fresh reads every
+// WatchInterval) after its spec or annotations change: a health-check
+// edit shows its effect within a few checks, and a typo is reported at
+// once rather than at the next slow check.
+const watchAfterChange = 3 * time.Minute
 
 // Reconcile polls the target health of the Service's target groups once
 // and writes every gate that differs.
@@ -98,6 +104,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	if len(pods.Items) == 0 {
 		w.setPending(req.NamespacedName, 0)
+		w.setGroups(req.NamespacedName, 0)
 		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
@@ -120,6 +127,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 			return ctrl.Result{}, err
 		}
 		w.setPending(req.NamespacedName, 0)
+		w.setGroups(req.NamespacedName, 0)
 		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
@@ -139,9 +147,24 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 				}
 			}
 		}
-		return ctrl.Result{RequeueAfter: w.Config.PollInterval}, nil
+		// No cloud call here; the registry wakes the writer when they are
+		// known (Options.Wake), the backed-off look is the fallback.
+		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, false)}, nil
 	}
-	groups, err := w.health(ctx, req.NamespacedName)
+	// Something pending needs a fresh read; with every gate latched True,
+	// nothing draining and no regression reported, the read is only the
+	// slow regression check, and a result that young serves (usually the
+	// target reconciler's own refresh: no call of its own).
+	check := w.setGroups(req.NamespacedName, len(w.TargetGroups.Get(req.NamespacedName)))
+	watch := w.watching(svc, pods.Items, gateType)
+	maxAge := time.Duration(0)
+	if !watch {
+		maxAge = check
+		if maxAge == 0 {
+			maxAge = regressionOffMaxAge
+		}
+	}
+	groups, err := w.health(ctx, req.NamespacedName, maxAge)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -166,11 +189,106 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	if err := w.reportHealth(ctx, svc, regressed); err != nil {
 		return ctrl.Result{}, err
 	}
-	if !pendingAny {
-		w.setPending(req.NamespacedName, 0)
+	if pendingAny {
+		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	}
+	w.setPending(req.NamespacedName, 0)
+	if len(regressed) > 0 || w.draining(pods.Items) || w.recentlyChanged(req.NamespacedName) {
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
-	return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	// Every gate True, nothing draining, no regression: no polling, only
+	// the slow regression check (pod and Service changes still enqueue).
+	return ctrl.Result{RequeueAfter: check}, nil
+}
+
+// setGroups records how many target groups the Service's gates watch and
+// returns its regression-check interval: the budget shared by every
+// gated target group, at least WatchInterval; 0 with the check off.
+func (w *Writer) setGroups(key types.NamespacedName, n int) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.groups == nil {
+		w.groups = map[types.NamespacedName]int{}
+	}
+	w.groupsTotal += n - w.groups[key]
+	if n == 0 {
+		delete(w.groups, key)
+	} else {
+		w.groups[key] = n
+	}
+	return RegressionInterval(w.groupsTotal, w.Config.RegressionChecksPerMinute, w.Config.WatchInterval)
+}
+
+// RegressionInterval is how often each Service is checked for health
+// regressions when groups target groups share a budget of perMinute
+// reads a minute: groups/perMinute minutes, at least floor; 0 when the
+// budget is 0 (no check).
+func RegressionInterval(groups int, perMinute float64, floor time.Duration) time.Duration {
+	if perMinute <= 0 {
+		return 0
+	}
+	d := time.Duration(float64(max(groups, 1)) / perMinute * float64(time.Minute))
+	return max(d, floor)
+}
+
+// changed notes that a Service's spec or annotations changed.
+func (w *Writer) changed(key types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.changedAt == nil || len(w.changedAt) > 100000 {
+		w.changedAt = map[types.NamespacedName]time.Time{}
+	}
+	w.changedAt[key] = time.Now()
+}
+
+// recentlyChanged: the Service changed less than watchAfterChange ago.
+func (w *Writer) recentlyChanged(key types.NamespacedName) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at, ok := w.changedAt[key]
+	if ok && time.Since(at) >= watchAfterChange {
+		delete(w.changedAt, key)
+		return false
+	}
+	return ok
+}
+
+// regressionOffMaxAge is the age of a result the writer accepts, with the
+// regression check off, for a pass that a pod or Service change caused
+// while nothing is pending.
+const regressionOffMaxAge = 24 * time.Hour
+
+// watching reports whether the Service has something the writer must read
+// fresh for: a live pod whose gate is not True yet, a gated pod draining,
+// a health regression it reports (ConditionTargetsHealthy False), or a
+// recent change of its spec or annotations.
+func (w *Writer) watching(svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) bool {
+	if w.recentlyChanged(client.ObjectKeyFromObject(svc)) {
+		return true
+	}
+	if c := meta.FindStatusCondition(svc.Status.Conditions, ConditionTargetsHealthy); c != nil && c.Status == metav1.ConditionFalse {
+		return true
+	}
+	for i := range pods {
+		if pods[i].DeletionTimestamp != nil {
+			return true
+		}
+		if c := findCondition(&pods[i], gateType); c == nil || c.Status != corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// draining: a gated pod of the Service is terminating (its gate follows
+// its targets' draining).
+func (w *Writer) draining(pods []corev1.Pod) bool {
+	for i := range pods {
+		if pods[i].DeletionTimestamp != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // clearHealth removes ConditionTargetsHealthy from a Service whose gates
@@ -228,12 +346,13 @@ func (w *Writer) reportHealth(ctx context.Context, svc *corev1.Service, regresse
 	return nil
 }
 
-// health reads every target group of the Service once.
-func (w *Writer) health(ctx context.Context, key types.NamespacedName) ([]GroupHealth, error) {
+// health reads every target group of the Service once, through the shared
+// reader (a result at most maxAge old; 0: the reader's TTL).
+func (w *Writer) health(ctx context.Context, key types.NamespacedName, maxAge time.Duration) ([]GroupHealth, error) {
 	tgs := w.TargetGroups.Get(key)
 	out := make([]GroupHealth, 0, len(tgs))
 	for _, tg := range tgs {
-		ts, err := w.Cloud.DescribeTargetHealth(ctx, tg.ARN)
+		ts, err := w.Health.Read(ctx, tg.ARN, maxAge)
 		healthPolls.Inc()
 		if err != nil {
 			return nil, fmt.Errorf("describe target health %s: %w", tg.Spec.Name, err)
