@@ -61,22 +61,54 @@ func setupNetwork(t *Topology) error {
 	}
 	defer vpc.Close()
 
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, HardwareAddr: mustMAC(vpcMAC(0, 1))}}
-	if err := vpc.LinkAdd(br); err != nil {
-		return fmt.Errorf("vpc: add bridge: %w", err)
-	}
-	brLink, err := vpc.LinkByName(BridgeName)
+	brLink, err := addVPCBridge(vpc, t)
 	if err != nil {
-		return fmt.Errorf("vpc: bridge: %w", err)
-	}
-	if err := addrUp(vpc, brLink, netip.PrefixFrom(t.Gateway, t.VPC.Bits())); err != nil {
-		return fmt.Errorf("vpc: %w", err)
-	}
-	if err := vpc.RouteAdd(&netlink.Route{Dst: ipNet(t.LoadBalancerCIDR), Gw: t.CloudAddr.AsSlice(), LinkIndex: brLink.Attrs().Index}); err != nil {
-		return fmt.Errorf("vpc: route %s via %s: %w", t.LoadBalancerCIDR, t.CloudAddr, err)
+		return err
 	}
 
 	// The host's port: dlb-host on the host, "host" on the bridge.
+	if err := setupHostPort(vpc, brLink, t); err != nil {
+		return err
+	}
+
+	// The cloud.
+	if err := setupPortNS(vpc, brLink, t.CloudNetNS, "cloud", "eth0", vpcMAC(0, 3), netip.PrefixFrom(t.CloudAddr, t.VPC.Bits()), t.Gateway); err != nil {
+		return err
+	}
+
+	// The nodes.
+	for i, n := range t.Nodes {
+		if err := setupNodeNS(vpc, brLink, i, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addVPCBridge adds the VPC's bridge with the VPC router's address and the
+// route to the load balancers through the cloud.
+func addVPCBridge(vpc *netlink.Handle, t *Topology) (netlink.Link, error) {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, HardwareAddr: mustMAC(vpcMAC(0, 1))}}
+	if err := vpc.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("vpc: add bridge: %w", err)
+	}
+	brLink, err := vpc.LinkByName(BridgeName)
+	if err != nil {
+		return nil, fmt.Errorf("vpc: bridge: %w", err)
+	}
+	if err := addrUp(vpc, brLink, netip.PrefixFrom(t.Gateway, t.VPC.Bits())); err != nil {
+		return nil, fmt.Errorf("vpc: %w", err)
+	}
+	if err := vpc.RouteAdd(&netlink.Route{Dst: ipNet(t.LoadBalancerCIDR), Gw: t.CloudAddr.AsSlice(), LinkIndex: brLink.Attrs().Index}); err != nil {
+		return nil, fmt.Errorf("vpc: route %s via %s: %w", t.LoadBalancerCIDR, t.CloudAddr, err)
+	}
+	return brLink, nil
+}
+
+// setupHostPort connects the host to the VPC (dlb-host on the host, "host"
+// on the bridge) with its address and its routes to the load balancers and
+// the Services.
+func setupHostPort(vpc *netlink.Handle, brLink netlink.Link, t *Topology) error {
 	if err := addVPCPort(vpc, brLink, "host", netns.None(), HostLink, vpcMAC(0, 2)); err != nil {
 		return err
 	}
@@ -102,37 +134,34 @@ func setupNetwork(t *Topology) error {
 			return fmt.Errorf("host: route %s: %w", r.Dst, err)
 		}
 	}
+	return nil
+}
 
-	// The cloud.
-	if err := setupPortNS(vpc, brLink, t.CloudNetNS, "cloud", "eth0", vpcMAC(0, 3), netip.PrefixFrom(t.CloudAddr, t.VPC.Bits()), t.Gateway); err != nil {
+// setupNodeNS makes the namespace of node n (the i-th, from 0) with its ENIs
+// on the VPC bridge and a default route through its first ENI's gateway.
+func setupNodeNS(vpc *netlink.Handle, brLink netlink.Link, i int, n Node) error {
+	if err := createNetNS(n.NetNS); err != nil {
 		return err
 	}
-
-	// The nodes.
-	for i, n := range t.Nodes {
-		if err := createNetNS(n.NetNS); err != nil {
-			return err
+	if err := setSysctls(n.NetNS, nsSysctls); err != nil {
+		return err
+	}
+	for _, e := range n.ENIs {
+		if err := addENI(vpc, brLink, n.NetNS, vpcPortName(i+1, e.DeviceIdx), e); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		if err := setSysctls(n.NetNS, nsSysctls); err != nil {
-			return err
-		}
-		for _, e := range n.ENIs {
-			if err := addENI(vpc, brLink, n.NetNS, vpcPortName(i+1, e.DeviceIdx), e); err != nil {
-				return fmt.Errorf("node %s: %w", n.Name, err)
-			}
-		}
-		h, err := namedns.Handle(n.NetNS)
-		if err != nil {
-			return err
-		}
-		eth0, err := h.LinkByName(n.ENIs[0].Device)
-		if err == nil {
-			err = h.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: n.ENIs[0].Gateway.AsSlice(), LinkIndex: eth0.Attrs().Index})
-		}
-		h.Close()
-		if err != nil {
-			return fmt.Errorf("node %s: default route: %w", n.Name, err)
-		}
+	}
+	h, err := namedns.Handle(n.NetNS)
+	if err != nil {
+		return err
+	}
+	eth0, err := h.LinkByName(n.ENIs[0].Device)
+	if err == nil {
+		err = h.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: n.ENIs[0].Gateway.AsSlice(), LinkIndex: eth0.Attrs().Index})
+	}
+	h.Close()
+	if err != nil {
+		return fmt.Errorf("node %s: default route: %w", n.Name, err)
 	}
 	return nil
 }

@@ -82,78 +82,16 @@ func generatePKI(dir string, nodes []Node) error {
 	if err != nil {
 		return err
 	}
-	serving, err := ca.issue(x509.Certificate{
-		Subject:     pkix.Name{CommonName: "kube-apiserver"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), HostAddr.AsSlice(), firstServiceIP().AsSlice()},
-	})
+	pairs, err := controlPlanePairs(ca)
 	if err != nil {
 		return err
-	}
-	admin, err := ca.issue(x509.Certificate{
-		Subject:     pkix.Name{CommonName: "directlb-admin", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return err
-	}
-	fpCA, err := newCA("directlb-testbed-front-proxy-ca")
-	if err != nil {
-		return err
-	}
-	fp, err := fpCA.issue(x509.Certificate{
-		Subject:     pkix.Name{CommonName: "front-proxy-client"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return err
-	}
-	kubeletClient, err := ca.issue(x509.Certificate{
-		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return err
-	}
-	kubeProxy, err := ca.issue(x509.Certificate{
-		Subject:     pkix.Name{CommonName: "system:kube-proxy"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return err
-	}
-	type pair struct {
-		kp       keyPair
-		crt, key string
-	}
-	pairs := []pair{
-		{ca, caCert, caKey},
-		{serving, apiserverCert, apiserverKey},
-		{admin, adminCert, adminKey},
-		{fpCA, frontProxyCACert, frontProxyCAKey},
-		{fp, frontProxyCert, frontProxyKeyFile},
-		{kubeletClient, kubeletClientCert, kubeletClientKey},
-		{kubeProxy, kubeProxyCert, kubeProxyKey},
 	}
 	for _, n := range nodes {
-		client, err := ca.issue(x509.Certificate{
-			Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		})
+		np, err := nodePairs(ca, n)
 		if err != nil {
 			return err
 		}
-		serving, err := ca.issue(x509.Certificate{
-			Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-			DNSNames:    []string{n.Name},
-			IPAddresses: []net.IP{n.ENIs[0].Addr.Addr().AsSlice()},
-		})
-		if err != nil {
-			return err
-		}
-		pairs = append(pairs, pair{client, nodeCert(n.Name), nodeKey(n.Name)}, pair{serving, nodeServingCert(n.Name), nodeServingKey(n.Name)})
+		pairs = append(pairs, np...)
 	}
 	sa, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -175,6 +113,91 @@ func generatePKI(dir string, nodes []Node) error {
 		return fmt.Errorf("pki: service account public key: %w", err)
 	}
 	return writePEM(p.path(saPub), "PUBLIC KEY", pub)
+}
+
+// certFiles is a key pair and the files of the PKI it is written to.
+type certFiles struct {
+	kp       keyPair
+	crt, key string
+}
+
+// controlPlanePairs are the CA itself, the apiserver's serving certificate,
+// the admin client certificate, the front proxy CA and client certificate,
+// the apiserver's client certificate for the kubelets and kube-proxy's
+// client certificate.
+func controlPlanePairs(ca keyPair) ([]certFiles, error) {
+	serving, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), HostAddr.AsSlice(), firstServiceIP().AsSlice()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "directlb-admin", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	fpCA, err := newCA("directlb-testbed-front-proxy-ca")
+	if err != nil {
+		return nil, err
+	}
+	fp, err := fpCA.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "front-proxy-client"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	kubeletClient, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	kubeProxy, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "system:kube-proxy"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []certFiles{
+		{ca, caCert, caKey},
+		{serving, apiserverCert, apiserverKey},
+		{admin, adminCert, adminKey},
+		{fpCA, frontProxyCACert, frontProxyCAKey},
+		{fp, frontProxyCert, frontProxyKeyFile},
+		{kubeletClient, kubeletClientCert, kubeletClientKey},
+		{kubeProxy, kubeProxyCert, kubeProxyKey},
+	}, nil
+}
+
+// nodePairs are node n's client certificate (system:node:<node>) and its
+// kubelet's serving certificate.
+func nodePairs(ca keyPair, n Node) ([]certFiles, error) {
+	client, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	serving, err := ca.issue(x509.Certificate{
+		Subject:     pkix.Name{CommonName: "system:node:" + n.Name, Organization: []string{"system:nodes"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{n.Name},
+		IPAddresses: []net.IP{n.ENIs[0].Addr.Addr().AsSlice()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []certFiles{{client, nodeCert(n.Name), nodeKey(n.Name)}, {serving, nodeServingCert(n.Name), nodeServingKey(n.Name)}}, nil
 }
 
 func newCA(cn string) (keyPair, error) {

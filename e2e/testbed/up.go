@@ -55,26 +55,15 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	// scheduler once the apiserver is ready (the controller manager exits
 	// if it cannot read its delegated authentication config at start).
 	cp := controlPlane(cfg, t)
-	daemons, err := startAll(t.StateDir, nil, cp[:2])
+	daemons, err := startFirst(cfg, t, cp[:2])
 	if err != nil {
 		return t, err
-	}
-	if cfg.Localcloud {
-		if _, err := writeCloudENIs(t); err != nil {
-			return t, err
-		}
-		if daemons, err = startAll(t.StateDir, daemons, []daemon{localcloud(cfg, t)}); err != nil {
-			return t, err
-		}
 	}
 	cs, err := Clientset(t)
 	if err != nil {
 		return t, err
 	}
-	if err := waitFor(ctx, daemons, "apiserver /readyz", func(ctx context.Context) (bool, error) {
-		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil, nil
-	}); err != nil {
+	if err := waitAPIServer(ctx, cs, daemons); err != nil {
 		return t, err
 	}
 	log.Info("apiserver ready", zap.Duration("took", time.Since(begin)))
@@ -98,20 +87,12 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}
 	log.Info("controller manager ready", zap.Duration("took", time.Since(begin)))
 
-	if cfg.Localcloud {
-		if err := waitLocalcloud(ctx, t, daemons); err != nil {
-			return t, err
-		}
+	if err := waitCloudAndNodes(ctx, cfg, t, cs, daemons, log, begin); err != nil {
+		return t, err
 	}
-	if cfg.Kubelets {
-		if err := waitNodes(ctx, t, cs, daemons); err != nil {
+	if cfg.Kubelets && cfg.ClusterDNS {
+		if err := deployClusterDNS(ctx, cs, t); err != nil {
 			return t, err
-		}
-		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("took", time.Since(begin)))
-		if cfg.ClusterDNS {
-			if err := deployClusterDNS(ctx, cs, t); err != nil {
-				return t, err
-			}
 		}
 	}
 	log.Info("test bed up",
@@ -120,6 +101,49 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		zap.Bool("kubelets", cfg.Kubelets),
 		zap.String("kubeconfig", t.Kubeconfig))
 	return t, nil
+}
+
+// startFirst starts ds (etcd and the apiserver) and, with localcloud, the
+// cloud's ENIs file and localcloud.
+func startFirst(cfg Config, t *Topology, ds []daemon) ([]*running, error) {
+	daemons, err := startAll(t.StateDir, nil, ds)
+	if err != nil {
+		return daemons, err
+	}
+	if cfg.Localcloud {
+		if _, err := writeCloudENIs(t); err != nil {
+			return daemons, err
+		}
+		if daemons, err = startAll(t.StateDir, daemons, []daemon{localcloud(cfg, t)}); err != nil {
+			return daemons, err
+		}
+	}
+	return daemons, nil
+}
+
+// waitAPIServer waits until the apiserver's /readyz answers.
+func waitAPIServer(ctx context.Context, cs kubernetes.Interface, daemons []*running) error {
+	return waitFor(ctx, daemons, "apiserver /readyz", func(ctx context.Context) (bool, error) {
+		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil, nil
+	})
+}
+
+// waitCloudAndNodes waits for localcloud (if asked) and, with kubelets, for
+// every node to be Ready.
+func waitCloudAndNodes(ctx context.Context, cfg Config, t *Topology, cs kubernetes.Interface, daemons []*running, log *zap.Logger, begin time.Time) error {
+	if cfg.Localcloud {
+		if err := waitLocalcloud(ctx, t, daemons); err != nil {
+			return err
+		}
+	}
+	if cfg.Kubelets {
+		if err := waitNodes(ctx, t, cs, daemons); err != nil {
+			return err
+		}
+		log.Info("nodes ready", zap.Int("nodes", len(t.Nodes)), zap.Duration("took", time.Since(begin)))
+	}
+	return nil
 }
 
 // checkUp: cfg is valid, the binaries are there and no test bed is.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -93,29 +94,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return Cleanup(ctx, cfg, log)
 	}
 	if cfg.WriteConfigTo != "" {
-		if err := WriteConfigFile(cfg.WriteConfigTo, cfg); err != nil {
-			return err
-		}
-		log.Info("wrote configuration", zap.String("file", cfg.WriteConfigTo))
-		return nil
+		return writeConfig(cfg, log)
 	}
-	if err := datapath.CheckKernel(); err != nil {
-		return fmt.Errorf("kernel check: %w", err)
-	}
-	if err := datapath.IsCgroup2(cfg.CgroupRoot); err != nil {
-		return fmt.Errorf("--cgroup-root: %w", err)
-	}
-	node, err := cfg.NodeName()
+	node, client, err := nodeClient(cfg)
 	if err != nil {
 		return err
-	}
-	rc, err := RestConfig(cfg)
-	if err != nil {
-		return err
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("apiserver client: %w", err)
 	}
 
 	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot})
@@ -123,50 +106,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	defer dp.Close()
-	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: dp.Maps})
-	st, err := lb.Restore()
+	lb, err := attachDatapath(cfg, dp, node, log)
 	if err != nil {
-		return fmt.Errorf("restore from pinned maps: %w", err)
-	}
-	// Attach after the restore: a new program then reads maps that
-	// already hold what the previous run programmed.
-	if err := dp.Attach(); err != nil {
 		return err
 	}
-	if len(cfg.NodePortDevices) > 0 {
-		if err := datapath.CheckNorthSouthKernel(); err != nil {
-			return fmt.Errorf("kernel check for --nodeport-devices: %w", err)
-		}
-	}
-	// With no devices this detaches what an earlier run attached.
-	if err := dp.AttachDevices(cfg.NodePortDevices); err != nil {
-		return fmt.Errorf("--nodeport-devices: %w", err)
-	}
-	log.Info("datapath attached",
-		zap.String("node", node),
-		zap.String("cgroup", cfg.CgroupRoot),
-		zap.String("bpfRoot", cfg.BPFRoot),
-		zap.String("clusterCIDR", cfg.ClusterCIDR),
-		zap.Strings("nodePortDevices", cfg.NodePortDevices),
-		zap.Int("restoredServices", st.Services),
-		zap.Int("restoredBackends", st.Backends),
-		zap.Int("removedStale", st.Removed),
-		zap.Any("mapSizes", dp.MapCapacities()))
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxy.NewMetrics(reg)
-	reg.MustRegister(&proxy.MapFill{Capacity: dp.MapCapacities(), Entries: func() map[string]int {
-		// The Service maps from what the LoadBalancer wrote; the LRU
-		// revnat map counted (at most its 65,536 default). dlb_nat4 is
-		// not counted: iterating up to 262,144 entries per scrape costs
-		// too much.
-		n := lb.MapEntries()
-		if v, err := dp.Maps.RevNATEntries(); err == nil {
-			n["dlb_revnat4"] = v
-		}
-		return n
-	}})
+	reg, metrics := newRegistry(dp, lb)
 	health := proxy.NewHealth(cfg.HealthTimeout)
 	npa, err := proxy.ParseNodePortAddresses(cfg.NodePortAddresses)
 	if err != nil {
@@ -195,20 +140,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	if cfg.MetricsBindAddress != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-		// The programmed frontends and backends, read from the pinned maps.
-		mux.Handle("/debug/services", proxy.ServiceTableHandler(dp.Maps, p.Owners))
-		serve(ctx, g, log, "metrics", cfg.MetricsBindAddress, mux)
-	}
-	if cfg.HealthzBindAddress != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/healthz", health)
-		mux.Handle("/livez", health)
-		serve(ctx, g, log, "healthz", cfg.HealthzBindAddress, mux)
-	}
+	serveMetrics(ctx, g, cfg.MetricsBindAddress, reg, dp.Maps, p.Owners, log)
+	serveHealthz(ctx, g, cfg.HealthzBindAddress, health, log)
 	g.Go(func() error { return p.Run(ctx) })
 	if cfg.ENIRouting {
 		er, err := newENIRouting(ctx, cfg, client, node, reg, log.Named("eni"))
@@ -218,14 +151,134 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		g.Go(func() error { return er.Run(ctx) })
 	}
 	g.Go(func() error {
-		select {
-		case <-p.Synced():
-			log.Info("initial sync done")
-		case <-ctx.Done():
-		}
+		logInitialSync(ctx, p, log)
 		return nil
 	})
 	return g.Wait()
+}
+
+// writeConfig writes the effective configuration to --write-config-to.
+func writeConfig(cfg Config, log *zap.Logger) error {
+	if err := WriteConfigFile(cfg.WriteConfigTo, cfg); err != nil {
+		return err
+	}
+	log.Info("wrote configuration", zap.String("file", cfg.WriteConfigTo))
+	return nil
+}
+
+// nodeClient checks the kernel and the cgroup, and returns this node's name
+// and an apiserver client.
+func nodeClient(cfg Config) (string, kubernetes.Interface, error) {
+	if err := datapath.CheckKernel(); err != nil {
+		return "", nil, fmt.Errorf("kernel check: %w", err)
+	}
+	if err := datapath.IsCgroup2(cfg.CgroupRoot); err != nil {
+		return "", nil, fmt.Errorf("--cgroup-root: %w", err)
+	}
+	node, err := cfg.NodeName()
+	if err != nil {
+		return "", nil, err
+	}
+	rc, err := RestConfig(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return "", nil, fmt.Errorf("apiserver client: %w", err)
+	}
+	return node, client, nil
+}
+
+// attachDatapath restores the LoadBalancer from the pinned maps, then
+// attaches the programs to the cgroup and to --nodeport-devices.
+func attachDatapath(cfg Config, dp *datapath.Datapath, node string, log *zap.Logger) (*datapath.LoadBalancer, error) {
+	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: dp.Maps})
+	st, err := lb.Restore()
+	if err != nil {
+		return nil, fmt.Errorf("restore from pinned maps: %w", err)
+	}
+	// Attach after the restore: a new program then reads maps that
+	// already hold what the previous run programmed.
+	if err := dp.Attach(); err != nil {
+		return nil, err
+	}
+	if len(cfg.NodePortDevices) > 0 {
+		if err := datapath.CheckNorthSouthKernel(); err != nil {
+			return nil, fmt.Errorf("kernel check for --nodeport-devices: %w", err)
+		}
+	}
+	// With no devices this detaches what an earlier run attached.
+	if err := dp.AttachDevices(cfg.NodePortDevices); err != nil {
+		return nil, fmt.Errorf("--nodeport-devices: %w", err)
+	}
+	log.Info("datapath attached",
+		zap.String("node", node),
+		zap.String("cgroup", cfg.CgroupRoot),
+		zap.String("bpfRoot", cfg.BPFRoot),
+		zap.String("clusterCIDR", cfg.ClusterCIDR),
+		zap.Strings("nodePortDevices", cfg.NodePortDevices),
+		zap.Int("restoredServices", st.Services),
+		zap.Int("restoredBackends", st.Backends),
+		zap.Int("removedStale", st.Removed),
+		zap.Any("mapSizes", dp.MapCapacities()))
+	return lb, nil
+}
+
+// newRegistry is the agent's Prometheus registry: Go and process
+// collectors, the proxy's metrics and the fill of the BPF maps.
+func newRegistry(dp *datapath.Datapath, lb *datapath.LoadBalancer) (*prometheus.Registry, *proxy.Metrics) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+	reg.MustRegister(&proxy.MapFill{Capacity: dp.MapCapacities(), Entries: func() map[string]int {
+		// The Service maps from what the LoadBalancer wrote; the LRU
+		// revnat map counted (at most its 65,536 default). dlb_nat4 is
+		// not counted: iterating up to 262,144 entries per scrape costs
+		// too much.
+		n := lb.MapEntries()
+		if v, err := dp.Maps.RevNATEntries(); err == nil {
+			n["dlb_revnat4"] = v
+		}
+		return n
+	}})
+	return reg, metrics
+}
+
+// serveMetrics serves /metrics, /healthz and /debug/services on addr,
+// unless addr is empty.
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, maps datapath.Maps, owners func() map[datapath.Frontend]types.NamespacedName, log *zap.Logger) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	// The programmed frontends and backends, read from the pinned maps.
+	mux.Handle("/debug/services", proxy.ServiceTableHandler(maps, owners))
+	serve(ctx, g, log, "metrics", addr, mux)
+}
+
+// serveHealthz serves the agent's health on /healthz and /livez on addr,
+// unless addr is empty.
+func serveHealthz(ctx context.Context, g *errgroup.Group, addr string, health *proxy.Health, log *zap.Logger) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/healthz", health)
+	mux.Handle("/livez", health)
+	serve(ctx, g, log, "healthz", addr, mux)
+}
+
+// logInitialSync logs once the proxier's first sync is done, or returns
+// when ctx ends first.
+func logInitialSync(ctx context.Context, p *proxy.Proxier, log *zap.Logger) {
+	select {
+	case <-p.Synced():
+		log.Info("initial sync done")
+	case <-ctx.Done():
+	}
 }
 
 // localAddresses are the IPv4 addresses on this network namespace's links.

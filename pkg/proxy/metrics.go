@@ -41,66 +41,36 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: append(prometheus.LinearBuckets(0.001, 0.001, 9),
 				prometheus.ExponentialBuckets(0.01, 2, 14)...),
 		}),
-		LastSyncTimestamp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Subsystem: "kubeproxy", Name: "sync_proxy_rules_last_timestamp_seconds",
-			Help: "The last time the datapath was successfully programmed.",
-		}),
-		EndpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Subsystem: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_total",
-			Help: "Cumulative EndpointSlice changes seen.",
-		}),
-		EndpointChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Subsystem: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_pending",
-			Help: "EndpointSlice changes not yet programmed.",
-		}),
-		ServiceChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Subsystem: "kubeproxy", Name: "sync_proxy_rules_service_changes_total",
-			Help: "Cumulative Service changes seen.",
-		}),
-		ServiceChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Subsystem: "kubeproxy", Name: "sync_proxy_rules_service_changes_pending",
-			Help: "Service changes not yet programmed.",
-		}),
-		SyncFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "sync_failures_total",
-			Help: "Syncs that failed to write the BPF maps (each is retried with a full sync).",
-		}),
-		MapWritesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "bpf_map_writes_total",
-			Help: "BPF map entries written or deleted.",
-		}),
-		ProgrammedServices: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "programmed_frontends",
-			Help: "ClusterIP frontends (IP, port, protocol) programmed in the datapath.",
-		}),
-		ServicesNotProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "services_not_programmed",
-			Help: "Services whose last write to the BPF maps failed (a full map, say); they keep their earlier state, are logged by name and retried.",
-		}),
-		ServiceProgramFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "service_program_failures_total",
-			Help: "Writes of one Service to the BPF maps that failed after its batch failed.",
-		}),
-		UDPSocketsDestroyedTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "udp_sockets_destroyed_total",
-			Help: "Connected UDP sockets destroyed because the backend they were translated to left its Service.",
-		}),
-		SocketDestroyFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "socket_destroy_failures_total",
-			Help: "Runs of the UDP socket iterator (after a sync that removed backends) that failed in at least one network namespace.",
-		}),
-		HealthCheckNodePorts: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports",
-			Help: "healthCheckNodePorts served (externalTrafficPolicy Local Services).",
-		}),
-		HealthCheckNodePortsFailed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_node_ports_failed",
-			Help: "healthCheckNodePorts that could not be opened (a port in use, say); retried.",
-		}),
-		HealthCheckListenFailuresTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "directlb", Subsystem: "node_agent", Name: "health_check_listen_failures_total",
-			Help: "Attempts to open a healthCheckNodePort that failed.",
-		}),
+		LastSyncTimestamp: kubeProxyGauge("sync_proxy_rules_last_timestamp_seconds",
+			"The last time the datapath was successfully programmed."),
+		EndpointChangesTotal: kubeProxyCounter("sync_proxy_rules_endpoint_changes_total",
+			"Cumulative EndpointSlice changes seen."),
+		EndpointChangesPending: kubeProxyGauge("sync_proxy_rules_endpoint_changes_pending",
+			"EndpointSlice changes not yet programmed."),
+		ServiceChangesTotal: kubeProxyCounter("sync_proxy_rules_service_changes_total",
+			"Cumulative Service changes seen."),
+		ServiceChangesPending: kubeProxyGauge("sync_proxy_rules_service_changes_pending",
+			"Service changes not yet programmed."),
+		SyncFailuresTotal: agentCounter("sync_failures_total",
+			"Syncs that failed to write the BPF maps (each is retried with a full sync)."),
+		MapWritesTotal: agentCounter("bpf_map_writes_total",
+			"BPF map entries written or deleted."),
+		ProgrammedServices: agentGauge("programmed_frontends",
+			"ClusterIP frontends (IP, port, protocol) programmed in the datapath."),
+		ServicesNotProgrammed: agentGauge("services_not_programmed",
+			"Services whose last write to the BPF maps failed (a full map, say); they keep their earlier state, are logged by name and retried."),
+		ServiceProgramFailuresTotal: agentCounter("service_program_failures_total",
+			"Writes of one Service to the BPF maps that failed after its batch failed."),
+		UDPSocketsDestroyedTotal: agentCounter("udp_sockets_destroyed_total",
+			"Connected UDP sockets destroyed because the backend they were translated to left its Service."),
+		SocketDestroyFailuresTotal: agentCounter("socket_destroy_failures_total",
+			"Runs of the UDP socket iterator (after a sync that removed backends) that failed in at least one network namespace."),
+		HealthCheckNodePorts: agentGauge("health_check_node_ports",
+			"healthCheckNodePorts served (externalTrafficPolicy Local Services)."),
+		HealthCheckNodePortsFailed: agentGauge("health_check_node_ports_failed",
+			"healthCheckNodePorts that could not be opened (a port in use, say); retried."),
+		HealthCheckListenFailuresTotal: agentCounter("health_check_listen_failures_total",
+			"Attempts to open a healthCheckNodePort that failed."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.NetworkProgrammingDuration, m.LastSyncTimestamp,
@@ -111,6 +81,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.HealthCheckNodePorts, m.HealthCheckNodePortsFailed, m.HealthCheckListenFailuresTotal)
 	}
 	return m
+}
+
+// kubeProxyGauge and kubeProxyCounter are metrics under kube-proxy's
+// names (kubeproxy_...); agentGauge and agentCounter under the agent's own
+// (directlb_node_agent_...).
+func kubeProxyGauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Subsystem: "kubeproxy", Name: name, Help: help})
+}
+
+func kubeProxyCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Subsystem: "kubeproxy", Name: name, Help: help})
+}
+
+func agentGauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "directlb", Subsystem: "node_agent", Name: name, Help: help})
+}
+
+func agentCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "directlb", Subsystem: "node_agent", Name: name, Help: help})
 }
 
 // MapFill reports, per BPF map, its entries, its capacity and the ratio of
