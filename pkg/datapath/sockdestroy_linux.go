@@ -215,7 +215,7 @@ func cgroupNetns(dir string) ([]string, error) {
 			if err := unix.Stat(p, &st); err != nil {
 				continue // gone, or not ours to see
 			}
-			id := nsID{uint64(st.Dev), st.Ino}
+			id := nsID{st.Dev, st.Ino}
 			if !seen[id] {
 				seen[id] = true
 				out = append(out, p)

@@ -203,7 +203,7 @@ func (b *bed) holdClient(fe Frontend, addrs []netip.AddrPort, names []string, mo
 		return ""
 	}
 	first := strings.TrimPrefix(next(), "ok ")
-	var gone, stays int = -1, -1
+	gone, stays := -1, -1
 	for i, n := range names {
 		if n == first {
 			gone, stays = i, 1-i
