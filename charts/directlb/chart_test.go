@@ -535,7 +535,7 @@ func checkWorkloads(t *testing.T, objs []object) {
 			if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
 				t.Fatalf("DaemonSet %s: security context %+v", w.Name, sc)
 			}
-			if diff := cmp.Diff([]corev1.Capability{"BPF", "NET_ADMIN"}, sc.Capabilities.Add); diff != "" {
+			if diff := cmp.Diff([]corev1.Capability{"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"}, sc.Capabilities.Add); diff != "" {
 				t.Errorf("DaemonSet %s: added capabilities (-want +got):\n%s", w.Name, diff)
 			}
 			var paths []string
