@@ -62,7 +62,8 @@ type Config struct {
 	// of the conformance runs; a bed with node-agent leaves it off.
 	KubeProxy bool
 	// ClusterDNS deploys CoreDNS as kube-system/kube-dns at ClusterDNS
-	// (needs the coredns image).
+	// (needs the coredns image); without kubelets there is nothing to run
+	// it and it is left out.
 	ClusterDNS bool
 	// APIServerArgs and ControllerManagerArgs are extra arguments for
 	// kube-apiserver and kube-controller-manager (e.g. feature gates).
@@ -109,7 +110,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CNIPluginDir, "cni-plugin-dir", c.CNIPluginDir, "directory of the reference CNI plugins")
 	fs.StringArrayVar(&c.Images, "image", c.Images, "OCI image archive to import into every node (repeatable; default: <bin-dir>/images/*.oci.tar)")
 	fs.BoolVar(&c.KubeProxy, "kube-proxy", c.KubeProxy, "run kube-proxy (nftables mode) on every node, as the conformance runs' control does")
-	fs.BoolVar(&c.ClusterDNS, "cluster-dns", c.ClusterDNS, "deploy CoreDNS as kube-system/kube-dns at "+ClusterDNS.String())
+	fs.BoolVar(&c.ClusterDNS, "cluster-dns", c.ClusterDNS, "deploy CoreDNS as kube-system/kube-dns at "+ClusterDNS.String()+" (with --kubelets)")
 	fs.StringArrayVar(&c.APIServerArgs, "apiserver-arg", c.APIServerArgs, "extra argument for kube-apiserver (repeatable)")
 	fs.StringArrayVar(&c.ControllerManagerArgs, "controller-manager-arg", c.ControllerManagerArgs, "extra argument for kube-controller-manager (repeatable)")
 	fs.BoolVar(&c.Localcloud, "localcloud", c.Localcloud, "start bin/localcloud in the cloud namespace")
@@ -140,8 +141,8 @@ func (c *Config) Validate() error {
 	if c.Kubelets && !c.Localcloud {
 		errs = append(errs, errors.New("kubelets need localcloud (--localcloud): directlb-cni takes the pods' addresses from its EC2 API"))
 	}
-	if (c.KubeProxy || c.ClusterDNS) && !c.Kubelets {
-		errs = append(errs, errors.New("--kube-proxy and --cluster-dns need the nodes' kubelets (--kubelets)"))
+	if c.KubeProxy && !c.Kubelets {
+		errs = append(errs, errors.New("--kube-proxy needs the nodes' kubelets (--kubelets)"))
 	}
 	if c.EtcdBinary == "" {
 		errs = append(errs, errors.New("etcd binary: must be set"))

@@ -97,6 +97,10 @@ func TestConfigValidate(t *testing.T) {
 		{"too many nodes", func(c *Config) { c.Nodes = 201 }, true},
 		{"root state dir", func(c *Config) { c.StateDir = "/" }, true},
 		{"no timeout", func(c *Config) { c.Timeout = 0 }, true},
+		{"kube-proxy", func(c *Config) { c.KubeProxy = true }, false},
+		{"kube-proxy without kubelets", func(c *Config) { c.KubeProxy, c.Kubelets, c.Localcloud = true, false, false }, true},
+		// Cluster DNS is on by default and simply left out without kubelets.
+		{"no kubelets, cluster DNS on", func(c *Config) { c.Kubelets, c.Localcloud = false, false }, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := DefaultConfig()
