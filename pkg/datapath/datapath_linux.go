@@ -116,20 +116,33 @@ func CheckKernel() error {
 	if err := features.HaveMapType(ebpf.LRUHash); err != nil {
 		return fmt.Errorf("kernel lacks BPF LRU hash maps: %w", err)
 	}
-	for _, h := range []struct {
-		fn   asm.BuiltinFunc
-		what string
-	}{
+	if err := checkHelpers(ebpf.CGroupSockAddr, "cgroup sock_addr programs", []kernelHelper{
 		{asm.FnGetSocketCookie, "bpf_get_socket_cookie (Linux 5.7+)"},
 		{asm.FnGetNetnsCookie, "bpf_get_netns_cookie (Linux 5.7+)"},
 		{asm.FnGetPrandomU32, "bpf_get_prandom_u32"},
 		{asm.FnSetRetval, "bpf_set_retval (Linux 5.18+)"},
-	} {
-		if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, h.fn); err != nil {
-			return fmt.Errorf("kernel lacks helper %s for cgroup sock_addr programs: %w", h.what, err)
-		}
+	}); err != nil {
+		return err
 	}
 	return checkSockDestroyKernel()
+}
+
+// kernelHelper is a BPF helper a program type must offer, and how to name
+// it to an operator.
+type kernelHelper struct {
+	fn   asm.BuiltinFunc
+	what string
+}
+
+// checkHelpers reports the first helper the kernel lacks for programs of
+// type pt (kind names the type in the error).
+func checkHelpers(pt ebpf.ProgramType, kind string, helpers []kernelHelper) error {
+	for _, h := range helpers {
+		if err := features.HaveProgramHelper(pt, h.fn); err != nil {
+			return fmt.Errorf("kernel lacks helper %s for %s: %w", h.what, kind, err)
+		}
+	}
+	return nil
 }
 
 // IsCgroup2 reports whether dir is a directory of a cgroup v2 hierarchy.
@@ -434,10 +447,7 @@ func CheckNorthSouthKernel() error {
 	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
 		return fmt.Errorf("kernel lacks BPF tc (sched_cls) programs: %w", err)
 	}
-	for _, h := range []struct {
-		fn   asm.BuiltinFunc
-		what string
-	}{
+	return checkHelpers(ebpf.SchedCLS, "tc programs", []kernelHelper{
 		{asm.FnFibLookup, "bpf_fib_lookup (Linux 4.18+; BPF_FIB_LOOKUP_SRC needs 6.7+)"},
 		{asm.FnRedirectNeigh, "bpf_redirect_neigh (Linux 5.10+)"},
 		{asm.FnSkbStoreBytes, "bpf_skb_store_bytes"},
@@ -446,10 +456,5 @@ func CheckNorthSouthKernel() error {
 		{asm.FnL4CsumReplace, "bpf_l4_csum_replace"},
 		{asm.FnGetPrandomU32, "bpf_get_prandom_u32"},
 		{asm.FnKtimeGetNs, "bpf_ktime_get_ns"},
-	} {
-		if err := features.HaveProgramHelper(ebpf.SchedCLS, h.fn); err != nil {
-			return fmt.Errorf("kernel lacks helper %s for tc programs: %w", h.what, err)
-		}
-	}
-	return nil
+	})
 }

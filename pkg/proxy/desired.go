@@ -104,24 +104,11 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 	if !Handled(svc) {
 		return nil
 	}
-	var ips []netip.Addr
-	for _, s := range clusterIPs(svc) {
-		a, err := netip.ParseAddr(s)
-		if err != nil || !a.Is4() {
-			continue // IPv6 frontends are not programmed yet
-		}
-		ips = append(ips, a)
-	}
+	ips := ipv4ClusterIPs(svc)
 	if len(ips) == 0 {
 		return nil
 	}
-	var timeout time.Duration
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		timeout = DefaultAffinityTimeout
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			timeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
-		}
-	}
+	timeout := affinityTimeout(svc)
 	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 
 	var out []datapath.Service
@@ -171,22 +158,11 @@ func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, nodeNa
 	if !Handled(svc) {
 		return nil
 	}
-	var ips []netip.Addr
-	for _, s := range clusterIPs(svc) {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-			ips = append(ips, a)
-		}
-	}
+	ips := ipv4ClusterIPs(svc)
 	if len(ips) == 0 {
 		return nil
 	}
-	var timeout time.Duration
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		timeout = DefaultAffinityTimeout
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			timeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
-		}
-	}
+	timeout := affinityTimeout(svc)
 	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	var out []datapath.Service
 	for _, port := range svc.Spec.Ports {
@@ -347,4 +323,28 @@ func serviceName(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 		return types.NamespacedName{}, false
 	}
 	return types.NamespacedName{Namespace: s.Namespace, Name: name}, true
+}
+
+// ipv4ClusterIPs are the Service's IPv4 ClusterIPs (IPv6 frontends are not
+// programmed yet).
+func ipv4ClusterIPs(svc *v1.Service) []netip.Addr {
+	var ips []netip.Addr
+	for _, s := range clusterIPs(svc) {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			ips = append(ips, a)
+		}
+	}
+	return ips
+}
+
+// affinityTimeout is the Service's ClientIP affinity timeout; zero means
+// no affinity.
+func affinityTimeout(svc *v1.Service) time.Duration {
+	if svc.Spec.SessionAffinity != v1.ServiceAffinityClientIP {
+		return 0
+	}
+	if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		return time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+	}
+	return DefaultAffinityTimeout
 }
