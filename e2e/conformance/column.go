@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/directlb/directlb/e2e/testbed"
@@ -147,25 +147,21 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// poll calls cond every second until it is true, fails, or limit passes.
+// poll calls cond every second (apimachinery's wait) until it is true,
+// fails, or limit passes; the error carries cond's last note.
 func poll(ctx context.Context, limit time.Duration, what string, cond func(context.Context) (bool, string, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
 	var last string
-	for {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, limit, true, func(ctx context.Context) (bool, error) {
 		ok, note, err := cond(ctx)
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		if err != nil {
 			last = err.Error()
-		} else {
-			last = note
+			return false, nil // an API error is retried until the limit
 		}
-		if ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: not within %s (%s)", what, limit, last)
-		case <-time.After(time.Second):
-		}
+		last = note
+		return ok, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: not within %s (%s): %w", what, limit, last, err)
 	}
+	return nil
 }

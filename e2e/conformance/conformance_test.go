@@ -1,11 +1,14 @@
 package conformance
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 const (
@@ -146,5 +149,46 @@ func TestSuitesCompile(t *testing.T) {
 	}
 	if !regexp.MustCompile(Services.Focus).MatchString(basic) || regexp.MustCompile(Services.SkipRegexp()).MatchString(basic) {
 		t.Errorf("the Services suite does not select %q", basic)
+	}
+}
+
+func TestPoll(t *testing.T) {
+	n := 0
+	if err := poll(t.Context(), 5*time.Second, "third time", func(context.Context) (bool, string, error) {
+		n++
+		return n == 2, fmt.Sprintf("call %d", n), nil
+	}); err != nil || n != 2 {
+		t.Errorf("poll = %v after %d calls, want nil after 2", err, n)
+	}
+	err := poll(t.Context(), 1500*time.Millisecond, "never", func(context.Context) (bool, string, error) {
+		return false, "still not", nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "never: not within 1.5s (still not)") {
+		t.Errorf("poll that never succeeds = %v", err)
+	}
+}
+
+// TestRunCLIReportOnly: --columns= brings no bed up and rewrites the
+// report from the results on disk.
+func TestRunCLIReportOnly(t *testing.T) {
+	dir := t.TempDir()
+	if err := SaveResults(dir, Control, Services.Name, []Result{{Name: basic, State: Passed}}); err != nil {
+		t.Fatal(err)
+	}
+	doc := filepath.Join(dir, "conformance.md")
+	if err := os.WriteFile(doc, []byte(beginMarker+"\n"+endMarker+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultCLIConfig()
+	c.Columns, c.OutDir, c.Report = nil, dir, doc
+	var out strings.Builder
+	if err := RunCLI(t.Context(), c, &out); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(doc)
+	for _, w := range []string{"| control | 1 | 0 | 0 |", "| directlb | not run |"} {
+		if !strings.Contains(string(got), w) {
+			t.Errorf("report lacks %q:\n%s", w, got)
+		}
 	}
 }
