@@ -20,7 +20,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/pkg/datapath"
@@ -85,7 +84,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	client := fake.NewClientset(service(), slice("web-a", 8080, ready("10.1.0.1", ""), ready("10.1.0.2", "node-2")))
+	client := newWatchedClientset(service(), slice("web-a", 8080, ready("10.1.0.1", ""), ready("10.1.0.2", "node-2")))
 	prog := &countingProgrammer{LoadBalancer: lb}
 	health := NewHealth(time.Minute)
 	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: prog, Health: health})
@@ -134,6 +133,7 @@ func TestProxierProgramsChangesIncrementally(t *testing.T) {
 	eventually(t, maps, map[string][]string{"10.96.0.53:53/UDP": {}, "10.96.0.53/any": {}})
 
 	// Deleting the last one leaves empty maps, backends included.
+	client.waitWatching(t, "services", "endpointslices")
 	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestNodeEligible(t *testing.T) {
 	defer cancel()
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode}}
 	other := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}}
-	client := fake.NewClientset(node, other)
+	client := newWatchedClientset(node, other)
 	health := NewHealth(time.Minute)
 	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: datapath.NewFakeMaps()}), Health: health})
 	if err != nil {
@@ -233,6 +233,7 @@ func TestNodeEligible(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEligible(true)
+	client.waitWatching(t, "nodes")
 	if err := client.CoreV1().Nodes().Delete(ctx, thisNode, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +269,7 @@ func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
 		s.Labels[discoveryv1.LabelServiceName] = svc
 		return s
 	}
-	client := fake.NewClientset(
+	client := newWatchedClientset(
 		service(), slice("web-a", 8080, ready("10.1.0.1", ""), ready("10.1.0.2", "")),
 		service(named("wide", "10.96.0.20", 80)),
 		sliceOf("wide", ready("10.1.1.1", ""), ready("10.1.1.2", ""), ready("10.1.1.3", ""), ready("10.1.1.4", "")),
@@ -318,6 +319,7 @@ func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
 
 	// dns goes and wide shrinks to one endpoint: web's 4 entries and
 	// wide's 3 fit.
+	client.waitWatching(t, "services", "endpointslices")
 	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +361,7 @@ func TestProxierNodePortOnEveryNode(t *testing.T) {
 		s.Spec.Type = v1.ServiceTypeNodePort
 		s.Spec.Ports[0].NodePort = 30080
 	})
-	client := fake.NewClientset(svc, slice("web-a", 8080, ready("10.1.0.1", "node-2")),
+	client := newWatchedClientset(svc, slice("web-a", 8080, ready("10.1.0.1", "node-2")),
 		node(thisNode, internal("10.0.0.11")), node("node-2", internal("10.0.0.12")))
 	maps := datapath.NewFakeMaps()
 	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps})
@@ -401,6 +403,7 @@ func TestProxierNodePortOnEveryNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	resolves(map[string]string{"10.0.0.12:30080": none, "10.0.0.22:30080": "10.1.0.1:8080"})
+	client.waitWatching(t, "nodes")
 	if err := client.CoreV1().Nodes().Delete(ctx, "node-3", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +462,7 @@ func TestProxierDestroysSocketsOfBackendsThatLeft(t *testing.T) {
 		s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
 		return s
 	}
-	client := fake.NewClientset(service(udp), eps("10.1.0.1", "10.1.0.2"))
+	client := newWatchedClientset(service(udp), eps("10.1.0.1", "10.1.0.2"))
 	maps := datapath.NewFakeMaps()
 	lb := datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps})
 	rec := &recordingDestroyer{}
@@ -490,6 +493,7 @@ func TestProxierDestroysSocketsOfBackendsThatLeft(t *testing.T) {
 	})
 	waitDestroyed(t, rec, []string{"10.1.0.2:5353/UDP"})
 
+	client.waitWatching(t, "services", "endpointslices")
 	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
