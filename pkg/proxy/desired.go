@@ -63,13 +63,27 @@ func toProtocol(p v1.Protocol) (datapath.Protocol, bool) {
 	return 0, false
 }
 
-// endpointState is one endpoint's address with its conditions.
+// endpointState is one endpoint's address with its conditions and its
+// topology hints.
 type endpointState struct {
 	addr        netip.AddrPort
 	ready       bool
 	serving     bool
 	terminating bool
 	local       bool
+	// zoneHints and nodeHints are the EndpointSlice controller's hints
+	// (set from the Service's trafficDistribution): the zones and nodes
+	// whose traffic this endpoint takes.
+	zoneHints []string
+	nodeHints []string
+}
+
+// ThisNode is what the endpoint choice needs to know of the node the agent
+// runs on: its name (local endpoints, node hints) and its zone, the
+// topology.kubernetes.io/zone label of its Node (zone hints).
+type ThisNode struct {
+	Name string
+	Zone string
 }
 
 // Desired returns the datapath Services that svc needs on node nodeName,
@@ -85,6 +99,11 @@ type endpointState struct {
 //     publishNotReadyAddresses Services, which then keep all of them);
 //   - if none is ready, the serving-and-terminating ones serve (KEP-1669),
 //     so a rollout that leaves only terminating pods does not drop traffic;
+//   - topology hints (trafficDistribution PreferSameNode / PreferSameZone,
+//     or the topology-mode annotation) narrow the ready endpoints to those
+//     hinted for this node, else for its zone, when every ready endpoint
+//     carries such hints and one of them names this node (zone); otherwise
+//     they are ignored, as kube-proxy ignores them;
 //   - internalTrafficPolicy Local keeps only endpoints on this node, with
 //     the same fallback among them; with none here while the Service has
 //     usable endpoints elsewhere, its traffic is dropped (Drop), as
@@ -100,7 +119,7 @@ type endpointState struct {
 //     these "external" destinations to the Service's cluster-wide
 //     endpoints, externalTrafficPolicy Local applying only to traffic
 //     from outside, and internalTrafficPolicy only to ClusterIPs.
-func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
+func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, node ThisNode) []datapath.Service {
 	if !Handled(svc) {
 		return nil
 	}
@@ -117,8 +136,8 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 		if !ok {
 			continue // SCTP is not translated
 		}
-		eps := endpointsFor(slices, port, nodeName)
-		backends, drop := chooseEndpoints(eps, local)
+		eps := endpointsFor(slices, port, node.Name)
+		backends, drop := chooseEndpoints(eps, local, node)
 		for _, ip := range ips {
 			out = append(out, datapath.Service{
 				Frontend:        datapath.Frontend{Addr: ip, Port: uint16(port.Port), Proto: proto},
@@ -130,7 +149,7 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 		var cluster []netip.AddrPort
 		for i, fe := range externalFrontends(svc, port, proto, ips) {
 			if i == 0 {
-				cluster = usableEndpoints(eps)
+				cluster = clusterEndpoints(eps, node)
 			}
 			out = append(out, datapath.Service{Frontend: fe, Backends: cluster, AffinityTimeout: timeout})
 		}
@@ -154,7 +173,7 @@ func Desired(svc *v1.Service, slices []*discoveryv1.EndpointSlice, nodeName stri
 //
 // With no usable endpoint anywhere the frontend has none, and the node's
 // stack refuses the connection as it refuses a closed port.
-func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, nodeName string) []datapath.Service {
+func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, node ThisNode) []datapath.Service {
 	if !Handled(svc) {
 		return nil
 	}
@@ -174,7 +193,7 @@ func DesiredNorthSouth(svc *v1.Service, eps []*discoveryv1.EndpointSlice, nodeNa
 		if len(fes) == 0 {
 			continue
 		}
-		backends, drop := chooseEndpoints(endpointsFor(eps, port, nodeName), local)
+		backends, drop := chooseEndpoints(endpointsFor(eps, port, node.Name), local, node)
 		for _, fe := range fes {
 			out = append(out, datapath.Service{
 				Frontend:        fe.External(),
@@ -272,13 +291,22 @@ func endpointsFor(eps []*discoveryv1.EndpointSlice, port v1.ServicePort, nodeNam
 			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
 			serving := ep.Conditions.Serving == nil || *ep.Conditions.Serving
 			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			out = append(out, endpointState{
+			st := endpointState{
 				addr:        netip.AddrPortFrom(a, uint16(target)),
 				ready:       ready,
 				serving:     serving,
 				terminating: terminating,
 				local:       ep.NodeName != nil && *ep.NodeName == nodeName,
-			})
+			}
+			if ep.Hints != nil {
+				for _, z := range ep.Hints.ForZones {
+					st.zoneHints = append(st.zoneHints, z.Name)
+				}
+				for _, n := range ep.Hints.ForNodes {
+					st.nodeHints = append(st.nodeHints, n.Name)
+				}
+			}
+			out = append(out, st)
 		}
 	}
 	return out
@@ -286,24 +314,67 @@ func endpointsFor(eps []*discoveryv1.EndpointSlice, port v1.ServicePort, nodeNam
 
 // chooseEndpoints returns the endpoints that serve, and whether traffic is
 // to be dropped because none of them is on this node while some elsewhere
-// could serve (internalTrafficPolicy Local).
-func chooseEndpoints(eps []endpointState, local bool) ([]netip.AddrPort, bool) {
-	usable := usableEndpoints(eps)
+// could serve (local: internalTrafficPolicy, or externalTrafficPolicy for
+// traffic from outside, Local).
+func chooseEndpoints(eps []endpointState, local bool, node ThisNode) ([]netip.AddrPort, bool) {
 	if !local {
-		return usable, false
+		return clusterEndpoints(eps, node), false
 	}
-	mine := usableEndpoints(slices.DeleteFunc(slices.Clone(eps), func(e endpointState) bool { return !e.local }))
-	return mine, len(mine) == 0 && len(usable) > 0
+	mine := usableEndpoints(slices.DeleteFunc(slices.Clone(eps), func(e endpointState) bool { return !e.local }), nil)
+	return mine, len(mine) == 0 && len(usableEndpoints(eps, nil)) > 0
 }
 
-// usableEndpoints are the ready endpoints, or if there is none the
-// serving-and-terminating ones, sorted and deduplicated.
-func usableEndpoints(eps []endpointState) []netip.AddrPort {
+// clusterEndpoints are the endpoints of traffic that may go to any node:
+// the ready ones the topology hints leave for this node, or if there is
+// none the serving-and-terminating ones.
+func clusterEndpoints(eps []endpointState, node ThisNode) []netip.AddrPort {
+	return usableEndpoints(eps, topologyFilter(eps, node))
+}
+
+// topologyFilter returns which ready endpoints the topology hints leave
+// for this node, or nil when the hints do not apply: node hints when every
+// ready endpoint has some and one names this node, else zone hints on the
+// same terms (kube-proxy's topologyModeFromHints).
+func topologyFilter(eps []endpointState, node ThisNode) func(endpointState) bool {
+	anyReady, allNode, forNode, allZone, forZone := false, true, false, true, false
+	for _, e := range eps {
+		if !e.ready {
+			continue
+		}
+		anyReady = true
+		if len(e.nodeHints) == 0 {
+			allNode = false
+		} else if slices.Contains(e.nodeHints, node.Name) {
+			forNode = true
+		}
+		if len(e.zoneHints) == 0 {
+			allZone = false
+		} else if node.Zone != "" && slices.Contains(e.zoneHints, node.Zone) {
+			forZone = true
+		}
+	}
+	switch {
+	case !anyReady:
+		return nil
+	case allNode && forNode:
+		return func(e endpointState) bool { return slices.Contains(e.nodeHints, node.Name) }
+	case allZone && forZone:
+		return func(e endpointState) bool { return slices.Contains(e.zoneHints, node.Zone) }
+	}
+	return nil
+}
+
+// usableEndpoints are the ready endpoints (those keep allows, all when it
+// is nil), or if there is none the serving-and-terminating ones, sorted
+// and deduplicated.
+func usableEndpoints(eps []endpointState, keep func(endpointState) bool) []netip.AddrPort {
 	var ready, fallback []netip.AddrPort
 	for _, e := range eps {
 		switch {
 		case e.ready:
-			ready = append(ready, e.addr)
+			if keep == nil || keep(e) {
+				ready = append(ready, e.addr)
+			}
 		case e.serving && e.terminating:
 			fallback = append(fallback, e.addr)
 		}

@@ -38,6 +38,8 @@ type ep struct {
 	addr                        string
 	node                        string
 	ready, serving, terminating *bool
+	// forZones and forNodes are the endpoint's topology hints.
+	forZones, forNodes []string
 }
 
 func slice(name string, port int32, eps ...ep) *discoveryv1.EndpointSlice {
@@ -51,10 +53,21 @@ func slice(name string, port int32, eps ...ep) *discoveryv1.EndpointSlice {
 		if node == "" {
 			node = thisNode
 		}
+		var hints *discoveryv1.EndpointHints
+		if e.forZones != nil || e.forNodes != nil {
+			hints = &discoveryv1.EndpointHints{}
+			for _, z := range e.forZones {
+				hints.ForZones = append(hints.ForZones, discoveryv1.ForZone{Name: z})
+			}
+			for _, n := range e.forNodes {
+				hints.ForNodes = append(hints.ForNodes, discoveryv1.ForNode{Name: n})
+			}
+		}
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{e.addr},
 			NodeName:   ptr.To(node),
 			Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Serving: e.serving, Terminating: e.terminating},
+			Hints:      hints,
 		})
 	}
 	return s
@@ -263,7 +276,7 @@ func TestDesired(t *testing.T) {
 				// Every programmed ClusterIP has its address entry.
 				want = append(slices.Clone(want), datapath.Service{Frontend: datapath.AddressFrontend(netip.MustParseAddr("10.96.0.10"))})
 			}
-			got := Desired(c.svc, c.slices, thisNode)
+			got := Desired(c.svc, c.slices, ThisNode{Name: thisNode})
 			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
@@ -423,7 +436,7 @@ func TestDesiredExternal(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			want := append(slices.Clone(c.want), datapath.Service{Frontend: datapath.AddressFrontend(cip)})
-			got := Desired(c.svc, c.slices, thisNode)
+			got := Desired(c.svc, c.slices, ThisNode{Name: thisNode})
 			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
@@ -485,10 +498,136 @@ func TestDesiredNorthSouth(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := DesiredNorthSouth(c.svc, c.slices, thisNode)
+			got := DesiredNorthSouth(c.svc, c.slices, ThisNode{Name: thisNode})
 			if diff := cmp.Diff(c.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// zoned is a ready endpoint on node with zone and node hints.
+func zoned(addr, node string, zones, nodes []string) ep {
+	e := ready(addr, node)
+	e.forZones, e.forNodes = zones, nodes
+	return e
+}
+
+// TestDesiredTopology: topology hints (what the EndpointSlice controller
+// writes for trafficDistribution) narrow the endpoints exactly where
+// kube-proxy's CategorizeEndpoints narrows them, and are ignored where it
+// ignores them.
+func TestDesiredTopology(t *testing.T) {
+	a := []string{"zone-a"}
+	b := []string{"zone-b"}
+	here := ThisNode{Name: thisNode, Zone: "zone-a"}
+	nodePort := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	}
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		node   ThisNode
+		slices []*discoveryv1.EndpointSlice
+		want   []string
+	}{
+		{
+			name:   "zone hints for this zone keep that zone's endpoints",
+			svc:    service(),
+			node:   here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), zoned("10.1.0.3", "node-4", a, nil))},
+			want:   []string{"10.1.0.1:8080", "10.1.0.3:8080"},
+		},
+		{
+			name:   "no hint names this zone: every ready endpoint",
+			svc:    service(),
+			node:   ThisNode{Name: thisNode, Zone: "zone-c"},
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil))},
+			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
+		},
+		{
+			name:   "one ready endpoint without hints: hints ignored",
+			svc:    service(),
+			node:   here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), ready("10.1.0.3", "node-4"))},
+			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"},
+		},
+		{
+			name:   "a not-ready endpoint without hints does not count",
+			svc:    service(),
+			node:   here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), terminating("10.1.0.3", "node-4", true))},
+			want:   []string{"10.1.0.1:8080"},
+		},
+		{
+			name:   "node without a zone label: zone hints ignored",
+			svc:    service(),
+			node:   ThisNode{Name: thisNode},
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil))},
+			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
+		},
+		{
+			name: "node hints naming this node win over zone hints (PreferSameNode)",
+			svc:  service(),
+			node: here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+				zoned("10.1.0.1", thisNode, a, []string{thisNode}), zoned("10.1.0.2", "node-2", a, []string{"node-2"}), zoned("10.1.0.3", "node-3", b, []string{"node-3"}))},
+			want: []string{"10.1.0.1:8080"},
+		},
+		{
+			name: "node hints that do not name this node fall back to zone hints",
+			svc:  service(),
+			node: here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+				zoned("10.1.0.2", "node-2", a, []string{"node-2"}), zoned("10.1.0.3", "node-3", b, []string{"node-3"}))},
+			want: []string{"10.1.0.2:8080"},
+		},
+		{
+			name: "internalTrafficPolicy Local: this node's endpoints, hints or not",
+			svc: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			}),
+			node:   here,
+			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, b, nil), zoned("10.1.0.2", "node-2", a, nil))},
+			want:   []string{"10.1.0.1:8080"},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Desired(c.svc, c.slices, c.node)
+			if len(got) == 0 {
+				t.Fatal("nothing programmed")
+			}
+			want := backends(c.want...)
+			if diff := cmp.Diff(want, got[0].Backends, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("ClusterIP backends (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	// The node's own sockets to its NodePort, and traffic from outside
+	// with externalTrafficPolicy Cluster, use the cluster endpoints, so
+	// the hints apply; externalTrafficPolicy Local uses this node's.
+	eps := []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, b, nil), zoned("10.1.0.2", "node-2", a, nil))}
+	for _, d := range Desired(service(nodePort), eps, here) {
+		if d.Frontend == datapath.NodePortFrontend(30080, datapath.TCP) {
+			if diff := cmp.Diff(backends("10.1.0.2:8080"), d.Backends, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+				t.Errorf("NodePort from the node (-want +got):\n%s", diff)
+			}
+		}
+	}
+	for policy, want := range map[v1.ServiceExternalTrafficPolicy][]netip.AddrPort{
+		v1.ServiceExternalTrafficPolicyCluster: backends("10.1.0.2:8080"),
+		v1.ServiceExternalTrafficPolicyLocal:   backends("10.1.0.1:8080"),
+	} {
+		svc := service(nodePort, func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = policy })
+		ns := DesiredNorthSouth(svc, eps, here)
+		if len(ns) != 1 {
+			t.Fatalf("externalTrafficPolicy %s: %d north-south frontends, want 1", policy, len(ns))
+		}
+		if diff := cmp.Diff(want, ns[0].Backends, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+			t.Errorf("north-south, externalTrafficPolicy %s (-want +got):\n%s", policy, diff)
+		}
 	}
 }

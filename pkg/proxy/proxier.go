@@ -109,6 +109,9 @@ type Proxier struct {
 	nodes      map[string][]netip.Addr
 	nodesDirty bool
 	nodesReady bool
+	// zone is this node's topology.kubernetes.io/zone label, for the
+	// endpoints' zone hints; a change reprograms every Service.
+	zone string
 
 	// programmed and failed are touched only by the sync loop. failed
 	// holds the Services whose last write failed (maps full, say); they
@@ -227,6 +230,11 @@ func (p *Proxier) onNode(o any, deleted bool) {
 	}
 	if deleted && known || !deleted && (!known || !slices.Equal(old, p.nodes[n.Name])) {
 		p.nodesDirty = true
+		p.kickLocked()
+	}
+	if n.Name == p.cfg.NodeName && !deleted && n.Labels[v1.LabelTopologyZone] != p.zone {
+		p.zone = n.Labels[v1.LabelTopologyZone]
+		p.full = true
 		p.kickLocked()
 	}
 	p.mu.Unlock()
@@ -473,6 +481,7 @@ func (p *Proxier) syncOnce() error {
 func (p *Proxier) syncServices() error {
 	p.mu.Lock()
 	full := p.full
+	p.full = false // set again by a failure, or by a change (zone) that needs all
 	dirty := p.dirty
 	p.dirty = map[types.NamespacedName]time.Time{}
 	svcPending, epPending := p.svcPending, p.epPending
@@ -502,10 +511,6 @@ func (p *Proxier) syncServices() error {
 		p.mu.Unlock()
 		return err
 	}
-	p.mu.Lock()
-	p.full = false
-	p.mu.Unlock()
-
 	done := time.Now()
 	p.cfg.Metrics.SyncDuration.Observe(done.Sub(start).Seconds())
 	p.cfg.Metrics.LastSyncTimestamp.Set(float64(done.UnixNano()) / 1e9)
@@ -590,11 +595,19 @@ func (p *Proxier) desired(svc *v1.Service, eps []*discoveryv1.EndpointSlice) []d
 	} else {
 		delete(p.healthChecks, name)
 	}
-	d := Desired(svc, eps, p.cfg.NodeName)
+	node := p.thisNode()
+	d := Desired(svc, eps, node)
 	if p.cfg.NorthSouth {
-		d = append(d, DesiredNorthSouth(svc, eps, p.cfg.NodeName)...)
+		d = append(d, DesiredNorthSouth(svc, eps, node)...)
 	}
 	return d
+}
+
+// thisNode is the node the endpoints are chosen for: its name and zone.
+func (p *Proxier) thisNode() ThisNode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return ThisNode{Name: p.cfg.NodeName, Zone: p.zone}
 }
 
 func frontends(svcs []datapath.Service) []datapath.Frontend {

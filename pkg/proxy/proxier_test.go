@@ -550,3 +550,34 @@ func TestMapFill(t *testing.T) {
 		t.Errorf("map fill metrics (-want +got):\n%s", diff)
 	}
 }
+
+// TestProxierFollowsTheNodeZone: the endpoints' zone hints are applied for
+// the zone the Node's label names, and a relabelled Node reprograms the
+// Services for its new zone.
+func TestProxierFollowsTheNodeZone(t *testing.T) {
+	ctx := t.Context()
+	n := node(thisNode, internal("10.0.0.11"))
+	n.Labels = map[string]string{v1.LabelTopologyZone: "zone-a"}
+	client := newWatchedClientset(service(), n,
+		slice("web-a", 8080, zoned("10.1.0.1", "node-2", []string{"zone-a"}, nil), zoned("10.1.0.2", "node-3", []string{"zone-b"}, nil)))
+	maps := datapath.NewFakeMaps()
+	p, err := New(Config{Client: client, NodeName: thisNode, Programmer: datapath.NewLoadBalancer(datapath.LoadBalancerConfig{Maps: maps}), Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Run(ctx)
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080"}, "10.96.0.10/any": {}})
+
+	client.waitWatching(t, "nodes")
+	n.Labels[v1.LabelTopologyZone] = "zone-b"
+	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.2:8080"}, "10.96.0.10/any": {}})
+
+	delete(n.Labels, v1.LabelTopologyZone)
+	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {}})
+}

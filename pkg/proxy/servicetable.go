@@ -150,9 +150,10 @@ func (p *Proxier) Owners() map[datapath.Frontend]types.NamespacedName {
 	for _, svc := range list {
 		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		eps := p.slicesOf(name)
-		d := Desired(svc, eps, p.cfg.NodeName)
+		node := p.thisNode()
+		d := Desired(svc, eps, node)
 		if p.cfg.NorthSouth {
-			d = append(d, DesiredNorthSouth(svc, eps, p.cfg.NodeName)...)
+			d = append(d, DesiredNorthSouth(svc, eps, node)...)
 		}
 		for _, s := range d {
 			out[s.Frontend] = name
