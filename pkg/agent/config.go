@@ -97,7 +97,7 @@ func DefaultConfig() Config {
 		KubeAPIQPS:         50,
 		KubeAPIBurst:       100,
 		BPFRoot:            "/sys/fs/bpf/directlb",
-		MetricsBindAddress: ":10249",
+		MetricsBindAddress: "127.0.0.1:10249",
 		HealthzBindAddress: ":10256",
 		SyncWindow:         5 * time.Millisecond,
 		HealthTimeout:      time.Minute,
@@ -122,7 +122,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "The pods' CIDR (comma-separated for several). Validated and logged; the socket load balancer does not masquerade, so it changes nothing else.")
 	fs.StringSliceVar(&c.NodePortAddresses, "nodeport-addresses", c.NodePortAddresses, "Node addresses NodePorts are served on, as kube-proxy's nodePortAddresses: CIDRs (this node's interface addresses and the Nodes' addresses within them) and the keyword \"primary\" (every Node's primary InternalIP); empty means primary. This node's sockets reach the NodePorts of every node's selected addresses.")
 	fs.StringSliceVar(&c.NodePortDevices, "nodeport-devices", c.NodePortDevices, "Links (comma-separated) whose incoming traffic to this node's NodePorts, externalIPs and load-balancer IPs is load-balanced by tc (tcx) programs: externalTrafficPolicy Cluster SNATs to the node for a backend on another node, Local keeps the client's address. Empty: off; the node's own processes and pods still reach them through the socket hooks.")
-	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "Address for /metrics (Prometheus); empty turns it off.")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "Address for /metrics (Prometheus); empty turns it off. The default is the loopback address, as kube-proxy's; the chart opts in to every address (nodeAgent.metricsBindAddress).")
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "Address for /healthz and /livez; empty turns it off.")
 	fs.StringVar(&c.K8sServiceHost, "k8s-service-host", c.K8sServiceHost, "Apiserver host to use instead of the kubeconfig's or in-cluster one.")
 	fs.IntVar(&c.K8sServicePort, "k8s-service-port", c.K8sServicePort, "Apiserver port with --k8s-service-host (default 443).")
