@@ -643,6 +643,37 @@ func TestClusterNameRequired(t *testing.T) {
 	}
 }
 
+// TestControllerGracePeriod: the controller's grace period must cover its
+// shutdown (drainShutdownDelay + 10s, 30s at the least); the chart refuses
+// one that does not, naming both values, and takes one that does.
+func TestControllerGracePeriod(t *testing.T) {
+	helm := helmBinary(t)
+	cases := []struct {
+		delay string
+		grace int
+		want  string // the error, "" to render
+	}{
+		{delay: "25s", grace: 40},
+		{delay: "25s", grace: 35},
+		{delay: "25s", grace: 34, want: "want at least 35"},
+		{delay: "1m30s", grace: 100},
+		{delay: "1m30s", grace: 99, want: "want at least 100"},
+		{delay: "30500ms", grace: 41},
+		{delay: "30500ms", grace: 40, want: "want at least 41"},
+		{delay: "3s", grace: 29, want: "want at least 30"},
+	}
+	for _, c := range cases {
+		_, err := runHelm(t, helm, "template", release, ".", "-n", namespace,
+			"--set", "controller.drainShutdownDelay="+c.delay, "--set", fmt.Sprintf("controller.terminationGracePeriodSeconds=%d", c.grace))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("drainShutdownDelay %s, grace %ds: %v; want it rendered", c.delay, c.grace, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "controller.drainShutdownDelay "+c.delay)):
+			t.Errorf("drainShutdownDelay %s, grace %ds: %v; want the chart to refuse, saying %q and naming the delay", c.delay, c.grace, err, c.want)
+		}
+	}
+}
+
 // TestBinariesAcceptFlags builds lb-controller and node-agent and runs them
 // with the rendered args and --help at the end: an unknown flag or a bad
 // value makes them fail before they reach --help. It complements

@@ -115,3 +115,28 @@ segment with $(NODE_NAME), or the path itself. */}}
 {{- $p := regexReplaceAll "/[^/]*\\$\\(NODE_NAME\\).*$" . "" -}}
 {{- default "/" $p -}}
 {{- end -}}
+
+{{/* Whole seconds (rounded up) in a Go duration such as "25s", "1m30s"
+or "1500ms", as values.schema.json admits them. */}}
+{{- define "directlb.seconds" -}}
+{{- $total := 0.0 -}}
+{{- $unit := dict "ns" 0.000000001 "us" 0.000001 "µs" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" (toString .) -1 -}}
+{{- $u := regexFind "(ns|us|µs|ms|s|m|h)$" . -}}
+{{- $total = addf $total (mulf (trimSuffix $u . | float64) (get $unit $u)) -}}
+{{- end -}}
+{{- ceil $total | int -}}
+{{- end -}}
+
+{{/* The controller's shutdown fits its grace period: the drain endpoint
+answers for drainShutdownDelay, then the manager has up to 10s to stop,
+30s at the least (GracefulShutdownTimeout in pkg/controller/manager.go); a
+grace period shorter than that kills a stopping replica in the middle of
+drain waits. */}}
+{{- define "directlb.controller.checkGrace" -}}
+{{- $c := .Values.controller -}}
+{{- $need := max 30 (add (include "directlb.seconds" $c.drainShutdownDelay | int) 10) -}}
+{{- if lt (int $c.terminationGracePeriodSeconds) (int $need) -}}
+{{- fail (printf "controller.terminationGracePeriodSeconds %v: want at least %d (controller.drainShutdownDelay %s + 10s for the controller to stop, 30s at the least)" $c.terminationGracePeriodSeconds $need $c.drainShutdownDelay) -}}
+{{- end -}}
+{{- end -}}
