@@ -16,7 +16,8 @@ STATICCHECK_VERSION := v0.8.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
 DEB_PACKAGES := etcd-server clang llvm libbpf-dev bpftool iproute2 iptables nftables curl awscli util-linux \
-	runc containernetworking-plugins busybox-static netcat-openbsd bind9-dnsutils wget
+	runc containernetworking-plugins busybox-static netcat-openbsd bind9-dnsutils wget \
+	openjdk-17-jdk-headless
 
 CONTAINERD_VERSION := v2.3.7
 
