@@ -1,0 +1,104 @@
+package framework
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/directlb/directlb/pkg/service"
+)
+
+// Service is a ClusterIP Service of port 80 (http) to the pods' 8080.
+func Service(ns, name string, selector map[string]string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector: selector,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}
+}
+
+// GateService is a direct-access Service with a fast HTTP health check and a
+// short deregistration delay; extra adds or overrides annotations.
+func GateService(ns, name string, selector map[string]string, extra map[string]string) *corev1.Service {
+	ann := map[string]string{
+		service.AnnotationDirectAccess:         "true",
+		service.AnnotationHCProtocol:           "HTTP",
+		service.AnnotationHCPath:               "/healthz",
+		service.AnnotationHCInterval:           "5",
+		service.AnnotationHCTimeout:            "2",
+		service.AnnotationHCHealthyThreshold:   "2",
+		service.AnnotationHCUnhealthyThreshold: "2",
+		service.AnnotationDeregistrationDelay:  "5",
+	}
+	for k, v := range extra {
+		ann[k] = v
+	}
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
+		Spec: corev1.ServiceSpec{
+			Type:              corev1.ServiceTypeLoadBalancer,
+			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
+			Selector:          selector,
+			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}
+}
+
+// EndpointSlices lists the Service's EndpointSlices.
+func EndpointSlices(ctx context.Context, b *Bed, ns, svc string) ([]discoveryv1.EndpointSlice, error) {
+	l, err := b.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// Endpoints maps each address of the Service's EndpointSlices to its
+// ready condition.
+func Endpoints(ctx context.Context, b *Bed, ns, svc string) (map[string]bool, error) {
+	slices, err := EndpointSlices(ctx, b, ns, svc)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, s := range slices {
+		for _, e := range s.Endpoints {
+			for _, a := range e.Addresses {
+				out[a] = e.Conditions.Ready != nil && *e.Conditions.Ready
+			}
+		}
+	}
+	return out, nil
+}
+
+// DeleteServices deletes the namespace's Services at cleanup and waits
+// until the controller has removed their cloud resources (finalizer gone).
+// Register it after the controller's start so it runs while the
+// controller still does.
+func DeleteServices(t *testing.T, b *Bed, ns string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, s := range l.Items {
+				_ = b.Client.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
+			}
+		}
+		for ctx.Err() == nil {
+			l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+			if err == nil && len(l.Items) == 0 {
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		t.Errorf("services of %s not deleted within 60s (cloud cleanup)", ns)
+	})
+}
