@@ -16,15 +16,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/directlb/directlb/internal/testenv"
-	"github.com/directlb/directlb/pkg/controller"
 	"github.com/directlb/directlb/pkg/localcloud"
 	"github.com/directlb/directlb/pkg/localcloud/faults"
 	"github.com/directlb/directlb/pkg/service"
@@ -72,15 +69,7 @@ func BenchmarkConvergenceGates(b *testing.B) {
 
 func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Duration) {
 	ctx := context.Background()
-	benchCfg := rest.CopyConfig(cfg)
-	benchCfg.QPS = -1
-	c, err := client.New(benchCfg, client.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		b.Fatal(err)
-	}
+	c := benchClient(b, cfg, ns)
 	names := make([]string, n)
 	created := time.Now()
 	for i := range names {
@@ -128,40 +117,8 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 		c.AWSRateLimits = true
 		c.LBCIDR = benchLBCIDR
 	})
-	lbs := testenv.SDKClient(b, srv, nil)
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
-	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             controller.QueueOptions(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	ctrls, err := controller.Setup(mgr, ccfg, lbs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := controller.SetupGates(mctx, mgr, ccfg, lbs, ctrls); err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	b.ResetTimer()
-	start := time.Now()
-	go func() { done <- mgr.Start(mctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("manager: %v", err)
-		}
-	}()
+	start, stop := startController(b, cfg, ns, srv, true)
+	defer stop()
 
 	limit := 4*time.Duration(boundSeconds(minimumCalls(n), faults.AWSLimits()))*time.Second + 3*time.Minute
 	var ingressAt, gatesAt time.Duration
@@ -211,18 +168,6 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 	steadyCalls := describeHealthCalls(srv) - before
 
 	reportGates(b, n, converged, ingressAt, gatesAt, counts, steadyCalls, window, settle)
-}
-
-func benchServices(b *testing.B) int {
-	n := 200
-	if s := os.Getenv("DLB_BENCH_LBC_SERVICES"); s != "" {
-		var v int
-		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v < 1 {
-			b.Fatalf("DLB_BENCH_LBC_SERVICES=%q: want a positive number", s)
-		}
-		n = v
-	}
-	return n
 }
 
 // parallel runs f for 0..n-1 on 8 workers and fails at the first error.
