@@ -2,6 +2,7 @@ package framework
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -25,22 +26,19 @@ func Service(ns, name string, selector map[string]string) *corev1.Service {
 	}
 }
 
-// GateService is a direct-access Service with a fast HTTP health check and a
-// short deregistration delay; extra adds or overrides annotations.
-func GateService(ns, name string, selector map[string]string, extra map[string]string) *corev1.Service {
+// DirectAccessService is a LoadBalancer Service of directlb's class,
+// direct-access, with an HTTP health check of /healthz every 5 s (healthy
+// after 2), port 80 (http) to the pods' "http"; annotations add to or
+// override these.
+func DirectAccessService(ns, name string, selector map[string]string, annotations map[string]string) *corev1.Service {
 	ann := map[string]string{
-		service.AnnotationDirectAccess:         "true",
-		service.AnnotationHCProtocol:           "HTTP",
-		service.AnnotationHCPath:               "/healthz",
-		service.AnnotationHCInterval:           "5",
-		service.AnnotationHCTimeout:            "2",
-		service.AnnotationHCHealthyThreshold:   "2",
-		service.AnnotationHCUnhealthyThreshold: "2",
-		service.AnnotationDeregistrationDelay:  "5",
+		service.AnnotationDirectAccess:       "true",
+		service.AnnotationHCProtocol:         "HTTP",
+		service.AnnotationHCPath:             "/healthz",
+		service.AnnotationHCInterval:         "5",
+		service.AnnotationHCHealthyThreshold: "2",
 	}
-	for k, v := range extra {
-		ann[k] = v
-	}
+	maps.Copy(ann, annotations)
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
 		Spec: corev1.ServiceSpec{
@@ -50,6 +48,19 @@ func GateService(ns, name string, selector map[string]string, extra map[string]s
 			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
 		},
 	}
+}
+
+// GateService is the readiness-gate tests' DirectAccessService: a 2 s
+// check timeout, unhealthy after 2 failures, and a 5 s deregistration
+// delay; extra adds or overrides annotations.
+func GateService(ns, name string, selector map[string]string, extra map[string]string) *corev1.Service {
+	ann := map[string]string{
+		service.AnnotationHCTimeout:            "2",
+		service.AnnotationHCUnhealthyThreshold: "2",
+		service.AnnotationDeregistrationDelay:  "5",
+	}
+	maps.Copy(ann, extra)
+	return DirectAccessService(ns, name, selector, ann)
 }
 
 // EndpointSlices lists the Service's EndpointSlices.

@@ -184,20 +184,6 @@ func chPodLogs(t *testing.T, b *framework.Bed) map[string]string {
 	return logs
 }
 
-// chNewNamespace creates a namespace (waiting out one of an earlier run that
-// is still going); TestChart's cleanup deletes it in the right order.
-func chNewNamespace(t *testing.T, b *framework.Bed, name string) string {
-	t.Helper()
-	framework.Poll(t, 90*time.Second, "create namespace "+name, func(ctx context.Context) (bool, string) {
-		_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("create namespace %s: %v", name, err)
-		}
-		return err == nil, fmt.Sprint(err)
-	})
-	return name
-}
-
 func TestChart(t *testing.T) {
 	b := requireBed(t)
 	for _, bin := range []string{"helm", "lb-controller", "node-agent"} {
@@ -244,7 +230,7 @@ func TestChart(t *testing.T) {
 		}
 	})
 
-	ns := chNewNamespace(t, b, chNamespace)
+	ns := framework.CreateNamespace(t, b, chNamespace)
 	_, err := b.Client.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "localcloud-credentials"},
 		StringData: map[string]string{"AWS_ACCESS_KEY_ID": chAccessKey, "AWS_SECRET_ACCESS_KEY": chSecretKey},
@@ -358,7 +344,7 @@ func TestChart(t *testing.T) {
 	// IPs as the cloud's targets.
 	// The Service first, as the README says: the webhook gives a pod its
 	// readiness gate when a direct-access Service selects it at creation.
-	chNewNamespace(t, b, chAppNS)
+	framework.CreateNamespace(t, b, chAppNS)
 	raw, err := os.ReadFile("../../examples/echo-service.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -19,8 +19,6 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
 	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
@@ -81,22 +79,7 @@ func TestENIRouting(t *testing.T) {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, replicas, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
-			service.AnnotationDirectAccess:        "true",
-			service.AnnotationHCProtocol:          "HTTP",
-			service.AnnotationHCPath:              "/healthz",
-			service.AnnotationHCInterval:          "5",
-			service.AnnotationHCHealthyThreshold:  "2",
-			service.AnnotationDeregistrationDelay: "2",
-		}},
-		Spec: corev1.ServiceSpec{
-			Type:              corev1.ServiceTypeLoadBalancer,
-			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
-			Selector:          labels,
-			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-		},
-	}
+	svc := framework.DirectAccessService(ns, "echo", labels, map[string]string{service.AnnotationDeregistrationDelay: "2"})
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}

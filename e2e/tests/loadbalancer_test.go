@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -37,39 +36,13 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	key := ns + "/echo"
 
 	labels := map[string]string{"app": "echo"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(int32(3)),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{framework.EchoContainer()},
-					TerminationGracePeriodSeconds: ptr.To(int64(2)),
-				},
-			},
-		},
-	}
+	dep := framework.EchoDeployment(ns, 3, labels, nil)
+	dep.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(2))
+	dep.Spec.Template.Spec.TopologySpreadConstraints = nil // wherever the scheduler puts them
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
-			service.AnnotationDirectAccess:        "true",
-			service.AnnotationHCProtocol:          "HTTP",
-			service.AnnotationHCPath:              "/healthz",
-			service.AnnotationHCInterval:          "5",
-			service.AnnotationHCHealthyThreshold:  "2",
-			service.AnnotationDeregistrationDelay: "2",
-		}},
-		Spec: corev1.ServiceSpec{
-			Type:              corev1.ServiceTypeLoadBalancer,
-			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
-			Selector:          labels,
-			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-		},
-	}
+	svc := framework.DirectAccessService(ns, "echo", labels, map[string]string{service.AnnotationDeregistrationDelay: "2"})
 	created := time.Now()
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
