@@ -11,10 +11,10 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -136,17 +136,7 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 func report(b *testing.B, n int, converged, ingressAt, targetsAt time.Duration, counts map[string]map[string]int64,
 	lat []time.Duration, hist histogram) {
 	limits := faults.AWSLimits()
-	passed := map[string]int{}
-	total, refused := 0, 0
-	for action, m := range counts {
-		passed[action] = int(m["pass"])
-		for outcome, v := range m {
-			total += int(v)
-			if outcome != "pass" {
-				refused += int(v)
-			}
-		}
-	}
+	passed, total, refused := tally(counts)
 	bound := boundSeconds(passed, limits)
 	binding := bindingAction(passed, limits)
 	ratio := converged.Seconds() / bound
@@ -167,12 +157,7 @@ func report(b *testing.B, n int, converged, ingressAt, targetsAt time.Duration, 
 		converged.Seconds(), ingressAt.Seconds(), targetsAt.Seconds())
 	fmt.Fprintf(&sb, "  bound from the rate limits %.1f s (%s); measured/bound %.2f\n", bound, binding, ratio)
 	fmt.Fprintf(&sb, "  cloud calls %d (%d refused by the rate limits); per action (passed [refused], limit rate/s burst, bound):\n", total, refused)
-	actions := make([]string, 0, len(counts))
-	for a := range counts {
-		actions = append(actions, a)
-	}
-	sort.Strings(actions)
-	for _, a := range actions {
+	for _, a := range slices.Sorted(maps.Keys(counts)) {
 		l := limits[a]
 		p := passed[a]
 		fmt.Fprintf(&sb, "    %-30s %5d [%d]  %g/s burst %d  %.1f s\n", a, p, int(counts[a]["throttled"]+counts[a]["rateLimited"]+counts[a]["serverError"]),

@@ -4,8 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,17 +260,7 @@ func describeHealthCalls(srv *localcloud.Server) int64 {
 func reportGates(b *testing.B, n int, converged, ingressAt, gatesAt time.Duration, counts map[string]map[string]int64,
 	steadyCalls int64, window, settle time.Duration) {
 	limits := faults.AWSLimits()
-	passed := map[string]int{}
-	total, refused := 0, 0
-	for action, m := range counts {
-		passed[action] = int(m["pass"])
-		for outcome, v := range m {
-			total += int(v)
-			if outcome != "pass" {
-				refused += int(v)
-			}
-		}
-	}
+	passed, total, refused := tally(counts)
 	bound := boundSeconds(passed, limits)
 	ratio := converged.Seconds() / bound
 	perMin := float64(steadyCalls) / window.Minutes()
@@ -283,12 +274,7 @@ func reportGates(b *testing.B, n int, converged, ingressAt, gatesAt time.Duratio
 	fmt.Fprintf(&sb, "  cold convergence %.1f s (all ingress IPs at %.1f s, all gates True at %.1f s)\n", converged.Seconds(), ingressAt.Seconds(), gatesAt.Seconds())
 	fmt.Fprintf(&sb, "  bound from the rate limits %.1f s (%s); measured/bound %.2f\n", bound, bindingAction(passed, limits), ratio)
 	fmt.Fprintf(&sb, "  cloud calls %d (%d refused by the rate limits); per action (passed [refused]):\n", total, refused)
-	actions := make([]string, 0, len(counts))
-	for a := range counts {
-		actions = append(actions, a)
-	}
-	sort.Strings(actions)
-	for _, a := range actions {
+	for _, a := range slices.Sorted(maps.Keys(counts)) {
 		fmt.Fprintf(&sb, "    %-30s %6d [%d]  %.1f s\n", a, passed[a], int(counts[a]["throttled"]+counts[a]["rateLimited"]+counts[a]["serverError"]),
 			boundSeconds(map[string]int{a: passed[a]}, limits))
 	}

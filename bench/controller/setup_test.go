@@ -93,3 +93,19 @@ func startController(b *testing.B, cfg *rest.Config, ns string, srv *localcloud.
 		}
 	}
 }
+
+// tally sums localcloud's call counts (action → outcome → calls): the
+// calls that passed, by action; all calls; the ones the limits refused.
+func tally(counts map[string]map[string]int64) (passed map[string]int, total, refused int) {
+	passed = map[string]int{}
+	for action, m := range counts {
+		passed[action] = int(m["pass"])
+		for outcome, v := range m {
+			total += int(v)
+			if outcome != "pass" {
+				refused += int(v)
+			}
+		}
+	}
+	return passed, total, refused
+}
