@@ -31,10 +31,7 @@ const edReplicas = 3
 // from 8080 to 8081. Load through port 80 loses no request, no pod turns
 // NotReady, and the load balancer ends with the pods on 8081 only.
 func TestServiceEditsUnderLoad(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-edits")
 	framework.StartGateController(t, b, ns)
 	framework.DeleteServices(t, b, ns)

@@ -59,10 +59,7 @@ func eniOwned(t *testing.T, n testbed.Node) (rules, routes int) {
 }
 
 func TestENIRouting(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ctx := t.Context()
 	for _, n := range b.Topology.Nodes {
 		if r, rt := eniOwned(t, n); r+rt != 0 {

@@ -29,10 +29,7 @@ import (
 // typo on the live Service, leave the pod Ready and show a Warning event and
 // a condition on the Service.
 func TestReadinessGateFollowsTargetHealth(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-gates")
 	framework.StartGateController(t, b, ns)
 	framework.DeleteServices(t, b, ns)
@@ -185,10 +182,7 @@ func ptrInt64(v int64) *int64 { return &v }
 // Ignore (the default) lets pods be created, without gates; Fail refuses
 // them until the webhook is back.
 func TestReadinessGateControllerDown(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-gates-down")
 	ctl := framework.StartGateController(t, b, ns)
 	ctx := t.Context()

@@ -25,10 +25,7 @@ import (
 )
 
 func TestLoadBalancerDirectAccess(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-lb")
 	framework.StartController(t, b)
 	lc := framework.Cloud(t, b)
@@ -239,10 +236,7 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 // load balancer, one target group and one listener, and deleting them
 // leaves the cloud empty.
 func TestLoadBalancerControllerKilled(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-lb-kill")
 	lc := framework.Cloud(t, b)
 	ctx := t.Context()

@@ -38,6 +38,16 @@ func requireBed(t *testing.T) *framework.Bed {
 	return bed
 }
 
+// requireCloud is requireBed for a test that needs the bed's localcloud.
+func requireCloud(t *testing.T) *framework.Bed {
+	t.Helper()
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
+	}
+	return b
+}
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	os.Exit(run(m))

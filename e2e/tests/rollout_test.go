@@ -299,10 +299,7 @@ func roReport(t *testing.T, name string, r roResult) {
 
 // TestRolloutZeroLoss: readiness gates and drain on — 0 failed requests.
 func TestRolloutZeroLoss(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-rollout")
 	framework.StartGateController(t, b, ns)
 	framework.DeleteServices(t, b, ns)
@@ -320,10 +317,7 @@ func TestRolloutZeroLoss(t *testing.T) {
 // (service.directlb.io/readiness-gate: "false") must lose requests, or the
 // zero above would prove nothing.
 func TestRolloutOptedOutLoses(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ns := framework.Namespace(t, b, "e2e-rollout-off")
 	framework.StartGateController(t, b, ns)
 	framework.DeleteServices(t, b, ns)

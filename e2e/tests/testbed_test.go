@@ -113,10 +113,7 @@ func TestAPIServerFromNode(t *testing.T) {
 // the VPC like every pod) the API answers and /admin is not there, nor is
 // the admin listener.
 func TestLocalcloudAdminNotOnTheVPC(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	get := func(ns, url string) (int, error) {
 		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: namedns.Dialer(ns)}}
 		resp, err := c.Get(url)
