@@ -2,6 +2,7 @@ package framework
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -112,4 +113,22 @@ func DeleteServices(t *testing.T, b *Bed, ns string) {
 		}
 		t.Errorf("services of %s not deleted within 60s (cloud cleanup)", ns)
 	})
+}
+
+// WaitExternalIP waits until the Service has a load-balancer ingress IP
+// (its EXTERNAL-IP) and returns it.
+func WaitExternalIP(t *testing.T, b *Bed, ns, name string, timeout time.Duration) string {
+	t.Helper()
+	var lbIP string
+	Poll(t, timeout, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
+		s, err := b.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
+			lbIP = ing[0].IP
+		}
+		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
+	})
+	return lbIP
 }

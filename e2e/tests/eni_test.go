@@ -80,17 +80,7 @@ func TestENIRouting(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
-	var lbIP string
-	framework.Poll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
+	lbIP := framework.WaitExternalIP(t, b, ns, "echo", 30*time.Second)
 	var want []string
 	framework.Poll(t, 120*time.Second, "pods ready", func(ctx context.Context) (bool, string) {
 		var n int

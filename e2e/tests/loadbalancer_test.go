@@ -46,17 +46,7 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	}
 
 	// EXTERNAL-IP within 10 s, from the load-balancer range.
-	var lbIP string
-	framework.Poll(t, 10*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
+	lbIP := framework.WaitExternalIP(t, b, ns, "echo", 10*time.Second)
 	t.Logf("EXTERNAL-IP %s after %.1fs", lbIP, time.Since(created).Seconds())
 	if a, err := netip.ParseAddr(lbIP); err != nil || !b.Topology.LoadBalancerCIDR.Contains(a) {
 		t.Fatalf("EXTERNAL-IP %q is not in %s", lbIP, b.Topology.LoadBalancerCIDR)

@@ -179,17 +179,7 @@ func roRollout(t *testing.T, b *framework.Bed, ns string, gates bool) roResult {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var lbIP string
-	framework.Poll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
+	lbIP := framework.WaitExternalIP(t, b, ns, "web", 30*time.Second)
 	lc := framework.Cloud(t, b)
 	roSettled(t, b, lc, ns, 4*time.Minute)
 	url := "http://" + lbIP + ":80/"
