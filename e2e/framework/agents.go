@@ -22,7 +22,8 @@ type Agent struct {
 	BPFRoot string
 	log     string
 	cmd     *exec.Cmd
-	done    chan error
+	done    chan struct{} // closed when cmd exited, with exitErr
+	exitErr error
 }
 
 // Agents are the node-agents of a test, one per node, run as host
@@ -97,16 +98,16 @@ func (as *Agents) Start(a *Agent) {
 	}
 	logf.Close()
 	a.cmd = cmd
-	a.done = make(chan error, 1)
-	go func() { a.done <- cmd.Wait() }()
+	a.done = make(chan struct{})
+	go func() { a.exitErr = cmd.Wait(); close(a.done) }()
 
 	u := "http://" + healthz + ":10256/healthz"
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
-		case err := <-a.done:
+		case <-a.done:
 			a.cmd = nil
-			as.t.Fatalf("node-agent on %s exited: %v\n%s", a.Node.Name, err, Tail(a.log))
+			as.t.Fatalf("node-agent on %s exited: %v\n%s", a.Node.Name, a.exitErr, Tail(a.log))
 		default:
 		}
 		if code, body, err := HTTPGet(u); err == nil && code == http.StatusOK && strings.Contains(body, "lastUpdated") && !strings.Contains(body, `"lastUpdated":"0001-01-01`) {
@@ -125,14 +126,14 @@ func (as *Agents) Stop(a *Agent) {
 	if a.cmd == nil {
 		return
 	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	_ = a.cmd.Process.Signal(syscall.SIGTERM) // fails only if it exited: done says how
 	select {
-	case err := <-a.done:
-		if err != nil {
-			as.t.Errorf("node-agent on %s exited with %v after SIGTERM\n%s", a.Node.Name, err, Tail(a.log))
+	case <-a.done:
+		if a.exitErr != nil {
+			as.t.Errorf("node-agent on %s exited with %v after SIGTERM\n%s", a.Node.Name, a.exitErr, Tail(a.log))
 		}
 	case <-time.After(10 * time.Second):
-		a.cmd.Process.Kill()
+		_ = a.cmd.Process.Kill()
 		<-a.done
 		as.t.Errorf("node-agent on %s did not stop within 10s of SIGTERM", a.Node.Name)
 	}

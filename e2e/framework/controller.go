@@ -64,8 +64,8 @@ func RunController(t *testing.T, bin string, args ...string) (kill func(), logPa
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start lb-controller: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	done := make(chan struct{}) // closed when it exited
+	go func() { _ = cmd.Wait(); close(done) }()
 	var once sync.Once
 	stop := func(sig syscall.Signal) {
 		once.Do(func() {
