@@ -11,11 +11,10 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,15 +24,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/cloud"
-	"github.com/directlb/directlb/pkg/controller"
 	"github.com/directlb/directlb/pkg/localcloud"
 	"github.com/directlb/directlb/pkg/localcloud/faults"
 	"github.com/directlb/directlb/pkg/service"
@@ -47,14 +43,7 @@ const (
 )
 
 func BenchmarkConvergence(b *testing.B) {
-	n := 200
-	if s := os.Getenv("DLB_BENCH_LBC_SERVICES"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			b.Fatalf("DLB_BENCH_LBC_SERVICES=%q: want a positive number", s)
-		}
-		n = v
-	}
+	n := benchServices(b)
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapErrorLevel)))
 	_, cfg := testenv.StartEnvtest(b, "dlbt-bench-lbc-assets-", nil)
 	for i := 0; i < b.N; i++ {
@@ -64,17 +53,7 @@ func BenchmarkConvergence(b *testing.B) {
 
 func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 	ctx := context.Background()
-	// The bench's own client is not rate limited; the controller gets what
-	// ctrl.GetConfig gives the real binary (QPS 20, burst 30).
-	benchCfg := rest.CopyConfig(cfg)
-	benchCfg.QPS = -1
-	c, err := client.New(benchCfg, client.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		b.Fatal(err)
-	}
+	c := benchClient(b, cfg, ns)
 	names := make([]string, n)
 	slicesByName := map[string]*discoveryv1.EndpointSlice{}
 	for i := range names {
@@ -90,36 +69,8 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 	}
 
 	srv := testenv.Localcloud(b, func(c *localcloud.Config) { c.AWSRateLimits = true })
-	lbs := testenv.SDKClient(b, srv, nil) // default client: retries and client-side pacing as in production
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
-	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             controller.QueueOptions(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := controller.Setup(mgr, ccfg, lbs); err != nil {
-		b.Fatal(err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	b.ResetTimer()
-	start := time.Now()
-	go func() { done <- mgr.Start(mctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("manager: %v", err)
-		}
-	}()
+	start, stop := startController(b, cfg, ns, srv, false)
+	defer stop()
 
 	// Cold convergence: every Service has an ingress IP and every target
 	// group its 5 targets (as localcloud's store has them).
@@ -185,17 +136,7 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 func report(b *testing.B, n int, converged, ingressAt, targetsAt time.Duration, counts map[string]map[string]int64,
 	lat []time.Duration, hist histogram) {
 	limits := faults.AWSLimits()
-	passed := map[string]int{}
-	total, refused := 0, 0
-	for action, m := range counts {
-		passed[action] = int(m["pass"])
-		for outcome, v := range m {
-			total += int(v)
-			if outcome != "pass" {
-				refused += int(v)
-			}
-		}
-	}
+	passed, total, refused := tally(counts)
 	bound := boundSeconds(passed, limits)
 	binding := bindingAction(passed, limits)
 	ratio := converged.Seconds() / bound
@@ -216,12 +157,7 @@ func report(b *testing.B, n int, converged, ingressAt, targetsAt time.Duration, 
 		converged.Seconds(), ingressAt.Seconds(), targetsAt.Seconds())
 	fmt.Fprintf(&sb, "  bound from the rate limits %.1f s (%s); measured/bound %.2f\n", bound, binding, ratio)
 	fmt.Fprintf(&sb, "  cloud calls %d (%d refused by the rate limits); per action (passed [refused], limit rate/s burst, bound):\n", total, refused)
-	actions := make([]string, 0, len(counts))
-	for a := range counts {
-		actions = append(actions, a)
-	}
-	sort.Strings(actions)
-	for _, a := range actions {
+	for _, a := range slices.Sorted(maps.Keys(counts)) {
 		l := limits[a]
 		p := passed[a]
 		fmt.Fprintf(&sb, "    %-30s %5d [%d]  %g/s burst %d  %.1f s\n", a, p, int(counts[a]["throttled"]+counts[a]["rateLimited"]+counts[a]["serverError"]),

@@ -4,8 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,15 +17,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/directlb/directlb/internal/testenv"
-	"github.com/directlb/directlb/pkg/controller"
 	"github.com/directlb/directlb/pkg/localcloud"
 	"github.com/directlb/directlb/pkg/localcloud/faults"
 	"github.com/directlb/directlb/pkg/service"
@@ -72,15 +70,7 @@ func BenchmarkConvergenceGates(b *testing.B) {
 
 func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Duration) {
 	ctx := context.Background()
-	benchCfg := rest.CopyConfig(cfg)
-	benchCfg.QPS = -1
-	c, err := client.New(benchCfg, client.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		b.Fatal(err)
-	}
+	c := benchClient(b, cfg, ns)
 	names := make([]string, n)
 	created := time.Now()
 	for i := range names {
@@ -128,40 +118,8 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 		c.AWSRateLimits = true
 		c.LBCIDR = benchLBCIDR
 	})
-	lbs := testenv.SDKClient(b, srv, nil)
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
-	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             controller.QueueOptions(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	ctrls, err := controller.Setup(mgr, ccfg, lbs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := controller.SetupGates(mctx, mgr, ccfg, lbs, ctrls); err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	b.ResetTimer()
-	start := time.Now()
-	go func() { done <- mgr.Start(mctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("manager: %v", err)
-		}
-	}()
+	start, stop := startController(b, cfg, ns, srv, true)
+	defer stop()
 
 	limit := 4*time.Duration(boundSeconds(minimumCalls(n), faults.AWSLimits()))*time.Second + 3*time.Minute
 	var ingressAt, gatesAt time.Duration
@@ -211,18 +169,6 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 	steadyCalls := describeHealthCalls(srv) - before
 
 	reportGates(b, n, converged, ingressAt, gatesAt, counts, steadyCalls, window, settle)
-}
-
-func benchServices(b *testing.B) int {
-	n := 200
-	if s := os.Getenv("DLB_BENCH_LBC_SERVICES"); s != "" {
-		var v int
-		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v < 1 {
-			b.Fatalf("DLB_BENCH_LBC_SERVICES=%q: want a positive number", s)
-		}
-		n = v
-	}
-	return n
 }
 
 // parallel runs f for 0..n-1 on 8 workers and fails at the first error.
@@ -314,17 +260,7 @@ func describeHealthCalls(srv *localcloud.Server) int64 {
 func reportGates(b *testing.B, n int, converged, ingressAt, gatesAt time.Duration, counts map[string]map[string]int64,
 	steadyCalls int64, window, settle time.Duration) {
 	limits := faults.AWSLimits()
-	passed := map[string]int{}
-	total, refused := 0, 0
-	for action, m := range counts {
-		passed[action] = int(m["pass"])
-		for outcome, v := range m {
-			total += int(v)
-			if outcome != "pass" {
-				refused += int(v)
-			}
-		}
-	}
+	passed, total, refused := tally(counts)
 	bound := boundSeconds(passed, limits)
 	ratio := converged.Seconds() / bound
 	perMin := float64(steadyCalls) / window.Minutes()
@@ -338,12 +274,7 @@ func reportGates(b *testing.B, n int, converged, ingressAt, gatesAt time.Duratio
 	fmt.Fprintf(&sb, "  cold convergence %.1f s (all ingress IPs at %.1f s, all gates True at %.1f s)\n", converged.Seconds(), ingressAt.Seconds(), gatesAt.Seconds())
 	fmt.Fprintf(&sb, "  bound from the rate limits %.1f s (%s); measured/bound %.2f\n", bound, bindingAction(passed, limits), ratio)
 	fmt.Fprintf(&sb, "  cloud calls %d (%d refused by the rate limits); per action (passed [refused]):\n", total, refused)
-	actions := make([]string, 0, len(counts))
-	for a := range counts {
-		actions = append(actions, a)
-	}
-	sort.Strings(actions)
-	for _, a := range actions {
+	for _, a := range slices.Sorted(maps.Keys(counts)) {
 		fmt.Fprintf(&sb, "    %-30s %6d [%d]  %.1f s\n", a, passed[a], int(counts[a]["throttled"]+counts[a]["rateLimited"]+counts[a]["serverError"]),
 			boundSeconds(map[string]int{a: passed[a]}, limits))
 	}

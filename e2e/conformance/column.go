@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 )
 
@@ -112,7 +113,7 @@ func installChart(ctx context.Context, cs kubernetes.Interface, t *testbed.Topol
 		}
 		var notReady []string
 		for _, p := range pods.Items {
-			if !podReady(&p) {
+			if !framework.Ready(&p) {
 				notReady = append(notReady, p.Name)
 			}
 		}
@@ -130,21 +131,12 @@ func waitClusterDNS(ctx context.Context, cs kubernetes.Interface, limit time.Dur
 		}
 		ready := 0
 		for _, p := range pods.Items {
-			if podReady(&p) {
+			if framework.Ready(&p) {
 				ready++
 			}
 		}
 		return len(pods.Items) > 0 && ready == len(pods.Items), fmt.Sprintf("%d of %d CoreDNS pods Ready", ready, len(pods.Items)), nil
 	})
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // poll calls cond every second (apimachinery's wait) until it is true,

@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/cloud"
@@ -58,7 +59,7 @@ func chBPFRoot(node string) string { return filepath.Join(testbed.BPFPinPrefix, 
 
 // chHelm runs helm against the test bed (2 minute bound per call unless
 // the arguments carry their own --timeout).
-func chHelm(t *testing.T, b *Bed, args ...string) (string, error) {
+func chHelm(t *testing.T, b *framework.Bed, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -74,7 +75,7 @@ func chHelm(t *testing.T, b *Bed, args ...string) (string, error) {
 
 // chLocalcloud returns the test bed's localcloud endpoint, starting one in
 // the cloud namespace for this test when the bed runs none.
-func chLocalcloud(t *testing.T, b *Bed) string {
+func chLocalcloud(t *testing.T, b *framework.Bed) string {
 	t.Helper()
 	if u := b.Topology.LocalcloudURL; u != "" {
 		return u
@@ -97,7 +98,7 @@ func chLocalcloud(t *testing.T, b *Bed) string {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// In the cloud's cgroup (before entering its namespace), so 'down'
 	// would kill it with the rest.
-	if err := cipStartInCgroup(cmd, b.Topology.CloudCgroup); err != nil {
+	if err := framework.StartInCgroup(cmd, b.Topology.CloudCgroup); err != nil {
 		t.Fatalf("start localcloud: %v", err)
 	}
 	done := make(chan error, 1)
@@ -112,13 +113,13 @@ func chLocalcloud(t *testing.T, b *Bed) string {
 		}
 	})
 	u := "http://" + addr
-	ptPoll(t, 20*time.Second, "localcloud answers at "+u, func(context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "localcloud answers at "+u, func(context.Context) (bool, string) {
 		select {
 		case err := <-done:
-			t.Fatalf("localcloud exited: %v\n%s", err, cipTail(logPath))
+			t.Fatalf("localcloud exited: %v\n%s", err, framework.Tail(logPath))
 		default:
 		}
-		code, _, err := ptGet(u + "/")
+		code, _, err := framework.HTTPGet(u + "/")
 		return err == nil && code > 0, fmt.Sprint(err)
 	})
 	return u
@@ -161,7 +162,7 @@ func chCloudLeft(ctx context.Context, c cloud.LoadBalancers) ([]string, error) {
 
 // chPodLogs returns the logs of the release's pods (kubectl logs, through
 // the kubelets), by pod name.
-func chPodLogs(t *testing.T, b *Bed) map[string]string {
+func chPodLogs(t *testing.T, b *framework.Bed) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // also from Cleanup
 	defer cancel()
@@ -181,20 +182,6 @@ func chPodLogs(t *testing.T, b *Bed) map[string]string {
 		}
 	}
 	return logs
-}
-
-// chNewNamespace creates a namespace (waiting out one of an earlier run that
-// is still going); TestChart's cleanup deletes it in the right order.
-func chNewNamespace(t *testing.T, b *Bed, name string) string {
-	t.Helper()
-	ptPoll(t, 90*time.Second, "create namespace "+name, func(ctx context.Context) (bool, string) {
-		_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("create namespace %s: %v", name, err)
-		}
-		return err == nil, fmt.Sprint(err)
-	})
-	return name
 }
 
 func TestChart(t *testing.T) {
@@ -243,7 +230,7 @@ func TestChart(t *testing.T) {
 		}
 	})
 
-	ns := chNewNamespace(t, b, chNamespace)
+	ns := framework.CreateNamespace(t, b, chNamespace)
 	_, err := b.Client.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "localcloud-credentials"},
 		StringData: map[string]string{"AWS_ACCESS_KEY_ID": chAccessKey, "AWS_SECRET_ACCESS_KEY": chSecretKey},
@@ -287,7 +274,7 @@ func TestChart(t *testing.T) {
 	// helm --wait accepts a DaemonSet with maxUnavailable (1) pods not yet
 	// Ready, so every pod gets a short while to become Ready.
 	var pods *corev1.PodList
-	ptPoll(t, 60*time.Second, "every pod of the release Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "every pod of the release Ready", func(ctx context.Context) (bool, string) {
 		var err error
 		pods, err = b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
 		if err != nil {
@@ -295,7 +282,7 @@ func TestChart(t *testing.T) {
 		}
 		var notReady []string
 		for _, p := range pods.Items {
-			if !ptReady(&p) {
+			if !framework.Ready(&p) {
 				notReady = append(notReady, p.Name+" "+string(p.Status.Phase))
 			}
 		}
@@ -319,8 +306,8 @@ func TestChart(t *testing.T) {
 	// The agents synced Services and EndpointSlices through their RBAC.
 	for _, n := range b.Topology.Nodes {
 		u := "http://" + n.ENIs[0].Addr.Addr().String() + ":10256/healthz"
-		ptPoll(t, 30*time.Second, "agent on "+n.Name+" synced", func(context.Context) (bool, string) {
-			code, body, err := ptGet(u)
+		framework.Poll(t, 30*time.Second, "agent on "+n.Name+" synced", func(context.Context) (bool, string) {
+			code, body, err := framework.HTTPGet(u)
 			return err == nil && code == 200 && strings.Contains(body, "lastUpdated") && !strings.Contains(body, `"lastUpdated":"0001-01-01`), fmt.Sprint(code, body, err)
 		})
 	}
@@ -357,7 +344,7 @@ func TestChart(t *testing.T) {
 	// IPs as the cloud's targets.
 	// The Service first, as the README says: the webhook gives a pod its
 	// readiness gate when a direct-access Service selects it at creation.
-	chNewNamespace(t, b, chAppNS)
+	framework.CreateNamespace(t, b, chAppNS)
 	raw, err := os.ReadFile("../../examples/echo-service.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +360,7 @@ func TestChart(t *testing.T) {
 	b.MustKubectl(t, "apply", "-n", chAppNS, "-f", "../../examples/echo-deployment.yaml")
 	begin = time.Now()
 	var extIP string
-	ptPoll(t, 90*time.Second, "EXTERNAL-IP of "+chAppNS+"/echo", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "EXTERNAL-IP of "+chAppNS+"/echo", func(ctx context.Context) (bool, string) {
 		svc, err := b.Client.CoreV1().Services(chAppNS).Get(ctx, "echo", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -390,14 +377,14 @@ func TestChart(t *testing.T) {
 		t.Fatalf("EXTERNAL-IP %q is not in %s", extIP, chLBCIDR)
 	}
 	podIPs := map[string]string{} // name → IP
-	ptPoll(t, 90*time.Second, "3 echo pods ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "3 echo pods ready", func(ctx context.Context) (bool, string) {
 		list, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
 		if err != nil {
 			return false, err.Error()
 		}
 		clear(podIPs)
 		for _, p := range list.Items {
-			if ptReady(&p) {
+			if framework.Ready(&p) {
 				podIPs[p.Name] = p.Status.PodIP
 			}
 		}
@@ -408,7 +395,7 @@ func TestChart(t *testing.T) {
 		wantTargets = append(wantTargets, ip+":8080")
 	}
 	slices.Sort(wantTargets)
-	ptPoll(t, 60*time.Second, "the cloud's healthy targets are the pods", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "the cloud's healthy targets are the pods", func(ctx context.Context) (bool, string) {
 		tgs, err := lbs.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: chClusterName, cloud.TagService: chAppNS + "/echo"})
 		if err != nil || len(tgs) != 1 {
 			return false, fmt.Sprint(tgs, err)
@@ -432,7 +419,7 @@ func TestChart(t *testing.T) {
 	failed := 0
 	deadline := time.Now().Add(60 * time.Second)
 	for i := 0; i < 300 && time.Now().Before(deadline); i++ {
-		code, body, err := ptGet("http://" + extIP + "/hostname")
+		code, body, err := framework.HTTPGet("http://" + extIP + "/hostname")
 		if err != nil || code != 200 {
 			failed++
 			continue
@@ -475,7 +462,7 @@ func TestChart(t *testing.T) {
 		t.Errorf("upgraded controller args %v lack --concurrency=5", args)
 	}
 	for i := 0; i < 20; i++ {
-		if code, body, err := ptGet("http://" + extIP + "/hostname"); err != nil || code != 200 {
+		if code, body, err := framework.HTTPGet("http://" + extIP + "/hostname"); err != nil || code != 200 {
 			t.Errorf("after the upgrade, request %d: %d %q %v", i, code, body, err)
 		}
 	}
@@ -486,7 +473,7 @@ func TestChart(t *testing.T) {
 	// be racing for it, hence the wait), every agent synced.
 	var leaders, synced int
 	var logs map[string]string
-	ptPoll(t, 45*time.Second, "an upgraded controller leads and every agent synced", func(context.Context) (bool, string) {
+	framework.Poll(t, 45*time.Second, "an upgraded controller leads and every agent synced", func(context.Context) (bool, string) {
 		leaders, synced = 0, 0
 		logs = chPodLogs(t, b)
 		for _, log := range logs {
@@ -511,7 +498,7 @@ func TestChart(t *testing.T) {
 	// Uninstall in the documented order: the Service first, while the
 	// controller runs, then the release.
 	b.MustKubectl(t, "delete", "service", "echo", "-n", chAppNS, "--wait=true", "--timeout=60s")
-	ptPoll(t, 60*time.Second, "the cloud forgets the Service", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "the cloud forgets the Service", func(ctx context.Context) (bool, string) {
 		left, err := chCloudLeft(ctx, lbs)
 		return err == nil && len(left) == 0, fmt.Sprint(left, err)
 	})
@@ -519,7 +506,7 @@ func TestChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	installed = false
-	ptPoll(t, 60*time.Second, "the release's pods are gone", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "the release's pods are gone", func(ctx context.Context) (bool, string) {
 		list, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		return err == nil && len(list.Items) == 0, fmt.Sprint(len(list.Items), err)
 	})
@@ -547,18 +534,18 @@ func TestChart(t *testing.T) {
 
 // chCheckGates: every echo pod carries the Service's readiness gate, True,
 // and the drain preStop hook the webhook adds.
-func chCheckGates(t *testing.T, b *Bed) {
+func chCheckGates(t *testing.T, b *framework.Bed) {
 	t.Helper()
 	list, err := b.Client.CoreV1().Pods(chAppNS).List(t.Context(), metav1.ListOptions{LabelSelector: "app=echo"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range list.Items {
-		if !rgHasGate(&p, "echo") {
+		if !framework.HasGate(&p, "echo") {
 			t.Errorf("pod %s has no readiness gate %s (gates %v): the chart's webhook did not mutate it", p.Name, service.ReadinessGateType("echo"), p.Spec.ReadinessGates)
 			continue
 		}
-		if st, reason := rgGate(&p, "echo"); st != corev1.ConditionTrue {
+		if st, reason := framework.Gate(&p, "echo"); st != corev1.ConditionTrue {
 			t.Errorf("pod %s (%s on %s) gate %s=%s (%s), want True", p.Name, p.Status.PodIP, p.Spec.NodeName, service.ReadinessGateType("echo"), st, reason)
 			chDiagnose(t, b)
 		}
@@ -571,23 +558,23 @@ func chCheckGates(t *testing.T, b *Bed) {
 // chRolloutUnderLoad restarts the echo Deployment while new-connection and
 // keep-alive load runs through extIP, until the rollout is complete and the
 // old pods are gone (at most 3 minutes), and wants 0 failed requests.
-func chRolloutUnderLoad(t *testing.T, b *Bed, extIP string) {
+func chRolloutUnderLoad(t *testing.T, b *framework.Bed, extIP string) {
 	t.Helper()
 	ctx := t.Context()
 	old, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	load := &roLoad{prefix: "echo-", errs: map[string]int{}}
+	load := framework.NewLoad("echo-")
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	url := "http://" + extIP + "/hostname"
-	go load.run(lctx, url, 50, false, 3*time.Minute, &wg)
-	go load.run(lctx, url, 50, true, 3*time.Minute, &wg)
+	go load.Run(lctx, url, 50, false, 3*time.Minute, &wg)
+	go load.Run(lctx, url, 50, true, 3*time.Minute, &wg)
 	begin := time.Now()
 	b.MustKubectl(t, "rollout", "restart", "-n", chAppNS, "deployment/echo")
-	ptPoll(t, 3*time.Minute, "rollout of echo done and the old pods gone", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 3*time.Minute, "rollout of echo done and the old pods gone", func(ctx context.Context) (bool, string) {
 		list, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
 		if err != nil {
 			return false, err.Error()
@@ -596,7 +583,7 @@ func chRolloutUnderLoad(t *testing.T, b *Bed, extIP string) {
 		for _, p := range list.Items {
 			if slices.ContainsFunc(old.Items, func(o corev1.Pod) bool { return o.UID == p.UID }) {
 				oldLeft++
-			} else if ptReady(&p) {
+			} else if framework.Ready(&p) {
 				ready++
 			}
 		}
@@ -605,19 +592,19 @@ func chRolloutUnderLoad(t *testing.T, b *Bed, extIP string) {
 	stop()
 	wg.Wait()
 	t.Logf("rollout through the chart's controller: %.1fs, %d requests, %d failed %v",
-		time.Since(begin).Seconds(), load.total.Load(), load.failed.Load(), load.errs)
-	if load.failed.Load() > 0 {
-		t.Errorf("%d of %d requests failed during the rollout: %v", load.failed.Load(), load.total.Load(), load.errs)
+		time.Since(begin).Seconds(), load.Total(), load.Failed(), load.Errors())
+	if load.Failed() > 0 {
+		t.Errorf("%d of %d requests failed during the rollout: %v", load.Failed(), load.Total(), load.Errors())
 	}
-	if load.total.Load() < 500 {
-		t.Errorf("only %d requests during the rollout: the load did not run", load.total.Load())
+	if load.Total() < 500 {
+		t.Errorf("only %d requests during the rollout: the load did not run", load.Total())
 	}
 	chCheckGates(t, b)
 }
 
 // chDiagnose logs what explains a gate that is not True: the pods'
 // conditions, the ENI rules of every node and the release's log tails.
-func chDiagnose(t *testing.T, b *Bed) {
+func chDiagnose(t *testing.T, b *framework.Bed) {
 	t.Helper()
 	t.Logf("pods:\n%s", b.MustKubectl(t, "get", "pods", "-n", chAppNS, "-o", "wide"))
 	t.Logf("endpointslices:\n%s", b.MustKubectl(t, "get", "endpointslices", "-n", chAppNS, "-o", "yaml"))

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/pkg/cloud"
 )
 
@@ -30,22 +31,19 @@ const edReplicas = 3
 // from 8080 to 8081. Load through port 80 loses no request, no pod turns
 // NotReady, and the load balancer ends with the pods on 8081 only.
 func TestServiceEditsUnderLoad(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-edits")
-	rgController(t, b, ns)
-	rgDeleteServices(t, b, ns)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-edits")
+	framework.StartGateController(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 	ctx := t.Context()
 	labels := map[string]string{"app": "web"}
-	svc := rgService(ns, "web", labels, nil)
+	svc := framework.GateService(ns, "web", labels, nil)
 	svc.Spec.Ports[0].TargetPort = intstr.FromInt32(8080)
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rgWaitWebhook(t, b, ns, "web", labels)
-	ctr := ptEchoContainer()
+	framework.WaitWebhook(t, b, ns, "web", labels)
+	ctr := framework.EchoContainer()
 	ctr.Ports = append(ctr.Ports, corev1.ContainerPort{Name: "http-alt", ContainerPort: 8081})
 	ctr.Env = []corev1.EnvVar{
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
@@ -65,38 +63,38 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	lc := lbtCloud(t, b)
+	lc := framework.Cloud(t, b)
 	var lbIP string
-	ptPoll(t, 3*time.Minute, "EXTERNAL-IP, every pod Ready and a healthy target on 8080", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 3*time.Minute, "EXTERNAL-IP, every pod Ready and a healthy target on 8080", func(ctx context.Context) (bool, string) {
 		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
 		if err != nil || len(s.Status.LoadBalancer.Ingress) == 0 {
 			return false, fmt.Sprint("no ingress ", err)
 		}
 		lbIP = s.Status.LoadBalancer.Ingress[0].IP
-		ready, states := cipReadyPods(ctx, b, ns, "app=web")
+		ready, states := framework.ReadyPods(ctx, b, ns, "app=web")
 		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
 		return len(ready) == edReplicas && len(got) == edReplicas && edAllOnPort(got, 8080), states + "; " + why
 	})
 
-	readiness := opsWatchReadiness(ctx, b, ns, "app=web", "web")
-	load := &roLoad{prefix: "web-", errs: map[string]int{}}
+	readiness := framework.WatchReadiness(ctx, b, ns, "app=web", "web")
+	load := framework.NewLoad("web-")
 	lctx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go load.run(lctx, "http://"+lbIP+":80/", 50, false, opsMaxLoad, &wg)
-	go load.run(lctx, "http://"+lbIP+":80/", 50, true, opsMaxLoad, &wg)
+	go load.Run(lctx, "http://"+lbIP+":80/", 50, false, framework.MaxLoad, &wg)
+	go load.Run(lctx, "http://"+lbIP+":80/", 50, true, framework.MaxLoad, &wg)
 	time.Sleep(3 * time.Second)
 
-	// Add port 81 → 8081. rgService checks every 5 s, healthy after 2.
+	// Add port 81 → 8081. GateService checks every 5 s, healthy after 2.
 	edUpdate(t, b, ns, func(s *corev1.Service) {
 		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "alt", Port: 81, TargetPort: intstr.FromInt32(8081)})
 	})
 	added := time.Now()
 	bound := 5*2*time.Second + 5*time.Second
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	ptPoll(t, 2*bound, "port 81 serves", func(context.Context) (bool, string) {
-		err := roGet(c, "http://"+lbIP+":81/", "web-")
+	framework.Poll(t, 2*bound, "port 81 serves", func(context.Context) (bool, string) {
+		err := framework.CheckGet(c, "http://"+lbIP+":81/", "web-")
 		return err == nil, fmt.Sprint(err)
 	})
 	if took := time.Since(added); took > bound {
@@ -108,7 +106,7 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 	// Port 80: targetPort 8080 → 8081.
 	edUpdate(t, b, ns, func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8081) })
 	moved := time.Now()
-	ptPoll(t, 2*time.Minute, "port 80's targets all on 8081, healthy", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 2*time.Minute, "port 80's targets all on 8081, healthy", func(ctx context.Context) (bool, string) {
 		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
 		all, _ := edRegistered(ctx, lc, ns, "80/TCP")
 		return len(got) == edReplicas && edAllOnPort(got, 8081) && len(all) == edReplicas, why
@@ -118,11 +116,11 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 
 	stopLoad()
 	wg.Wait()
-	samples, notReady := readiness.finish()
+	samples, notReady := readiness.Finish()
 	t.Logf("Service edits under load: %d requests on port 80, %d failed %v; %d readiness samples, %d NotReady",
-		load.total.Load(), load.failed.Load(), load.errs, samples, len(notReady))
-	if load.failed.Load() > 0 {
-		t.Errorf("%d of %d requests to the unchanged frontend port failed: %v", load.failed.Load(), load.total.Load(), load.errs)
+		load.Total(), load.Failed(), load.Errors(), samples, len(notReady))
+	if load.Failed() > 0 {
+		t.Errorf("%d of %d requests to the unchanged frontend port failed: %v", load.Failed(), load.Total(), load.Errors())
 	}
 	if len(notReady) > 0 {
 		t.Errorf("pods turned NotReady during the edits: %v", notReady[:min(len(notReady), 20)])
@@ -138,12 +136,12 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 			t.Errorf("Warning event on Service %s during the edits: %s: %s", e.Regarding.Name, e.Reason, e.Note)
 		}
 	}
-	if load.total.Load() < 1000 || samples < 50 {
-		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.total.Load(), samples)
+	if load.Total() < 1000 || samples < 50 {
+		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.Total(), samples)
 	}
 }
 
-func edUpdate(t *testing.T, b *Bed, ns string, mutate func(*corev1.Service)) {
+func edUpdate(t *testing.T, b *framework.Bed, ns string, mutate func(*corev1.Service)) {
 	t.Helper()
 	s, err := b.Client.CoreV1().Services(ns).Get(t.Context(), "web", metav1.GetOptions{})
 	if err != nil {
@@ -158,7 +156,7 @@ func edUpdate(t *testing.T, b *Bed, ns string, mutate func(*corev1.Service)) {
 // edRegistered lists the targets of the Service's target group for port
 // (not draining ones), and edHealthyTargets the healthy ones.
 func edRegistered(ctx context.Context, lc cloud.LoadBalancers, ns, port string) ([]cloud.TargetHealth, string) {
-	tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: rgCluster, cloud.TagService: ns + "/web", cloud.TagPort: port})
+	tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: framework.GateCluster, cloud.TagService: ns + "/web", cloud.TagPort: port})
 	if err != nil || len(tgs) != 1 {
 		return nil, fmt.Sprintf("target groups for %s: %d %v", port, len(tgs), err)
 	}

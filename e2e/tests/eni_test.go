@@ -19,9 +19,8 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/cloud"
@@ -60,71 +59,43 @@ func eniOwned(t *testing.T, n testbed.Node) (rules, routes int) {
 }
 
 func TestENIRouting(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	ctx := t.Context()
 	for _, n := range b.Topology.Nodes {
 		if r, rt := eniOwned(t, n); r+rt != 0 {
 			t.Fatalf("%s has %d ENI rules and %d ENI routes before the test", n.Name, r, rt)
 		}
 	}
-	ns := ptNamespace(t, b, "e2e-eni")
-	lbtController(t, b)
-	lc := lbtCloud(t, b)
-	rgDeleteServices(t, b, ns) // while the controller runs: nothing left for the next test
+	ns := framework.Namespace(t, b, "e2e-eni")
+	framework.StartController(t, b)
+	lc := framework.Cloud(t, b)
+	framework.DeleteServices(t, b, ns) // while the controller runs: nothing left for the next test
 	key := ns + "/echo"
 	labels := map[string]string{"app": "echo"}
 	const replicas = 6
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, replicas, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, replicas, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
-			service.AnnotationDirectAccess:        "true",
-			service.AnnotationHCProtocol:          "HTTP",
-			service.AnnotationHCPath:              "/healthz",
-			service.AnnotationHCInterval:          "5",
-			service.AnnotationHCHealthyThreshold:  "2",
-			service.AnnotationDeregistrationDelay: "2",
-		}},
-		Spec: corev1.ServiceSpec{
-			Type:              corev1.ServiceTypeLoadBalancer,
-			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
-			Selector:          labels,
-			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-		},
-	}
+	svc := framework.DirectAccessService(ns, "echo", labels, map[string]string{service.AnnotationDeregistrationDelay: "2"})
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
-	var lbIP string
-	ptPoll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
+	lbIP := framework.WaitExternalIP(t, b, ns, "echo", 30*time.Second)
 	var want []string
-	ptPoll(t, 120*time.Second, "pods ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 120*time.Second, "pods ready", func(ctx context.Context) (bool, string) {
 		var n int
 		var state string
-		want, n, state = lbtPodTargets(ctx, b, ns)
+		want, n, state = framework.PodTargets(ctx, b, ns)
 		return len(want) == replicas && n == replicas, state
 	})
-	ptPoll(t, 30*time.Second, "targets = the pods", func(ctx context.Context) (bool, string) {
-		_, got, states := lbtTargets(ctx, lc, key)
+	framework.Poll(t, 30*time.Second, "targets = the pods", func(ctx context.Context) (bool, string) {
+		_, got, states := framework.Targets(ctx, lc, key)
 		return cmp.Equal(want, got), fmt.Sprintf("want %v, cloud has %s", want, states)
 	})
-	pods, state := cipReadyPods(ctx, b, ns, "app=echo")
+	pods, state := framework.ReadyPods(ctx, b, ns, "app=echo")
 	var primary, secondary []corev1.Pod
 	for _, p := range pods {
-		switch ptENI(b.Topology, p.Spec.NodeName, p.Status.PodIP) {
+		switch framework.PodENI(b.Topology, p.Spec.NodeName, p.Status.PodIP) {
 		case 0:
 			primary = append(primary, p)
 		case 1:
@@ -139,14 +110,14 @@ func TestENIRouting(t *testing.T) {
 	// directlb-cni assigns every pod address in localcloud's EC2 API to the
 	// ENI it wires the pod on (AssignPrivateIpAddresses), as VPC CNI's IPAM
 	// does.
-	ptPoll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
 		missing := eniCloudMismatch(ctx, b, lc, pods)
 		return len(missing) == 0, strings.Join(missing, "; ")
 	})
 
 	// healthy counts the targets the load balancer finds healthy.
 	health := func(ctx context.Context) (int, string) {
-		tg, _, states := lbtTargets(ctx, lc, key)
+		tg, _, states := framework.Targets(ctx, lc, key)
 		th, err := lc.DescribeTargetHealth(ctx, tg.ARN)
 		if err != nil {
 			return 0, err.Error()
@@ -163,7 +134,7 @@ func TestENIRouting(t *testing.T) {
 	// (a VPC peer on its own port, like the load balancer).
 	reach := func(ps []corev1.Pod) (ok, failed []string) {
 		for _, p := range ps {
-			code, body, err := ptGet("http://" + p.Status.PodIP + ":8080/")
+			code, body, err := framework.HTTPGet("http://" + p.Status.PodIP + ":8080/")
 			if err == nil && code == 200 && strings.TrimSpace(body) == p.Name {
 				ok = append(ok, p.Name)
 			} else {
@@ -178,7 +149,7 @@ func TestENIRouting(t *testing.T) {
 		seen := map[string]int{}
 		failed := 0
 		for range n {
-			code, body, err := ptGet("http://" + lbIP + ":80/")
+			code, body, err := framework.HTTPGet("http://" + lbIP + ":80/")
 			if err != nil || code != 200 {
 				failed++
 				continue
@@ -206,7 +177,7 @@ func TestENIRouting(t *testing.T) {
 	if ok, _ := reach(secondary); len(ok) > 0 {
 		t.Fatalf("with the check on and no ENI routing, pods on secondary ENIs answered: %v (the check is not real)", ok)
 	}
-	ptPoll(t, 60*time.Second, "targets on secondary ENIs unhealthy", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "targets on secondary ENIs unhealthy", func(ctx context.Context) (bool, string) {
 		n, states := health(ctx)
 		return n == len(primary), states
 	})
@@ -215,15 +186,15 @@ func TestENIRouting(t *testing.T) {
 	// balancer. The agents learn the ENIs and which addresses each holds
 	// from localcloud's EC2 API (no fallback to links: --eni-source=ec2
 	// fails the agent if EC2 does not answer).
-	t.Setenv("AWS_ACCESS_KEY_ID", lbtAccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", lbtSecretKey)
+	t.Setenv("AWS_ACCESS_KEY_ID", framework.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", framework.SecretKey)
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	as := cipStartAgents(t, b, "--eni-routing", "--eni-source=ec2", "--aws-endpoint="+b.Topology.LocalcloudURL, "--eni-resync=2s")
-	ptPoll(t, 30*time.Second, "pods on secondary ENIs answer", func(context.Context) (bool, string) {
+	as := framework.StartAgents(t, b, "--eni-routing", "--eni-source=ec2", "--aws-endpoint="+b.Topology.LocalcloudURL, "--eni-resync=2s")
+	framework.Poll(t, 30*time.Second, "pods on secondary ENIs answer", func(context.Context) (bool, string) {
 		_, failed := reach(secondary)
 		return len(failed) == 0, strings.Join(failed, "; ")
 	})
-	ptPoll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
 		n, states := health(ctx)
 		return n == replicas, states
 	})
@@ -235,13 +206,13 @@ func TestENIRouting(t *testing.T) {
 	// VPC address (localcloud connects to targets from it, as an NLB
 	// without client IP preservation does) through the load balancer.
 	for _, p := range secondary {
-		if _, body, err := ptGet("http://" + p.Status.PodIP + ":8080/client"); err != nil || strings.TrimSpace(body) != b.Topology.HostAddr.String() {
+		if _, body, err := framework.HTTPGet("http://" + p.Status.PodIP + ":8080/client"); err != nil || strings.TrimSpace(body) != b.Topology.HostAddr.String() {
 			t.Errorf("pod %s (%s) saw the host's request come from %q (err %v), want %s", p.Name, p.Status.PodIP, strings.TrimSpace(body), err, b.Topology.HostAddr)
 		}
 	}
 	lbSources := map[string]int{}
 	for range 2 * replicas {
-		_, body, err := ptGet("http://" + lbIP + ":80/client")
+		_, body, err := framework.HTTPGet("http://" + lbIP + ":80/client")
 		if err != nil {
 			lbSources["error: "+err.Error()]++
 			continue
@@ -254,12 +225,12 @@ func TestENIRouting(t *testing.T) {
 	// From a pod on a secondary ENI: every pod (same node and other
 	// nodes, either ENI) answers and sees the pod's own address, and the
 	// Service's ClusterIP answers.
-	src := cipSandbox(t, b, &secondary[0])
+	src := framework.PodSandbox(t, b, &secondary[0])
 	for _, p := range pods {
-		if got := p2(src.curlN(t, "http://"+p.Status.PodIP+":8080/", 2)); got != p.Name+","+p.Name {
+		if got := p2(src.CurlN(t, "http://"+p.Status.PodIP+":8080/", 2)); got != p.Name+","+p.Name {
 			t.Errorf("pod %s (secondary ENI) to pod %s (%s on %s): %s", secondary[0].Name, p.Name, p.Status.PodIP, p.Spec.NodeName, got)
 		}
-		if got := p2(src.curlN(t, "http://"+p.Status.PodIP+":8080/client", 1)); got != secondary[0].Status.PodIP {
+		if got := p2(src.CurlN(t, "http://"+p.Status.PodIP+":8080/client", 1)); got != secondary[0].Status.PodIP {
 			t.Errorf("pod %s saw pod %s's request come from %q, want %s", p.Name, secondary[0].Name, got, secondary[0].Status.PodIP)
 		}
 	}
@@ -267,7 +238,7 @@ func TestENIRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	answers := src.curlN(t, "http://"+cs.Spec.ClusterIP+":80/", 12)
+	answers := src.CurlN(t, "http://"+cs.Spec.ClusterIP+":80/", 12)
 	for _, a := range answers {
 		if strings.HasPrefix(a, "ERR") || a == "" {
 			t.Errorf("pod %s to ClusterIP %s: %v", secondary[0].Name, cs.Spec.ClusterIP, answers)
@@ -282,14 +253,14 @@ func TestENIRouting(t *testing.T) {
 	}
 
 	// Restart: the routes stay while the agents are down and after.
-	for _, a := range as.agents {
-		as.stop(a)
+	for _, a := range as.List {
+		as.Stop(a)
 	}
 	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
 		t.Errorf("60 requests with the agents stopped: %d failed, answers %v", failed, seen)
 	}
-	for _, a := range as.agents {
-		as.start(a)
+	for _, a := range as.List {
+		as.Start(a)
 	}
 	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
 		t.Errorf("60 requests after the agents restarted: %d failed, answers %v", failed, seen)
@@ -302,9 +273,9 @@ func TestENIRouting(t *testing.T) {
 	}
 
 	// --cleanup leaves nothing behind, and the check bites again.
-	for _, a := range as.agents {
-		as.stop(a)
-		if err := as.cleanup(a); err != nil {
+	for _, a := range as.List {
+		as.Stop(a)
+		if err := as.Cleanup(a); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -322,7 +293,7 @@ func TestENIRouting(t *testing.T) {
 	if err := b.Client.AppsV1().Deployments(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete deployment: %v", err)
 	}
-	ptPoll(t, 60*time.Second, "EC2 no longer lists the pods' addresses", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "EC2 no longer lists the pods' addresses", func(ctx context.Context) (bool, string) {
 		held, err := eniCloudAddrs(ctx, b, lc)
 		if err != nil {
 			return false, err.Error()
@@ -339,7 +310,7 @@ func TestENIRouting(t *testing.T) {
 
 // eniCloudAddrs maps every secondary address localcloud's EC2 API lists
 // on the nodes' ENIs to its ENI ID.
-func eniCloudAddrs(ctx context.Context, b *Bed, c cloud.NetworkInterfaces) (map[string]string, error) {
+func eniCloudAddrs(ctx context.Context, b *framework.Bed, c cloud.NetworkInterfaces) (map[string]string, error) {
 	out := map[string]string{}
 	for _, n := range b.Topology.Nodes {
 		nis, err := c.InstanceNetworkInterfaces(ctx, n.Name)
@@ -357,7 +328,7 @@ func eniCloudAddrs(ctx context.Context, b *Bed, c cloud.NetworkInterfaces) (map[
 
 // eniCloudMismatch returns the pods whose address EC2 does not list on the
 // ENI whose pod range holds it.
-func eniCloudMismatch(ctx context.Context, b *Bed, c cloud.NetworkInterfaces, pods []corev1.Pod) []string {
+func eniCloudMismatch(ctx context.Context, b *framework.Bed, c cloud.NetworkInterfaces, pods []corev1.Pod) []string {
 	held, err := eniCloudAddrs(ctx, b, c)
 	if err != nil {
 		return []string{err.Error()}
@@ -365,7 +336,7 @@ func eniCloudMismatch(ctx context.Context, b *Bed, c cloud.NetworkInterfaces, po
 	var out []string
 	for _, p := range pods {
 		n, _ := b.Topology.Node(p.Spec.NodeName)
-		i := ptENI(b.Topology, p.Spec.NodeName, p.Status.PodIP)
+		i := framework.PodENI(b.Topology, p.Spec.NodeName, p.Status.PodIP)
 		if n == nil || i < 0 {
 			out = append(out, fmt.Sprintf("%s (%s): no ENI in the topology", p.Name, p.Status.PodIP))
 			continue

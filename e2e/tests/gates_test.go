@@ -8,10 +8,6 @@ package tests
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -21,149 +17,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/pkg/readinessgate"
 	"github.com/directlb/directlb/pkg/service"
 )
-
-const rgCluster = "e2e-rg"
-
-// rgController runs bin/lb-controller as a host process with readiness
-// gates and drain: the webhook and the drain endpoint listen on the host's
-// VPC address (the apiserver and the nodes' kubelets reach it there). It
-// returns a SIGKILL. The webhook configuration is deleted at cleanup.
-type rgCtl struct {
-	webhookConfig string
-	kill          func()
-	logPath       string
-}
-
-func rgFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "10.100.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func rgController(t *testing.T, b *Bed, ns string, extra ...string) *rgCtl {
-	t.Helper()
-	bin := filepath.Join(b.BinDir, "lb-controller")
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("%s is not built (make build): %v", bin, err)
-	}
-	host := b.Topology.HostAddr.String()
-	whPort, drainPort := rgFreePort(t), rgFreePort(t)
-	c := &rgCtl{webhookConfig: "directlb-" + ns}
-	// Registered first, so it runs after lbtStart's cleanup stopped the
-	// controller (which would put the configuration back).
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, c.webhookConfig, metav1.DeleteOptions{})
-	})
-	args := append([]string{"--cluster-name=" + rgCluster, "--kubeconfig=" + b.Topology.Kubeconfig,
-		"--aws-endpoint=" + b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
-		"--target-batch-window=50ms",
-		"--webhook-bind-address=" + net.JoinHostPort(host, strconv.Itoa(whPort)),
-		"--webhook-url=https://" + net.JoinHostPort(host, strconv.Itoa(whPort)) + readinessgate.WebhookPath,
-		"--webhook-configuration-name=" + c.webhookConfig,
-		"--webhook-cert-secret=" + ns + "/directlb-webhook-tls",
-		"--webhook-timeout=3s",
-		"--drain-host=" + host, "--drain-port=" + strconv.Itoa(drainPort),
-		"--drain-bind-address=" + net.JoinHostPort(host, strconv.Itoa(drainPort)),
-		"--gate-max-pending-interval=3s",
-	}, extra...)
-	c.kill, c.logPath = lbtStart(t, bin, args...)
-	return c
-}
-
-// rgDeleteServices deletes the namespace's Services and waits until the
-// controller has removed their cloud resources (finalizer gone). Register
-// it after rgController so it runs while the controller still does.
-func rgDeleteServices(t *testing.T, b *Bed, ns string) {
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{}); err == nil {
-			for _, s := range l.Items {
-				_ = b.Client.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
-			}
-		}
-		for ctx.Err() == nil {
-			l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-			if err == nil && len(l.Items) == 0 {
-				return
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
-		t.Errorf("services of %s not deleted within 60s (cloud cleanup)", ns)
-	})
-}
-
-// rgService is a direct-access Service with a fast HTTP health check and a
-// short deregistration delay.
-func rgService(ns, name string, selector map[string]string, extra map[string]string) *corev1.Service {
-	ann := map[string]string{
-		service.AnnotationDirectAccess:         "true",
-		service.AnnotationHCProtocol:           "HTTP",
-		service.AnnotationHCPath:               "/healthz",
-		service.AnnotationHCInterval:           "5",
-		service.AnnotationHCTimeout:            "2",
-		service.AnnotationHCHealthyThreshold:   "2",
-		service.AnnotationHCUnhealthyThreshold: "2",
-		service.AnnotationDeregistrationDelay:  "5",
-	}
-	for k, v := range extra {
-		ann[k] = v
-	}
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
-		Spec: corev1.ServiceSpec{
-			Type:              corev1.ServiceTypeLoadBalancer,
-			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
-			Selector:          selector,
-			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-		},
-	}
-}
-
-// rgWaitWebhook waits until a dry-run pod selected by svc comes back with
-// the Service's gate: the configuration, its CA bundle and the controller's
-// cache are all in place.
-func rgWaitWebhook(t *testing.T, b *Bed, ns, svc string, labels map[string]string) {
-	t.Helper()
-	ptPoll(t, 60*time.Second, "webhook adds the gate", func(ctx context.Context) (bool, string) {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: ns, Labels: labels},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}}}
-		got, err := b.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err != nil {
-			return false, err.Error()
-		}
-		return rgHasGate(got, svc), fmt.Sprintf("gates %v", got.Spec.ReadinessGates)
-	})
-}
-
-func rgHasGate(p *corev1.Pod, svc string) bool {
-	for _, g := range p.Spec.ReadinessGates {
-		if g.ConditionType == service.ReadinessGateType(svc) {
-			return true
-		}
-	}
-	return false
-}
-
-func rgGate(p *corev1.Pod, svc string) (corev1.ConditionStatus, string) {
-	for _, c := range p.Status.Conditions {
-		if c.Type == service.ReadinessGateType(svc) {
-			return c.Status, c.Reason
-		}
-	}
-	return "", ""
-}
 
 // TestReadinessGateFollowsTargetHealth: a pod whose target fails the load
 // balancer's health check keeps its gate False and is never Ready; healthy,
@@ -171,23 +29,20 @@ func rgGate(p *corev1.Pod, svc string) (corev1.ConditionStatus, string) {
 // typo on the live Service, leave the pod Ready and show a Warning event and
 // a condition on the Service.
 func TestReadinessGateFollowsTargetHealth(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-gates")
-	rgController(t, b, ns)
-	rgDeleteServices(t, b, ns)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-gates")
+	framework.StartGateController(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 	ctx := t.Context()
 	labels := map[string]string{"app": "web"}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rgWaitWebhook(t, b, ns, "web", labels)
+	framework.WaitWebhook(t, b, ns, "web", labels)
 
 	// The kubelet's readiness probe is a TCP check and passes; the load
 	// balancer's HTTP check of /healthz gets 500.
-	ctr := ptEchoContainer()
+	ctr := framework.EchoContainer()
 	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}, PeriodSeconds: 1}
 	ctr.Env = []corev1.EnvVar{{Name: "ECHO_HEALTH_STATUS", Value: "500"}}
 	pod, err := b.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
@@ -197,14 +52,14 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rgHasGate(pod, "web") {
+	if !framework.HasGate(pod, "web") {
 		t.Fatalf("pod created without the gate: %v", pod.Spec.ReadinessGates)
 	}
 
 	watchUntil := func(timeout time.Duration, what string, cond func(*corev1.Pod) bool, never func(*corev1.Pod) bool) *corev1.Pod {
 		t.Helper()
 		var last *corev1.Pod
-		ptPoll(t, timeout, what, func(ctx context.Context) (bool, string) {
+		framework.Poll(t, timeout, what, func(ctx context.Context) (bool, string) {
 			p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
 			if err != nil {
 				return false, err.Error()
@@ -213,16 +68,16 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 			if never != nil && never(p) {
 				t.Fatalf("%s: pod became Ready while its target is unhealthy: %+v", what, p.Status.Conditions)
 			}
-			s, r := rgGate(p, "web")
+			s, r := framework.Gate(p, "web")
 			return cond(p), fmt.Sprintf("gate %s/%s containersReady=%s ready=%s", s, r,
-				ptCondition(p, corev1.ContainersReady), ptCondition(p, corev1.PodReady))
+				framework.Condition(p, corev1.ContainersReady), framework.Condition(p, corev1.PodReady))
 		})
 		return last
 	}
-	ready := func(p *corev1.Pod) bool { return ptCondition(p, corev1.PodReady) == corev1.ConditionTrue }
+	ready := func(p *corev1.Pod) bool { return framework.Condition(p, corev1.PodReady) == corev1.ConditionTrue }
 	unhealthy := func(p *corev1.Pod) bool {
-		s, r := rgGate(p, "web")
-		return s == corev1.ConditionFalse && r == readinessgate.ReasonUnhealthy && ptCondition(p, corev1.ContainersReady) == corev1.ConditionTrue
+		s, r := framework.Gate(p, "web")
+		return s == corev1.ConditionFalse && r == readinessgate.ReasonUnhealthy && framework.Condition(p, corev1.ContainersReady) == corev1.ConditionTrue
 	}
 	p := watchUntil(60*time.Second, "gate False/Unhealthy", unhealthy, ready)
 	// Stays so: several more health-check rounds, never Ready.
@@ -235,14 +90,14 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 
 	setHealth := func(code int) {
 		t.Helper()
-		if c, _, err := ptGet(fmt.Sprintf("http://%s:8080/control/health?status=%d", ip, code)); err != nil || c != 200 {
+		if c, _, err := framework.HTTPGet(fmt.Sprintf("http://%s:8080/control/health?status=%d", ip, code)); err != nil || c != 200 {
 			t.Fatalf("set health of %s to %d: %d %v", ip, code, c, err)
 		}
 	}
 	setHealth(200)
 	begin := time.Now()
 	watchUntil(40*time.Second, "gate True and pod Ready", func(p *corev1.Pod) bool {
-		s, r := rgGate(p, "web")
+		s, r := framework.Gate(p, "web")
 		return s == corev1.ConditionTrue && r == readinessgate.ReasonHealthy && ready(p)
 	}, nil)
 	t.Logf("healthy → gate True and Ready in %.1fs", time.Since(begin).Seconds())
@@ -256,8 +111,8 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s, r := rgGate(p, "web"); s != corev1.ConditionTrue || !ready(p) {
-				t.Fatalf("%s: gate %s/%s, Ready %s: want the pod to stay Ready", what, s, r, ptCondition(p, corev1.PodReady))
+			if s, r := framework.Gate(p, "web"); s != corev1.ConditionTrue || !ready(p) {
+				t.Fatalf("%s: gate %s/%s, Ready %s: want the pod to stay Ready", what, s, r, framework.Condition(p, corev1.PodReady))
 			}
 		}
 	}
@@ -285,10 +140,10 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 }
 
 // rgWaitServiceHealth waits for the gate writer's condition on the Service.
-func rgWaitServiceHealth(t *testing.T, b *Bed, ns, name string, status metav1.ConditionStatus, timeout time.Duration) *metav1.Condition {
+func rgWaitServiceHealth(t *testing.T, b *framework.Bed, ns, name string, status metav1.ConditionStatus, timeout time.Duration) *metav1.Condition {
 	t.Helper()
 	var got *metav1.Condition
-	ptPoll(t, timeout, fmt.Sprintf("Service %s condition %s=%s", name, readinessgate.ConditionTargetsHealthy, status), func(ctx context.Context) (bool, string) {
+	framework.Poll(t, timeout, fmt.Sprintf("Service %s condition %s=%s", name, readinessgate.ConditionTargetsHealthy, status), func(ctx context.Context) (bool, string) {
 		svc, err := b.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -303,9 +158,9 @@ func rgWaitServiceHealth(t *testing.T, b *Bed, ns, name string, status metav1.Co
 }
 
 // rgWaitServiceEvent waits for an event of type and reason about the Service.
-func rgWaitServiceEvent(t *testing.T, b *Bed, ns, name, typ, reason string) {
+func rgWaitServiceEvent(t *testing.T, b *framework.Bed, ns, name, typ, reason string) {
 	t.Helper()
-	ptPoll(t, 20*time.Second, "event "+typ+"/"+reason+" on Service "+name, func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "event "+typ+"/"+reason+" on Service "+name, func(ctx context.Context) (bool, string) {
 		evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -327,22 +182,19 @@ func ptrInt64(v int64) *int64 { return &v }
 // Ignore (the default) lets pods be created, without gates; Fail refuses
 // them until the webhook is back.
 func TestReadinessGateControllerDown(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-gates-down")
-	ctl := rgController(t, b, ns)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-gates-down")
+	ctl := framework.StartGateController(t, b, ns)
 	ctx := t.Context()
 	labels := map[string]string{"app": "web"}
 	// No load balancer needed: a Service the controller does not own (no
 	// cloud resources, nothing to clean up) would not be gated, so use a
 	// direct-access one and delete it while the controller runs.
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, "web", labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rgWaitWebhook(t, b, ns, "web", labels)
-	whc, err := b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, ctl.webhookConfig, metav1.GetOptions{})
+	framework.WaitWebhook(t, b, ns, "web", labels)
+	whc, err := b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, ctl.WebhookConfig, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,10 +202,10 @@ func TestReadinessGateControllerDown(t *testing.T) {
 		t.Fatalf("failurePolicy %v, want Ignore (the documented default)", p)
 	}
 
-	ctl.kill()
+	ctl.Kill()
 	pod := func(name string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}}}
+			Spec: corev1.PodSpec{Containers: []corev1.Container{framework.EchoContainer()}}}
 	}
 	begin := time.Now()
 	got, err := b.Client.CoreV1().Pods(ns).Create(ctx, pod("down-ignore"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
@@ -370,7 +222,7 @@ func TestReadinessGateControllerDown(t *testing.T) {
 	if _, err := b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, whc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 20*time.Second, "Fail, controller down: creation refused", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "Fail, controller down: creation refused", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Create(ctx, pod("down-fail"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		return err != nil && !apierrors.IsAlreadyExists(err), fmt.Sprintf("created (err %v)", err)
 	})
@@ -378,7 +230,7 @@ func TestReadinessGateControllerDown(t *testing.T) {
 	t.Logf("Fail, controller down: %v", err)
 
 	// The Service's finalizer needs a controller: start one again to clean up.
-	_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, ctl.webhookConfig, metav1.DeleteOptions{})
-	rgController(t, b, ns)
-	rgDeleteServices(t, b, ns)
+	_ = b.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, ctl.WebhookConfig, metav1.DeleteOptions{})
+	framework.StartGateController(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 }

@@ -17,23 +17,25 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/directlb/directlb/e2e/framework"
 )
 
 // kcExample applies examples/echo-deployment.yaml (agnhost netexec, three
 // replicas) in ns and returns its pods once all are Ready.
-func kcExample(t *testing.T, b *Bed, ns string) []corev1.Pod {
+func kcExample(t *testing.T, b *framework.Bed, ns string) []corev1.Pod {
 	t.Helper()
 	b.MustKubectl(t, "-n", ns, "apply", "-f", filepath.Join("..", "..", "examples", "echo-deployment.yaml"))
 	b.MustKubectl(t, "-n", ns, "rollout", "status", "deployment/echo", "--timeout=90s")
 	var pods []corev1.Pod
-	ptPoll(t, 30*time.Second, "three Ready echo pods", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "three Ready echo pods", func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
 		if err != nil {
 			return false, err.Error()
 		}
 		pods = pods[:0]
 		for _, p := range l.Items {
-			if ptReady(&p) {
+			if framework.Ready(&p) {
 				pods = append(pods, p)
 			}
 		}
@@ -44,7 +46,7 @@ func kcExample(t *testing.T, b *Bed, ns string) []corev1.Pod {
 
 func TestKubectlOnExamplePods(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "kubectl-e2e")
+	ns := framework.Namespace(t, b, "kubectl-e2e")
 	pods := kcExample(t, b, ns)
 
 	t.Run("logs", func(t *testing.T) {
@@ -74,7 +76,7 @@ func TestKubectlOnExamplePods(t *testing.T) {
 	t.Run("port-forward", func(t *testing.T) {
 		for _, p := range pods {
 			port := kcPortForward(t, b, ns, p.Name, 8080)
-			code, body, err := ptGet(fmt.Sprintf("http://127.0.0.1:%s/hostname", port))
+			code, body, err := framework.HTTPGet(fmt.Sprintf("http://127.0.0.1:%s/hostname", port))
 			if err != nil || code != 200 || body != p.Name {
 				t.Errorf("GET /hostname through kubectl port-forward to %s: %d %q %v", p.Name, code, body, err)
 			}
@@ -86,7 +88,7 @@ var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
 
 // kcPortForward runs 'kubectl port-forward pod/<pod> :<port>' until the
 // test ends and returns the local port it listens on.
-func kcPortForward(t *testing.T, b *Bed, ns, pod string, port int) string {
+func kcPortForward(t *testing.T, b *framework.Bed, ns, pod string, port int) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, "kubectl"), "--kubeconfig", b.Topology.Kubeconfig,

@@ -9,209 +9,44 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/google/go-cmp/cmp"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/pkg/cloud"
-	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/service"
 )
 
-const (
-	lbtCluster = "e2e-lb"
-	// localcloud's default credentials (the test bed starts it with them).
-	lbtAccessKey = "AKIDLOCALCLOUD"
-	lbtSecretKey = "localcloud-secret"
-)
-
-// lbtController runs bin/lb-controller as a host process against the bed's
-// apiserver and localcloud until the test ends; kill SIGKILLs it.
-func lbtController(t *testing.T, b *Bed) (kill func()) {
-	t.Helper()
-	bin := filepath.Join(b.BinDir, "lb-controller")
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("%s is not built (make build): %v", bin, err)
-	}
-	kill, _ = lbtStart(t, bin, "--cluster-name="+lbtCluster, "--kubeconfig="+b.Topology.Kubeconfig,
-		"--aws-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
-		"--target-batch-window=50ms",
-		// Readiness gates and drain have their own tests (issue 6).
-		"--readiness-gates=false", "--drain-bind-address=0")
-	return kill
-}
-
-// lbtStart runs lb-controller with args and localcloud's credentials until
-// the test ends (SIGTERM, then SIGKILL after 15 s), logging to a file whose
-// tail goes into a failed test's output; kill SIGKILLs it at once.
-func lbtStart(t *testing.T, bin string, args ...string) (kill func(), logPath string) {
-	t.Helper()
-	logPath = filepath.Join(t.TempDir(), "lb-controller.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+lbtAccessKey, "AWS_SECRET_ACCESS_KEY="+lbtSecretKey)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start lb-controller: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var once sync.Once
-	stop := func(sig syscall.Signal) {
-		once.Do(func() {
-			_ = cmd.Process.Signal(sig)
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
-	}
-	t.Cleanup(func() {
-		stop(syscall.SIGTERM)
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			if len(out) > 12000 {
-				out = out[len(out)-12000:]
-			}
-			t.Logf("lb-controller log (tail):\n%s", out)
-		}
-	})
-	return func() { stop(syscall.SIGKILL) }, logPath
-}
-
-func lbtCloud(t *testing.T, b *Bed) *cloudaws.Client {
-	t.Helper()
-	cfg := cloudaws.DefaultConfig()
-	cfg.Region = "us-east-1"
-	cfg.Endpoint = b.Topology.LocalcloudURL
-	cfg.Credentials = credentials.NewStaticCredentialsProvider(lbtAccessKey, lbtSecretKey, "")
-	c, err := cloudaws.New(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// lbtTargets returns the Service's target group and its targets that are
-// not draining, sorted.
-func lbtTargets(ctx context.Context, c cloud.LoadBalancers, svcKey string) (cloud.TargetGroup, []string, string) {
-	tgs, err := c.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: svcKey})
-	if err != nil || len(tgs) != 1 {
-		return cloud.TargetGroup{}, nil, fmt.Sprintf("target groups %d, err %v", len(tgs), err)
-	}
-	th, err := c.DescribeTargetHealth(ctx, tgs[0].ARN)
-	if err != nil {
-		return tgs[0], nil, err.Error()
-	}
-	var out, states []string
-	for _, h := range th {
-		states = append(states, fmt.Sprintf("%s=%s", h.Target, h.State))
-		if h.State != cloud.TargetDraining {
-			out = append(out, h.Target.String())
-		}
-	}
-	sort.Strings(out)
-	return tgs[0], out, strings.Join(states, " ")
-}
-
-func lbtPodTargets(ctx context.Context, b *Bed, ns string) ([]string, int, string) {
-	l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
-	if err != nil {
-		return nil, 0, err.Error()
-	}
-	var want, states []string
-	for _, p := range l.Items {
-		states = append(states, fmt.Sprintf("%s ready=%v ip=%s", p.Name, ptReady(&p), p.Status.PodIP))
-		if ptReady(&p) {
-			want = append(want, p.Status.PodIP+":8080")
-		}
-	}
-	sort.Strings(want)
-	return want, len(l.Items), strings.Join(states, "; ")
-}
-
 func TestLoadBalancerDirectAccess(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-lb")
-	lbtController(t, b)
-	lc := lbtCloud(t, b)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-lb")
+	framework.StartController(t, b)
+	lc := framework.Cloud(t, b)
 	ctx := t.Context()
 	key := ns + "/echo"
 
 	labels := map[string]string{"app": "echo"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(int32(3)),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{ptEchoContainer()},
-					TerminationGracePeriodSeconds: ptr.To(int64(2)),
-				},
-			},
-		},
-	}
+	dep := framework.EchoDeployment(ns, 3, labels, nil)
+	dep.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(2))
+	dep.Spec.Template.Spec.TopologySpreadConstraints = nil // wherever the scheduler puts them
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Annotations: map[string]string{
-			service.AnnotationDirectAccess:        "true",
-			service.AnnotationHCProtocol:          "HTTP",
-			service.AnnotationHCPath:              "/healthz",
-			service.AnnotationHCInterval:          "5",
-			service.AnnotationHCHealthyThreshold:  "2",
-			service.AnnotationDeregistrationDelay: "2",
-		}},
-		Spec: corev1.ServiceSpec{
-			Type:              corev1.ServiceTypeLoadBalancer,
-			LoadBalancerClass: ptr.To(service.LoadBalancerClass),
-			Selector:          labels,
-			Ports:             []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-		},
-	}
+	svc := framework.DirectAccessService(ns, "echo", labels, map[string]string{service.AnnotationDeregistrationDelay: "2"})
 	created := time.Now()
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
 
 	// EXTERNAL-IP within 10 s, from the load-balancer range.
-	var lbIP string
-	ptPoll(t, 10*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
+	lbIP := framework.WaitExternalIP(t, b, ns, "echo", 10*time.Second)
 	t.Logf("EXTERNAL-IP %s after %.1fs", lbIP, time.Since(created).Seconds())
 	if a, err := netip.ParseAddr(lbIP); err != nil || !b.Topology.LoadBalancerCIDR.Contains(a) {
 		t.Fatalf("EXTERNAL-IP %q is not in %s", lbIP, b.Topology.LoadBalancerCIDR)
@@ -224,15 +59,15 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	follow := func(replicas int, limit time.Duration) {
 		t.Helper()
 		var want []string
-		ptPoll(t, 120*time.Second, fmt.Sprintf("%d pods ready and no other pod", replicas), func(ctx context.Context) (bool, string) {
+		framework.Poll(t, 120*time.Second, fmt.Sprintf("%d pods ready and no other pod", replicas), func(ctx context.Context) (bool, string) {
 			var n int
 			var state string
-			want, n, state = lbtPodTargets(ctx, b, ns)
+			want, n, state = framework.PodTargets(ctx, b, ns)
 			return len(want) == replicas && n == replicas, state
 		})
 		begin := time.Now()
-		ptPoll(t, limit, fmt.Sprintf("targets = the %d pods", replicas), func(ctx context.Context) (bool, string) {
-			_, got, states := lbtTargets(ctx, lc, key)
+		framework.Poll(t, limit, fmt.Sprintf("targets = the %d pods", replicas), func(ctx context.Context) (bool, string) {
+			_, got, states := framework.Targets(ctx, lc, key)
 			return cmp.Equal(want, got), fmt.Sprintf("want %v, cloud has %s", want, states)
 		})
 		t.Logf("%d replicas: targets followed %.2fs after the pods were ready", replicas, time.Since(begin).Seconds())
@@ -240,8 +75,8 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	follow(3, 5*time.Second)
 
 	// 300 requests through the load balancer reach all 3 pods.
-	ptPoll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
-		tg, _, states := lbtTargets(ctx, lc, key)
+	framework.Poll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
+		tg, _, states := framework.Targets(ctx, lc, key)
 		th, err := lc.DescribeTargetHealth(ctx, tg.ARN)
 		if err != nil {
 			return false, err.Error()
@@ -257,7 +92,7 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	seen := map[string]int{}
 	failed := 0
 	for range 300 {
-		code, body, err := ptGet("http://" + lbIP + ":80/")
+		code, body, err := framework.HTTPGet("http://" + lbIP + ":80/")
 		if err != nil || code != 200 {
 			failed++
 			continue
@@ -294,8 +129,8 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 10*time.Second, "health-check interval 7 in the cloud", func(ctx context.Context) (bool, string) {
-		tg, _, _ := lbtTargets(ctx, lc, key)
+	framework.Poll(t, 10*time.Second, "health-check interval 7 in the cloud", func(ctx context.Context) (bool, string) {
+		tg, _, _ := framework.Targets(ctx, lc, key)
 		return tg.HealthCheck.IntervalSeconds == 7, fmt.Sprintf("%+v", tg.HealthCheck)
 	})
 
@@ -309,7 +144,7 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 20*time.Second, "InvalidConfiguration event and condition", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "InvalidConfiguration event and condition", func(ctx context.Context) (bool, string) {
 		evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -342,8 +177,8 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 30*time.Second, "cloud empty after the annotation went", func(ctx context.Context) (bool, string) {
-		owner := cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: key}
+	framework.Poll(t, 30*time.Second, "cloud empty after the annotation went", func(ctx context.Context) (bool, string) {
+		owner := cloud.Tags{cloud.TagCluster: framework.Cluster, cloud.TagService: key}
 		lbs, err1 := lc.ListLoadBalancers(ctx, owner)
 		tgs, err2 := lc.ListTargetGroups(ctx, owner)
 		s, err3 := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
@@ -366,15 +201,15 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 	if _, err := b.Client.CoreV1().Services(ns).Update(ctx, svcNow, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 20*time.Second, "load balancer back", func(ctx context.Context) (bool, string) {
-		lbs, err := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: lbtCluster, cloud.TagService: key})
+	framework.Poll(t, 20*time.Second, "load balancer back", func(ctx context.Context) (bool, string) {
+		lbs, err := lc.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: framework.Cluster, cloud.TagService: key})
 		return err == nil && len(lbs) == 1, fmt.Sprint(len(lbs), err)
 	})
 	if err := b.Client.CoreV1().Services(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 30*time.Second, "Service gone and the cloud empty", func(ctx context.Context) (bool, string) {
-		owner := cloud.Tags{cloud.TagCluster: lbtCluster}
+	framework.Poll(t, 30*time.Second, "Service gone and the cloud empty", func(ctx context.Context) (bool, string) {
+		owner := cloud.Tags{cloud.TagCluster: framework.Cluster}
 		lbs, err1 := lc.ListLoadBalancers(ctx, owner)
 		tgs, err2 := lc.ListTargetGroups(ctx, owner)
 		_, err3 := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
@@ -391,14 +226,11 @@ func TestLoadBalancerDirectAccess(t *testing.T) {
 // load balancer, one target group and one listener, and deleting them
 // leaves the cloud empty.
 func TestLoadBalancerControllerKilled(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-lb-kill")
-	lc := lbtCloud(t, b)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-lb-kill")
+	lc := framework.Cloud(t, b)
 	ctx := t.Context()
-	kill := lbtController(t, b)
+	kill := framework.StartController(t, b)
 
 	const n = 20
 	for i := range n {
@@ -425,20 +257,20 @@ func TestLoadBalancerControllerKilled(t *testing.T) {
 		}
 		return k, fmt.Sprintf("%d of %d with an EXTERNAL-IP", k, len(l.Items))
 	}
-	ptPoll(t, 30*time.Second, "the first Services converge", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "the first Services converge", func(ctx context.Context) (bool, string) {
 		k, state := withIP(ctx)
 		return k >= 1, state
 	})
 	kill()
 	k, _ := withIP(ctx)
 	t.Logf("SIGKILL with %d of %d Services converged", k, n)
-	lbtController(t, b)
-	ptPoll(t, 60*time.Second, "every Service converged after the restart", func(ctx context.Context) (bool, string) {
+	framework.StartController(t, b)
+	framework.Poll(t, 60*time.Second, "every Service converged after the restart", func(ctx context.Context) (bool, string) {
 		k, state := withIP(ctx)
 		return k == n, state
 	})
 
-	owner := cloud.Tags{cloud.TagCluster: lbtCluster}
+	owner := cloud.Tags{cloud.TagCluster: framework.Cluster}
 	lbs, err := lc.ListLoadBalancers(ctx, owner)
 	if err != nil {
 		t.Fatal(err)
@@ -477,7 +309,7 @@ func TestLoadBalancerControllerKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ptPoll(t, 60*time.Second, "Services gone and nothing left in the cloud", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "Services gone and nothing left in the cloud", func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error()

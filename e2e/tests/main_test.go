@@ -9,8 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,28 +16,21 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 )
-
-// Bed is the test bed the package's tests run on.
-type Bed struct {
-	Topology *testbed.Topology
-	Client   kubernetes.Interface
-	BinDir   string
-}
 
 var (
 	// bed is set by TestMain when the test bed is up; tests get it through
 	// requireBed.
-	bed *Bed
+	bed *framework.Bed
 	// skipReason says why bed is nil.
 	skipReason string
 )
 
 // requireBed returns the test bed or skips the test, saying why.
-func requireBed(t *testing.T) *Bed {
+func requireBed(t *testing.T) *framework.Bed {
 	t.Helper()
 	if bed == nil {
 		t.Skip(skipReason)
@@ -47,27 +38,14 @@ func requireBed(t *testing.T) *Bed {
 	return bed
 }
 
-// Kubectl runs bin/kubectl with the test bed's admin kubeconfig and returns
-// its combined output.
-func (b *Bed) Kubectl(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, "kubectl"), append([]string{"--kubeconfig", b.Topology.Kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// MustKubectl is Kubectl that fails the test on error (1 minute bound).
-func (b *Bed) MustKubectl(t *testing.T, args ...string) string {
+// requireCloud is requireBed for a test that needs the bed's localcloud.
+func requireCloud(t *testing.T) *framework.Bed {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	out, err := b.Kubectl(ctx, args...)
-	if err != nil {
-		t.Fatal(err)
+	b := requireBed(t)
+	if b.Topology.LocalcloudURL == "" {
+		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
 	}
-	return out
+	return b
 }
 
 func TestMain(m *testing.M) {
@@ -132,7 +110,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	bed = &Bed{Topology: topo, Client: cs, BinDir: cfg.BinDir}
+	bed = &framework.Bed{Topology: topo, Client: cs, BinDir: cfg.BinDir}
 
 	code := m.Run()
 

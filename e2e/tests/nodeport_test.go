@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/internal/namedns"
 )
 
@@ -69,7 +70,7 @@ func npUDPIn(ns, addr string) (string, error) {
 	var reply string
 	err := namedns.Do(ns, func() error {
 		var err error
-		reply, err = ptUDP(addr, "ping")
+		reply, err = framework.UDP(addr, "ping")
 		return err
 	})
 	first, _, _ := strings.Cut(reply, "\n")
@@ -106,7 +107,7 @@ func TestNodePort(t *testing.T) {
 	if len(b.Topology.Nodes) < 3 {
 		t.Skipf("needs 3 nodes, the test bed has %d", len(b.Topology.Nodes))
 	}
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-nodeport-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-nodeport-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 
@@ -114,21 +115,21 @@ func TestNodePort(t *testing.T) {
 	for _, e := range b.Topology.Nodes[0].ENIs {
 		devices = append(devices, e.Device)
 	}
-	agents := cipStartAgents(t, b, "--nodeport-devices="+strings.Join(devices, ","))
+	agents := framework.StartAgents(t, b, "--nodeport-devices="+strings.Join(devices, ","))
 
 	labels := map[string]string{"app": "echo"}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, 3, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 3, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptCreatePod(t, b, &corev1.Pod{
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: ns},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}, TerminationGracePeriodSeconds: ptr.To(int64(1))},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{framework.EchoContainer()}, TerminationGracePeriodSeconds: ptr.To(int64(1))},
 	})
-	client := cipSandbox(t, b, ptWaitPod(t, b, ns, "client", 90*time.Second, "Ready", ptReady))
+	client := framework.PodSandbox(t, b, framework.WaitPod(t, b, ns, "client", 90*time.Second, "Ready", framework.Ready))
 	var backends []corev1.Pod
-	ptPoll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
 		var state string
-		backends, state = cipReadyPods(ctx, b, ns, "app=echo")
+		backends, state = framework.ReadyPods(ctx, b, ns, "app=echo")
 		return len(backends) == 3, state
 	})
 	names := map[string]string{} // pod name → node
@@ -153,12 +154,12 @@ func TestNodePort(t *testing.T) {
 			httpURL := "http://" + net.JoinHostPort(addr, strconv.Itoa(int(httpNP))) + "/"
 			udpAddr := net.JoinHostPort(addr, strconv.Itoa(int(udpNP)))
 			var from []string
-			ptPoll(t, 20*time.Second, "NodePort "+httpURL+" from the host", func(context.Context) (bool, string) {
-				code, body, err := ptGet(httpURL)
+			framework.Poll(t, 20*time.Second, "NodePort "+httpURL+" from the host", func(context.Context) (bool, string) {
+				code, body, err := framework.HTTPGet(httpURL)
 				return err == nil && code == http.StatusOK && names[strings.TrimSpace(body)] != "", fmt.Sprintf("%d %q %v", code, body, err)
 			})
 			for range 6 {
-				code, body, err := ptGet(httpURL)
+				code, body, err := framework.HTTPGet(httpURL)
 				if err != nil || code != http.StatusOK || names[strings.TrimSpace(body)] == "" {
 					t.Errorf("host → %s: %d %q %v", httpURL, code, body, err)
 				}
@@ -167,19 +168,19 @@ func TestNodePort(t *testing.T) {
 				if err != nil || code != http.StatusOK || names[strings.TrimSpace(body)] == "" {
 					t.Errorf("%s → %s: %d %q %v", other.Name, httpURL, code, body, err)
 				}
-				if reply, err := ptUDP(udpAddr, "ping"); err != nil || names[strings.SplitN(reply, "\n", 2)[0]] == "" {
+				if reply, err := framework.UDP(udpAddr, "ping"); err != nil || names[strings.SplitN(reply, "\n", 2)[0]] == "" {
 					t.Errorf("host → udp %s: %q %v", udpAddr, reply, err)
 				}
 				if reply, err := npUDPIn(other.NetNS, udpAddr); err != nil || names[reply] == "" {
 					t.Errorf("%s → udp %s: %q %v", other.Name, udpAddr, reply, err)
 				}
 			}
-			for _, a := range client.curlN(t, httpURL, 6) {
+			for _, a := range client.CurlN(t, httpURL, 6) {
 				if names[a] == "" {
 					t.Errorf("pod → %s: %q, want an echo pod's name", httpURL, a)
 				}
 			}
-			out, err := client.sh(ctx, fmt.Sprintf(`for i in 1 2 3; do echo ping | nc -u -w 1 %s %d | head -1; done`, addr, udpNP))
+			out, err := client.Sh(ctx, fmt.Sprintf(`for i in 1 2 3; do echo ping | nc -u -w 1 %s %d | head -1; done`, addr, udpNP))
 			if err != nil {
 				t.Errorf("pod → udp %s: %v: %s", udpAddr, err, out)
 			}
@@ -188,7 +189,7 @@ func TestNodePort(t *testing.T) {
 					t.Errorf("pod → udp %s: %q, want an echo pod's name", udpAddr, a)
 				}
 			}
-			t.Logf("%s: host's HTTP answers from %v", n.Name, cipCount(from))
+			t.Logf("%s: host's HTTP answers from %v", n.Name, framework.Count(from))
 		}
 	})
 
@@ -205,12 +206,12 @@ func TestNodePort(t *testing.T) {
 		host := b.Topology.HostAddr.String()
 		for _, n := range b.Topology.Nodes {
 			base := "http://" + net.JoinHostPort(n.ENIs[0].Addr.Addr().String(), strconv.Itoa(int(httpNP)))
-			ptPoll(t, 20*time.Second, "Local NodePort "+base+"/client from the host", func(context.Context) (bool, string) {
-				code, body, err := ptGet(base + "/client")
+			framework.Poll(t, 20*time.Second, "Local NodePort "+base+"/client from the host", func(context.Context) (bool, string) {
+				code, body, err := framework.HTTPGet(base + "/client")
 				return err == nil && code == http.StatusOK && strings.TrimSpace(body) == host, fmt.Sprintf("%d %q %v, want %s", code, body, err, host)
 			})
 			for range 4 {
-				code, body, err := ptGet(base + "/")
+				code, body, err := framework.HTTPGet(base + "/")
 				if pod := strings.TrimSpace(body); err != nil || code != http.StatusOK || names[pod] != n.Name {
 					t.Errorf("host → %s/ (Local): %d %q (on %s) %v, want the pod on %s", base, code, pod, names[pod], err, n.Name)
 				}
@@ -236,8 +237,8 @@ func TestNodePort(t *testing.T) {
 		check := func(want int, body string) {
 			for _, n := range b.Topology.Nodes {
 				url := "http://" + net.JoinHostPort(n.ENIs[0].Addr.Addr().String(), strconv.Itoa(int(hc.Spec.HealthCheckNodePort))) + "/"
-				ptPoll(t, 20*time.Second, fmt.Sprintf("%s answers %d", url, want), func(context.Context) (bool, string) {
-					code, got, err := ptGet(url)
+				framework.Poll(t, 20*time.Second, fmt.Sprintf("%s answers %d", url, want), func(context.Context) (bool, string) {
+					code, got, err := framework.HTTPGet(url)
 					return err == nil && code == want && strings.Contains(got, body), fmt.Sprintf("%d %q %v", code, got, err)
 				})
 			}
@@ -272,11 +273,11 @@ func TestNodePort(t *testing.T) {
 		}
 		for _, ip := range []string{extIP, ingressIP} {
 			url := "http://" + ip + "/"
-			ptPoll(t, 20*time.Second, "pod → "+url, func(context.Context) (bool, string) {
-				a := client.curlN(t, url, 1)
+			framework.Poll(t, 20*time.Second, "pod → "+url, func(context.Context) (bool, string) {
+				a := client.CurlN(t, url, 1)
 				return names[a[0]] != "", fmt.Sprintf("%q", a)
 			})
-			for _, a := range client.curlN(t, url, 6) {
+			for _, a := range client.CurlN(t, url, 6) {
 				if names[a] == "" {
 					t.Errorf("pod → %s: %q, want an echo pod's name", url, a)
 				}
@@ -327,12 +328,12 @@ func TestNodePort(t *testing.T) {
 		for i := range conns {
 			ask(i, "before the restart")
 		}
-		a := agents.agents[0]
-		agents.stop(a)
+		a := agents.List[0]
+		agents.Stop(a)
 		for i := range conns {
 			ask(i, "agent stopped")
 		}
-		agents.start(a)
+		agents.Start(a)
 		for i := range conns {
 			ask(i, "after the restart")
 		}

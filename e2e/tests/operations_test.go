@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,67 +22,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/directlb/directlb/e2e/framework"
 )
-
-// opsMaxLoad bounds every load loop of these tests.
-const opsMaxLoad = 6 * time.Minute
-
-// opsReadiness samples the pods of a selector every 200 ms until stopped
-// (or opsMaxLoad) and keeps every sample in which a pod was not Ready.
-type opsReadiness struct {
-	mu       sync.Mutex
-	samples  int
-	notReady []string
-	done     chan struct{}
-	stop     context.CancelFunc
-}
-
-func opsWatchReadiness(ctx context.Context, b *Bed, ns, selector, gate string) *opsReadiness {
-	ctx, cancel := context.WithTimeout(ctx, opsMaxLoad)
-	r := &opsReadiness{done: make(chan struct{}), stop: cancel}
-	go func() {
-		defer close(r.done)
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			list, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
-			if err != nil {
-				continue // ctx ended, or the apiserver is busy: not a sample
-			}
-			r.mu.Lock()
-			r.samples++
-			for _, p := range list.Items {
-				if !ptReady(&p) && p.DeletionTimestamp == nil {
-					s, reason := rgGate(&p, gate)
-					r.notReady = append(r.notReady, fmt.Sprintf("%s %s (gate %s/%s)", time.Now().Format("15:04:05.000"), p.Name, s, reason))
-				}
-			}
-			r.mu.Unlock()
-		}
-	}()
-	return r
-}
-
-// finish stops the sampling and returns the sample count and the NotReady
-// samples.
-func (r *opsReadiness) finish() (int, []string) {
-	r.stop()
-	<-r.done
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.samples, slices.Clone(r.notReady)
-}
 
 // opsClusterIPLoad runs a curl loop to url inside pod's sandbox (its cgroup,
 // where the node agent's socket hooks apply, and its network namespace)
-// until stop is called or opsMaxLoad passes; stop returns the answered and
-// failed request counts.
-func opsClusterIPLoad(t *testing.T, sb cipPod, url string) (stop func() (ok, failed int)) {
+// until stop is called or framework.MaxLoad passes; stop returns the
+// answered and failed request counts.
+func opsClusterIPLoad(t *testing.T, sb framework.Sandbox, url string) (stop func() (ok, failed int)) {
 	t.Helper()
 	stopFile := filepath.Join(t.TempDir(), "stop")
 	script := fmt.Sprintf(`end=$((SECONDS+%d)); ok=0; bad=0
@@ -91,17 +38,17 @@ while ((SECONDS < end)) && [ ! -e %s ]; do
   if curl -fsS -o /dev/null -m 2 %s; then ok=$((ok+1)); else bad=$((bad+1)); fi
   sleep 0.02
 done
-echo "$ok $bad"`, int(opsMaxLoad.Seconds()), stopFile, url)
+echo "$ok $bad"`, int(framework.MaxLoad.Seconds()), stopFile, url)
 	type result struct {
 		out string
 		err error
 	}
 	res := make(chan result, 1)
 	// t.Context ends before cleanups run: a failed test stops the loop too.
-	ctx, cancel := context.WithTimeout(t.Context(), opsMaxLoad+30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), framework.MaxLoad+30*time.Second)
 	t.Cleanup(cancel)
 	go func() {
-		out, err := sb.sh(ctx, script)
+		out, err := sb.Sh(ctx, script)
 		res <- result{out, err}
 	}()
 	return func() (int, int) {
@@ -123,7 +70,7 @@ func lastLine(s string) string {
 }
 
 // opsLeader is the controller pod whose metrics say it leads.
-func opsLeader(ctx context.Context, b *Bed, ns string) (*corev1.Pod, string) {
+func opsLeader(ctx context.Context, b *framework.Bed, ns string) (*corev1.Pod, string) {
 	list, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=lb-controller"})
 	if err != nil {
 		return nil, err.Error()
@@ -172,12 +119,12 @@ func opsLeads(ctx context.Context, ip string) (bool, error) {
 
 // opsKillPod SIGKILLs every process of the pod (its cgroup and below), as
 // the kernel's OOM killer or a crash would; the kubelet restarts it.
-func opsKillPod(t *testing.T, b *Bed, p *corev1.Pod) int {
+func opsKillPod(t *testing.T, b *framework.Bed, p *corev1.Pod) int {
 	t.Helper()
 	killed := 0
 	// Every process of the pod (its containers and the sandbox's pause):
 	// the kubelet sees them die and starts them again.
-	root := cipSandbox(t, b, p).cgroup
+	root := framework.PodSandbox(t, b, p).Cgroup
 	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 			return err
@@ -204,7 +151,7 @@ func opsKillPod(t *testing.T, b *Bed, p *corev1.Pod) int {
 // 200 ms, the controller's leader is SIGKILLed, then the next leader's pod
 // is deleted, then helm upgrade rolls the controller. Wants 0 NotReady
 // samples and 0 failed requests on either path.
-func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func()) {
+func chOperationsUnderLoad(t *testing.T, b *framework.Bed, ns, extIP string, upgrade func()) {
 	t.Helper()
 	ctx := t.Context()
 	svc, err := b.Client.CoreV1().Services(chAppNS).Get(ctx, "echo", metav1.GetOptions{})
@@ -215,13 +162,13 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("echo pods: %v %v", pods, err)
 	}
-	readiness := opsWatchReadiness(ctx, b, chAppNS, "app=echo", "echo")
-	stopCIP := opsClusterIPLoad(t, cipSandbox(t, b, &pods.Items[0]), "http://"+svc.Spec.ClusterIP+"/hostname")
-	load := &roLoad{prefix: "echo-", errs: map[string]int{}}
+	readiness := framework.WatchReadiness(ctx, b, chAppNS, "app=echo", "echo")
+	stopCIP := opsClusterIPLoad(t, framework.PodSandbox(t, b, &pods.Items[0]), "http://"+svc.Spec.ClusterIP+"/hostname")
+	load := framework.NewLoad("echo-")
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go load.run(lctx, "http://"+extIP+"/hostname", 50, false, opsMaxLoad, &wg)
+	go load.Run(lctx, "http://"+extIP+"/hostname", 50, false, framework.MaxLoad, &wg)
 
 	// A leader is a process: the kubelet restarts a SIGKILLed controller
 	// in the same pod, and that new process may win the Lease again.
@@ -235,7 +182,7 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	waitLeader := func(what string, not string) *corev1.Pod {
 		t.Helper()
 		var leader *corev1.Pod
-		ptPoll(t, 90*time.Second, what, func(ctx context.Context) (bool, string) {
+		framework.Poll(t, 90*time.Second, what, func(ctx context.Context) (bool, string) {
 			p, why := opsLeader(ctx, b, ns)
 			if p == nil || process(p) == not {
 				return false, why
@@ -271,19 +218,19 @@ func chOperationsUnderLoad(t *testing.T, b *Bed, ns, extIP string, upgrade func(
 	stopLoad()
 	wg.Wait()
 	cipOK, cipFailed := stopCIP()
-	samples, notReady := readiness.finish()
+	samples, notReady := readiness.Finish()
 	t.Logf("controller operations under load: external %d requests, %d failed %v; ClusterIP from a pod %d requests, %d failed; %d readiness samples, %d NotReady",
-		load.total.Load(), load.failed.Load(), load.errs, cipOK+cipFailed, cipFailed, samples, len(notReady))
+		load.Total(), load.Failed(), load.Errors(), cipOK+cipFailed, cipFailed, samples, len(notReady))
 	if len(notReady) > 0 {
 		t.Errorf("echo pods turned NotReady during controller operations (%d samples): %v", len(notReady), notReady[:min(len(notReady), 20)])
 	}
-	if load.failed.Load() > 0 {
-		t.Errorf("%d of %d requests through %s failed: %v", load.failed.Load(), load.total.Load(), extIP, load.errs)
+	if load.Failed() > 0 {
+		t.Errorf("%d of %d requests through %s failed: %v", load.Failed(), load.Total(), extIP, load.Errors())
 	}
 	if cipFailed > 0 {
 		t.Errorf("%d of %d requests to the ClusterIP from a pod failed", cipFailed, cipOK+cipFailed)
 	}
-	if load.total.Load() < 1000 || cipOK < 300 || samples < 100 {
-		t.Errorf("the load or the sampling did not run: %d external, %d ClusterIP requests, %d samples", load.total.Load(), cipOK, samples)
+	if load.Total() < 1000 || cipOK < 300 || samples < 100 {
+		t.Errorf("the load or the sampling did not run: %d external, %d ClusterIP requests, %d samples", load.Total(), cipOK, samples)
 	}
 }

@@ -7,13 +7,9 @@ package tests
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,122 +20,19 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 )
-
-const echoImage = "example.com/echo:1"
-
-// ptNamespace creates a namespace for one test and deletes it afterwards.
-func ptNamespace(t *testing.T, b *Bed, name string) string {
-	t.Helper()
-	// A namespace of an earlier run on a kept test bed may still be going.
-	ptPoll(t, 90*time.Second, "create namespace "+name, func(ctx context.Context) (bool, string) {
-		_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("create namespace %s: %v", name, err)
-		}
-		return err == nil, fmt.Sprint(err)
-	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = b.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
-	})
-	return name
-}
-
-// ptPoll calls cond every 200 ms until it is true or timeout passes; the
-// last error or "not yet" state is in the failure message.
-func ptPoll(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, string)) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	last := ""
-	for {
-		ok, state := cond(ctx)
-		if ok {
-			return
-		}
-		last = state
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: not within %s; last: %s", what, timeout, last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// ptGet does GET url from the host with a short timeout.
-func ptGet(url string) (int, string, error) {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
-}
-
-func ptCondition(p *corev1.Pod, typ corev1.PodConditionType) corev1.ConditionStatus {
-	for _, c := range p.Status.Conditions {
-		if c.Type == typ {
-			return c.Status
-		}
-	}
-	return ""
-}
-
-func ptReady(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodRunning && ptCondition(p, corev1.PodReady) == corev1.ConditionTrue && p.DeletionTimestamp == nil
-}
-
-// ptEchoContainer runs the echo image (e2e/echo) on 8080/TCP and 9090/UDP.
-func ptEchoContainer() corev1.Container {
-	return corev1.Container{
-		Name:  "echo",
-		Image: echoImage,
-		Ports: []corev1.ContainerPort{
-			{Name: "http", ContainerPort: 8080},
-			{Name: "udp", ContainerPort: 9090, Protocol: corev1.ProtocolUDP},
-		},
-		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
-			PeriodSeconds: 1,
-		},
-	}
-}
-
-// ptENI returns the index of the ENI whose pod range holds ip on node, or -1.
-func ptENI(topo *testbed.Topology, node, ip string) int {
-	n, ok := topo.Node(node)
-	if !ok {
-		return -1
-	}
-	a, err := netip.ParseAddr(ip)
-	if err != nil {
-		return -1
-	}
-	for i, e := range n.ENIs {
-		if e.PodRange.Contains(a) {
-			return i
-		}
-	}
-	return -1
-}
 
 // ptSandboxLeft reports what is left of a pod's sandbox on its node: its
 // pod cgroup (under the kubelet's cgroupRoot) and the host route
@@ -169,68 +62,6 @@ func ptSandboxLeft(topo *testbed.Topology, node string, uid types.UID, ip string
 	return left
 }
 
-func ptSlicesOf(ctx context.Context, b *Bed, ns, svc string) ([]discoveryv1.EndpointSlice, error) {
-	l, err := b.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
-	if err != nil {
-		return nil, err
-	}
-	return l.Items, nil
-}
-
-// ptEndpoints maps each address of the Service's EndpointSlices to its
-// ready condition.
-func ptEndpoints(ctx context.Context, b *Bed, ns, svc string) (map[string]bool, error) {
-	slices, err := ptSlicesOf(ctx, b, ns, svc)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]bool{}
-	for _, s := range slices {
-		for _, e := range s.Endpoints {
-			for _, a := range e.Addresses {
-				out[a] = e.Conditions.Ready != nil && *e.Conditions.Ready
-			}
-		}
-	}
-	return out, nil
-}
-
-func ptService(ns, name string, selector map[string]string) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.ServiceSpec{
-			Selector: selector,
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
-		},
-	}
-}
-
-func ptCreatePod(t *testing.T, b *Bed, pod *corev1.Pod) *corev1.Pod {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	p, err := b.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create pod %s: %v", pod.Name, err)
-	}
-	return p
-}
-
-// ptWaitPod waits until cond holds for the pod and returns it.
-func ptWaitPod(t *testing.T, b *Bed, ns, name string, timeout time.Duration, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
-	t.Helper()
-	var got *corev1.Pod
-	ptPoll(t, timeout, fmt.Sprintf("pod %s/%s %s", ns, name, what), func(ctx context.Context) (bool, string) {
-		p, err := b.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		got = p
-		return cond(p), fmt.Sprintf("phase %s, conditions %v", p.Status.Phase, p.Status.Conditions)
-	})
-	return got
-}
-
 // A 3-replica Deployment behind a ClusterIP Service: the pods run and get
 // Ready spread over the nodes with addresses from both ENIs' pod ranges, each
 // answers its own name on its VPC address, the EndpointSlice lists them
@@ -240,32 +71,16 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	if len(b.Topology.Nodes) < 3 {
 		t.Skipf("needs 3 nodes, the test bed has %d", len(b.Topology.Nodes))
 	}
-	ns := ptNamespace(t, b, "e2e-pods-deploy")
+	ns := framework.Namespace(t, b, "e2e-pods-deploy")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	labels := map[string]string{"app": "echo"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(int32(3)),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{ptEchoContainer()},
-					TerminationGracePeriodSeconds: ptr.To(int64(5)),
-					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
-						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule,
-						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
-					}},
-				},
-			},
-		},
-	}
+	dep := framework.EchoDeployment(ns, 3, labels, nil)
+	dep.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(5))
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, ptService(ns, "echo", labels), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.Service(ns, "echo", labels), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
 
@@ -277,15 +92,15 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		var ready []corev1.Pod
 		var states []string
 		for _, p := range l.Items {
-			states = append(states, fmt.Sprintf("%s %s ready=%s ip=%s", p.Name, p.Status.Phase, ptCondition(&p, corev1.PodReady), p.Status.PodIP))
-			if ptReady(&p) {
+			states = append(states, fmt.Sprintf("%s %s ready=%s ip=%s", p.Name, p.Status.Phase, framework.Condition(&p, corev1.PodReady), p.Status.PodIP))
+			if framework.Ready(&p) {
 				ready = append(ready, p)
 			}
 		}
 		return ready, strings.Join(states, "; ")
 	}
 	var pods []corev1.Pod
-	ptPoll(t, 90*time.Second, "3 pods Running and Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "3 pods Running and Ready", func(ctx context.Context) (bool, string) {
 		var state string
 		pods, state = readyPods(ctx)
 		return len(pods) == 3, state
@@ -295,7 +110,7 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	enis := map[int]bool{}
 	for _, p := range pods {
 		nodes[p.Spec.NodeName] = true
-		eni := ptENI(b.Topology, p.Spec.NodeName, p.Status.PodIP)
+		eni := framework.PodENI(b.Topology, p.Spec.NodeName, p.Status.PodIP)
 		if eni < 0 {
 			t.Errorf("pod %s on %s has %s, in none of the node's ENI pod ranges", p.Name, p.Spec.NodeName, p.Status.PodIP)
 		}
@@ -316,19 +131,19 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	var ips []string
 	for _, p := range pods {
 		ips = append(ips, p.Status.PodIP)
-		code, body, err := ptGet("http://" + net.JoinHostPort(p.Status.PodIP, "8080") + "/")
+		code, body, err := framework.HTTPGet("http://" + net.JoinHostPort(p.Status.PodIP, "8080") + "/")
 		if err != nil || code != 200 || body != p.Name+"\n" {
 			t.Errorf("GET %s:8080/ = %d %q %v, want 200 %q", p.Status.PodIP, code, body, err, p.Name+"\n")
 		}
-		if got, err := ptUDP(p.Status.PodIP+":9090", "ping"); err != nil || got != p.Name+"\nping" {
+		if got, err := framework.UDP(p.Status.PodIP+":9090", "ping"); err != nil || got != p.Name+"\nping" {
 			t.Errorf("UDP %s:9090 = %q %v, want %q", p.Status.PodIP, got, err, p.Name+"\nping")
 		}
 	}
 	slices.Sort(ips)
 
 	// The EndpointSlice controller sees the 3 pod addresses as ready.
-	ptPoll(t, 30*time.Second, "EndpointSlice lists the 3 pod IPs ready", func(ctx context.Context) (bool, string) {
-		eps, err := ptEndpoints(ctx, b, ns, "echo")
+	framework.Poll(t, 30*time.Second, "EndpointSlice lists the 3 pod IPs ready", func(ctx context.Context) (bool, string) {
+		eps, err := framework.Endpoints(ctx, b, ns, "echo")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -347,7 +162,7 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete pod %s: %v", victim.Name, err)
 	}
-	ptPoll(t, 60*time.Second, "deleted pod gone and replaced by a new Ready pod", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "deleted pod gone and replaced by a new Ready pod", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
 		gone := apierrors.IsNotFound(err)
 		ready, state := readyPods(ctx)
@@ -355,11 +170,11 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		return gone && replaced, fmt.Sprintf("old pod gone=%v; %s", gone, state)
 	})
 	// Its cgroup goes (its address may already be the replacement's).
-	ptPoll(t, 15*time.Second, "old pod's cgroup removed", func(context.Context) (bool, string) {
+	framework.Poll(t, 15*time.Second, "old pod's cgroup removed", func(context.Context) (bool, string) {
 		left := ptSandboxLeft(b.Topology, victim.Spec.NodeName, victim.UID, "")
 		return len(left) == 0, strings.Join(left, ", ")
 	})
-	if code, _, err := ptGet("http://" + net.JoinHostPort(victim.Status.PodIP, "8080") + "/"); err == nil {
+	if code, _, err := framework.HTTPGet("http://" + net.JoinHostPort(victim.Status.PodIP, "8080") + "/"); err == nil {
 		// The address may already belong to the replacement on the same node.
 		if now, _ := readyPods(ctx); !slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Status.PodIP == victim.Status.PodIP }) {
 			t.Errorf("deleted pod's address %s still answers (%d)", victim.Status.PodIP, code)
@@ -367,45 +182,25 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	}
 }
 
-func ptUDP(addr, payload string) (string, error) {
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	buf := make([]byte, 1500)
-	for range 3 { // UDP may lose the first datagram while ARP resolves
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		if _, err := c.Write([]byte(payload)); err != nil {
-			return "", err
-		}
-		n, err := c.Read(buf)
-		if err == nil {
-			return string(buf[:n]), nil
-		}
-	}
-	return "", errors.New("no UDP reply")
-}
-
 // A pod with a readiness gate stays not Ready although its containers are
 // ready, until the gate's condition is set True.
 func TestPodReadinessGate(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-gate")
+	ns := framework.Namespace(t, b, "e2e-pods-gate")
 	gate := corev1.PodConditionType("target-health.directlb.io/e2e")
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "gated", Namespace: ns},
 		Spec: corev1.PodSpec{
-			Containers:     []corev1.Container{ptEchoContainer()},
+			Containers:     []corev1.Container{framework.EchoContainer()},
 			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: gate}},
 		},
 	}
-	ptCreatePod(t, b, pod)
-	p := ptWaitPod(t, b, ns, "gated", 60*time.Second, "containers ready", func(p *corev1.Pod) bool {
-		return ptCondition(p, corev1.ContainersReady) == corev1.ConditionTrue
+	framework.CreatePod(t, b, pod)
+	p := framework.WaitPod(t, b, ns, "gated", 60*time.Second, "containers ready", func(p *corev1.Pod) bool {
+		return framework.Condition(p, corev1.ContainersReady) == corev1.ConditionTrue
 	})
-	if ptCondition(p, corev1.PodReady) != corev1.ConditionFalse {
-		t.Fatalf("Ready = %q with the gate condition missing, want False", ptCondition(p, corev1.PodReady))
+	if framework.Condition(p, corev1.PodReady) != corev1.ConditionFalse {
+		t.Fatalf("Ready = %q with the gate condition missing, want False", framework.Condition(p, corev1.PodReady))
 	}
 	// It stays not Ready while nobody sets the gate.
 	time.Sleep(3 * time.Second)
@@ -415,8 +210,8 @@ func TestPodReadinessGate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ptCondition(p, corev1.PodReady) != corev1.ConditionFalse {
-		t.Fatalf("Ready = %q 3 s later without the gate, want False", ptCondition(p, corev1.PodReady))
+	if framework.Condition(p, corev1.PodReady) != corev1.ConditionFalse {
+		t.Fatalf("Ready = %q 3 s later without the gate, want False", framework.Condition(p, corev1.PodReady))
 	}
 
 	// Set the gate False first (Ready stays False), then True.
@@ -432,13 +227,13 @@ func TestPodReadinessGate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ptCondition(p, corev1.PodReady) != corev1.ConditionFalse {
-				t.Fatalf("Ready = %q with the gate False, want False", ptCondition(p, corev1.PodReady))
+			if framework.Condition(p, corev1.PodReady) != corev1.ConditionFalse {
+				t.Fatalf("Ready = %q with the gate False, want False", framework.Condition(p, corev1.PodReady))
 			}
 		}
 	}
-	p = ptWaitPod(t, b, ns, "gated", 30*time.Second, "Ready after the gate is True", ptReady)
-	if ptCondition(p, gate) != corev1.ConditionTrue {
+	p = framework.WaitPod(t, b, ns, "gated", 30*time.Second, "Ready after the gate is True", framework.Ready)
+	if framework.Condition(p, gate) != corev1.ConditionTrue {
 		t.Errorf("the gate condition written by the test was lost: %v", p.Status.Conditions)
 	}
 }
@@ -448,20 +243,20 @@ func TestPodReadinessGate(t *testing.T) {
 // forms: the native sleep action and an exec of sleep.
 func TestPodPreStopKeepsServing(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-prestop")
+	ns := framework.Namespace(t, b, "e2e-pods-prestop")
 	hooks := map[string]*corev1.LifecycleHandler{
 		"sleep-action": {Sleep: &corev1.SleepAction{Seconds: 3}},
 		"exec-sleep":   {Exec: &corev1.ExecAction{Command: []string{"sleep", "3"}}},
 	}
 	for name, hook := range hooks {
 		t.Run(name, func(t *testing.T) {
-			c := ptEchoContainer()
+			c := framework.EchoContainer()
 			c.Lifecycle = &corev1.Lifecycle{PreStop: hook}
-			ptCreatePod(t, b, &corev1.Pod{
+			framework.CreatePod(t, b, &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 				Spec:       corev1.PodSpec{Containers: []corev1.Container{c}, TerminationGracePeriodSeconds: ptr.To(int64(20))},
 			})
-			p := ptWaitPod(t, b, ns, name, 60*time.Second, "Ready", ptReady)
+			p := framework.WaitPod(t, b, ns, name, 60*time.Second, "Ready", framework.Ready)
 			url := "http://" + net.JoinHostPort(p.Status.PodIP, "8080") + "/"
 
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -473,7 +268,7 @@ func TestPodPreStopKeepsServing(t *testing.T) {
 			// Every request in the first 2.5 s (the hook sleeps 3 s) is answered.
 			var answered int
 			for time.Since(start) < 2500*time.Millisecond {
-				code, body, err := ptGet(url)
+				code, body, err := framework.HTTPGet(url)
 				if err != nil || code != 200 || body != name+"\n" {
 					t.Fatalf("%.1fs after deletion started: GET = %d %q %v, want 200 %q", time.Since(start).Seconds(), code, body, err, name+"\n")
 				}
@@ -482,15 +277,15 @@ func TestPodPreStopKeepsServing(t *testing.T) {
 			}
 			// After the hook, SIGTERM: the echo server stops, well before the grace period ends.
 			var stoppedAfter time.Duration
-			ptPoll(t, 12*time.Second, "pod stops answering after its preStop hook", func(context.Context) (bool, string) {
-				_, _, err := ptGet(url)
+			framework.Poll(t, 12*time.Second, "pod stops answering after its preStop hook", func(context.Context) (bool, string) {
+				_, _, err := framework.HTTPGet(url)
 				stoppedAfter = time.Since(start)
 				return err != nil, "still answering"
 			})
 			if stoppedAfter < 3*time.Second {
 				t.Errorf("stopped answering %s after deletion started, before the 3 s preStop hook ended", stoppedAfter)
 			}
-			ptPoll(t, 15*time.Second, "pod deleted from the apiserver", func(ctx context.Context) (bool, string) {
+			framework.Poll(t, 15*time.Second, "pod deleted from the apiserver", func(ctx context.Context) (bool, string) {
 				_, err := b.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 				return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 			})
@@ -507,21 +302,21 @@ func TestPodPreStopKeepsServing(t *testing.T) {
 // (plus the kubelet's 2 s minimum after SIGTERM).
 func TestPodGracePeriodBoundsPreStop(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-grace")
-	c := ptEchoContainer()
+	ns := framework.Namespace(t, b, "e2e-pods-grace")
+	c := framework.EchoContainer()
 	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "sleep 60"}}}}
-	ptCreatePod(t, b, &corev1.Pod{
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "slow", Namespace: ns},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{c}, TerminationGracePeriodSeconds: ptr.To(int64(3))},
 	})
-	ptWaitPod(t, b, ns, "slow", 60*time.Second, "Ready", ptReady)
+	framework.WaitPod(t, b, ns, "slow", 60*time.Second, "Ready", framework.Ready)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	start := time.Now()
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "slow", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	ptPoll(t, 20*time.Second, "pod deleted", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "pod deleted", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "slow", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 	})
@@ -536,38 +331,38 @@ func TestPodGracePeriodBoundsPreStop(t *testing.T) {
 // when it fails again (failureThreshold times) it turns not-ready again.
 func TestPodFailingReadinessProbe(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-probe")
+	ns := framework.Namespace(t, b, "e2e-pods-probe")
 	labels := map[string]string{"app": "sick"}
-	c := ptEchoContainer()
+	c := framework.EchoContainer()
 	c.ReadinessProbe.FailureThreshold = 2
 	c.Env = []corev1.EnvVar{{Name: "ECHO_HEALTH_STATUS", Value: "500"}}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, ptService(ns, "sick", labels), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.Service(ns, "sick", labels), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
-	ptCreatePod(t, b, &corev1.Pod{
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sick", Namespace: ns, Labels: labels},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{c}},
 	})
-	p := ptWaitPod(t, b, ns, "sick", 60*time.Second, "Running with an address", func(p *corev1.Pod) bool {
+	p := framework.WaitPod(t, b, ns, "sick", 60*time.Second, "Running with an address", func(p *corev1.Pod) bool {
 		return p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
 	})
 	ip := p.Status.PodIP
 	base := "http://" + net.JoinHostPort(ip, "8080")
 	// The server is up (it answers /), but /healthz says 500.
-	ptPoll(t, 20*time.Second, "pod answers /", func(context.Context) (bool, string) {
-		code, body, err := ptGet(base + "/")
+	framework.Poll(t, 20*time.Second, "pod answers /", func(context.Context) (bool, string) {
+		code, body, err := framework.HTTPGet(base + "/")
 		return err == nil && code == 200 && body == "sick\n", fmt.Sprintf("%d %q %v", code, body, err)
 	})
-	if code, _, err := ptGet(base + "/healthz"); err != nil || code != 500 {
+	if code, _, err := framework.HTTPGet(base + "/healthz"); err != nil || code != 500 {
 		t.Fatalf("GET /healthz = %d %v, want 500 (ECHO_HEALTH_STATUS)", code, err)
 	}
 	time.Sleep(3 * time.Second) // three probe periods, all failing
 	notReady := func(what string) {
 		t.Helper()
-		ptPoll(t, 30*time.Second, "EndpointSlice lists the pod not ready "+what, func(ctx context.Context) (bool, string) {
-			eps, err := ptEndpoints(ctx, b, ns, "sick")
+		framework.Poll(t, 30*time.Second, "EndpointSlice lists the pod not ready "+what, func(ctx context.Context) (bool, string) {
+			eps, err := framework.Endpoints(ctx, b, ns, "sick")
 			if err != nil {
 				return false, err.Error()
 			}
@@ -578,7 +373,7 @@ func TestPodFailingReadinessProbe(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ptCondition(p, corev1.PodReady) != corev1.ConditionFalse || ptCondition(p, corev1.ContainersReady) != corev1.ConditionFalse {
+		if framework.Condition(p, corev1.PodReady) != corev1.ConditionFalse || framework.Condition(p, corev1.ContainersReady) != corev1.ConditionFalse {
 			t.Errorf("%s: conditions %v, want ContainersReady and Ready False", what, p.Status.Conditions)
 		}
 		if len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].Ready || p.Status.ContainerStatuses[0].State.Running == nil {
@@ -588,20 +383,20 @@ func TestPodFailingReadinessProbe(t *testing.T) {
 	notReady("while /healthz fails from the start")
 
 	// Make it healthy through the echo server's control: it turns ready.
-	if code, _, err := ptGet(base + "/control/health?status=200"); err != nil || code != 200 {
+	if code, _, err := framework.HTTPGet(base + "/control/health?status=200"); err != nil || code != 200 {
 		t.Fatalf("set health 200: %d %v", code, err)
 	}
-	ptPoll(t, 30*time.Second, "EndpointSlice lists the pod ready", func(ctx context.Context) (bool, string) {
-		eps, err := ptEndpoints(ctx, b, ns, "sick")
+	framework.Poll(t, 30*time.Second, "EndpointSlice lists the pod ready", func(ctx context.Context) (bool, string) {
+		eps, err := framework.Endpoints(ctx, b, ns, "sick")
 		if err != nil {
 			return false, err.Error()
 		}
 		return eps[ip], fmt.Sprintf("%v", eps)
 	})
-	ptWaitPod(t, b, ns, "sick", 10*time.Second, "Ready", ptReady)
+	framework.WaitPod(t, b, ns, "sick", 10*time.Second, "Ready", framework.Ready)
 
 	// And failing again takes it out.
-	if code, _, err := ptGet(base + "/control/health?status=503"); err != nil || code != 200 {
+	if code, _, err := framework.HTTPGet(base + "/control/health?status=503"); err != nil || code != 200 {
 		t.Fatalf("set health 503: %d %v", code, err)
 	}
 	notReady("after /healthz starts failing")
@@ -609,7 +404,7 @@ func TestPodFailingReadinessProbe(t *testing.T) {
 
 // ptRestartKubelet kills node's kubelet with SIGKILL (a crash), runs
 // during() while it is down, and starts it again as the bed started it.
-func ptRestartKubelet(t *testing.T, b *Bed, node string, during func()) {
+func ptRestartKubelet(t *testing.T, b *framework.Bed, node string, during func()) {
 	t.Helper()
 	name := "kubelet-" + node
 	if err := testbed.Kill(b.Topology.StateDir, name); err != nil {
@@ -629,11 +424,11 @@ func ptRestartKubelet(t *testing.T, b *Bed, node string, during func()) {
 func TestKubeletRestartAdoptsPods(t *testing.T) {
 	b := requireBed(t)
 	node := b.Topology.Nodes[0].Name
-	ns := ptNamespace(t, b, "e2e-pods-restart")
+	ns := framework.Namespace(t, b, "e2e-pods-restart")
 	mk := func(name string) *corev1.Pod {
-		return ptCreatePod(t, b, &corev1.Pod{
+		return framework.CreatePod(t, b, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{ptEchoContainer()}, TerminationGracePeriodSeconds: ptr.To(int64(10))},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{framework.EchoContainer()}, TerminationGracePeriodSeconds: ptr.To(int64(10))},
 		})
 	}
 	pods := map[string]*corev1.Pod{}
@@ -641,7 +436,7 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 		mk(name)
 	}
 	for _, name := range []string{"keep", "forced", "graceful"} {
-		pods[name] = ptWaitPod(t, b, ns, name, 60*time.Second, "Ready", ptReady)
+		pods[name] = framework.WaitPod(t, b, ns, name, 60*time.Second, "Ready", framework.Ready)
 	}
 	keep := pods["keep"]
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -663,7 +458,7 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 
 	for _, name := range []string{"forced", "graceful"} {
 		p := pods[name]
-		ptPoll(t, 30*time.Second, name+" pod gone and its sandbox removed", func(ctx context.Context) (bool, string) {
+		framework.Poll(t, 30*time.Second, name+" pod gone and its sandbox removed", func(ctx context.Context) (bool, string) {
 			_, err := b.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 			left := ptSandboxLeft(b.Topology, node, p.UID, p.Status.PodIP)
 			return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
@@ -671,19 +466,19 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 	}
 	// The running pod was adopted, not restarted.
 	time.Sleep(2 * time.Second)
-	now := ptWaitPod(t, b, ns, "keep", 10*time.Second, "Ready", ptReady)
+	now := framework.WaitPod(t, b, ns, "keep", 10*time.Second, "Ready", framework.Ready)
 	if diff := cmp.Diff(keep.Status.ContainerStatuses[0].ContainerID, now.Status.ContainerStatuses[0].ContainerID); diff != "" || now.Status.ContainerStatuses[0].RestartCount != 0 {
 		t.Errorf("adopted container changed (restarts %d; container ID -before +after):\n%s", now.Status.ContainerStatuses[0].RestartCount, diff)
 	}
 	if now.Status.PodIP != keep.Status.PodIP {
 		t.Errorf("adopted pod's address changed: %s → %s", keep.Status.PodIP, now.Status.PodIP)
 	}
-	if code, body, err := ptGet("http://" + net.JoinHostPort(keep.Status.PodIP, "8080") + "/"); err != nil || code != 200 || body != "keep\n" {
+	if code, body, err := framework.HTTPGet("http://" + net.JoinHostPort(keep.Status.PodIP, "8080") + "/"); err != nil || code != 200 || body != "keep\n" {
 		t.Errorf("adopted pod: GET / = %d %q %v", code, body, err)
 	}
 	// A new pod gets an address nobody holds, and runs.
 	mk("fresh")
-	fresh := ptWaitPod(t, b, ns, "fresh", 60*time.Second, "Ready", ptReady)
+	fresh := framework.WaitPod(t, b, ns, "fresh", 60*time.Second, "Ready", framework.Ready)
 	if fresh.Status.PodIP == keep.Status.PodIP {
 		t.Errorf("new pod got the adopted pod's address %s", fresh.Status.PodIP)
 	}
@@ -691,7 +486,7 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "keep", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete adopted pod: %v", err)
 	}
-	ptPoll(t, 20*time.Second, "adopted pod terminated and deleted", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "adopted pod terminated and deleted", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "keep", metav1.GetOptions{})
 		left := ptSandboxLeft(b.Topology, node, keep.UID, keep.Status.PodIP)
 		return apierrors.IsNotFound(err) && len(left) == 0, fmt.Sprintf("get: %v; left: %v", err, left)
@@ -703,12 +498,12 @@ func TestKubeletRestartAdoptsPods(t *testing.T) {
 // authenticates as the pod's ServiceAccount at the apiserver's VPC address.
 func TestPodServiceAccountToken(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-sa")
-	ptCreatePod(t, b, &corev1.Pod{
+	ns := framework.Namespace(t, b, "e2e-pods-sa")
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: ns},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{ptEchoContainer()}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{framework.EchoContainer()}},
 	})
-	ptWaitPod(t, b, ns, "sa", 60*time.Second, "Ready", ptReady)
+	framework.WaitPod(t, b, ns, "sa", 60*time.Second, "Ready", framework.Ready)
 	const dir = "/var/run/secrets/kubernetes.io/serviceaccount/"
 	token := b.MustKubectl(t, "-n", ns, "exec", "sa", "--", "cat", dir+"token")
 	ca := b.MustKubectl(t, "-n", ns, "exec", "sa", "--", "cat", dir+"ca.crt")
@@ -736,9 +531,9 @@ func TestPodServiceAccountToken(t *testing.T) {
 // network alone.
 func TestPodHostNetwork(t *testing.T) {
 	b := requireBed(t)
-	ns := ptNamespace(t, b, "e2e-pods-hostnet")
+	ns := framework.Namespace(t, b, "e2e-pods-hostnet")
 	node := b.Topology.Nodes[len(b.Topology.Nodes)-1]
-	c := ptEchoContainer()
+	c := framework.EchoContainer()
 	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 18080}}
 	// In the node's namespace the hostname is the node's: the pod's name
 	// comes from the downward API.
@@ -747,16 +542,16 @@ func TestPodHostNetwork(t *testing.T) {
 		{Name: "ECHO_UDP_PORTS", Value: ""},
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 	}
-	ptCreatePod(t, b, &corev1.Pod{
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "hostnet", Namespace: ns},
 		Spec:       corev1.PodSpec{HostNetwork: true, NodeName: node.Name, Containers: []corev1.Container{c}},
 	})
-	p := ptWaitPod(t, b, ns, "hostnet", 60*time.Second, "Ready", ptReady)
+	p := framework.WaitPod(t, b, ns, "hostnet", 60*time.Second, "Ready", framework.Ready)
 	want := node.ENIs[0].Addr.Addr().String()
 	if p.Status.PodIP != want || p.Status.HostIP != want {
 		t.Errorf("hostNetwork pod: podIP %s hostIP %s, want both %s", p.Status.PodIP, p.Status.HostIP, want)
 	}
-	if code, body, err := ptGet("http://" + net.JoinHostPort(want, "18080") + "/"); err != nil || code != 200 || body != "hostnet\n" {
+	if code, body, err := framework.HTTPGet("http://" + net.JoinHostPort(want, "18080") + "/"); err != nil || code != 200 || body != "hostnet\n" {
 		t.Errorf("GET %s:18080/ = %d %q %v", want, code, body, err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -764,14 +559,14 @@ func TestPodHostNetwork(t *testing.T) {
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, "hostnet", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	ptPoll(t, 20*time.Second, "hostNetwork pod deleted", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "hostNetwork pod deleted", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, "hostnet", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
 	if _, err := os.Stat(namedns.Path(node.NetNS)); err != nil {
 		t.Errorf("node namespace after deleting a hostNetwork pod: %v", err)
 	}
-	if code, _, err := ptGet("http://" + net.JoinHostPort(want, "18080") + "/"); err == nil {
+	if code, _, err := framework.HTTPGet("http://" + net.JoinHostPort(want, "18080") + "/"); err == nil {
 		t.Errorf("deleted hostNetwork pod still answers (%d)", code)
 	}
 }

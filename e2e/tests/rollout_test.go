@@ -7,15 +7,11 @@ package tests
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sort"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/pkg/cloud"
 	"github.com/directlb/directlb/pkg/service"
 )
@@ -39,92 +36,6 @@ const (
 	roReplicas      = 10
 )
 
-// roLoad is a bounded open-loop load generator: rate requests per second
-// until stop or maxDur, and at most rate×maxDur requests. An answer counts
-// only if it is a 200 whose body starts with prefix (a pod name).
-type roLoad struct {
-	prefix        string
-	total, failed atomic.Int64
-	mu            sync.Mutex
-	errs          map[string]int
-}
-
-func (l *roLoad) run(ctx context.Context, url string, rate int, keepAlive bool, maxDur time.Duration, wg *sync.WaitGroup) {
-	defer wg.Done()
-	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 16, MaxConnsPerHost: 16, IdleConnTimeout: 30 * time.Second}
-	if !keepAlive {
-		tr.MaxConnsPerHost = 0
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 3 * time.Second}
-	ctx, cancel := context.WithTimeout(ctx, maxDur)
-	defer cancel()
-	limit := int64(rate) * int64(maxDur/time.Second)
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	sem := make(chan struct{}, 256)
-	var inflight sync.WaitGroup
-	defer inflight.Wait()
-	for sent := int64(0); sent < limit; sent++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-sem }()
-			err := roGet(client, url, l.prefix)
-			l.total.Add(1)
-			if err != nil {
-				l.failed.Add(1)
-				l.mu.Lock()
-				kind := "new-conn"
-				if keepAlive {
-					kind = "keep-alive"
-				}
-				l.errs[kind+": "+roErrClass(err)]++
-				l.mu.Unlock()
-			}
-		}()
-	}
-}
-
-func roGet(c *http.Client, url, prefix string) error {
-	resp, err := c.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), prefix) {
-		return fmt.Errorf("status %d body %q", resp.StatusCode, body)
-	}
-	return nil
-}
-
-func roErrClass(err error) string {
-	s := err.Error()
-	for _, k := range []string{"connection refused", "connection reset", "EOF", "timeout", "deadline", "status"} {
-		if strings.Contains(s, k) {
-			return k
-		}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return "deadline"
-	}
-	return s
-}
-
 // roTimes records, per pod, when the test saw its containers ready, its
 // gate True, its deletion and its disappearance.
 type roTimes struct {
@@ -135,7 +46,7 @@ type roTimes struct {
 
 // watch follows the namespace's pods until ctx ends, watching again when
 // the apiserver ends a watch.
-func (r *roTimes) watch(ctx context.Context, t *testing.T, b *Bed, ns, svc string) {
+func (r *roTimes) watch(ctx context.Context, t *testing.T, b *framework.Bed, ns, svc string) {
 	go func() {
 		rv := ""
 		for ctx.Err() == nil {
@@ -187,10 +98,10 @@ func (r *roTimes) observe(p *corev1.Pod, deleted bool, svc string) {
 			m[p.UID] = now
 		}
 	}
-	if ptCondition(p, corev1.ContainersReady) == corev1.ConditionTrue {
+	if framework.Condition(p, corev1.ContainersReady) == corev1.ConditionTrue {
 		first(r.containersReady)
 	}
-	if s, _ := rgGate(p, svc); s == corev1.ConditionTrue {
+	if s, _ := framework.Gate(p, svc); s == corev1.ConditionTrue {
 		first(r.gateTrue)
 	}
 	if p.DeletionTimestamp != nil {
@@ -233,20 +144,20 @@ type roResult struct {
 // roRollout sets up a 10-replica direct-access Deployment behind a load
 // balancer, rolls it (maxSurge 1, maxUnavailable 0) under load and returns
 // what the load generator saw.
-func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
+func roRollout(t *testing.T, b *framework.Bed, ns string, gates bool) roResult {
 	ctx := t.Context()
 	labels := map[string]string{"app": "web"}
 	extra := map[string]string{}
 	if !gates {
 		extra[service.AnnotationReadinessGate] = "false"
 	}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, "web", labels, extra), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, "web", labels, extra), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if gates {
-		rgWaitWebhook(t, b, ns, "web", labels)
+		framework.WaitWebhook(t, b, ns, "web", labels)
 	}
-	ctr := ptEchoContainer()
+	ctr := framework.EchoContainer()
 	ctr.Env = []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
@@ -268,22 +179,12 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var lbIP string
-	ptPoll(t, 30*time.Second, "EXTERNAL-IP", func(ctx context.Context) (bool, string) {
-		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		if ing := s.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			lbIP = ing[0].IP
-		}
-		return lbIP != "", fmt.Sprintf("status %+v", s.Status)
-	})
-	lc := lbtCloud(t, b)
+	lbIP := framework.WaitExternalIP(t, b, ns, "web", 30*time.Second)
+	lc := framework.Cloud(t, b)
 	roSettled(t, b, lc, ns, 4*time.Minute)
 	url := "http://" + lbIP + ":80/"
 	for i := range 50 {
-		if err := roGet(&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url, "web-"); err != nil {
+		if err := framework.CheckGet(&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url, "web-"); err != nil {
 			t.Fatalf("before the rollout, request %d through %s failed: %v", i, url, err)
 		}
 	}
@@ -293,13 +194,13 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 	defer wcancel()
 	times.watch(wctx, t, b, ns, "web")
 
-	load := &roLoad{prefix: "web-", errs: map[string]int{}}
+	load := framework.NewLoad("web-")
 	lctx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go load.run(lctx, url, roNewConnRate, false, roMaxLoad, &wg)
-	go load.run(lctx, url, roKeepAliveRate, true, roMaxLoad, &wg)
+	go load.Run(lctx, url, roNewConnRate, false, roMaxLoad, &wg)
+	go load.Run(lctx, url, roKeepAliveRate, true, roMaxLoad, &wg)
 	time.Sleep(3 * time.Second)
 
 	begin := time.Now()
@@ -307,7 +208,7 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 	if _, err := b.Client.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 8*time.Minute, "rollout complete, old pods gone", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 8*time.Minute, "rollout complete, old pods gone", func(ctx context.Context) (bool, string) {
 		d, err := b.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -328,7 +229,7 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 
 	times.mu.Lock()
 	res := roResult{
-		total: load.total.Load(), failed: load.failed.Load(), errs: load.errs, duration: took,
+		total: load.Total(), failed: load.Failed(), errs: load.Errors(), duration: took,
 		readyToGate:  roPairs(times.containersReady, times.gateTrue, begin),
 		deleteToGone: roPairs(times.del, times.gone, begin),
 	}
@@ -342,9 +243,9 @@ func roRollout(t *testing.T, b *Bed, ns string, gates bool) roResult {
 
 // roSettled waits until the Deployment's pods are all Ready and every one
 // is a healthy target.
-func roSettled(t *testing.T, b *Bed, lc cloud.LoadBalancers, ns string, timeout time.Duration) {
+func roSettled(t *testing.T, b *framework.Bed, lc cloud.LoadBalancers, ns string, timeout time.Duration) {
 	t.Helper()
-	ptPoll(t, timeout, fmt.Sprintf("%d pods Ready and healthy targets", roReplicas), func(ctx context.Context) (bool, string) {
+	framework.Poll(t, timeout, fmt.Sprintf("%d pods Ready and healthy targets", roReplicas), func(ctx context.Context) (bool, string) {
 		pods, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 		if err != nil {
 			return false, err.Error()
@@ -352,12 +253,12 @@ func roSettled(t *testing.T, b *Bed, lc cloud.LoadBalancers, ns string, timeout 
 		ready := 0
 		ips := map[string]bool{}
 		for i := range pods.Items {
-			if ptReady(&pods.Items[i]) {
+			if framework.Ready(&pods.Items[i]) {
 				ready++
 				ips[pods.Items[i].Status.PodIP] = true
 			}
 		}
-		tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: rgCluster, cloud.TagService: ns + "/web"})
+		tgs, err := lc.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: framework.GateCluster, cloud.TagService: ns + "/web"})
 		if err != nil || len(tgs) != 1 {
 			return false, fmt.Sprintf("ready %d, target groups %d %v", ready, len(tgs), err)
 		}
@@ -388,13 +289,10 @@ func roReport(t *testing.T, name string, r roResult) {
 
 // TestRolloutZeroLoss: readiness gates and drain on — 0 failed requests.
 func TestRolloutZeroLoss(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-rollout")
-	rgController(t, b, ns)
-	rgDeleteServices(t, b, ns)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-rollout")
+	framework.StartGateController(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 	r := roRollout(t, b, ns, true)
 	roReport(t, "gates+drain", r)
 	if r.failed != 0 {
@@ -409,13 +307,10 @@ func TestRolloutZeroLoss(t *testing.T) {
 // (service.directlb.io/readiness-gate: "false") must lose requests, or the
 // zero above would prove nothing.
 func TestRolloutOptedOutLoses(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
-	ns := ptNamespace(t, b, "e2e-rollout-off")
-	rgController(t, b, ns)
-	rgDeleteServices(t, b, ns)
+	b := requireCloud(t)
+	ns := framework.Namespace(t, b, "e2e-rollout-off")
+	framework.StartGateController(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 	r := roRollout(t, b, ns, false)
 	roReport(t, "opted out", r)
 	if r.failed == 0 {

@@ -3,7 +3,6 @@ package tests
 import (
 	"context"
 	"fmt"
-	"github.com/google/go-cmp/cmp"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/vishvananda/netlink"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -112,10 +113,7 @@ func TestAPIServerFromNode(t *testing.T) {
 // the VPC like every pod) the API answers and /admin is not there, nor is
 // the admin listener.
 func TestLocalcloudAdminNotOnTheVPC(t *testing.T) {
-	b := requireBed(t)
-	if b.Topology.LocalcloudURL == "" {
-		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
-	}
+	b := requireCloud(t)
 	get := func(ns, url string) (int, error) {
 		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: namedns.Dialer(ns)}}
 		resp, err := c.Get(url)

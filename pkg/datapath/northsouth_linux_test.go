@@ -38,41 +38,13 @@ type nsNet struct {
 	remAddr             netip.Addr
 }
 
-func nsIPNet(p string) *net.IPNet {
-	pp := netip.MustParsePrefix(p)
-	return &net.IPNet{IP: pp.Addr().AsSlice(), Mask: net.CIDRMask(pp.Bits(), 32)}
-}
-
+// nsWire adds a veth, name in a's namespace and peer in bNS's (b), with
+// the addresses aAddr and bAddr.
 func nsWire(t *testing.T, a *netlink.Handle, name string, b *netlink.Handle, bNS, peer, aAddr, bAddr string) (netlink.Link, netlink.Link) {
 	t.Helper()
-	bns, err := namedns.Open(bNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bns.Close()
-	if err := a.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer, PeerNamespace: netlink.NsFd(int(bns))}); err != nil {
-		t.Fatalf("veth %s/%s: %v", name, peer, err)
-	}
-	la, err := a.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := b.LinkByName(peer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range []struct {
-		h    *netlink.Handle
-		l    netlink.Link
-		addr string
-	}{{a, la, aAddr}, {b, lb, bAddr}} {
-		if err := x.h.AddrAdd(x.l, &netlink.Addr{IPNet: nsIPNet(x.addr)}); err != nil {
-			t.Fatalf("address %s: %v", x.addr, err)
-		}
-		if err := x.h.LinkSetUp(x.l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	la, lb := netnstest.Veth(t, a, name, b, bNS, peer)
+	netnstest.AddAddr(t, a, la, aAddr)
+	netnstest.AddAddr(t, b, lb, bAddr)
 	return la, lb
 }
 

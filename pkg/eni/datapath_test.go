@@ -34,41 +34,6 @@ func sysctls(t *testing.T, ns string, kv map[string]string) {
 	}
 }
 
-// wire adds a veth: name in a's namespace, peer in b's, both up.
-func wire(t *testing.T, a *netlink.Handle, name string, b *netlink.Handle, bName, peer string) (netlink.Link, netlink.Link) {
-	t.Helper()
-	bns, err := namedns.Open(bName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bns.Close()
-	if err := a.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer, PeerNamespace: netlink.NsFd(int(bns))}); err != nil {
-		t.Fatalf("veth %s/%s: %v", name, peer, err)
-	}
-	la, err := a.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := b.LinkByName(peer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.LinkSetUp(la); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.LinkSetUp(lb); err != nil {
-		t.Fatal(err)
-	}
-	return la, lb
-}
-
-func addAddr(t *testing.T, h *netlink.Handle, l netlink.Link, p string) {
-	t.Helper()
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(p))}); err != nil {
-		t.Fatalf("address %s: %v", p, err)
-	}
-}
-
 // TestSourceDestCheckPrivileged builds a small VPC of its own: a bridge
 // with a source/destination check (nftables, bridge family: a frame's IPv4
 // source must be owned by the port it enters on), a client, and a node with
@@ -143,14 +108,14 @@ func newSrcDstVPC(t *testing.T) *srcDstVPC {
 	if err := vpc.LinkSetUp(brl); err != nil {
 		t.Fatal(err)
 	}
-	addAddr(t, vpc, brl, "10.210.0.1/16")
+	netnstest.AddAddr(t, vpc, brl, "10.210.0.1/16")
 	sysctls(t, v.nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0"})
 	port := func(peerH *netlink.Handle, peerNS, dev, vpcPort, addr string) netlink.Link {
-		vp, l := wire(t, vpc, vpcPort, peerH, peerNS, dev)
+		vp, l := netnstest.Veth(t, vpc, vpcPort, peerH, peerNS, dev)
 		if err := vpc.LinkSetMaster(vp, brl); err != nil {
 			t.Fatal(err)
 		}
-		addAddr(t, peerH, l, addr)
+		netnstest.AddAddr(t, peerH, l, addr)
 		return l
 	}
 	// eth0 first: without policy routing the node's /16 goes out eth0.
@@ -174,8 +139,8 @@ func newSrcDstVPC(t *testing.T) *srcDstVPC {
 func (v *srcDstVPC) addPod(eth1 netlink.Link) {
 	t := v.t
 	pod := netnstest.New(t, v.podNS)
-	hostVeth, podEth := wire(t, v.node, "dlbp0", pod, v.podNS, "eth0")
-	addAddr(t, pod, podEth, "10.210.1.130/32")
+	hostVeth, podEth := netnstest.Veth(t, v.node, "dlbp0", pod, v.podNS, "eth0")
+	netnstest.AddAddr(t, pod, podEth, "10.210.1.130/32")
 	gw := net.ParseIP("169.254.1.1")
 	if err := pod.NeighSet(&netlink.Neigh{LinkIndex: podEth.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostVeth.Attrs().HardwareAddr}); err != nil {
 		t.Fatal(err)

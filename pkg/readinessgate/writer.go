@@ -103,9 +103,7 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		return ctrl.Result{}, fmt.Errorf("list gated pods of %s: %w", req.NamespacedName, err)
 	}
 	if len(pods.Items) == 0 {
-		w.setPending(req.NamespacedName, 0)
-		w.setGroups(req.NamespacedName, 0)
-		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
+		w.forgetService(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	svc := &corev1.Service{}
@@ -115,90 +113,129 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	gateType := service.ReadinessGateType(req.Name)
 	if err != nil || !service.Wanted(svc, w.Classes) || svc.Annotations[service.AnnotationReadinessGate] == "false" {
-		// No load balancer will ever report on these pods: let them go.
-		v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
-			Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
-		for i := range pods.Items {
-			if _, err := w.Write(ctx, &pods.Items[i], gateType, v); err != nil {
+		return ctrl.Result{}, w.release(ctx, req.NamespacedName, svc, pods.Items, gateType)
+	}
+	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
+		return w.awaitTargetGroups(ctx, req.NamespacedName, svc, pods.Items, gateType)
+	}
+	return w.writeGates(ctx, req.NamespacedName, svc, pods.Items, gateType)
+}
+
+// forgetService drops what the writer keeps for a Service with no gated pods
+// left (or whose gates it released).
+func (w *Writer) forgetService(key types.NamespacedName) {
+	w.setPending(key, 0)
+	w.setGroups(key, 0)
+	unhealthyReady.DeleteLabelValues(key.Namespace, key.Name)
+}
+
+// release sets every gate True: no load balancer will ever report on these
+// pods (the Service is gone, no longer direct-access, or opted out).
+func (w *Writer) release(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) error {
+	v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
+		Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
+	for i := range pods {
+		if _, err := w.Write(ctx, &pods[i], gateType, v); err != nil {
+			return err
+		}
+	}
+	if err := w.clearHealth(ctx, svc); err != nil {
+		return err
+	}
+	w.forgetService(key)
+	return nil
+}
+
+// awaitTargetGroups handles a Service whose target groups are not known
+// yet: a new leader before its first deploy pass, or a Service not
+// deployed yet. Unknown is not False: no False gate is written until they
+// are. The fail-open rule still holds (a cloud outage at a failover must
+// not block rollouts for ever).
+func (w *Writer) awaitTargetGroups(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) (ctrl.Result, error) {
+	for i := range pods {
+		pod := &pods[i]
+		w.checkGrace(pod, svc)
+		if v, _ := w.decide(pod, gateType, nil); v.True() && pod.DeletionTimestamp == nil {
+			if _, err := w.Write(ctx, pod, gateType, v); err != nil {
 				return ctrl.Result{}, err
 			}
 		}
-		if err := w.clearHealth(ctx, svc); err != nil {
-			return ctrl.Result{}, err
-		}
-		w.setPending(req.NamespacedName, 0)
-		w.setGroups(req.NamespacedName, 0)
-		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
-		return ctrl.Result{}, nil
 	}
+	// No cloud call here; the registry wakes the writer when they are
+	// known (Options.Wake), the backed-off look is the fallback.
+	return ctrl.Result{RequeueAfter: w.nextPending(key, false)}, nil
+}
 
-	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
-		// The Service's target groups are not known yet: a new leader
-		// before its first deploy pass, or a Service not deployed yet.
-		// Unknown is not False: no False gate is written until they are.
-		// The fail-open rule still holds (a cloud outage at a failover must
-		// not block rollouts for ever).
-		for i := range pods.Items {
-			pod := &pods.Items[i]
-			w.checkGrace(pod, svc)
-			if v, _ := w.decide(pod, gateType, nil); v.True() && pod.DeletionTimestamp == nil {
-				if _, err := w.Write(ctx, pod, gateType, v); err != nil {
-					return ctrl.Result{}, err
-				}
-			}
-		}
-		// No cloud call here; the registry wakes the writer when they are
-		// known (Options.Wake), the backed-off look is the fallback.
-		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, false)}, nil
-	}
-	// Something pending needs a fresh read; with every gate latched True,
-	// nothing draining and no regression reported, the read is only the
-	// slow regression check, and a result that young serves (usually the
-	// target reconciler's own refresh: no call of its own).
-	check := w.setGroups(req.NamespacedName, len(w.TargetGroups.Get(req.NamespacedName)))
-	watch := w.watching(svc, pods.Items, gateType)
-	maxAge := time.Duration(0)
-	if !watch {
-		maxAge = check
-		if maxAge == 0 {
-			maxAge = regressionOffMaxAge
-		}
-	}
-	groups, err := w.health(ctx, req.NamespacedName, maxAge)
+// gatePass is what one pass over a Service's gated pods found.
+type gatePass struct {
+	pending   bool     // a live pod's gate is not True yet
+	changed   bool     // a gate was written
+	regressed []string // Ready pods with unhealthy targets, with what the load balancer says
+}
+
+// writeGates reads the Service's target health, writes every gate that
+// differs, reports regressions on the Service and picks when to look
+// again.
+func (w *Writer) writeGates(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) (ctrl.Result, error) {
+	check := w.setGroups(key, len(w.TargetGroups.Get(key)))
+	groups, err := w.health(ctx, key, w.maxAge(svc, pods, gateType, check))
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	pendingAny, changed := false, false
-	var regressed []string
-	for i := range pods.Items {
-		pod := &pods.Items[i]
-		w.checkGrace(pod, svc)
-		v, now := w.decide(pod, gateType, groups)
-		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
-			regressed = append(regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
-		}
-		c, err := w.Write(ctx, pod, gateType, v)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
-		changed = changed || c
-		if !v.True() && pod.DeletionTimestamp == nil {
-			pendingAny = true
-		}
-	}
-	if err := w.reportHealth(ctx, svc, regressed); err != nil {
+	pass, err := w.writeAll(ctx, svc, pods, gateType, groups)
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if pendingAny {
-		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	if err := w.reportHealth(ctx, svc, pass.regressed); err != nil {
+		return ctrl.Result{}, err
 	}
-	w.setPending(req.NamespacedName, 0)
-	if len(regressed) > 0 || w.draining(pods.Items) || w.recentlyChanged(req.NamespacedName) {
+	if pass.pending {
+		return ctrl.Result{RequeueAfter: w.nextPending(key, pass.changed)}, nil
+	}
+	w.setPending(key, 0)
+	if len(pass.regressed) > 0 || w.draining(pods) || w.recentlyChanged(key) {
 		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
 	}
 	// Every gate True, nothing draining, no regression: no polling, only
 	// the slow regression check (pod and Service changes still enqueue).
 	return ctrl.Result{RequeueAfter: check}, nil
+}
+
+// maxAge is the age of a target-health result the pass accepts.
+// Something pending needs a fresh read (0); with every gate latched True,
+// nothing draining and no regression reported, the read is only the slow
+// regression check (every check), and a result that young serves
+// (usually the target reconciler's own refresh: no call of its own).
+func (w *Writer) maxAge(svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType, check time.Duration) time.Duration {
+	if w.watching(svc, pods, gateType) {
+		return 0
+	}
+	if check == 0 {
+		return regressionOffMaxAge
+	}
+	return check
+}
+
+// writeAll decides and writes the gate of every pod against groups.
+func (w *Writer) writeAll(ctx context.Context, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType, groups []GroupHealth) (gatePass, error) {
+	var pass gatePass
+	for i := range pods {
+		pod := &pods[i]
+		w.checkGrace(pod, svc)
+		v, now := w.decide(pod, gateType, groups)
+		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
+			pass.regressed = append(pass.regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
+		}
+		c, err := w.Write(ctx, pod, gateType, v)
+		if err != nil {
+			return pass, err
+		}
+		pass.changed = pass.changed || c
+		if !v.True() && pod.DeletionTimestamp == nil {
+			pass.pending = true
+		}
+	}
+	return pass, nil
 }
 
 // setGroups records how many target groups the Service's gates watch and

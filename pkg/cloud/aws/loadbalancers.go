@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 
@@ -143,15 +144,31 @@ func (c *Client) CreateLoadBalancer(ctx context.Context, spec cloud.LoadBalancer
 	if err != nil {
 		return cloud.LoadBalancer{}, fmt.Errorf("create load balancer %s: %w", spec.Name, mapError("CreateLoadBalancer", err))
 	}
-	if len(res.LoadBalancers) != 1 {
-		return cloud.LoadBalancer{}, fmt.Errorf("create load balancer %s: %d load balancers in the answer", spec.Name, len(res.LoadBalancers))
+	one, err := onlyOne(res.LoadBalancers, "load balancers")
+	if err != nil {
+		return cloud.LoadBalancer{}, fmt.Errorf("create load balancer %s: %w", spec.Name, err)
 	}
-	lb := fromSDKLoadBalancer(res.LoadBalancers[0])
-	lb.Tags = cloud.Tags{}
-	for k, v := range spec.Tags {
-		lb.Tags[k] = v
-	}
+	lb := fromSDKLoadBalancer(one)
+	lb.Tags = copyTags(spec.Tags)
 	return lb, nil
+}
+
+// onlyOne returns the one resource a create call answers with, or says
+// how many (what: their plural name) it answered with instead.
+func onlyOne[T any](answer []T, what string) (T, error) {
+	if len(answer) != 1 {
+		var zero T
+		return zero, fmt.Errorf("%d %s in the answer", len(answer), what)
+	}
+	return answer[0], nil
+}
+
+// copyTags is a copy of the tags a create call was given (never nil): the
+// resource carries them, and the answer does not list them.
+func copyTags(tags cloud.Tags) cloud.Tags {
+	out := cloud.Tags{}
+	maps.Copy(out, tags)
+	return out
 }
 
 // ListLoadBalancers implements cloud.LoadBalancers.
@@ -259,18 +276,16 @@ func (c *Client) CreateTargetGroup(ctx context.Context, spec cloud.TargetGroupSp
 	if err != nil {
 		return cloud.TargetGroup{}, fmt.Errorf("create target group %s: %w", spec.Name, mapError("CreateTargetGroup", err))
 	}
-	if len(res.TargetGroups) != 1 {
-		return cloud.TargetGroup{}, fmt.Errorf("create target group %s: %d target groups in the answer", spec.Name, len(res.TargetGroups))
+	one, err := onlyOne(res.TargetGroups, "target groups")
+	if err != nil {
+		return cloud.TargetGroup{}, fmt.Errorf("create target group %s: %w", spec.Name, err)
 	}
-	tg := fromSDKTargetGroup(res.TargetGroups[0])
+	tg := fromSDKTargetGroup(one)
 	if err := c.setDeregistrationDelay(ctx, tg.ARN, spec.DeregistrationDelaySeconds); err != nil {
 		return cloud.TargetGroup{}, fmt.Errorf("create target group %s: %w", spec.Name, err)
 	}
 	tg.DeregistrationDelaySeconds = spec.DeregistrationDelaySeconds
-	tg.Tags = cloud.Tags{}
-	for k, v := range spec.Tags {
-		tg.Tags[k] = v
-	}
+	tg.Tags = copyTags(spec.Tags)
 	return tg, nil
 }
 
@@ -395,14 +410,12 @@ func (c *Client) CreateListener(ctx context.Context, spec cloud.ListenerSpec) (c
 	if err != nil {
 		return cloud.Listener{}, fmt.Errorf("create listener %s/%d on %s: %w", spec.Protocol, spec.Port, spec.LoadBalancerARN, mapError("CreateListener", err))
 	}
-	if len(res.Listeners) != 1 {
-		return cloud.Listener{}, fmt.Errorf("create listener %s/%d on %s: %d listeners in the answer", spec.Protocol, spec.Port, spec.LoadBalancerARN, len(res.Listeners))
+	one, err := onlyOne(res.Listeners, "listeners")
+	if err != nil {
+		return cloud.Listener{}, fmt.Errorf("create listener %s/%d on %s: %w", spec.Protocol, spec.Port, spec.LoadBalancerARN, err)
 	}
-	l := fromSDKListener(res.Listeners[0])
-	l.Tags = cloud.Tags{}
-	for k, v := range spec.Tags {
-		l.Tags[k] = v
-	}
+	l := fromSDKListener(one)
+	l.Tags = copyTags(spec.Tags)
 	return l, nil
 }
 
