@@ -31,8 +31,9 @@ type Agent struct {
 type Agents struct {
 	t     *testing.T
 	b     *Bed
-	List  []*Agent
-	extra []string // more node-agent flags
+	List []*Agent
+	// Extra are more node-agent flags, used by every later Start.
+	Extra []string
 }
 
 // StartAgents starts a node-agent on every node (with the extra flags)
@@ -40,9 +41,16 @@ type Agents struct {
 // stopped and cleaned up (node-agent --cleanup).
 func StartAgents(t *testing.T, b *Bed, extra ...string) *Agents {
 	t.Helper()
-	as := &Agents{t: t, b: b, extra: extra}
+	return StartAgentsOn(t, b, b.Topology.Nodes, extra...)
+}
+
+// StartAgentsOn is StartAgents on the given nodes only (the others keep
+// whatever datapath they have, kube-proxy say).
+func StartAgentsOn(t *testing.T, b *Bed, nodes []testbed.Node, extra ...string) *Agents {
+	t.Helper()
+	as := &Agents{t: t, b: b, Extra: extra}
 	logDir := t.TempDir()
-	for _, n := range b.Topology.Nodes {
+	for _, n := range nodes {
 		a := &Agent{Node: n, BPFRoot: filepath.Join(testbed.BPFPinPrefix, n.Name), log: filepath.Join(logDir, "node-agent-"+n.Name+".log")}
 		as.List = append(as.List, a)
 		as.Start(a)
@@ -82,7 +90,7 @@ func (as *Agents) Start(a *Agent) {
 		"--metrics-bind-address=" + healthz + ":10249",
 		"--healthz-bind-address=" + healthz + ":10256",
 	}
-	args = append(args, as.extra...)
+	args = append(args, as.Extra...)
 	logf, err := os.OpenFile(a.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		as.t.Fatal(err)

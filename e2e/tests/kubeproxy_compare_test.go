@@ -27,13 +27,14 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 )
 
 // kpcStartKubeProxy starts kube-proxy on node n for the test and stops it
 // (its nftables tables removed) at the end.
-func kpcStartKubeProxy(t *testing.T, b *Bed, n testbed.Node) *testbed.KubeProxy {
+func kpcStartKubeProxy(t *testing.T, b *framework.Bed, n testbed.Node) *testbed.KubeProxy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -46,7 +47,7 @@ func kpcStartKubeProxy(t *testing.T, b *Bed, n testbed.Node) *testbed.KubeProxy 
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("kube-proxy %s log (%s):\n%s", n.Name, kp.Log, cipTail(kp.Log))
+			t.Logf("kube-proxy %s log (%s):\n%s", n.Name, kp.Log, framework.Tail(kp.Log))
 		}
 	})
 	return kp
@@ -56,8 +57,8 @@ func kpcStartKubeProxy(t *testing.T, b *Bed, n testbed.Node) *testbed.KubeProxy 
 type kpcSide struct {
 	name string // node-agent, kube-proxy
 	node testbed.Node
-	host cipPod // the node's own process
-	pod  cipPod
+	host framework.Sandbox // the node's own process
+	pod  framework.Sandbox
 }
 
 // kpcObservation is one client's outcome in one row.
@@ -68,13 +69,13 @@ type kpcObservation struct {
 // kpcCompare runs observe from every client of both sides, logs all four,
 // and fails unless, for the host and for the pod client, node-agent's
 // outcome equals kube-proxy's and both equal want.
-func kpcCompare(t *testing.T, sides [2]kpcSide, want string, observe func(t *testing.T, where cipPod) kpcObservation) {
+func kpcCompare(t *testing.T, sides [2]kpcSide, want string, observe func(t *testing.T, where framework.Sandbox) kpcObservation) {
 	t.Helper()
 	got := map[string]kpcObservation{}
 	for _, s := range sides {
 		for _, c := range []struct {
 			kind  string
-			where cipPod
+			where framework.Sandbox
 		}{{"host", s.host}, {"pod", s.pod}} {
 			o := observe(t, c.where)
 			got[s.name+" "+c.kind] = o
@@ -97,8 +98,8 @@ func kpcCompare(t *testing.T, sides [2]kpcSide, want string, observe func(t *tes
 // kpcSettle polls observe (every 500 ms, up to bound) until it gives want,
 // and returns the last observation: a datapath that is slow to apply a
 // change gets the time, one that never gets there reports what it did.
-func kpcSettle(t *testing.T, bound time.Duration, want string, observe func(t *testing.T, where cipPod) kpcObservation) func(t *testing.T, where cipPod) kpcObservation {
-	return func(t *testing.T, where cipPod) kpcObservation {
+func kpcSettle(t *testing.T, bound time.Duration, want string, observe func(t *testing.T, where framework.Sandbox) kpcObservation) func(t *testing.T, where framework.Sandbox) kpcObservation {
+	return func(t *testing.T, where framework.Sandbox) kpcObservation {
 		deadline := time.Now().Add(bound)
 		for {
 			o := observe(t, where)
@@ -113,10 +114,10 @@ func kpcSettle(t *testing.T, bound time.Duration, want string, observe func(t *t
 // kpcWaitProgrammed waits until both datapaths hold the frontend
 // cip:port/proto: node-agent's /debug/services lists it, and kube-proxy's
 // nftables table in its node's namespace has the ClusterIP.
-func kpcWaitProgrammed(t *testing.T, agent *cipAgent, kpNode testbed.Node, cip string, port int, proto corev1.Protocol) {
+func kpcWaitProgrammed(t *testing.T, agent *framework.Agent, kpNode testbed.Node, cip string, port int, proto corev1.Protocol) {
 	t.Helper()
 	fe := fmt.Sprintf("%s:%d/%s", cip, port, proto)
-	ptPoll(t, 30*time.Second, "node-agent programs "+fe, func(context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "node-agent programs "+fe, func(context.Context) (bool, string) {
 		lines, err := skTableLines(agent)
 		if err != nil {
 			return false, err.Error()
@@ -129,7 +130,7 @@ func kpcWaitProgrammed(t *testing.T, agent *cipAgent, kpNode testbed.Node, cip s
 		}
 		return false, strings.Join(lines, "\n")
 	})
-	ptPoll(t, 30*time.Second, "kube-proxy on "+kpNode.Name+" programs "+cip, func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "kube-proxy on "+kpNode.Name+" programs "+cip, func(ctx context.Context) (bool, string) {
 		out, err := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(kpNode.NetNS), "--", "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
 		return err == nil && strings.Contains(string(out), cip+" . "+strings.ToLower(string(proto))+" . "+fmt.Sprint(port)), fmt.Sprintf("%v: %d bytes of ruleset", err, len(out))
 	})
@@ -137,8 +138,8 @@ func kpcWaitProgrammed(t *testing.T, agent *cipAgent, kpNode testbed.Node, cip s
 
 // kpcGet makes n GETs (a new connection each) from where; the outcome is
 // the sorted set of what answered.
-func kpcGet(url string, n int) func(t *testing.T, where cipPod) kpcObservation {
-	return func(t *testing.T, where cipPod) kpcObservation {
+func kpcGet(url string, n int) func(t *testing.T, where framework.Sandbox) kpcObservation {
+	return func(t *testing.T, where framework.Sandbox) kpcObservation {
 		var res skGetResult
 		if err := skRun(t.Context(), where, time.Duration(n)*3*time.Second+30*time.Second, &res, "tcp-get", url, fmt.Sprint(n)); err != nil {
 			return kpcObservation{outcome: "client failed", detail: err.Error()}
@@ -153,7 +154,7 @@ func kpcGet(url string, n int) func(t *testing.T, where cipPod) kpcObservation {
 }
 
 func kpcEchoPod(ns, name, node string, labels map[string]string, preStop int64) *corev1.Pod {
-	c := ptEchoContainer()
+	c := framework.EchoContainer()
 	grace := int64(1)
 	if preStop > 0 {
 		c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: preStop}}}
@@ -190,7 +191,7 @@ func TestKubeProxyComparison(t *testing.T) {
 	agentNode, kpNode := nodes[0], nodes[2]
 	skNoSocketHooks(t, agentNode)
 	skNoSocketHooks(t, kpNode)
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-kpcompare-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-kpcompare-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
 
@@ -201,8 +202,8 @@ func TestKubeProxyComparison(t *testing.T) {
 	// echo-<i> on node-<i>; pna-<i> (publishNotReadyAddresses row) with a
 	// 120 s preStop, force-deleted at the end.
 	for i, n := range nodes[:3] {
-		ptCreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("echo-%d", i+1), n.Name, map[string]string{"app": "echo", "node": n.Name}, 0))
-		ptCreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("pna-%d", i+1), n.Name, map[string]string{"app": "pna"}, 120))
+		framework.CreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("echo-%d", i+1), n.Name, map[string]string{"app": "echo", "node": n.Name}, 0))
+		framework.CreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("pna-%d", i+1), n.Name, map[string]string{"app": "pna"}, 120))
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -214,10 +215,10 @@ func TestKubeProxyComparison(t *testing.T) {
 		{name: "kube-proxy", node: kpNode, host: skHost(kpNode), pod: skClientPod(t, b, ns, "client-kube-proxy", kpNode.Name)},
 	}
 	pods := map[string]corev1.Pod{}
-	ptPoll(t, 90*time.Second, "echo and pna pods Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "echo and pna pods Ready", func(ctx context.Context) (bool, string) {
 		var state []string
 		for _, sel := range []string{"app=echo", "app=pna"} {
-			ready, s := cipReadyPods(ctx, b, ns, sel)
+			ready, s := framework.ReadyPods(ctx, b, ns, sel)
 			for _, p := range ready {
 				pods[p.Name] = p
 			}
@@ -241,7 +242,7 @@ func TestKubeProxyComparison(t *testing.T) {
 		}
 		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 53, corev1.ProtocolUDP)
 		addr := net.JoinHostPort(svc.Spec.ClusterIP, "53")
-		kpcCompare(t, sides, "1 pod, 0 switches", func(t *testing.T, where cipPod) kpcObservation {
+		kpcCompare(t, sides, "1 pod, 0 switches", func(t *testing.T, where framework.Sandbox) kpcObservation {
 			var res skAffinityResult
 			if err := skRun(t.Context(), where, 3*time.Minute, &res, "udp-affinity", addr, "20000", "64", "10", "120"); err != nil {
 				return kpcObservation{outcome: "client failed", detail: err.Error()}
@@ -251,7 +252,7 @@ func TestKubeProxyComparison(t *testing.T) {
 				pl = "pod"
 			}
 			if res.Failed > 20 || res.Exchanges < 20000 {
-				t.Errorf("%s: %d of %d exchanges failed (%v), want all 20000 done and at most 20 failed", where.netns, res.Failed, res.Exchanges, res.Errors)
+				t.Errorf("%s: %d of %d exchanges failed (%v), want all 20000 done and at most 20 failed", where.NetNS, res.Failed, res.Exchanges, res.Errors)
 			}
 			return kpcObservation{
 				outcome: fmt.Sprintf("%d %s, %d switches", len(res.Answers), pl, res.Switches),
@@ -272,13 +273,13 @@ func TestKubeProxyComparison(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ptPoll(t, 30*time.Second, "local's endpoint (echo-2 on "+nodes[1].Name+")", func(ctx context.Context) (bool, string) {
-			eps, err := ptEndpoints(ctx, b, ns, "local")
+		framework.Poll(t, 30*time.Second, "local's endpoint (echo-2 on "+nodes[1].Name+")", func(ctx context.Context) (bool, string) {
+			eps, err := framework.Endpoints(ctx, b, ns, "local")
 			return err == nil && len(eps) == 1 && eps[pods["echo-2"].Status.PodIP], fmt.Sprint(eps, err)
 		})
 		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
 		addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-		kpcCompare(t, sides, "timeout", kpcSettle(t, 20*time.Second, "timeout", func(t *testing.T, where cipPod) kpcObservation {
+		kpcCompare(t, sides, "timeout", kpcSettle(t, 20*time.Second, "timeout", func(t *testing.T, where framework.Sandbox) kpcObservation {
 			var res skDialResult
 			if err := skRun(t.Context(), where, 30*time.Second, &res, "dial", addr, "3000"); err != nil {
 				return kpcObservation{outcome: "client failed", detail: err.Error()}
@@ -336,8 +337,8 @@ func TestKubeProxyComparison(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		ptPoll(t, 30*time.Second, "pna's EndpointSlice: 3 ready, 2 of them terminating", func(ctx context.Context) (bool, string) {
-			slices, err := ptSlicesOf(ctx, b, ns, "pna")
+		framework.Poll(t, 30*time.Second, "pna's EndpointSlice: 3 ready, 2 of them terminating", func(ctx context.Context) (bool, string) {
+			slices, err := framework.EndpointSlices(ctx, b, ns, "pna")
 			if err != nil {
 				return false, err.Error()
 			}

@@ -40,6 +40,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 )
@@ -78,18 +79,18 @@ func init() {
 // skHost is where a node's own processes run: its network namespace and
 // the kubelet's cgroup, inside the node's cgroup subtree (so node-agent's
 // hooks on that node apply to it).
-func skHost(n testbed.Node) cipPod {
-	return cipPod{netns: namedns.Path(n.NetNS), cgroup: n.KubeletCgroup}
+func skHost(n testbed.Node) framework.Sandbox {
+	return framework.Sandbox{NetNS: namedns.Path(n.NetNS), Cgroup: n.KubeletCgroup}
 }
 
 // skCommand is the test binary as client mode inside where, started by
-// the caller with cipStartInCgroup.
-func skCommand(ctx context.Context, where cipPod, mode string, args ...string) (*exec.Cmd, error) {
+// the caller with framework.StartInCgroup.
+func skCommand(ctx context.Context, where framework.Sandbox, mode string, args ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the test binary: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + where.netns, "--", self}, args...)...)
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + where.NetNS, "--", self}, args...)...)
 	cmd.Env = append(os.Environ(), skClientEnv+"="+mode)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd, nil
@@ -97,7 +98,7 @@ func skCommand(ctx context.Context, where cipPod, mode string, args ...string) (
 
 // skRun runs a client to its end (bounded by timeout) and decodes the JSON
 // it prints into v.
-func skRun(ctx context.Context, where cipPod, timeout time.Duration, v any, mode string, args ...string) error {
+func skRun(ctx context.Context, where framework.Sandbox, timeout time.Duration, v any, mode string, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd, err := skCommand(ctx, where, mode, args...)
@@ -106,11 +107,11 @@ func skRun(ctx context.Context, where cipPod, timeout time.Duration, v any, mode
 	}
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cipStartInCgroup(cmd, where.cgroup); err != nil {
+	if err := framework.StartInCgroup(cmd, where.Cgroup); err != nil {
 		return fmt.Errorf("start client %s: %w", mode, err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("client %s %v in %s: %w (bound %s): %s%s", mode, args, where.netns, err, timeout, stderr.String(), stdout.String())
+		return fmt.Errorf("client %s %v in %s: %w (bound %s): %s%s", mode, args, where.NetNS, err, timeout, stderr.String(), stdout.String())
 	}
 	if err := json.Unmarshal([]byte(stdout.String()), v); err != nil {
 		return fmt.Errorf("client %s printed %q: %w", mode, stdout.String(), err)
@@ -591,36 +592,23 @@ func skInet6UDP(to *unix.SockaddrInet6, connected bool) skInet6Answer {
 	return ans
 }
 
-// skStartAgent starts node-agent on node n only (cipStartAgents starts one
-// on every node), with extra flags; at the end it is stopped and its pins
-// and programs removed.
-func skStartAgent(t *testing.T, b *Bed, n testbed.Node, extra ...string) (*cipAgents, *cipAgent) {
+// skStartAgent starts node-agent on node n only, with extra flags; at
+// the end it is stopped and its pins and programs removed.
+func skStartAgent(t *testing.T, b *framework.Bed, n testbed.Node, extra ...string) (*framework.Agents, *framework.Agent) {
 	t.Helper()
-	as := &cipAgents{t: t, b: b, extra: extra}
-	a := &cipAgent{node: n, bpfRoot: cipBPFRoot(n.Name), log: filepath.Join(t.TempDir(), "node-agent-"+n.Name+".log")}
-	as.agents = []*cipAgent{a}
-	t.Cleanup(func() {
-		as.stop(a)
-		if err := as.cleanup(a); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("node-agent %s log:\n%s", n.Name, cipTail(a.log))
-		}
-	})
-	as.start(a)
-	return as, a
+	as := framework.StartAgentsOn(t, b, []testbed.Node{n}, extra...)
+	return as, as.List[0]
 }
 
-// skMetricsURL is the agent's metrics address (cipAgents.start).
-func skMetricsURL(a *cipAgent) string {
-	return "http://" + a.node.ENIs[0].Addr.Addr().String() + ":10249"
+// skMetricsURL is the agent's metrics address (framework.Agents.start).
+func skMetricsURL(a *framework.Agent) string {
+	return "http://" + a.Node.ENIs[0].Addr.Addr().String() + ":10249"
 }
 
 // skMetric reads one sample from the agent's /metrics: name with its
 // labels exactly as exposed (e.g. `directlb_node_agent_bpf_map_entries{map="dlb_svc4"}`).
-func skMetric(a *cipAgent, sample string) (float64, error) {
-	code, body, err := ptGet(skMetricsURL(a) + "/metrics")
+func skMetric(a *framework.Agent, sample string) (float64, error) {
+	code, body, err := framework.HTTPGet(skMetricsURL(a) + "/metrics")
 	if err != nil {
 		return 0, fmt.Errorf("GET /metrics: %w", err)
 	}
@@ -661,14 +649,14 @@ func skNoSocketHooks(t *testing.T, n testbed.Node) {
 
 // skClientPod creates an echo pod on node (a sandbox to run clients in)
 // and returns it Ready.
-func skClientPod(t *testing.T, b *Bed, ns, name, node string) cipPod {
+func skClientPod(t *testing.T, b *framework.Bed, ns, name, node string) framework.Sandbox {
 	t.Helper()
-	ptCreatePod(t, b, &corev1.Pod{
+	framework.CreatePod(t, b, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{ptEchoContainer()},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{framework.EchoContainer()},
 			TerminationGracePeriodSeconds: ptr.To(int64(1))},
 	})
-	return cipSandbox(t, b, ptWaitPod(t, b, ns, name, 90*time.Second, "Ready", ptReady))
+	return framework.PodSandbox(t, b, framework.WaitPod(t, b, ns, name, 90*time.Second, "Ready", framework.Ready))
 }
 
 // skEchoService is a ClusterIP Service for app=<app>: 80/TCP → 8080 and
@@ -686,7 +674,7 @@ func skEchoService(ns, name, app string) *corev1.Service {
 	}
 }
 
-func skNeedAgent(t *testing.T, b *Bed) {
+func skNeedAgent(t *testing.T, b *framework.Bed) {
 	t.Helper()
 	if len(b.Topology.Nodes) < 3 {
 		t.Skipf("needs 3 nodes, the test bed has %d", len(b.Topology.Nodes))
@@ -706,12 +694,12 @@ func TestIPv6SocketToClusterIP(t *testing.T) {
 	skNeedAgent(t, b)
 	node := b.Topology.Nodes[0]
 	skNoSocketHooks(t, node)
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-inet6-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-inet6-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	skStartAgent(t, b, node)
 
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, 3, map[string]string{"app": "echo"}, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 3, map[string]string{"app": "echo"}, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	svc, err := b.Client.CoreV1().Services(ns).Create(ctx, skEchoService(ns, "echo", "echo"), metav1.CreateOptions{})
@@ -721,9 +709,9 @@ func TestIPv6SocketToClusterIP(t *testing.T) {
 	cip := svc.Spec.ClusterIP
 	pod := skClientPod(t, b, ns, "client", node.Name)
 	var backends []corev1.Pod
-	ptPoll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
 		var state string
-		backends, state = cipReadyPods(ctx, b, ns, "app=echo")
+		backends, state = framework.ReadyPods(ctx, b, ns, "app=echo")
 		return len(backends) == 3, state
 	})
 	names := map[string]bool{}
@@ -733,11 +721,11 @@ func TestIPv6SocketToClusterIP(t *testing.T) {
 	wantTCP, wantUDP := "[::ffff:"+cip+"]:80", "[::ffff:"+cip+"]:53"
 	for _, c := range []struct {
 		name  string
-		where cipPod
+		where framework.Sandbox
 	}{{"pod", pod}, {"node", skHost(node)}} {
 		t.Run(c.name, func(t *testing.T) {
 			var res skInet6Result
-			ptPoll(t, 20*time.Second, "AF_INET6 clients reach "+cip, func(ctx context.Context) (bool, string) {
+			framework.Poll(t, 20*time.Second, "AF_INET6 clients reach "+cip, func(ctx context.Context) (bool, string) {
 				if err := skRun(ctx, c.where, 20*time.Second, &res, "inet6", cip, "80", "53"); err != nil {
 					return false, err.Error()
 				}
@@ -845,11 +833,11 @@ func TestIPv6SocketToClusterIPFromJVM(t *testing.T) {
 	}
 	node := b.Topology.Nodes[0]
 	skNoSocketHooks(t, node)
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-jvm-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-jvm-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	skStartAgent(t, b, node)
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, 3, map[string]string{"app": "echo"}, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 3, map[string]string{"app": "echo"}, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	svc, err := b.Client.CoreV1().Services(ns).Create(ctx, skEchoService(ns, "echo", "echo"), metav1.CreateOptions{})
@@ -859,9 +847,9 @@ func TestIPv6SocketToClusterIPFromJVM(t *testing.T) {
 	cip := svc.Spec.ClusterIP
 	pod := skClientPod(t, b, ns, "client", node.Name)
 	var backends []corev1.Pod
-	ptPoll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "3 echo pods Ready", func(ctx context.Context) (bool, string) {
 		var state string
-		backends, state = cipReadyPods(ctx, b, ns, "app=echo")
+		backends, state = framework.ReadyPods(ctx, b, ns, "app=echo")
 		return len(backends) == 3, state
 	})
 	names := map[string]bool{}
@@ -871,7 +859,7 @@ func TestIPv6SocketToClusterIPFromJVM(t *testing.T) {
 	// The JVM uses AF_INET6 sockets only where the namespace has an IPv6
 	// address (OpenJDK's IPv6_supported reads /proc/net/if_inet6); the
 	// bed's node namespaces have none, a pod's has ::1.
-	if out, err := exec.Command("nsenter", "--net="+pod.netns, "--", "cat", "/proc/net/if_inet6").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) == "" {
+	if out, err := exec.Command("nsenter", "--net="+pod.NetNS, "--", "cat", "/proc/net/if_inet6").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) == "" {
 		t.Skipf("the client pod's network namespace has no IPv6 address (%v: %q): the JVM would use AF_INET sockets, not the AF_INET6 path under test", err, out)
 	}
 	src := filepath.Join(t.TempDir(), "Client.java")
@@ -880,13 +868,13 @@ func TestIPv6SocketToClusterIPFromJVM(t *testing.T) {
 	}
 	var lines map[string]string
 	var out string
-	ptPoll(t, 2*time.Minute, "java Client.java "+cip+" in the pod", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 2*time.Minute, "java Client.java "+cip+" in the pod", func(ctx context.Context) (bool, string) {
 		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
 		defer rcancel()
-		cmd := exec.CommandContext(rctx, "nsenter", "--net="+pod.netns, "--", java, src, cip, "80", "53")
+		cmd := exec.CommandContext(rctx, "nsenter", "--net="+pod.NetNS, "--", java, src, cip, "80", "53")
 		var buf strings.Builder
 		cmd.Stdout, cmd.Stderr = &buf, &buf
-		if err := cipStartInCgroup(cmd, pod.cgroup); err != nil {
+		if err := framework.StartInCgroup(cmd, pod.Cgroup); err != nil {
 			t.Fatalf("start java: %v", err)
 		}
 		err := cmd.Wait()
@@ -926,7 +914,7 @@ type skResolver struct {
 	stderr strings.Builder
 }
 
-func skStartResolver(t *testing.T, where cipPod, addr string, bound time.Duration) *skResolver {
+func skStartResolver(t *testing.T, where framework.Sandbox, addr string, bound time.Duration) *skResolver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), bound+30*time.Second)
 	t.Cleanup(cancel)
@@ -943,7 +931,7 @@ func skStartResolver(t *testing.T, where cipPod, addr string, bound time.Duratio
 	if r.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
-	if err := cipStartInCgroup(cmd, where.cgroup); err != nil {
+	if err := framework.StartInCgroup(cmd, where.Cgroup); err != nil {
 		t.Fatalf("start resolver client: %v", err)
 	}
 	go func() {
@@ -1000,7 +988,7 @@ type skRecovery struct {
 // skMeasureRecovery runs the resolver client in where against addr, waits
 // for its first answer, deletes the pod that gave it, and measures until
 // an answer comes from another pod (bounded by bound).
-func skMeasureRecovery(t *testing.T, b *Bed, ns string, where cipPod, addr string, bound time.Duration) skRecovery {
+func skMeasureRecovery(t *testing.T, b *framework.Bed, ns string, where framework.Sandbox, addr string, bound time.Duration) skRecovery {
 	t.Helper()
 	r := skStartResolver(t, where, addr, bound+30*time.Second)
 	defer r.stop(t)
@@ -1076,7 +1064,7 @@ func TestConnectedUDPRecovery(t *testing.T) {
 	agentNode, kpNode := b.Topology.Nodes[0], b.Topology.Nodes[2]
 	skNoSocketHooks(t, agentNode)
 	skNoSocketHooks(t, kpNode)
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-udprecovery-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-udprecovery-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 
@@ -1085,7 +1073,7 @@ func TestConnectedUDPRecovery(t *testing.T) {
 
 	labels := map[string]string{"app": "dns"}
 	hook := &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: preStop}}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, 3, labels, hook), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 3, labels, hook), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	svc, err := b.Client.CoreV1().Services(ns).Create(ctx, skEchoService(ns, "dns", "dns"), metav1.CreateOptions{})
@@ -1096,8 +1084,8 @@ func TestConnectedUDPRecovery(t *testing.T) {
 	agentPod := skClientPod(t, b, ns, "client-agent", agentNode.Name)
 	kpPod := skClientPod(t, b, ns, "client-kube-proxy", kpNode.Name)
 	ready := func() {
-		ptPoll(t, 90*time.Second, "3 dns pods Ready", func(ctx context.Context) (bool, string) {
-			pods, state := cipReadyPods(ctx, b, ns, "app=dns")
+		framework.Poll(t, 90*time.Second, "3 dns pods Ready", func(ctx context.Context) (bool, string) {
+			pods, state := framework.ReadyPods(ctx, b, ns, "app=dns")
 			return len(pods) == 3, state
 		})
 	}
@@ -1134,8 +1122,8 @@ func TestConnectedUDPRecovery(t *testing.T) {
 }
 
 // skTableLines is the agent's /debug/services text.
-func skTableLines(a *cipAgent) ([]string, error) {
-	code, body, err := ptGet(skMetricsURL(a) + "/debug/services")
+func skTableLines(a *framework.Agent) ([]string, error) {
+	code, body, err := framework.HTTPGet(skMetricsURL(a) + "/debug/services")
 	if err != nil {
 		return nil, fmt.Errorf("GET /debug/services: %w", err)
 	}
@@ -1211,7 +1199,7 @@ func TestServiceMapOverfill(t *testing.T) {
 	skNoSocketHooks(t, node)
 	// Services of earlier tests' namespaces still being deleted would free
 	// room while this test counts it.
-	ptPoll(t, 2*time.Minute, "no namespace Terminating", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 2*time.Minute, "no namespace Terminating", func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -1224,19 +1212,19 @@ func TestServiceMapOverfill(t *testing.T) {
 		}
 		return len(term) == 0, fmt.Sprint(term)
 	})
-	ns := ptNamespace(t, b, fmt.Sprintf("e2e-mapfill-%d", time.Now().Unix()%100000))
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-mapfill-%d", time.Now().Unix()%100000))
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 
 	labels := map[string]string{"app": "fill"}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, cipEchoDeployment(ns, 2, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 2, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	client := skClientPod(t, b, ns, "client", node.Name)
 	var backends []corev1.Pod
-	ptPoll(t, 90*time.Second, "2 fill pods Ready", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 90*time.Second, "2 fill pods Ready", func(ctx context.Context) (bool, string) {
 		var state string
-		backends, state = cipReadyPods(ctx, b, ns, "app=fill")
+		backends, state = framework.ReadyPods(ctx, b, ns, "app=fill")
 		return len(backends) == 2, state
 	})
 	names := map[string]bool{}
@@ -1250,18 +1238,18 @@ func TestServiceMapOverfill(t *testing.T) {
 	notProgrammed := "directlb_node_agent_services_not_programmed"
 	agents, agent := skStartAgent(t, b, node, "--map-size-services=4096")
 	var used float64
-	ptPoll(t, 20*time.Second, "dlb_svc4 entries read", func(context.Context) (bool, string) {
+	framework.Poll(t, 20*time.Second, "dlb_svc4 entries read", func(context.Context) (bool, string) {
 		var err error
 		used, err = skMetric(agent, entries)
 		return err == nil && used > 0, fmt.Sprint(used, err)
 	})
 	size := int(used) + fitting*perService + spare
-	agents.stop(agent)
-	if err := agents.cleanup(agent); err != nil {
+	agents.Stop(agent)
+	if err := agents.Cleanup(agent); err != nil {
 		t.Fatal(err)
 	}
-	agents.extra = []string{"--map-size-services=" + strconv.Itoa(size)}
-	agents.start(agent)
+	agents.Extra = []string{"--map-size-services=" + strconv.Itoa(size)}
+	agents.Start(agent)
 	now, err := skMetric(agent, entries)
 	if err != nil {
 		t.Fatal(err)
@@ -1272,7 +1260,7 @@ func TestServiceMapOverfill(t *testing.T) {
 	t.Logf("dlb_svc4: %v entries before this test's Services, size %d: room for %d Services of %d entries and %d spare", used, size, fitting, perService, spare)
 
 	answers := func(t *testing.T, cip string) (bool, string) {
-		got := cipCount(client.curlN(t, "http://"+cip+"/", 3))
+		got := framework.Count(client.CurlN(t, "http://"+cip+"/", 3))
 		for k := range got {
 			if !names[k] {
 				return false, fmt.Sprint(got)
@@ -1291,14 +1279,14 @@ func TestServiceMapOverfill(t *testing.T) {
 		cips[name] = svc.Spec.ClusterIP
 		order = append(order, name)
 		if i < fitting {
-			ptPoll(t, 30*time.Second, name+" programmed with 2 backends", func(context.Context) (bool, string) {
+			framework.Poll(t, 30*time.Second, name+" programmed with 2 backends", func(context.Context) (bool, string) {
 				lines, err := skTableLines(agent)
 				return err == nil && skProgrammed(lines, svc.Spec.ClusterIP, 2), fmt.Sprintf("%v\n%s", err, strings.Join(lines, "\n"))
 			})
 			continue
 		}
 		want := float64(i - fitting + 1)
-		ptPoll(t, 30*time.Second, fmt.Sprintf("%s not programmed (%s = %v)", name, notProgrammed, want), func(context.Context) (bool, string) {
+		framework.Poll(t, 30*time.Second, fmt.Sprintf("%s not programmed (%s = %v)", name, notProgrammed, want), func(context.Context) (bool, string) {
 			n, err := skMetric(agent, notProgrammed)
 			return err == nil && n == want, fmt.Sprint(n, err)
 		})
@@ -1306,14 +1294,14 @@ func TestServiceMapOverfill(t *testing.T) {
 	t.Logf("ClusterIPs: %v", cips)
 	for _, name := range order[fitting:] {
 		cip := cips[name]
-		ptPoll(t, 30*time.Second, "/debug/services reports "+ns+"/"+name, func(context.Context) (bool, string) {
+		framework.Poll(t, 30*time.Second, "/debug/services reports "+ns+"/"+name, func(context.Context) (bool, string) {
 			lines, err := skTableLines(agent)
 			return err == nil && len(skReported(lines, ns+"/"+name, cip)) > 0 && !skProgrammed(lines, cip, 2), fmt.Sprintf("%v\n%s", err, strings.Join(lines, "\n"))
 		})
 		lines, _ := skTableLines(agent)
 		t.Logf("/debug/services on %s: %q", name, skReported(lines, ns+"/"+name, cip))
 		rgWaitServiceEvent(t, b, ns, name, corev1.EventTypeWarning, "NotProgrammed")
-		if got := client.curlN(t, "http://"+cip+"/", 1); names[got[0]] {
+		if got := client.CurlN(t, "http://"+cip+"/", 1); names[got[0]] {
 			t.Errorf("%s (not programmed) answered %q from the pod", name, got[0])
 		}
 	}
@@ -1328,7 +1316,7 @@ func TestServiceMapOverfill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ptPoll(t, 60*time.Second, "every Service programmed after deleting "+strings.Join(order[:extra], ", "), func(context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "every Service programmed after deleting "+strings.Join(order[:extra], ", "), func(context.Context) (bool, string) {
 		n, err := skMetric(agent, notProgrammed)
 		if err != nil || n != 0 {
 			return false, fmt.Sprintf("%s %v %v", notProgrammed, n, err)
@@ -1342,7 +1330,7 @@ func TestServiceMapOverfill(t *testing.T) {
 		return true, ""
 	})
 	for _, name := range order[extra:] {
-		ptPoll(t, 10*time.Second, name+" answers", func(context.Context) (bool, string) { return answers(t, cips[name]) })
+		framework.Poll(t, 10*time.Second, name+" answers", func(context.Context) (bool, string) { return answers(t, cips[name]) })
 	}
 	t.Logf("after deleting %v: %v all programmed and answering", order[:extra], order[extra:])
 }
