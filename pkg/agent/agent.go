@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 
-	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot, MapSizes: cfg.MapSizes})
 	if err != nil {
 		return err
 	}
