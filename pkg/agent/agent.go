@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,6 +32,18 @@ import (
 	"github.com/directlb/directlb/pkg/proxy"
 	"github.com/directlb/directlb/pkg/recorder"
 )
+
+// NewLogger is the agent's JSON logger at level (debug, info, warn or
+// error; Validate checked it).
+func NewLogger(level string) (*zap.Logger, error) {
+	l, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(l)
+	return zc.Build()
+}
 
 // Cleanup removes the agent's programs, links and pins, and kube-proxy's
 // leftovers, in the current network namespace.

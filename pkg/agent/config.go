@@ -154,7 +154,7 @@ const (
 	MinMapSize       = 1024
 	MaxHashMapSize   = 1 << 24 // 16,777,216
 	MaxLRUMapSize    = 1 << 22 // 4,194,304
-	mapSizeFlagUsage = " A pinned map of another size is not reused: the agent refuses to start until node-agent --cleanup removes the pins (docs/node-agent.md)."
+	mapSizeFlagUsage = " A pinned map of another size is not reused: the agent refuses to start, naming the pin to remove (or run node-agent --cleanup); docs/node-agent.md, Map sizes."
 )
 
 func (c *Config) bindMapSizeFlags(fs *pflag.FlagSet) {
