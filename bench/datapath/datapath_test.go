@@ -36,7 +36,7 @@ const helperEnv = "DLBT_BENCH_DP_HELPER"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
-		os.Exit(latencyHelper(os.Args[len(os.Args)-3:]))
+		os.Exit(latencyHelper(os.Args[len(os.Args)-4:]))
 	}
 	os.Exit(m.Run())
 }
@@ -176,40 +176,29 @@ func BenchmarkEndpointChange(b *testing.B) {
 
 // latencyHelper runs in the test cgroup: it alternates connect+request
 // to the ClusterIP and straight to the backend and prints both medians
-// and 99th percentiles in microseconds.
+// and 99th percentiles in microseconds. With family 6 both go from an
+// AF_INET6 socket to the v4-mapped addresses (::ffff:a.b.c.d).
 func latencyHelper(args []string) int {
-	cip, direct := args[0], args[1]
+	cip, direct, family := args[0], args[1], args[3]
 	n, _ := strconv.Atoi(args[2])
 	var viaCIP, viaDirect []time.Duration
 	deadline := time.Now().Add(60 * time.Second)
 	buf := make([]byte, 64)
-	once := func(target string) (time.Duration, error) {
-		start := time.Now()
-		c, err := net.DialTimeout("tcp", target, 2*time.Second)
-		if err != nil {
-			return 0, err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write([]byte("GET\n")); err != nil {
-			return 0, err
-		}
-		if _, err := c.Read(buf); err != nil {
-			return 0, err
-		}
-		return time.Since(start), nil
+	once := request4
+	if family == "6" {
+		once = request6
 	}
 	for i := 0; i < n && time.Now().Before(deadline); i++ {
 		for _, t := range []struct {
 			target string
 			out    *[]time.Duration
 		}{{cip, &viaCIP}, {direct, &viaDirect}} {
-			d, err := once(t.target)
-			if err != nil {
+			start := time.Now()
+			if err := once(t.target, buf); err != nil {
 				fmt.Println("error", err)
 				return 1
 			}
-			*t.out = append(*t.out, d)
+			*t.out = append(*t.out, time.Since(start))
 		}
 	}
 	pct := func(ds []time.Duration, p int) int64 {
@@ -220,9 +209,92 @@ func latencyHelper(args []string) int {
 	return 0
 }
 
+// request4 connects (AF_INET, through Go's net), sends a line and reads
+// the answer.
+func request4(target string, buf []byte) error {
+	c, err := net.DialTimeout("tcp", target, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("GET\n")); err != nil {
+		return err
+	}
+	_, err = c.Read(buf)
+	return err
+}
+
+// request6 does the same from an AF_INET6 socket to ::ffff:<target>, with
+// blocking syscalls (Go's net would dial a v4-mapped address as AF_INET):
+// the connect6 hook's path, as the JVM takes it.
+func request6(target string, buf []byte) error {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		return err
+	}
+	tv := unix.Timeval{Sec: 2}
+	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
+			return err
+		}
+	}
+	if err := connect6(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		return err
+	}
+	if _, err := retryEINTR(func() (int, error) { return unix.Write(fd, []byte("GET\n")) }); err != nil {
+		return err
+	}
+	_, err = retryEINTR(func() (int, error) { return unix.Read(fd, buf) })
+	return err
+}
+
+// connect6 connects a blocking socket; a connect a signal interrupted goes
+// on in the kernel, so it waits for it to finish.
+func connect6(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if !errors.Is(err, unix.EINTR) {
+		return err
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	if _, err := retryEINTR(func() (int, error) { return unix.Poll(pfd, 2000) }); err != nil {
+		return err
+	}
+	if soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soerr != 0 {
+		return errors.Join(err, unix.Errno(soerr))
+	}
+	return nil
+}
+
+// retryEINTR calls f again while a signal interrupts it (the Go runtime's
+// preemption signals reach blocking syscalls made directly).
+func retryEINTR(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
+}
+
 // BenchmarkConnectLatency: connect+request through a ClusterIP, with 10,000
-// Services programmed, against the same request straight to the backend.
-func BenchmarkConnectLatency(b *testing.B) {
+// Services programmed, against the same request straight to the backend,
+// from AF_INET sockets (the connect4 hook).
+func BenchmarkConnectLatency(b *testing.B) { connectLatency(b, "4") }
+
+// BenchmarkConnectLatency6: the same from AF_INET6 sockets to
+// ::ffff:<ClusterIP> and ::ffff:<backend> (the connect6 hook).
+func BenchmarkConnectLatency6(b *testing.B) { connectLatency(b, "6") }
+
+func connectLatency(b *testing.B, family string) {
 	e := newEnv(b)
 	dp := e.load(b, "latency")
 	if err := dp.Attach(); err != nil {
@@ -275,7 +347,7 @@ func BenchmarkConnectLatency(b *testing.B) {
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", "-test.bench=^$",
-			netip.AddrPortFrom(fe.Addr, fe.Port).String(), backend.String(), strconv.Itoa(perRun))
+			netip.AddrPortFrom(fe.Addr, fe.Port).String(), backend.String(), strconv.Itoa(perRun), family)
 		cmd.Env = append(os.Environ(), helperEnv+"=1")
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 		out, err := cmd.Output()

@@ -166,6 +166,14 @@ var valueSets = []struct {
 			"--set", "k8sServiceHost=10.0.0.1", "--set", "webhook.enabled=true"},
 		kinds: map[string]int{"Role": 2, "RoleBinding": 2},
 	},
+	{
+		// Large values come to the template as float64; they must render
+		// as integers for the flags to parse (checkFlags).
+		name: "every node-agent map size set",
+		args: []string{"--set", "nodeAgent.mapSizes.services=16777216", "--set", "nodeAgent.mapSizes.backends=1048576",
+			"--set", "nodeAgent.mapSizes.revNAT=4194304", "--set", "nodeAgent.mapSizes.sticky=1024"},
+		kinds: map[string]int{"DaemonSet": 1},
+	},
 }
 
 func TestLint(t *testing.T) {
@@ -615,6 +623,9 @@ func TestSchemaRejects(t *testing.T) {
 		{"relative CNI bin dir", []string{"--set", "cni.binDir=opt/cni/bin"}, "/cni/binDir"},
 		{"CNI conf name not a conflist", []string{"--set", "cni.confName=10-directlb.conf"}, "/cni/confName"},
 		{"negative warm IP target", []string{"--set", "cni.warmIPTarget=-1"}, "/cni/warmIPTarget"},
+		{"map size below the minimum", []string{"--set", "nodeAgent.mapSizes.services=100"}, "/nodeAgent/mapSizes/services"},
+		{"LRU map size above the maximum", []string{"--set", "nodeAgent.mapSizes.revNAT=16777216"}, "/nodeAgent/mapSizes/revNAT"},
+		{"unknown map", []string{"--set", "nodeAgent.mapSizes.nat=1024"}, "nat"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := runHelm(t, helm, append([]string{"template", release, ".", "-n", namespace}, tc.args...)...)

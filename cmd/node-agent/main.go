@@ -12,12 +12,14 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/directlb/directlb/pkg/agent"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "service" { // offline: reads the pinned maps
+		os.Exit(agent.ServiceCommand(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg := agent.DefaultConfig()
 	fs := pflag.NewFlagSet("node-agent", pflag.ContinueOnError)
 	cfg.BindFlags(fs)
@@ -37,10 +39,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "node-agent:", err)
 		os.Exit(2)
 	}
-	level, _ := zapcore.ParseLevel(cfg.LogLevel)
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(level)
-	log, err := zc.Build()
+	log, err := agent.NewLogger(cfg.LogLevel)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "node-agent: logger:", err)
 		os.Exit(1)

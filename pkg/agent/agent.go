@@ -15,20 +15,35 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/proxy"
+	"github.com/directlb/directlb/pkg/recorder"
 )
+
+// NewLogger is the agent's JSON logger at level (debug, info, warn or
+// error; Validate checked it).
+func NewLogger(level string) (*zap.Logger, error) {
+	l, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(l)
+	return zc.Build()
+}
 
 // Cleanup removes the agent's programs, links and pins, and kube-proxy's
 // leftovers, in the current network namespace.
@@ -101,7 +116,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 
-	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cgroup: cfg.CgroupRoot, MapSizes: cfg.MapSizes})
 	if err != nil {
 		return err
 	}
@@ -111,6 +126,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 
+	rec, stopEvents := newRecorder(ctx, client)
+	defer stopEvents()
 	reg, metrics := newRegistry(dp, lb)
 	health := proxy.NewHealth(cfg.HealthTimeout)
 	npa, err := proxy.ParseNodePortAddresses(cfg.NodePortAddresses)
@@ -133,6 +150,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		ServiceHealth:     hcs,
 		Metrics:           metrics,
 		Health:            health,
+		Recorder:          rec,
 		Logger:            log.Named("proxy"),
 	})
 	if err != nil {
@@ -140,7 +158,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	serveMetrics(ctx, g, cfg.MetricsBindAddress, reg, dp.Maps, p.Owners, log)
+	serveMetrics(ctx, g, cfg.MetricsBindAddress, reg, dp.Maps, p, log)
 	serveHealthz(ctx, g, cfg.HealthzBindAddress, health, log)
 	g.Go(func() error { return p.Run(ctx) })
 	if cfg.ENIRouting {
@@ -225,6 +243,14 @@ func attachDatapath(cfg Config, dp *datapath.Datapath, node string, log *zap.Log
 	return lb, nil
 }
 
+// newRecorder records events (events.k8s.io/v1) on Services, as
+// directlb-node-agent; the returned func flushes and stops it.
+func newRecorder(ctx context.Context, client kubernetes.Interface) (events.EventRecorder, func()) {
+	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	b.StartRecordingToSink(ctx.Done())
+	return recorder.New(b.NewRecorder(scheme.Scheme, "directlb-node-agent")), b.Shutdown
+}
+
 // newRegistry is the agent's Prometheus registry: Go and process
 // collectors, the proxy's metrics and the fill of the BPF maps.
 func newRegistry(dp *datapath.Datapath, lb *datapath.LoadBalancer) (*prometheus.Registry, *proxy.Metrics) {
@@ -247,15 +273,16 @@ func newRegistry(dp *datapath.Datapath, lb *datapath.LoadBalancer) (*prometheus.
 
 // serveMetrics serves /metrics, /healthz and /debug/services on addr,
 // unless addr is empty.
-func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, maps datapath.Maps, owners func() map[datapath.Frontend]types.NamespacedName, log *zap.Logger) {
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, maps datapath.Maps, src proxy.TableSource, log *zap.Logger) {
 	if addr == "" {
 		return
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	// The programmed frontends and backends, read from the pinned maps.
-	mux.Handle("/debug/services", proxy.ServiceTableHandler(maps, owners))
+	// The programmed frontends and backends, read from the pinned maps,
+	// and the Services that did not fit.
+	mux.Handle("/debug/services", proxy.ServiceTableHandler(maps, src))
 	serve(ctx, g, log, "metrics", addr, mux)
 }
 

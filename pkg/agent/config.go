@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
+	"github.com/directlb/directlb/pkg/datapath"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/proxy"
 )
@@ -59,6 +61,9 @@ type Config struct {
 	HealthTimeout time.Duration
 	Cleanup       bool
 	LogLevel      string
+	// MapSizes are the --map-size-* flags: the max entries of the BPF
+	// maps that grow with the cluster; 0 keeps sock_lb.c's size.
+	MapSizes datapath.MapSizes
 
 	// ENIRouting turns on the per-pod ENI policy routing (pkg/eni).
 	ENIRouting bool
@@ -138,6 +143,45 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	c.AWS.BindClientFlags(fs)
 	fs.Lookup("aws-region").Usage = "AWS region of the EC2 API; empty: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1 when --aws-endpoint is set."
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "Log level: debug, info, warn or error.")
+	c.bindMapSizeFlags(fs)
+}
+
+// Bounds of the --map-size-* flags. The hash maps (services, backends)
+// allocate entries as they are written, but their bucket array up front;
+// the LRU maps (revnat, sticky) allocate every entry up front (roughly
+// 100 bytes each), so their maximum is lower.
+const (
+	MinMapSize       = 1024
+	MaxHashMapSize   = 1 << 24 // 16,777,216
+	MaxLRUMapSize    = 1 << 22 // 4,194,304
+	mapSizeFlagUsage = " A pinned map of another size is not reused: the agent refuses to start, naming the pin to remove (or run node-agent --cleanup); docs/node-agent.md, Map sizes."
+)
+
+func (c *Config) bindMapSizeFlags(fs *pflag.FlagSet) {
+	fs.Uint32Var(&c.MapSizes.Services, "map-size-services", c.MapSizes.Services, fmt.Sprintf("Max entries of dlb_svc4: one per frontend (ClusterIP, NodePort, externalIP or load-balancer IP port), one per backend slot of each, and one per ClusterIP; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Services, MinMapSize, MaxHashMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.Backends, "map-size-backends", c.MapSizes.Backends, fmt.Sprintf("Max entries of dlb_backends4 (one per distinct endpoint address, port and protocol) and dlb_affmatch4 (one per backend of each sessionAffinity Service frontend); 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Backends, MinMapSize, MaxHashMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.RevNAT, "map-size-revnat", c.MapSizes.RevNAT, fmt.Sprintf("Max entries of dlb_revnat4 (LRU, preallocated): one per translated socket and backend, so that replies and getpeername show the Service address; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.RevNAT, MinMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.Sticky, "map-size-sticky", c.MapSizes.Sticky, fmt.Sprintf("Max entries of dlb_sticky4 (LRU, preallocated): one per unconnected UDP socket and Service it sends to, keeping its backend; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Sticky, MinMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
+}
+
+// validateMapSizes checks the --map-size-* flags: 0 (the default) or
+// within their bounds.
+func (c *Config) validateMapSizes() error {
+	var errs []error
+	for _, f := range []struct {
+		flag     string
+		n, limit uint32
+	}{
+		{"--map-size-services", c.MapSizes.Services, MaxHashMapSize},
+		{"--map-size-backends", c.MapSizes.Backends, MaxHashMapSize},
+		{"--map-size-revnat", c.MapSizes.RevNAT, MaxLRUMapSize},
+		{"--map-size-sticky", c.MapSizes.Sticky, MaxLRUMapSize},
+	} {
+		if f.n != 0 && (f.n < MinMapSize || f.n > f.limit) {
+			errs = append(errs, fmt.Errorf("%s %d: want 0 (the default) or %d to %d", f.flag, f.n, MinMapSize, f.limit))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Validate checks the flags.
@@ -203,6 +247,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--eni-source %q: want auto, ec2 or links", c.ENISource)
 	}
 	if err := c.AWS.ValidateClient(); err != nil {
+		return err
+	}
+	if err := c.validateMapSizes(); err != nil {
 		return err
 	}
 	switch c.LogLevel {

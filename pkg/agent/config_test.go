@@ -31,6 +31,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad eni source", args: []string{"--eni-source=imds"}, wantErr: "--eni-source"},
 		{name: "bad aws endpoint", args: []string{"--aws-endpoint=10.100.0.3:4566"}, wantErr: "--aws-endpoint"},
 		{name: "bad aws attempts", args: []string{"--aws-max-attempts=0"}, wantErr: "--aws-max-attempts"},
+		{name: "map sizes", args: []string{"--map-size-services=1048576", "--map-size-backends=524288", "--map-size-revnat=262144", "--map-size-sticky=1024"}},
+		{name: "map sizes zero are the defaults", args: []string{"--map-size-services=0", "--map-size-backends=0", "--map-size-revnat=0", "--map-size-sticky=0"}},
+		{name: "map size too small", args: []string{"--map-size-services=100"}, wantErr: "--map-size-services 100: want 0 (the default) or 1024 to 16777216"},
+		{name: "hash map size too big", args: []string{"--map-size-backends=16777217"}, wantErr: "--map-size-backends"},
+		{name: "lru map size too big", args: []string{"--map-size-revnat=16777216"}, wantErr: "--map-size-revnat 16777216: want 0 (the default) or 1024 to 4194304"},
+		{name: "sticky map size too small", args: []string{"--map-size-sticky=1"}, wantErr: "--map-size-sticky"},
 		{name: "cleanup needs only the bpf root", args: []string{"--cleanup", "--cgroup-root="}},
 	}
 	for _, c := range cases {

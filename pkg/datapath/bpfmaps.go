@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // BPFMaps is Maps on the kernel's BPF maps.
@@ -129,6 +130,15 @@ func deleteBatch[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
+// full says which map is full and which flag sizes it when err is the
+// kernel's "no room" for a hash map (E2BIG); other errors pass unchanged.
+func full(m *ebpf.Map, name, flag string, err error) error {
+	if !errors.Is(err, unix.E2BIG) {
+		return err
+	}
+	return fmt.Errorf("map %s full (%d entries; raise %s): %w", name, m.MaxEntries(), flag, err)
+}
+
 func convert[T, U any](in []T, f func(T) U) []U {
 	out := make([]U, len(in))
 	for i, v := range in {
@@ -140,7 +150,7 @@ func convert[T, U any](in []T, f func(T) U) []U {
 func (m *BPFMaps) UpdateBackends(ids []BackendID, bs []Backend) error {
 	keys := convert(ids, func(id BackendID) uint32 { return uint32(id) })
 	if err := writeBatch(m.backends, keys, convert(bs, backendToBPF)); err != nil {
-		return fmt.Errorf("update backends map: %w", err)
+		return fmt.Errorf("update backends map: %w", full(m.backends, "dlb_backends4", "--map-size-backends", err))
 	}
 	return nil
 }
@@ -154,7 +164,7 @@ func (m *BPFMaps) DeleteBackends(ids []BackendID) error {
 
 func (m *BPFMaps) UpdateServices(keys []ServiceKey, vals []ServiceValue) error {
 	if err := writeBatch(m.svc, convert(keys, svcKeyToBPF), convert(vals, svcValToBPF)); err != nil {
-		return fmt.Errorf("update services map: %w", err)
+		return fmt.Errorf("update services map: %w", full(m.svc, "dlb_svc4", "--map-size-services", err))
 	}
 	return nil
 }
@@ -176,7 +186,7 @@ func (m *BPFMaps) UpdateAffinityMatches(keys []AffinityMatchKey) error {
 		one[i] = 1
 	}
 	if err := writeBatch(m.affmatch, convert(keys, matchToBPF), one); err != nil {
-		return fmt.Errorf("update affinity match map: %w", err)
+		return fmt.Errorf("update affinity match map: %w", full(m.affmatch, "dlb_affmatch4", "--map-size-backends", err))
 	}
 	return nil
 }

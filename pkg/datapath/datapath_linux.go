@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -46,6 +47,10 @@ type MapSizes struct {
 	// (LRU, default 65,536).
 	Sticky uint32
 }
+
+// DefaultMapSizes are the sizes compiled into sock_lb.c (TestDefaultMapSizes
+// keeps them equal).
+var DefaultMapSizes = MapSizes{Services: 262144, Backends: 131072, RevNAT: 65536, Sticky: 65536}
 
 func (m MapSizes) apply(spec *ebpf.CollectionSpec) {
 	set := func(n uint32, names ...string) {
@@ -209,6 +214,9 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load BPF spec: %w", err)
 	}
 	cfg.MapSizes.apply(spec)
+	if err := checkPinned(spec, mapsDir(cfg.BPFRoot)); err != nil {
+		return nil, err
+	}
 	d := &Datapath{cfg: cfg}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg.BPFRoot)}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
@@ -229,6 +237,43 @@ func Load(cfg Config) (*Datapath, error) {
 		devices:  d.objs.DlbDevices,
 	}
 	return d, nil
+}
+
+// checkPinned reports every map pinned in dir that the spec cannot reuse
+// (another size, after --map-size-* changed, or another layout), naming
+// each pin and what to do. Nothing is changed: the programs of the earlier
+// run keep serving from the pinned maps as they are.
+func checkPinned(spec *ebpf.CollectionSpec, dir string) error {
+	var bad, pins []string
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		pin := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", pin, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s (%s)", pin, strings.TrimSuffix(err.Error(), ": "+ebpf.ErrMapIncompatible.Error())))
+			pins = append(pins, pin)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad)
+	slices.Sort(pins)
+	return fmt.Errorf("pinned maps this agent cannot reuse: %s: %w; "+
+		"they and the programs of the earlier run are left as they are and keep serving, with no further changes; "+
+		"remove those pins (rm %s) and start again to have them created at the new size and programmed from the apiserver, "+
+		"or remove every pin with `node-agent --cleanup --bpf-root %s` (docs/node-agent.md, \"Map sizes\")",
+		strings.Join(bad, "; "), ebpf.ErrMapIncompatible, strings.Join(pins, " "), filepath.Dir(dir))
 }
 
 // Attach attaches the programs to cfg.Cgroup with bpf_links pinned in

@@ -192,6 +192,14 @@ func (f *FakeMaps) DumpAffinityMatches(fn func(AffinityMatchKey)) error {
 	return nil
 }
 
+// ConsistentNow is Consistent under the lock, for a test that checks while
+// a sync loop may still be writing.
+func (f *FakeMaps) ConsistentNow() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Consistent()
+}
+
 // Consistent reports the first way a BPF lookup could go wrong: a master
 // whose slots 1..Count are not all present, or a slot naming a backend that
 // is not in the backends map. Call it with the lock held (from AfterWrite)

@@ -333,4 +333,14 @@ func TestMapSizes(t *testing.T) {
 	if e := lb.MapEntries(); e["dlb_svc4"] != 3 || e["dlb_backends4"] != 2 {
 		t.Errorf("MapEntries = %v, want 3 service entries and 2 backends", e)
 	}
+	// A Service of 1,100 backends fits dlb_backends4 (512) no more than
+	// dlb_svc4: the error names the full map and the flag that sizes it.
+	wide := make([]netip.AddrPort, 1100)
+	for i := range wide {
+		wide[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 80)
+	}
+	_, err = lb.Apply([]Service{{Frontend: frontend(2, 80, TCP), Backends: wide}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "map dlb_backends4 full (512 entries; raise --map-size-backends)") {
+		t.Errorf("Apply beyond the maps: %v, want it to name dlb_backends4 and --map-size-backends", err)
+	}
 }

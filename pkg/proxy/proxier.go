@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/directlb/directlb/pkg/datapath"
 )
@@ -81,8 +83,18 @@ type Config struct {
 	ServiceHealth *ServiceHealthServer
 	Metrics       *Metrics
 	Health        *Health
-	Logger        *zap.Logger
+	// Recorder, if set, gets an event on each Service that does not fit
+	// the datapath (a Warning NotProgrammed when a failure episode starts)
+	// and when it fits again (a Normal Programmed); see reportFailures.
+	Recorder events.EventRecorder
+	Logger   *zap.Logger
 }
+
+// Event reasons on a Service (Config.Recorder).
+const (
+	ReasonNotProgrammed = "NotProgrammed"
+	ReasonProgrammed    = "Programmed"
+)
 
 // Proxier keeps the datapath in step with Services and EndpointSlices.
 type Proxier struct {
@@ -119,6 +131,10 @@ type Proxier struct {
 	// FailedRetryPeriod.
 	programmed map[types.NamespacedName][]datapath.Frontend
 	failed     map[types.NamespacedName]error
+	// notProgrammed is failed as of the last sync, for /debug/services
+	// (any goroutine; under its own lock).
+	notProgrammedMu sync.Mutex
+	notProgrammed   []NotProgrammed
 	// healthChecks are the health checks the Services want
 	// (DesiredHealthCheck), hcAddrs the addresses they listen on, and
 	// hcFailed how many ports did not open at the last try; sync loop
@@ -493,11 +509,13 @@ func (p *Proxier) syncServices() error {
 	start := time.Now()
 	var st datapath.ApplyStats
 	var err error
+	prev := maps.Clone(p.failed)
 	if full {
 		st, err = p.syncAll()
 	} else {
 		st, err = p.syncDirty(dirty)
 	}
+	p.reportFailures(prev)
 	if err != nil {
 		p.mu.Lock()
 		p.full = true
@@ -525,7 +543,6 @@ func (p *Proxier) syncServices() error {
 		n += len(fes)
 	}
 	p.cfg.Metrics.ProgrammedServices.Set(float64(n))
-	p.cfg.Metrics.ServicesNotProgrammed.Set(float64(len(p.failed)))
 	p.destroySockets(st.Left)
 	// Services that did not fit are reported above and retried; they do not
 	// make the agent unhealthy, or a full map would restart it in a loop.
@@ -662,6 +679,13 @@ func (p *Proxier) syncAll() (datapath.ApplyStats, error) {
 			delete(p.programmed, name)
 		}
 	}
+	// A Service that is gone (or wants nothing now) has nothing left to
+	// fail.
+	for name := range p.failed {
+		if _, ok := byName[name]; !ok {
+			delete(p.failed, name)
+		}
+	}
 	each, err := p.applyEach(byName, deletes)
 	each.Left = append(failedLeft, each.Left...)
 	return each, err
@@ -696,17 +720,11 @@ func (p *Proxier) applyEach(byName map[types.NamespacedName][]datapath.Service, 
 		s, err := p.cfg.Programmer.Apply(d, nil)
 		add(s)
 		if err != nil {
-			if _, known := p.failed[name]; !known {
-				p.cfg.Logger.Error("program service", zap.String("service", name.String()), zap.Error(err))
-			}
 			p.failed[name] = err
 			p.cfg.Metrics.ServiceProgramFailuresTotal.Inc()
 			continue
 		}
-		if _, known := p.failed[name]; known {
-			p.cfg.Logger.Info("programmed service after earlier failures", zap.String("service", name.String()))
-			delete(p.failed, name)
-		}
+		delete(p.failed, name)
 		if len(d) == 0 {
 			delete(p.programmed, name)
 		} else {

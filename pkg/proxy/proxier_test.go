@@ -310,7 +310,7 @@ func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
 	if n, g := whole(got), gaugeValue(t, metrics.ServicesNotProgrammed); n != 2 || g != 1 {
 		t.Fatalf("with a full map: %d Services programmed whole, %v counted as not programmed, want 2 and 1: %v", n, g, got)
 	}
-	if err := maps.Consistent(); err != nil {
+	if err := maps.ConsistentNow(); err != nil {
 		t.Error(err)
 	}
 	if healthy, _, _ := health.Status(); !healthy {

@@ -34,9 +34,16 @@ type TableEntry struct {
 	Missing int `json:"missingBackends,omitempty"`
 }
 
+// ServiceDumper reads the Service maps back; datapath.Maps is one, and so
+// are the pinned maps opened read-only (datapath.OpenPinned).
+type ServiceDumper interface {
+	DumpServices(fn func(datapath.ServiceKey, datapath.ServiceValue)) error
+	DumpBackends(fn func(datapath.BackendID, datapath.Backend)) error
+}
+
 // ReadServiceTable reads every programmed frontend and its backends from
 // the maps (the pinned BPF maps, or a fake), sorted by frontend.
-func ReadServiceTable(m datapath.Maps) ([]TableEntry, error) {
+func ReadServiceTable(m ServiceDumper) ([]TableEntry, error) {
 	masters := map[datapath.Frontend]datapath.ServiceValue{}
 	slots := map[datapath.ServiceKey]datapath.BackendID{}
 	if err := m.DumpServices(func(k datapath.ServiceKey, v datapath.ServiceValue) {
@@ -108,34 +115,66 @@ func WriteServiceTable(w io.Writer, entries []TableEntry) error {
 	return tw.Flush()
 }
 
+// ServiceTable is what /debug/services answers with ?o=json.
+type ServiceTable struct {
+	Frontends []TableEntry `json:"frontends"`
+	// NotProgrammed are the Services whose last write failed, with the
+	// error; what was programmed for them before is still in Frontends.
+	NotProgrammed []NotProgrammed `json:"notProgrammed"`
+}
+
+// TableSource is where ServiceTableHandler learns the Service of each
+// frontend and the Services not programmed; *Proxier is one.
+type TableSource interface {
+	Owners() map[datapath.Frontend]types.NamespacedName
+	NotProgrammed() []NotProgrammed
+}
+
 // ServiceTableHandler serves the table read from maps at each request:
-// text by default, JSON with ?o=json. owners, if set, names the Service of
-// each frontend.
-func ServiceTableHandler(maps datapath.Maps, owners func() map[datapath.Frontend]types.NamespacedName) http.Handler {
+// text by default, JSON with ?o=json. src, if set, names the Service of
+// each frontend and lists the Services not programmed.
+func ServiceTableHandler(maps ServiceDumper, src TableSource) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		entries, err := ReadServiceTable(maps)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		if owners != nil {
-			names := owners()
+		t := ServiceTable{Frontends: entries, NotProgrammed: []NotProgrammed{}}
+		if src != nil {
+			names := src.Owners()
 			for i := range entries {
 				if n, ok := names[entries[i].Frontend]; ok {
 					entries[i].Service = n.String()
 				}
 			}
+			t.NotProgrammed = src.NotProgrammed()
 		}
 		if r.URL.Query().Get("o") == "json" {
 			w.Header().Set("Content-Type", "application/json")
 			enc := json.NewEncoder(w)
 			enc.SetIndent("", "  ")
-			_ = enc.Encode(entries) // the client went away
+			_ = enc.Encode(t) // the client went away
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_ = WriteServiceTable(w, entries) // the client went away
+		_ = writeNotProgrammed(w, t.NotProgrammed)
 	})
+}
+
+// writeNotProgrammed prints the Services not programmed after the table,
+// if there are any.
+func writeNotProgrammed(w io.Writer, list []NotProgrammed) error {
+	if len(list) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nNOT PROGRAMMED\tERROR")
+	for _, n := range list {
+		fmt.Fprintf(tw, "%s\t%s\n", n.Service, n.Error)
+	}
+	return tw.Flush()
 }
 
 // Owners returns the Service each frontend is wanted for, computed from the

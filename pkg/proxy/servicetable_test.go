@@ -46,14 +46,17 @@ func TestServiceTable(t *testing.T) {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
 
-	// The handler names the Services it is told about.
-	h := ServiceTableHandler(maps, func() map[datapath.Frontend]types.NamespacedName {
-		return map[datapath.Frontend]types.NamespacedName{web: {Namespace: "ns", Name: "web"}}
+	// The handler names the Services it is told about, and lists those
+	// not programmed after the table.
+	h := ServiceTableHandler(maps, fakeSource{
+		owners: map[datapath.Frontend]types.NamespacedName{web: {Namespace: "ns", Name: "web"}},
+		failed: []NotProgrammed{{Service: "ns/wide", Error: "map dlb_svc4 full"}},
 	})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/services", nil))
 	lines := strings.Split(strings.TrimSpace(rec.Body.String()), "\n")
-	if len(lines) != 5 || !strings.HasPrefix(lines[0], "FRONTEND") {
+	if len(lines) != 8 || !strings.HasPrefix(lines[0], "FRONTEND") || lines[5] != "" ||
+		!strings.HasPrefix(lines[6], "NOT PROGRAMMED  ERROR") || strings.Join(strings.Fields(lines[7]), " ") != "ns/wide map dlb_svc4 full" {
 		t.Fatalf("text table:\n%s", rec.Body.String())
 	}
 	if f := strings.Fields(lines[2]); len(f) != 6 || f[0] != "10.96.0.10:80/TCP" || f[1] != "ns/web" || f[3] != "affinity(10800s)" || f[4] != "10.1.0.1:8080/TCP" {
@@ -64,14 +67,23 @@ func TestServiceTable(t *testing.T) {
 	}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/services?o=json", nil))
-	var got []TableEntry
+	var got ServiceTable
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 4 || got[1].Service != "ns/web" || got[1].ID == 0 {
+	if len(got.Frontends) != 4 || got.Frontends[1].Service != "ns/web" || got.Frontends[1].ID == 0 ||
+		cmp.Diff([]NotProgrammed{{Service: "ns/wide", Error: "map dlb_svc4 full"}}, got.NotProgrammed) != "" {
 		t.Errorf("json: %+v", got)
 	}
 }
+
+type fakeSource struct {
+	owners map[datapath.Frontend]types.NamespacedName
+	failed []NotProgrammed
+}
+
+func (f fakeSource) Owners() map[datapath.Frontend]types.NamespacedName { return f.owners }
+func (f fakeSource) NotProgrammed() []NotProgrammed                     { return f.failed }
 
 // TestProxierOwners: the table names each frontend's Service from the
 // informers.
@@ -96,13 +108,13 @@ func TestProxierOwners(t *testing.T) {
 	var names map[string]string
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		rec := httptest.NewRecorder()
-		ServiceTableHandler(maps, p.Owners).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/services?o=json", nil))
-		var got []TableEntry
+		ServiceTableHandler(maps, p).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/services?o=json", nil))
+		var got ServiceTable
 		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 			t.Fatal(err)
 		}
 		names = map[string]string{}
-		for _, e := range got {
+		for _, e := range got.Frontends {
 			names[e.Name] = e.Service + " " + strings.Join(e.Backends, ",")
 		}
 		if cmp.Diff(want, names) == "" {
