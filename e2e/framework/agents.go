@@ -29,8 +29,8 @@ type Agent struct {
 // Agents are the node-agents of a test, one per node, run as host
 // processes in the nodes' network namespaces.
 type Agents struct {
-	t     *testing.T
-	b     *Bed
+	t    *testing.T
+	b    *Bed
 	List []*Agent
 	// Extra are more node-agent flags, used by every later Start.
 	Extra []string

@@ -107,20 +107,7 @@ func TestSourceDestCheck(t *testing.T) {
 	own := netip.MustParseAddr("10.100.1.70")
 	spoofed := netip.MustParseAddr("10.100.2.70")
 	node := topo.Nodes[0]
-	h, err := namedns.Handle(node.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []netip.Addr{own, spoofed} {
-		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a, 32))}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h.Close()
+	addEth0Sources(t, node.NetNS, own, spoofed)
 
 	ln, err := net.ListenUDP("udp4", &net.UDPAddr{IP: topo.HostAddr.AsSlice()})
 	if err != nil {
@@ -129,48 +116,68 @@ func TestSourceDestCheck(t *testing.T) {
 	defer ln.Close()
 	dst := ln.LocalAddr().(*net.UDPAddr)
 
-	// send sends one datagram from each source and returns the sources the
-	// host received within a second.
-	send := func(t *testing.T, sources ...netip.Addr) []netip.Addr {
-		t.Helper()
-		for _, src := range sources {
-			err := namedns.Do(node.NetNS, func() error {
-				c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, dst)
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				_, err = c.Write([]byte(src.String()))
-				return err
-			})
-			if err != nil {
-				t.Fatalf("send from %s: %v", src, err)
-			}
-		}
-		var got []netip.Addr
-		buf := make([]byte, 64)
-		_ = ln.SetReadDeadline(time.Now().Add(time.Second))
-		for len(got) < len(sources) {
-			_, from, err := ln.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				break // deadline: what did not come was dropped
-			}
-			got = append(got, from.Addr().Unmap())
-		}
-		slices.SortFunc(got, func(a, b netip.Addr) int { return a.Compare(b) })
-		return got
-	}
-
 	primary := node.ENIs[0].Addr.Addr()
-	if got, want := send(t, primary, own, spoofed), []netip.Addr{primary, own}; !slices.Equal(got, want) {
+	if got, want := sendFrom(t, ln, node.NetNS, dst, primary, own, spoofed), []netip.Addr{primary, own}; !slices.Equal(got, want) {
 		t.Errorf("with the check on, the host received from %v, want %v (spoofed %s dropped)", got, want, spoofed)
 	}
 	if err := nftInNetNS(ctx, topo.VPCNetNS, "delete table bridge "+srcDstTable+"\n"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := send(t, spoofed), []netip.Addr{spoofed}; !slices.Equal(got, want) {
+	if got, want := sendFrom(t, ln, node.NetNS, dst, spoofed), []netip.Addr{spoofed}; !slices.Equal(got, want) {
 		t.Errorf("with the check off, the host received from %v, want %v", got, want)
 	}
+}
+
+// addEth0Sources adds the addresses to eth0 in the network namespace
+// netns, as extra sources.
+func addEth0Sources(t *testing.T, netns string, addrs ...netip.Addr) {
+	h, err := namedns.Handle(netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a, 32))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Close()
+}
+
+// sendFrom sends one datagram from each source, from inside the network
+// namespace netns, to dst, and returns the sources ln received within a
+// second.
+func sendFrom(t *testing.T, ln *net.UDPConn, netns string, dst *net.UDPAddr, sources ...netip.Addr) []netip.Addr {
+	t.Helper()
+	for _, src := range sources {
+		err := namedns.Do(netns, func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, dst)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte(src.String()))
+			return err
+		})
+		if err != nil {
+			t.Fatalf("send from %s: %v", src, err)
+		}
+	}
+	var got []netip.Addr
+	buf := make([]byte, 64)
+	_ = ln.SetReadDeadline(time.Now().Add(time.Second))
+	for len(got) < len(sources) {
+		_, from, err := ln.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break // deadline: what did not come was dropped
+		}
+		got = append(got, from.Addr().Unmap())
+	}
+	slices.SortFunc(got, func(a, b netip.Addr) int { return a.Compare(b) })
+	return got
 }
 
 // Up brings the control plane and network up; Down then leaves no

@@ -184,6 +184,19 @@ func chPodLogs(t *testing.T, b *framework.Bed) map[string]string {
 	return logs
 }
 
+// chRun is what the steps of TestChart share: the bed, the cloud the chart's
+// controller talks to, the release's namespace, whether the release is
+// installed (for the cleanup) and the example's EXTERNAL-IP and pods.
+type chRun struct {
+	b         *framework.Bed
+	endpoint  string
+	lbs       cloud.LoadBalancers
+	ns        string
+	installed bool
+	extIP     string
+	podIPs    map[string]string // name → IP
+}
+
 func TestChart(t *testing.T) {
 	b := requireBed(t)
 	for _, bin := range []string{"helm", "lb-controller", "node-agent"} {
@@ -192,60 +205,100 @@ func TestChart(t *testing.T) {
 		}
 	}
 	endpoint := chLocalcloud(t, b)
-	lbs := chCloud(t, endpoint)
+	r := &chRun{b: b, endpoint: endpoint, lbs: chCloud(t, endpoint)}
+	t.Cleanup(func() { chCleanup(t, r) })
 
-	// Cleanup in the order docs/chart.md gives: the app (its Service's
-	// finalizer needs the controller), then the release, then the agents'
-	// pins.
-	installed := false
-	t.Cleanup(func() {
-		if t.Failed() && installed {
-			for pod, log := range chPodLogs(t, b) {
-				lines := strings.Split(strings.TrimSpace(log), "\n")
-				t.Logf("last lines of %s:\n%s", pod, strings.Join(lines[max(0, len(lines)-15):], "\n"))
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := b.Client.CoreV1().Namespaces().Delete(ctx, chAppNS, metav1.DeleteOptions{}); err == nil || !apierrors.IsNotFound(err) {
-			for ctx.Err() == nil {
-				if _, err := b.Client.CoreV1().Namespaces().Get(ctx, chAppNS, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-					break
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
-		}
-		if installed {
-			if out, err := chHelm(t, b, "uninstall", chRelease, "-n", chNamespace, "--wait", "--timeout", "90s"); err != nil && !strings.Contains(out, "not found") {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-		_ = b.Client.CoreV1().Namespaces().Delete(ctx, chNamespace, metav1.DeleteOptions{})
-		for _, n := range b.Topology.Nodes {
-			out, err := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(n.NetNS), "--",
-				filepath.Join(b.BinDir, "node-agent"), "--cleanup", "--bpf-root="+chBPFRoot(n.Name)).CombinedOutput()
-			if err != nil {
-				t.Errorf("node-agent --cleanup on %s: %v\n%s", n.Name, err, out)
-			}
+	r.ns = framework.CreateNamespace(t, b, chNamespace)
+	chCredentialsSecret(t, r)
+	chHelmInstall(t, r)
+	chSourceDestCheckOn(t, r)
+	chPodsRunAsServiceAccounts(t, r)
+	chNoKubeProxy(t, r)
+	chAgentsSynced(t, r)
+	chControllerRBAC(t, r)
+	chExampleGetsExternalIP(t, r)
+	chExamplePodsAreHealthyTargets(t, r)
+	chExampleReachesEveryPod(t, r)
+
+	// The webhook (the chart's, with the chart's certificates) gave every
+	// pod the gate and the drain hook; the chart's controller set the gates.
+	chCheckGates(t, b)
+
+	// A rolling update under load through the chart's controller and
+	// webhook: the gates hold it, the drain hook empties the old pods;
+	// nothing fails.
+	chRolloutUnderLoad(t, b, r.extIP)
+
+	// The controller's leader SIGKILLed, the next leader's pod deleted, and
+	// a helm upgrade that rolls the controller, all under load: no pod turns
+	// NotReady, no request fails.
+	chOperationsUnderLoad(t, b, r.ns, r.extIP, func() {
+		if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", r.ns, "--reuse-values",
+			"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
+			t.Fatal(err)
 		}
 	})
+	chUpgradeApplied(t, r)
+	chLogsShowNoDenial(t, r)
+	chUninstallLeavesNothing(t, r)
+}
 
-	ns := framework.CreateNamespace(t, b, chNamespace)
-	_, err := b.Client.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
+// chCleanup cleans up in the order docs/chart.md gives: the app (its
+// Service's finalizer needs the controller), then the release, then the
+// agents' pins.
+func chCleanup(t *testing.T, r *chRun) {
+	b := r.b
+	if t.Failed() && r.installed {
+		for pod, log := range chPodLogs(t, b) {
+			lines := strings.Split(strings.TrimSpace(log), "\n")
+			t.Logf("last lines of %s:\n%s", pod, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := b.Client.CoreV1().Namespaces().Delete(ctx, chAppNS, metav1.DeleteOptions{}); err == nil || !apierrors.IsNotFound(err) {
+		for ctx.Err() == nil {
+			if _, err := b.Client.CoreV1().Namespaces().Get(ctx, chAppNS, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if r.installed {
+		if out, err := chHelm(t, b, "uninstall", chRelease, "-n", chNamespace, "--wait", "--timeout", "90s"); err != nil && !strings.Contains(out, "not found") {
+			t.Errorf("cleanup: %v", err)
+		}
+	}
+	_ = b.Client.CoreV1().Namespaces().Delete(ctx, chNamespace, metav1.DeleteOptions{})
+	for _, n := range b.Topology.Nodes {
+		out, err := exec.CommandContext(ctx, "nsenter", "--net="+namedns.Path(n.NetNS), "--",
+			filepath.Join(b.BinDir, "node-agent"), "--cleanup", "--bpf-root="+chBPFRoot(n.Name)).CombinedOutput()
+		if err != nil {
+			t.Errorf("node-agent --cleanup on %s: %v\n%s", n.Name, err, out)
+		}
+	}
+}
+
+// chCredentialsSecret creates the Secret with localcloud's keys the chart's
+// values name.
+func chCredentialsSecret(t *testing.T, r *chRun) {
+	_, err := r.b.Client.CoreV1().Secrets(r.ns).Create(t.Context(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "localcloud-credentials"},
 		StringData: map[string]string{"AWS_ACCESS_KEY_ID": chAccessKey, "AWS_SECRET_ACCESS_KEY": chSecretKey},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
 
-	// helm install, as a user would on the test bed.
+// chHelmInstall: helm install, as a user would on the test bed.
+func chHelmInstall(t *testing.T, r *chRun) {
 	begin := time.Now()
-	installed = true
-	if _, err := chHelm(t, b, "install", chRelease, chChart, "-n", ns,
+	r.installed = true
+	if _, err := chHelm(t, r.b, "install", chRelease, chChart, "-n", r.ns,
 		"-f", filepath.Join(chChart, "ci", "testbed-values.yaml"),
 		"--set", "clusterName="+chClusterName,
-		"--set", "cloud.endpoint="+endpoint,
+		"--set", "cloud.endpoint="+r.endpoint,
 		"--set", "nodeAgent.bpfRoot="+filepath.Join(testbed.BPFPinPrefix, "chart-$(NODE_NAME)"),
 		// Only this test's Service: a direct-access Service another test
 		// left behind must not get this release's finalizer.
@@ -255,10 +308,13 @@ func TestChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("helm install --wait: %.1fs", time.Since(begin).Seconds())
+}
 
-	// The VPC's source/destination check on, as in a cloud: pods on
-	// secondary ENIs answer only through the agents' ENI routing
-	// (nodeAgent.eniRouting in the test-bed values).
+// chSourceDestCheckOn turns the VPC's source/destination check on, as in a
+// cloud: pods on secondary ENIs answer only through the agents' ENI routing
+// (nodeAgent.eniRouting in the test-bed values).
+func chSourceDestCheckOn(t *testing.T, r *chRun) {
+	b := r.b
 	if err := testbed.SetSourceDestCheck(t.Context(), b.Topology, true); err != nil {
 		t.Fatal(err)
 	}
@@ -269,14 +325,18 @@ func TestChart(t *testing.T) {
 			t.Errorf("restore the source/destination check: %v", err)
 		}
 	})
+}
 
-	// The controller and the agents run as the chart's ServiceAccounts.
-	// helm --wait accepts a DaemonSet with maxUnavailable (1) pods not yet
-	// Ready, so every pod gets a short while to become Ready.
+// chPodsRunAsServiceAccounts: the controller and the agents run as the
+// chart's ServiceAccounts. helm --wait accepts a DaemonSet with
+// maxUnavailable (1) pods not yet Ready, so every pod gets a short while to
+// become Ready.
+func chPodsRunAsServiceAccounts(t *testing.T, r *chRun) {
+	b := r.b
 	var pods *corev1.PodList
 	framework.Poll(t, 60*time.Second, "every pod of the release Ready", func(ctx context.Context) (bool, string) {
 		var err error
-		pods, err = b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
+		pods, err = b.Client.CoreV1().Pods(r.ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chRelease})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -295,24 +355,32 @@ func TestChart(t *testing.T) {
 	if diff := cmp.Diff(map[string]int{chController: 2, chAgent: len(b.Topology.Nodes)}, running); diff != "" {
 		t.Fatalf("ready pods by ServiceAccount (-want +got):\n%s", diff)
 	}
+}
 
-	// kube-proxy is nowhere; the node agent is the DaemonSet.
-	ds := b.MustKubectl(t, "get", "daemonsets", "-A", "-o", "custom-columns=NS:.metadata.namespace,NAME:.metadata.name,READY:.status.numberReady", "--no-headers")
+// chNoKubeProxy: kube-proxy is nowhere; the node agent is the DaemonSet.
+func chNoKubeProxy(t *testing.T, r *chRun) {
+	ds := r.b.MustKubectl(t, "get", "daemonsets", "-A", "-o", "custom-columns=NS:.metadata.namespace,NAME:.metadata.name,READY:.status.numberReady", "--no-headers")
 	t.Logf("kubectl get daemonsets -A:\n%s", ds)
 	if !strings.Contains(ds, chAgent) || strings.Contains(ds, "kube-proxy") {
 		t.Errorf("daemonsets: want %s and no kube-proxy:\n%s", chAgent, ds)
 	}
+}
 
-	// The agents synced Services and EndpointSlices through their RBAC.
-	for _, n := range b.Topology.Nodes {
+// chAgentsSynced: the agents synced Services and EndpointSlices through
+// their RBAC.
+func chAgentsSynced(t *testing.T, r *chRun) {
+	for _, n := range r.b.Topology.Nodes {
 		u := "http://" + n.ENIs[0].Addr.Addr().String() + ":10256/healthz"
 		framework.Poll(t, 30*time.Second, "agent on "+n.Name+" synced", func(context.Context) (bool, string) {
 			code, body, err := framework.HTTPGet(u)
 			return err == nil && code == 200 && strings.Contains(body, "lastUpdated") && !strings.Contains(body, `"lastUpdated":"0001-01-01`), fmt.Sprint(code, body, err)
 		})
 	}
+}
 
-	// RBAC: what the controller needs it has, and no more.
+// chControllerRBAC: what the controller needs it has, and no more.
+func chControllerRBAC(t *testing.T, r *chRun) {
+	ns := r.ns
 	sa := "system:serviceaccount:" + ns + ":" + chController
 	for _, tc := range []struct {
 		args []string
@@ -331,7 +399,7 @@ func TestChart(t *testing.T) {
 		{[]string{"update", "leases.coordination.k8s.io/other", "-n", ns}, "no"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		out, _ := b.Kubectl(ctx, append([]string{"auth", "can-i", "--as", sa}, tc.args...)...)
+		out, _ := r.b.Kubectl(ctx, append([]string{"auth", "can-i", "--as", sa}, tc.args...)...)
 		cancel()
 		// The answer is the last line (warnings come first).
 		lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -339,11 +407,14 @@ func TestChart(t *testing.T) {
 			t.Errorf("%s can-i %v: %q, want %s", chController, tc.args, got, tc.want)
 		}
 	}
+}
 
-	// The examples: an EXTERNAL-IP that reaches every pod, with the pods'
-	// IPs as the cloud's targets.
-	// The Service first, as the README says: the webhook gives a pod its
-	// readiness gate when a direct-access Service selects it at creation.
+// chExampleGetsExternalIP applies the examples and waits for an
+// EXTERNAL-IP in the chart's pool. The Service first, as the README says:
+// the webhook gives a pod its readiness gate when a direct-access Service
+// selects it at creation.
+func chExampleGetsExternalIP(t *testing.T, r *chRun) {
+	b := r.b
 	framework.CreateNamespace(t, b, chAppNS)
 	raw, err := os.ReadFile("../../examples/echo-service.yaml")
 	if err != nil {
@@ -358,7 +429,7 @@ func TestChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.MustKubectl(t, "apply", "-n", chAppNS, "-f", "../../examples/echo-deployment.yaml")
-	begin = time.Now()
+	begin := time.Now()
 	var extIP string
 	framework.Poll(t, 90*time.Second, "EXTERNAL-IP of "+chAppNS+"/echo", func(ctx context.Context) (bool, string) {
 		svc, err := b.Client.CoreV1().Services(chAppNS).Get(ctx, "echo", metav1.GetOptions{})
@@ -376,7 +447,15 @@ func TestChart(t *testing.T) {
 	if a, err := netip.ParseAddr(extIP); err != nil || !netip.MustParsePrefix(chLBCIDR).Contains(a) {
 		t.Fatalf("EXTERNAL-IP %q is not in %s", extIP, chLBCIDR)
 	}
+	r.extIP = extIP
+}
+
+// chExamplePodsAreHealthyTargets waits for the 3 echo pods, then for the
+// pods' IPs as the cloud's healthy targets.
+func chExamplePodsAreHealthyTargets(t *testing.T, r *chRun) {
+	b := r.b
 	podIPs := map[string]string{} // name → IP
+	r.podIPs = podIPs
 	framework.Poll(t, 90*time.Second, "3 echo pods ready", func(ctx context.Context) (bool, string) {
 		list, err := b.Client.CoreV1().Pods(chAppNS).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
 		if err != nil {
@@ -395,6 +474,7 @@ func TestChart(t *testing.T) {
 		wantTargets = append(wantTargets, ip+":8080")
 	}
 	slices.Sort(wantTargets)
+	lbs := r.lbs
 	framework.Poll(t, 60*time.Second, "the cloud's healthy targets are the pods", func(ctx context.Context) (bool, string) {
 		tgs, err := lbs.ListTargetGroups(ctx, cloud.Tags{cloud.TagCluster: chClusterName, cloud.TagService: chAppNS + "/echo"})
 		if err != nil || len(tgs) != 1 {
@@ -415,6 +495,12 @@ func TestChart(t *testing.T) {
 		slices.Sort(got)
 		return slices.Equal(got, wantTargets) && healthy == len(wantTargets), fmt.Sprintf("targets %v (%d healthy), want %v", got, healthy, wantTargets)
 	})
+}
+
+// chExampleReachesEveryPod: up to 300 requests (at most 60 seconds) through
+// the EXTERNAL-IP reach every pod, and none fails.
+func chExampleReachesEveryPod(t *testing.T, r *chRun) {
+	extIP := r.extIP
 	seen := map[string]int{}
 	failed := 0
 	deadline := time.Now().Add(60 * time.Second)
@@ -427,7 +513,7 @@ func TestChart(t *testing.T) {
 		seen[strings.TrimSpace(body)]++
 	}
 	t.Logf("responses by pod: %v, failed: %d", seen, failed)
-	for name := range podIPs {
+	for name := range r.podIPs {
 		if seen[name] == 0 {
 			t.Errorf("no response from pod %s through %s: %v", name, extIP, seen)
 		}
@@ -435,26 +521,12 @@ func TestChart(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d requests through %s failed", failed, extIP)
 	}
+}
 
-	// The webhook (the chart's, with the chart's certificates) gave every
-	// pod the gate and the drain hook; the chart's controller set the gates.
-	chCheckGates(t, b)
-
-	// A rolling update under load through the chart's controller and
-	// webhook: the gates hold it, the drain hook empties the old pods;
-	// nothing fails.
-	chRolloutUnderLoad(t, b, extIP)
-
-	// The controller's leader SIGKILLed, the next leader's pod deleted, and
-	// a helm upgrade that rolls the controller, all under load: no pod turns
-	// NotReady, no request fails.
-	chOperationsUnderLoad(t, b, ns, extIP, func() {
-		if _, err := chHelm(t, b, "upgrade", chRelease, chChart, "-n", ns, "--reuse-values",
-			"--set", "controller.concurrency=5", "--wait", "--timeout", "3m"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	dep, err := b.Client.AppsV1().Deployments(ns).Get(t.Context(), chController, metav1.GetOptions{})
+// chUpgradeApplied: the upgraded controller runs with --concurrency=5 and
+// the EXTERNAL-IP still answers.
+func chUpgradeApplied(t *testing.T, r *chRun) {
+	dep, err := r.b.Client.AppsV1().Deployments(r.ns).Get(t.Context(), chController, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,15 +534,18 @@ func TestChart(t *testing.T) {
 		t.Errorf("upgraded controller args %v lack --concurrency=5", args)
 	}
 	for i := 0; i < 20; i++ {
-		if code, body, err := framework.HTTPGet("http://" + extIP + "/hostname"); err != nil || code != 200 {
+		if code, body, err := framework.HTTPGet("http://" + r.extIP + "/hostname"); err != nil || code != 200 {
 			t.Errorf("after the upgrade, request %d: %d %q %v", i, code, body, err)
 		}
 	}
+}
 
-	// No RBAC denial in any log of the release's pods; and the logs are
-	// really theirs: a controller of the upgraded release took the Lease
-	// (the old leader released it on SIGTERM, but the new pods may still
-	// be racing for it, hence the wait), every agent synced.
+// chLogsShowNoDenial: no RBAC denial in any log of the release's pods; and
+// the logs are really theirs: a controller of the upgraded release took the
+// Lease (the old leader released it on SIGTERM, but the new pods may still
+// be racing for it, hence the wait), every agent synced.
+func chLogsShowNoDenial(t *testing.T, r *chRun) {
+	b := r.b
 	var leaders, synced int
 	var logs map[string]string
 	framework.Poll(t, 45*time.Second, "an upgraded controller leads and every agent synced", func(context.Context) (bool, string) {
@@ -494,9 +569,13 @@ func TestChart(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// Uninstall in the documented order: the Service first, while the
-	// controller runs, then the release.
+// chUninstallLeavesNothing uninstalls in the documented order: the Service
+// first, while the controller runs, then the release; nothing is left in the
+// cluster or the cloud.
+func chUninstallLeavesNothing(t *testing.T, r *chRun) {
+	b, ns, lbs := r.b, r.ns, r.lbs
 	b.MustKubectl(t, "delete", "service", "echo", "-n", chAppNS, "--wait=true", "--timeout=60s")
 	framework.Poll(t, 60*time.Second, "the cloud forgets the Service", func(ctx context.Context) (bool, string) {
 		left, err := chCloudLeft(ctx, lbs)
@@ -505,7 +584,7 @@ func TestChart(t *testing.T) {
 	if _, err := chHelm(t, b, "uninstall", chRelease, "-n", ns, "--wait", "--timeout", "2m"); err != nil {
 		t.Fatal(err)
 	}
-	installed = false
+	r.installed = false
 	framework.Poll(t, 60*time.Second, "the release's pods are gone", func(ctx context.Context) (bool, string) {
 		list, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		return err == nil && len(list.Items) == 0, fmt.Sprint(len(list.Items), err)

@@ -43,6 +43,44 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	framework.WaitWebhook(t, b, ns, "web", labels)
+	edCreateWeb(t, b, ns, labels)
+	lc := framework.Cloud(t, b)
+	lbIP := edWaitServing(t, b, lc, ns)
+
+	readiness := framework.WatchReadiness(ctx, b, ns, "app=web", "web")
+	load := framework.NewLoad("web-")
+	lctx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go load.Run(lctx, "http://"+lbIP+":80/", 50, false, framework.MaxLoad, &wg)
+	go load.Run(lctx, "http://"+lbIP+":80/", 50, true, framework.MaxLoad, &wg)
+	time.Sleep(3 * time.Second)
+
+	edAddPort81(t, b, ns, lbIP)
+	edMoveTargetPort(t, b, lc, ns)
+	time.Sleep(5 * time.Second)
+
+	stopLoad()
+	wg.Wait()
+	samples, notReady := readiness.Finish()
+	t.Logf("Service edits under load: %d requests on port 80, %d failed %v; %d readiness samples, %d NotReady",
+		load.Total(), load.Failed(), load.Errors(), samples, len(notReady))
+	if load.Failed() > 0 {
+		t.Errorf("%d of %d requests to the unchanged frontend port failed: %v", load.Failed(), load.Total(), load.Errors())
+	}
+	if len(notReady) > 0 {
+		t.Errorf("pods turned NotReady during the edits: %v", notReady[:min(len(notReady), 20)])
+	}
+	edNoWarningEvents(t, b, ns)
+	if load.Total() < 1000 || samples < 50 {
+		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.Total(), samples)
+	}
+}
+
+// edCreateWeb creates the web Deployment: edReplicas echo pods that serve
+// HTTP on 8080 and 8081.
+func edCreateWeb(t *testing.T, b *framework.Bed, ns string, labels map[string]string) {
 	ctr := framework.EchoContainer()
 	ctr.Ports = append(ctr.Ports, corev1.ContainerPort{Name: "http-alt", ContainerPort: 8081})
 	ctr.Env = []corev1.EnvVar{
@@ -60,10 +98,14 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 			},
 		},
 	}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(t.Context(), dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	lc := framework.Cloud(t, b)
+}
+
+// edWaitServing waits for the web Service's EXTERNAL-IP, every pod Ready
+// and each a healthy target on 8080, and returns the EXTERNAL-IP.
+func edWaitServing(t *testing.T, b *framework.Bed, lc cloud.LoadBalancers, ns string) string {
 	var lbIP string
 	framework.Poll(t, 3*time.Minute, "EXTERNAL-IP, every pod Ready and a healthy target on 8080", func(ctx context.Context) (bool, string) {
 		s, err := b.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
@@ -75,18 +117,12 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 		got, why := edHealthyTargets(ctx, lc, ns, "80/TCP")
 		return len(ready) == edReplicas && len(got) == edReplicas && edAllOnPort(got, 8080), states + "; " + why
 	})
+	return lbIP
+}
 
-	readiness := framework.WatchReadiness(ctx, b, ns, "app=web", "web")
-	load := framework.NewLoad("web-")
-	lctx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go load.Run(lctx, "http://"+lbIP+":80/", 50, false, framework.MaxLoad, &wg)
-	go load.Run(lctx, "http://"+lbIP+":80/", 50, true, framework.MaxLoad, &wg)
-	time.Sleep(3 * time.Second)
-
-	// Add port 81 → 8081. GateService checks every 5 s, healthy after 2.
+// edAddPort81 adds port 81 → 8081 and wants it served within interval ×
+// healthy threshold + 5 s (GateService checks every 5 s, healthy after 2).
+func edAddPort81(t *testing.T, b *framework.Bed, ns, lbIP string) {
 	edUpdate(t, b, ns, func(s *corev1.Service) {
 		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "alt", Port: 81, TargetPort: intstr.FromInt32(8081)})
 	})
@@ -102,8 +138,11 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 	} else {
 		t.Logf("added port 81 serves %.1fs after the edit", took.Seconds())
 	}
+}
 
-	// Port 80: targetPort 8080 → 8081.
+// edMoveTargetPort moves port 80's targetPort from 8080 to 8081 and waits
+// for every pod to be a healthy target on 8081 only.
+func edMoveTargetPort(t *testing.T, b *framework.Bed, lc cloud.LoadBalancers, ns string) {
 	edUpdate(t, b, ns, func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8081) })
 	moved := time.Now()
 	framework.Poll(t, 2*time.Minute, "port 80's targets all on 8081, healthy", func(ctx context.Context) (bool, string) {
@@ -112,22 +151,13 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 		return len(got) == edReplicas && edAllOnPort(got, 8081) && len(all) == edReplicas, why
 	})
 	t.Logf("targetPort 8080 → 8081: every pod on 8081 only after %.1fs", time.Since(moved).Seconds())
-	time.Sleep(5 * time.Second)
+}
 
-	stopLoad()
-	wg.Wait()
-	samples, notReady := readiness.Finish()
-	t.Logf("Service edits under load: %d requests on port 80, %d failed %v; %d readiness samples, %d NotReady",
-		load.Total(), load.Failed(), load.Errors(), samples, len(notReady))
-	if load.Failed() > 0 {
-		t.Errorf("%d of %d requests to the unchanged frontend port failed: %v", load.Failed(), load.Total(), load.Errors())
-	}
-	if len(notReady) > 0 {
-		t.Errorf("pods turned NotReady during the edits: %v", notReady[:min(len(notReady), 20)])
-	}
-	// A targetPort change is not a health regression: the old-port targets
-	// drain, the new ones register and turn healthy.
-	evs, err := b.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+// edNoWarningEvents: a targetPort change is not a health regression: the
+// old-port targets drain, the new ones register and turn healthy; no
+// Warning event on a Service.
+func edNoWarningEvents(t *testing.T, b *framework.Bed, ns string) {
+	evs, err := b.Client.EventsV1().Events(ns).List(t.Context(), metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,9 +165,6 @@ func TestServiceEditsUnderLoad(t *testing.T) {
 		if e.Type == corev1.EventTypeWarning && e.Regarding.Kind == "Service" {
 			t.Errorf("Warning event on Service %s during the edits: %s: %s", e.Regarding.Name, e.Reason, e.Note)
 		}
-	}
-	if load.Total() < 1000 || samples < 50 {
-		t.Errorf("the load or the sampling did not run: %d requests, %d samples", load.Total(), samples)
 	}
 }
 

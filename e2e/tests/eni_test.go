@@ -24,6 +24,7 @@ import (
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
 	"github.com/directlb/directlb/pkg/cloud"
+	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/eni"
 	"github.com/directlb/directlb/pkg/service"
 )
@@ -58,6 +59,23 @@ func eniOwned(t *testing.T, n testbed.Node) (rules, routes int) {
 	return rules, len(rts)
 }
 
+// eniReplicas is the size of TestENIRouting's echo Deployment.
+const eniReplicas = 6
+
+// eniRun is what the steps of TestENIRouting share.
+type eniRun struct {
+	b    *framework.Bed
+	ctx  context.Context
+	ns   string
+	lc   *cloudaws.Client
+	key  string // the Service's namespace/name
+	lbIP string
+	// pods are the echo pods; primary and secondary those on the nodes'
+	// primary and secondary ENIs.
+	pods, primary, secondary []corev1.Pod
+	as                       *framework.Agents
+}
+
 func TestENIRouting(t *testing.T) {
 	b := requireCloud(t)
 	ctx := t.Context()
@@ -70,98 +88,125 @@ func TestENIRouting(t *testing.T) {
 	framework.StartController(t, b)
 	lc := framework.Cloud(t, b)
 	framework.DeleteServices(t, b, ns) // while the controller runs: nothing left for the next test
-	key := ns + "/echo"
+	r := &eniRun{b: b, ctx: ctx, ns: ns, lc: lc, key: ns + "/echo"}
+	eniEchoTargets(t, r)
+	eniPodsOnBothENIs(t, r)
+
+	// directlb-cni assigns every pod address in localcloud's EC2 API to the
+	// ENI it wires the pod on (AssignPrivateIpAddresses), as VPC CNI's IPAM
+	// does.
+	framework.Poll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
+		missing := eniCloudMismatch(ctx, b, lc, r.pods)
+		return len(missing) == 0, strings.Join(missing, "; ")
+	})
+
+	eniCheckDropsSecondary(t, r)
+	eniRoutingServesEveryPod(t, r)
+	eniNoSNAT(t, r)
+	eniFromSecondaryPod(t, r)
+	eniRestartKeepsRoutes(t, r)
+	eniCleanupLeavesNothing(t, r)
+	eniPodsGoUnassigned(t, r)
+}
+
+// eniEchoTargets creates the echo Deployment and its direct-access Service
+// and waits for the EXTERNAL-IP and for the pods as the cloud's targets.
+func eniEchoTargets(t *testing.T, r *eniRun) {
+	b, ns, ctx := r.b, r.ns, r.ctx
 	labels := map[string]string{"app": "echo"}
-	const replicas = 6
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, replicas, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, eniReplicas, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
 	svc := framework.DirectAccessService(ns, "echo", labels, map[string]string{service.AnnotationDeregistrationDelay: "2"})
 	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
-	lbIP := framework.WaitExternalIP(t, b, ns, "echo", 30*time.Second)
+	r.lbIP = framework.WaitExternalIP(t, b, ns, "echo", 30*time.Second)
 	var want []string
 	framework.Poll(t, 120*time.Second, "pods ready", func(ctx context.Context) (bool, string) {
 		var n int
 		var state string
 		want, n, state = framework.PodTargets(ctx, b, ns)
-		return len(want) == replicas && n == replicas, state
+		return len(want) == eniReplicas && n == eniReplicas, state
 	})
 	framework.Poll(t, 30*time.Second, "targets = the pods", func(ctx context.Context) (bool, string) {
-		_, got, states := framework.Targets(ctx, lc, key)
+		_, got, states := framework.Targets(ctx, r.lc, r.key)
 		return cmp.Equal(want, got), fmt.Sprintf("want %v, cloud has %s", want, states)
 	})
-	pods, state := framework.ReadyPods(ctx, b, ns, "app=echo")
+}
+
+// eniPodsOnBothENIs sorts the echo pods by ENI and wants some on each.
+func eniPodsOnBothENIs(t *testing.T, r *eniRun) {
+	pods, state := framework.ReadyPods(r.ctx, r.b, r.ns, "app=echo")
+	r.pods = pods
 	var primary, secondary []corev1.Pod
 	for _, p := range pods {
-		switch framework.PodENI(b.Topology, p.Spec.NodeName, p.Status.PodIP) {
+		switch framework.PodENI(r.b.Topology, p.Spec.NodeName, p.Status.PodIP) {
 		case 0:
 			primary = append(primary, p)
 		case 1:
 			secondary = append(secondary, p)
 		}
 	}
+	r.primary, r.secondary = primary, secondary
 	if len(primary) == 0 || len(secondary) == 0 {
 		t.Fatalf("want pods on both ENIs; %d on ENI 0, %d on ENI 1: %s", len(primary), len(secondary), state)
 	}
 	t.Logf("%d pods on primary ENIs, %d on secondary ENIs", len(primary), len(secondary))
+}
 
-	// directlb-cni assigns every pod address in localcloud's EC2 API to the
-	// ENI it wires the pod on (AssignPrivateIpAddresses), as VPC CNI's IPAM
-	// does.
-	framework.Poll(t, 30*time.Second, "EC2 lists each pod's address on its ENI", func(ctx context.Context) (bool, string) {
-		missing := eniCloudMismatch(ctx, b, lc, pods)
-		return len(missing) == 0, strings.Join(missing, "; ")
-	})
+// eniHealthy counts the targets the load balancer finds healthy.
+func eniHealthy(ctx context.Context, r *eniRun) (int, string) {
+	tg, _, states := framework.Targets(ctx, r.lc, r.key)
+	th, err := r.lc.DescribeTargetHealth(ctx, tg.ARN)
+	if err != nil {
+		return 0, err.Error()
+	}
+	n := 0
+	for _, h := range th {
+		if h.State == cloud.TargetHealthy {
+			n++
+		}
+	}
+	return n, states
+}
 
-	// healthy counts the targets the load balancer finds healthy.
-	health := func(ctx context.Context) (int, string) {
-		tg, _, states := framework.Targets(ctx, lc, key)
-		th, err := lc.DescribeTargetHealth(ctx, tg.ARN)
-		if err != nil {
-			return 0, err.Error()
+// eniReach returns the pods that answered a direct request from the host
+// (a VPC peer on its own port, like the load balancer).
+func eniReach(ps []corev1.Pod) (ok, failed []string) {
+	for _, p := range ps {
+		code, body, err := framework.HTTPGet("http://" + p.Status.PodIP + ":8080/")
+		if err == nil && code == 200 && strings.TrimSpace(body) == p.Name {
+			ok = append(ok, p.Name)
+		} else {
+			failed = append(failed, fmt.Sprintf("%s (%s): %v %d", p.Name, p.Status.PodIP, err, code))
 		}
-		n := 0
-		for _, h := range th {
-			if h.State == cloud.TargetHealthy {
-				n++
-			}
-		}
-		return n, states
 	}
-	// reach returns the pods that answered a direct request from the host
-	// (a VPC peer on its own port, like the load balancer).
-	reach := func(ps []corev1.Pod) (ok, failed []string) {
-		for _, p := range ps {
-			code, body, err := framework.HTTPGet("http://" + p.Status.PodIP + ":8080/")
-			if err == nil && code == 200 && strings.TrimSpace(body) == p.Name {
-				ok = append(ok, p.Name)
-			} else {
-				failed = append(failed, fmt.Sprintf("%s (%s): %v %d", p.Name, p.Status.PodIP, err, code))
-			}
-		}
-		return ok, failed
-	}
-	// throughLB sends n requests through the load balancer and returns the
-	// failures and the answers per pod.
-	throughLB := func(n int) (int, map[string]int) {
-		seen := map[string]int{}
-		failed := 0
-		for range n {
-			code, body, err := framework.HTTPGet("http://" + lbIP + ":80/")
-			if err != nil || code != 200 {
-				failed++
-				continue
-			}
-			seen[strings.TrimSpace(body)]++
-		}
-		return failed, seen
-	}
+	return ok, failed
+}
 
-	// The check on: pods on secondary ENIs answer through eth0, which the
-	// VPC drops; the load balancer finds them unhealthy.
-	if err := testbed.SetSourceDestCheck(ctx, b.Topology, true); err != nil {
+// eniThroughLB sends n requests through the load balancer at lbIP and
+// returns the failures and the answers per pod.
+func eniThroughLB(lbIP string, n int) (int, map[string]int) {
+	seen := map[string]int{}
+	failed := 0
+	for range n {
+		code, body, err := framework.HTTPGet("http://" + lbIP + ":80/")
+		if err != nil || code != 200 {
+			failed++
+			continue
+		}
+		seen[strings.TrimSpace(body)]++
+	}
+	return failed, seen
+}
+
+// eniCheckDropsSecondary turns the check on: pods on secondary ENIs answer
+// through eth0, which the VPC drops; the load balancer finds them
+// unhealthy.
+func eniCheckDropsSecondary(t *testing.T, r *eniRun) {
+	b := r.b
+	if err := testbed.SetSourceDestCheck(r.ctx, b.Topology, true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -171,48 +216,54 @@ func TestENIRouting(t *testing.T) {
 			t.Errorf("restore the source/destination check: %v", err)
 		}
 	})
-	if ok, failed := reach(primary); len(failed) > 0 {
+	if ok, failed := eniReach(r.primary); len(failed) > 0 {
 		t.Fatalf("with the check on, pods on primary ENIs must answer; %v answered, failed: %v", ok, failed)
 	}
-	if ok, _ := reach(secondary); len(ok) > 0 {
+	if ok, _ := eniReach(r.secondary); len(ok) > 0 {
 		t.Fatalf("with the check on and no ENI routing, pods on secondary ENIs answered: %v (the check is not real)", ok)
 	}
 	framework.Poll(t, 60*time.Second, "targets on secondary ENIs unhealthy", func(ctx context.Context) (bool, string) {
-		n, states := health(ctx)
-		return n == len(primary), states
+		n, states := eniHealthy(ctx, r)
+		return n == len(r.primary), states
 	})
+}
 
-	// ENI routing on: every pod answers, directly and through the load
-	// balancer. The agents learn the ENIs and which addresses each holds
-	// from localcloud's EC2 API (no fallback to links: --eni-source=ec2
-	// fails the agent if EC2 does not answer).
+// eniRoutingServesEveryPod turns ENI routing on: every pod answers,
+// directly and through the load balancer. The agents learn the ENIs and
+// which addresses each holds from localcloud's EC2 API (no fallback to
+// links: --eni-source=ec2 fails the agent if EC2 does not answer).
+func eniRoutingServesEveryPod(t *testing.T, r *eniRun) {
 	t.Setenv("AWS_ACCESS_KEY_ID", framework.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", framework.SecretKey)
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	as := framework.StartAgents(t, b, "--eni-routing", "--eni-source=ec2", "--aws-endpoint="+b.Topology.LocalcloudURL, "--eni-resync=2s")
+	r.as = framework.StartAgents(t, r.b, "--eni-routing", "--eni-source=ec2", "--aws-endpoint="+r.b.Topology.LocalcloudURL, "--eni-resync=2s")
 	framework.Poll(t, 30*time.Second, "pods on secondary ENIs answer", func(context.Context) (bool, string) {
-		_, failed := reach(secondary)
+		_, failed := eniReach(r.secondary)
 		return len(failed) == 0, strings.Join(failed, "; ")
 	})
 	framework.Poll(t, 60*time.Second, "every target healthy", func(ctx context.Context) (bool, string) {
-		n, states := health(ctx)
-		return n == replicas, states
+		n, states := eniHealthy(ctx, r)
+		return n == eniReplicas, states
 	})
-	if failed, seen := throughLB(120); failed > 0 || len(seen) != replicas {
-		t.Fatalf("120 requests through the load balancer with ENI routing: %d failed, answers %v; want 0 failed and all %d pods", failed, seen, replicas)
+	if failed, seen := eniThroughLB(r.lbIP, 120); failed > 0 || len(seen) != eniReplicas {
+		t.Fatalf("120 requests through the load balancer with ENI routing: %d failed, answers %v; want 0 failed and all %d pods", failed, seen, eniReplicas)
 	}
-	// No SNAT anywhere on the path: a pod on a secondary ENI sees the
-	// host's VPC address on a direct request, and the load balancer's own
-	// VPC address (localcloud connects to targets from it, as an NLB
-	// without client IP preservation does) through the load balancer.
-	for _, p := range secondary {
+}
+
+// eniNoSNAT: no SNAT anywhere on the path: a pod on a secondary ENI sees
+// the host's VPC address on a direct request, and the load balancer's own
+// VPC address (localcloud connects to targets from it, as an NLB without
+// client IP preservation does) through the load balancer.
+func eniNoSNAT(t *testing.T, r *eniRun) {
+	b := r.b
+	for _, p := range r.secondary {
 		if _, body, err := framework.HTTPGet("http://" + p.Status.PodIP + ":8080/client"); err != nil || strings.TrimSpace(body) != b.Topology.HostAddr.String() {
 			t.Errorf("pod %s (%s) saw the host's request come from %q (err %v), want %s", p.Name, p.Status.PodIP, strings.TrimSpace(body), err, b.Topology.HostAddr)
 		}
 	}
 	lbSources := map[string]int{}
-	for range 2 * replicas {
-		_, body, err := framework.HTTPGet("http://" + lbIP + ":80/client")
+	for range 2 * eniReplicas {
+		_, body, err := framework.HTTPGet("http://" + r.lbIP + ":80/client")
 		if err != nil {
 			lbSources["error: "+err.Error()]++
 			continue
@@ -222,11 +273,15 @@ func TestENIRouting(t *testing.T) {
 	if want := b.Topology.CloudAddr.String(); len(lbSources) != 1 || lbSources[want] == 0 {
 		t.Errorf("sources the pods saw through the load balancer: %v, want only %s", lbSources, want)
 	}
-	// From a pod on a secondary ENI: every pod (same node and other
-	// nodes, either ENI) answers and sees the pod's own address, and the
-	// Service's ClusterIP answers.
-	src := framework.PodSandbox(t, b, &secondary[0])
-	for _, p := range pods {
+}
+
+// eniFromSecondaryPod: from a pod on a secondary ENI, every pod (same node
+// and other nodes, either ENI) answers and sees the pod's own address, and
+// the Service's ClusterIP answers.
+func eniFromSecondaryPod(t *testing.T, r *eniRun) {
+	secondary := r.secondary
+	src := framework.PodSandbox(t, r.b, &secondary[0])
+	for _, p := range r.pods {
 		if got := p2(src.CurlN(t, "http://"+p.Status.PodIP+":8080/", 2)); got != p.Name+","+p.Name {
 			t.Errorf("pod %s (secondary ENI) to pod %s (%s on %s): %s", secondary[0].Name, p.Name, p.Status.PodIP, p.Spec.NodeName, got)
 		}
@@ -234,7 +289,7 @@ func TestENIRouting(t *testing.T) {
 			t.Errorf("pod %s saw pod %s's request come from %q, want %s", p.Name, secondary[0].Name, got, secondary[0].Status.PodIP)
 		}
 	}
-	cs, err := b.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	cs, err := r.b.Client.CoreV1().Services(r.ns).Get(r.ctx, "echo", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,61 +300,72 @@ func TestENIRouting(t *testing.T) {
 			break
 		}
 	}
+}
 
+// eniRestartKeepsRoutes: the routes stay while the agents are down and
+// after they restart.
+func eniRestartKeepsRoutes(t *testing.T, r *eniRun) {
+	b, as := r.b, r.as
 	before := map[string][2]int{}
 	for _, n := range b.Topology.Nodes {
-		r, rt := eniOwned(t, n)
-		before[n.Name] = [2]int{r, rt}
+		rules, routes := eniOwned(t, n)
+		before[n.Name] = [2]int{rules, routes}
 	}
 
-	// Restart: the routes stay while the agents are down and after.
 	for _, a := range as.List {
 		as.Stop(a)
 	}
-	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
+	if failed, seen := eniThroughLB(r.lbIP, 60); failed > 0 || len(seen) != eniReplicas {
 		t.Errorf("60 requests with the agents stopped: %d failed, answers %v", failed, seen)
 	}
 	for _, a := range as.List {
 		as.Start(a)
 	}
-	if failed, seen := throughLB(60); failed > 0 || len(seen) != replicas {
+	if failed, seen := eniThroughLB(r.lbIP, 60); failed > 0 || len(seen) != eniReplicas {
 		t.Errorf("60 requests after the agents restarted: %d failed, answers %v", failed, seen)
 	}
 	for _, n := range b.Topology.Nodes {
-		r, rt := eniOwned(t, n)
-		if got := [2]int{r, rt}; got != before[n.Name] {
+		rules, routes := eniOwned(t, n)
+		if got := [2]int{rules, routes}; got != before[n.Name] {
 			t.Errorf("%s: ENI rules and routes %v after restart, %v before", n.Name, got, before[n.Name])
 		}
 	}
+}
 
-	// --cleanup leaves nothing behind, and the check bites again.
+// eniCleanupLeavesNothing: --cleanup leaves nothing behind, and the check
+// bites again.
+func eniCleanupLeavesNothing(t *testing.T, r *eniRun) {
+	as := r.as
 	for _, a := range as.List {
 		as.Stop(a)
 		if err := as.Cleanup(a); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, n := range b.Topology.Nodes {
-		if r, rt := eniOwned(t, n); r+rt != 0 {
-			t.Errorf("%s: %d ENI rules and %d ENI routes left after --cleanup", n.Name, r, rt)
+	for _, n := range r.b.Topology.Nodes {
+		if rules, routes := eniOwned(t, n); rules+routes != 0 {
+			t.Errorf("%s: %d ENI rules and %d ENI routes left after --cleanup", n.Name, rules, routes)
 		}
 	}
-	if ok, _ := reach(secondary); len(ok) > 0 {
+	if ok, _ := eniReach(r.secondary); len(ok) > 0 {
 		t.Errorf("after --cleanup pods on secondary ENIs still answered: %v", ok)
 	}
+}
 
-	// The pods go: directlb-cni unassigns their addresses (the bed's
-	// warmIPTarget is 0).
-	if err := b.Client.AppsV1().Deployments(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+// eniPodsGoUnassigned: the pods go, and directlb-cni unassigns their
+// addresses (the bed's warmIPTarget is 0).
+func eniPodsGoUnassigned(t *testing.T, r *eniRun) {
+	b := r.b
+	if err := b.Client.AppsV1().Deployments(r.ns).Delete(r.ctx, "echo", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete deployment: %v", err)
 	}
 	framework.Poll(t, 60*time.Second, "EC2 no longer lists the pods' addresses", func(ctx context.Context) (bool, string) {
-		held, err := eniCloudAddrs(ctx, b, lc)
+		held, err := eniCloudAddrs(ctx, b, r.lc)
 		if err != nil {
 			return false, err.Error()
 		}
 		var still []string
-		for _, p := range pods {
+		for _, p := range r.pods {
 			if eni, ok := held[p.Status.PodIP]; ok {
 				still = append(still, p.Status.PodIP+" on "+eni)
 			}

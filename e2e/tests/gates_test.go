@@ -39,88 +39,32 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	framework.WaitWebhook(t, b, ns, "web", labels)
+	rgCreateUnhealthyPod(t, b, ns, labels)
 
-	// The kubelet's readiness probe is a TCP check and passes; the load
-	// balancer's HTTP check of /healthz gets 500.
-	ctr := framework.EchoContainer()
-	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}, PeriodSeconds: 1}
-	ctr.Env = []corev1.EnvVar{{Name: "ECHO_HEALTH_STATUS", Value: "500"}}
-	pod, err := b.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: ns, Labels: labels},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{ctr}, TerminationGracePeriodSeconds: ptrInt64(15)},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !framework.HasGate(pod, "web") {
-		t.Fatalf("pod created without the gate: %v", pod.Spec.ReadinessGates)
-	}
-
-	watchUntil := func(timeout time.Duration, what string, cond func(*corev1.Pod) bool, never func(*corev1.Pod) bool) *corev1.Pod {
-		t.Helper()
-		var last *corev1.Pod
-		framework.Poll(t, timeout, what, func(ctx context.Context) (bool, string) {
-			p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			last = p
-			if never != nil && never(p) {
-				t.Fatalf("%s: pod became Ready while its target is unhealthy: %+v", what, p.Status.Conditions)
-			}
-			s, r := framework.Gate(p, "web")
-			return cond(p), fmt.Sprintf("gate %s/%s containersReady=%s ready=%s", s, r,
-				framework.Condition(p, corev1.ContainersReady), framework.Condition(p, corev1.PodReady))
-		})
-		return last
-	}
-	ready := func(p *corev1.Pod) bool { return framework.Condition(p, corev1.PodReady) == corev1.ConditionTrue }
-	unhealthy := func(p *corev1.Pod) bool {
-		s, r := framework.Gate(p, "web")
-		return s == corev1.ConditionFalse && r == readinessgate.ReasonUnhealthy && framework.Condition(p, corev1.ContainersReady) == corev1.ConditionTrue
-	}
-	p := watchUntil(60*time.Second, "gate False/Unhealthy", unhealthy, ready)
+	p := rgWatchUntil(t, b, ns, 60*time.Second, "gate False/Unhealthy", rgUnhealthy, rgReady)
 	// Stays so: several more health-check rounds, never Ready.
 	end := time.Now().Add(12 * time.Second)
 	for time.Now().Before(end) {
-		p = watchUntil(5*time.Second, "still unhealthy", unhealthy, ready)
+		p = rgWatchUntil(t, b, ns, 5*time.Second, "still unhealthy", rgUnhealthy, rgReady)
 		time.Sleep(time.Second)
 	}
 	ip := p.Status.PodIP
 
-	setHealth := func(code int) {
-		t.Helper()
-		if c, _, err := framework.HTTPGet(fmt.Sprintf("http://%s:8080/control/health?status=%d", ip, code)); err != nil || c != 200 {
-			t.Fatalf("set health of %s to %d: %d %v", ip, code, c, err)
-		}
-	}
-	setHealth(200)
+	rgSetHealth(t, ip, 200)
 	begin := time.Now()
-	watchUntil(40*time.Second, "gate True and pod Ready", func(p *corev1.Pod) bool {
+	rgWatchUntil(t, b, ns, 40*time.Second, "gate True and pod Ready", func(p *corev1.Pod) bool {
 		s, r := framework.Gate(p, "web")
-		return s == corev1.ConditionTrue && r == readinessgate.ReasonHealthy && ready(p)
+		return s == corev1.ConditionTrue && r == readinessgate.ReasonHealthy && rgReady(p)
 	}, nil)
 	t.Logf("healthy → gate True and Ready in %.1fs", time.Since(begin).Seconds())
 
 	// Once True, the gate latches: health regressions of a Ready pod are
 	// reported on the Service, never as a readiness change.
-	staysReady := func(what string, d time.Duration) {
-		t.Helper()
-		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-			p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if s, r := framework.Gate(p, "web"); s != corev1.ConditionTrue || !ready(p) {
-				t.Fatalf("%s: gate %s/%s, Ready %s: want the pod to stay Ready", what, s, r, framework.Condition(p, corev1.PodReady))
-			}
-		}
-	}
-	setHealth(500)
+	rgSetHealth(t, ip, 500)
 	rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionFalse, 40*time.Second)
 	rgWaitServiceEvent(t, b, ns, "web", corev1.EventTypeWarning, readinessgate.EventTargetHealthFailed)
-	staysReady("target unhealthy", 12*time.Second) // more than two check rounds
-	setHealth(200)
+	rgStaysReady(t, b, ns, "target unhealthy", 12*time.Second) // more than two check rounds
+	rgSetHealth(t, ip, 200)
 	rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionTrue, 40*time.Second)
 
 	// A health-check path typo on the live Service: every check fails, the
@@ -136,7 +80,81 @@ func TestReadinessGateFollowsTargetHealth(t *testing.T) {
 	begin = time.Now()
 	cond := rgWaitServiceHealth(t, b, ns, "web", metav1.ConditionFalse, 60*time.Second)
 	t.Logf("health-check path typo → Service condition %s in %.1fs: %s", readinessgate.ConditionTargetsHealthy, time.Since(begin).Seconds(), cond.Message)
-	staysReady("health-check path typo", 12*time.Second)
+	rgStaysReady(t, b, ns, "health-check path typo", 12*time.Second)
+}
+
+// rgCreateUnhealthyPod creates web-0, with the gate: the kubelet's
+// readiness probe is a TCP check and passes; the load balancer's HTTP
+// check of /healthz gets 500.
+func rgCreateUnhealthyPod(t *testing.T, b *framework.Bed, ns string, labels map[string]string) {
+	ctr := framework.EchoContainer()
+	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}, PeriodSeconds: 1}
+	ctr.Env = []corev1.EnvVar{{Name: "ECHO_HEALTH_STATUS", Value: "500"}}
+	pod, err := b.Client.CoreV1().Pods(ns).Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: ns, Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{ctr}, TerminationGracePeriodSeconds: ptrInt64(15)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !framework.HasGate(pod, "web") {
+		t.Fatalf("pod created without the gate: %v", pod.Spec.ReadinessGates)
+	}
+}
+
+// rgWatchUntil polls web-0 until cond holds, failing at once if never
+// does; it returns the last pod seen.
+func rgWatchUntil(t *testing.T, b *framework.Bed, ns string, timeout time.Duration, what string, cond func(*corev1.Pod) bool, never func(*corev1.Pod) bool) *corev1.Pod {
+	t.Helper()
+	var last *corev1.Pod
+	framework.Poll(t, timeout, what, func(ctx context.Context) (bool, string) {
+		p, err := b.Client.CoreV1().Pods(ns).Get(ctx, "web-0", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		last = p
+		if never != nil && never(p) {
+			t.Fatalf("%s: pod became Ready while its target is unhealthy: %+v", what, p.Status.Conditions)
+		}
+		s, r := framework.Gate(p, "web")
+		return cond(p), fmt.Sprintf("gate %s/%s containersReady=%s ready=%s", s, r,
+			framework.Condition(p, corev1.ContainersReady), framework.Condition(p, corev1.PodReady))
+	})
+	return last
+}
+
+func rgReady(p *corev1.Pod) bool {
+	return framework.Condition(p, corev1.PodReady) == corev1.ConditionTrue
+}
+
+// rgUnhealthy: the gate is False for an unhealthy target while the
+// containers are ready.
+func rgUnhealthy(p *corev1.Pod) bool {
+	s, r := framework.Gate(p, "web")
+	return s == corev1.ConditionFalse && r == readinessgate.ReasonUnhealthy && framework.Condition(p, corev1.ContainersReady) == corev1.ConditionTrue
+}
+
+// rgSetHealth makes the echo pod at ip answer its health check with code.
+func rgSetHealth(t *testing.T, ip string, code int) {
+	t.Helper()
+	if c, _, err := framework.HTTPGet(fmt.Sprintf("http://%s:8080/control/health?status=%d", ip, code)); err != nil || c != 200 {
+		t.Fatalf("set health of %s to %d: %d %v", ip, code, c, err)
+	}
+}
+
+// rgStaysReady samples web-0 every 200 ms for d and wants its gate True
+// and the pod Ready throughout.
+func rgStaysReady(t *testing.T, b *framework.Bed, ns, what string, d time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		p, err := b.Client.CoreV1().Pods(ns).Get(t.Context(), "web-0", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, r := framework.Gate(p, "web"); s != corev1.ConditionTrue || !rgReady(p) {
+			t.Fatalf("%s: gate %s/%s, Ready %s: want the pod to stay Ready", what, s, r, framework.Condition(p, corev1.PodReady))
+		}
+	}
 }
 
 // rgWaitServiceHealth waits for the gate writer's condition on the Service.

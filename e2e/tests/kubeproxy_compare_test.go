@@ -199,9 +199,38 @@ func TestKubeProxyComparison(t *testing.T) {
 	kpcStartKubeProxy(t, b, kpNode)
 	t.Logf("node-agent on %s (cgroup %s), kube-proxy nftables on %s (netns %s), neither on %s", agentNode.Name, agentNode.Cgroup, kpNode.Name, kpNode.NetNS, nodes[1].Name)
 
-	// echo-<i> on node-<i>; pna-<i> (publishNotReadyAddresses row) with a
-	// 120 s preStop, force-deleted at the end.
-	for i, n := range nodes[:3] {
+	r := &kpcRun{b: b, ns: ns, ctx: ctx, nodes: nodes, agent: agent, kpNode: kpNode}
+	kpcCreatePods(t, r)
+	r.sides = [2]kpcSide{
+		{name: "node-agent", node: agentNode, host: skHost(agentNode), pod: skClientPod(t, b, ns, "client-agent", agentNode.Name)},
+		{name: "kube-proxy", node: kpNode, host: skHost(kpNode), pod: skClientPod(t, b, ns, "client-kube-proxy", kpNode.Name)},
+	}
+	kpcPodsReady(t, r)
+
+	t.Run("sessionAffinity ClientIP over UDP", func(t *testing.T) { kpcAffinityOverUDP(t, r) })
+	t.Run("internalTrafficPolicy Local without a local endpoint", func(t *testing.T) { kpcLocalWithoutEndpoint(t, r) })
+	t.Run("manual EndpointSlice: not ready, terminating, serving unset", func(t *testing.T) { kpcManualSlice(t, r) })
+	t.Run("publishNotReadyAddresses with 2 of 3 pods terminating", func(t *testing.T) { kpcPublishNotReady(t, r) })
+}
+
+// kpcRun is what the steps of TestKubeProxyComparison share.
+type kpcRun struct {
+	b      *framework.Bed
+	ns     string
+	ctx    context.Context
+	nodes  []testbed.Node
+	agent  *framework.Agent
+	kpNode testbed.Node
+	sides  [2]kpcSide
+	pods   map[string]corev1.Pod // the Ready echo and pna pods by name
+}
+
+// kpcCreatePods creates echo-<i> on node-<i>; pna-<i>
+// (publishNotReadyAddresses row) with a 120 s preStop, force-deleted at the
+// end.
+func kpcCreatePods(t *testing.T, r *kpcRun) {
+	b, ns := r.b, r.ns
+	for i, n := range r.nodes[:3] {
 		framework.CreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("echo-%d", i+1), n.Name, map[string]string{"app": "echo", "node": n.Name}, 0))
 		framework.CreatePod(t, b, kpcEchoPod(ns, fmt.Sprintf("pna-%d", i+1), n.Name, map[string]string{"app": "pna"}, 120))
 	}
@@ -210,15 +239,16 @@ func TestKubeProxyComparison(t *testing.T) {
 		defer cancel()
 		_ = b.Client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{LabelSelector: "app=pna"})
 	})
-	sides := [2]kpcSide{
-		{name: "node-agent", node: agentNode, host: skHost(agentNode), pod: skClientPod(t, b, ns, "client-agent", agentNode.Name)},
-		{name: "kube-proxy", node: kpNode, host: skHost(kpNode), pod: skClientPod(t, b, ns, "client-kube-proxy", kpNode.Name)},
-	}
+}
+
+// kpcPodsReady waits for the 6 echo and pna pods.
+func kpcPodsReady(t *testing.T, r *kpcRun) {
 	pods := map[string]corev1.Pod{}
+	r.pods = pods
 	framework.Poll(t, 90*time.Second, "echo and pna pods Ready", func(ctx context.Context) (bool, string) {
 		var state []string
 		for _, sel := range []string{"app=echo", "app=pna"} {
-			ready, s := framework.ReadyPods(ctx, b, ns, sel)
+			ready, s := framework.ReadyPods(ctx, r.b, r.ns, sel)
 			for _, p := range ready {
 				pods[p.Name] = p
 			}
@@ -226,146 +256,150 @@ func TestKubeProxyComparison(t *testing.T) {
 		}
 		return len(pods) == 6, strings.Join(state, "; ")
 	})
+}
 
-	t.Run("sessionAffinity ClientIP over UDP", func(t *testing.T) {
-		svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "affinity", Namespace: ns},
-			Spec: corev1.ServiceSpec{
-				Selector:              map[string]string{"app": "echo"},
-				Ports:                 []corev1.ServicePort{{Name: "udp", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(9090)}},
-				SessionAffinity:       corev1.ServiceAffinityClientIP,
-				SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(300))}},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
+func kpcAffinityOverUDP(t *testing.T, r *kpcRun) {
+	ns := r.ns
+	svc, err := r.b.Client.CoreV1().Services(ns).Create(r.ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "affinity", Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector:              map[string]string{"app": "echo"},
+			Ports:                 []corev1.ServicePort{{Name: "udp", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(9090)}},
+			SessionAffinity:       corev1.ServiceAffinityClientIP,
+			SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(300))}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kpcWaitProgrammed(t, r.agent, r.kpNode, svc.Spec.ClusterIP, 53, corev1.ProtocolUDP)
+	addr := net.JoinHostPort(svc.Spec.ClusterIP, "53")
+	kpcCompare(t, r.sides, "1 pod, 0 switches", func(t *testing.T, where framework.Sandbox) kpcObservation {
+		var res skAffinityResult
+		if err := skRun(t.Context(), where, 3*time.Minute, &res, "udp-affinity", addr, "20000", "64", "10", "120"); err != nil {
+			return kpcObservation{outcome: "client failed", detail: err.Error()}
 		}
-		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 53, corev1.ProtocolUDP)
-		addr := net.JoinHostPort(svc.Spec.ClusterIP, "53")
-		kpcCompare(t, sides, "1 pod, 0 switches", func(t *testing.T, where framework.Sandbox) kpcObservation {
-			var res skAffinityResult
-			if err := skRun(t.Context(), where, 3*time.Minute, &res, "udp-affinity", addr, "20000", "64", "10", "120"); err != nil {
-				return kpcObservation{outcome: "client failed", detail: err.Error()}
-			}
-			pl := "pods"
-			if len(res.Answers) == 1 {
-				pl = "pod"
-			}
-			if res.Failed > 20 || res.Exchanges < 20000 {
-				t.Errorf("%s: %d of %d exchanges failed (%v), want all 20000 done and at most 20 failed", where.NetNS, res.Failed, res.Exchanges, res.Errors)
-			}
-			return kpcObservation{
-				outcome: fmt.Sprintf("%d %s, %d switches", len(res.Answers), pl, res.Switches),
-				detail:  fmt.Sprintf("%v; %d exchanges on %d sockets in %d ms, %d failed %v", res.Answers, res.Exchanges, res.Sockets, res.Ms, res.Failed, res.Errors),
-			}
-		})
+		pl := "pods"
+		if len(res.Answers) == 1 {
+			pl = "pod"
+		}
+		if res.Failed > 20 || res.Exchanges < 20000 {
+			t.Errorf("%s: %d of %d exchanges failed (%v), want all 20000 done and at most 20 failed", where.NetNS, res.Failed, res.Exchanges, res.Errors)
+		}
+		return kpcObservation{
+			outcome: fmt.Sprintf("%d %s, %d switches", len(res.Answers), pl, res.Switches),
+			detail:  fmt.Sprintf("%v; %d exchanges on %d sockets in %d ms, %d failed %v", res.Answers, res.Exchanges, res.Sockets, res.Ms, res.Failed, res.Errors),
+		}
 	})
+}
 
-	t.Run("internalTrafficPolicy Local without a local endpoint", func(t *testing.T) {
-		svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: ns},
-			Spec: corev1.ServiceSpec{
-				Selector:              map[string]string{"app": "echo", "node": nodes[1].Name},
-				Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
-				InternalTrafficPolicy: ptr.To(corev1.ServiceInternalTrafficPolicyLocal),
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		framework.Poll(t, 30*time.Second, "local's endpoint (echo-2 on "+nodes[1].Name+")", func(ctx context.Context) (bool, string) {
-			eps, err := framework.Endpoints(ctx, b, ns, "local")
-			return err == nil && len(eps) == 1 && eps[pods["echo-2"].Status.PodIP], fmt.Sprint(eps, err)
-		})
-		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
-		addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-		kpcCompare(t, sides, "timeout", kpcSettle(t, 20*time.Second, "timeout", func(t *testing.T, where framework.Sandbox) kpcObservation {
-			var res skDialResult
-			if err := skRun(t.Context(), where, 30*time.Second, &res, "dial", addr, "3000"); err != nil {
-				return kpcObservation{outcome: "client failed", detail: err.Error()}
-			}
-			return kpcObservation{outcome: res.Outcome, detail: fmt.Sprintf("after %d ms: %s", res.Ms, res.Detail)}
-		}))
+func kpcLocalWithoutEndpoint(t *testing.T, r *kpcRun) {
+	b, ns, nodes := r.b, r.ns, r.nodes
+	svc, err := b.Client.CoreV1().Services(ns).Create(r.ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector:              map[string]string{"app": "echo", "node": nodes[1].Name},
+			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+			InternalTrafficPolicy: ptr.To(corev1.ServiceInternalTrafficPolicyLocal),
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	framework.Poll(t, 30*time.Second, "local's endpoint (echo-2 on "+nodes[1].Name+")", func(ctx context.Context) (bool, string) {
+		eps, err := framework.Endpoints(ctx, b, ns, "local")
+		return err == nil && len(eps) == 1 && eps[r.pods["echo-2"].Status.PodIP], fmt.Sprint(eps, err)
 	})
+	kpcWaitProgrammed(t, r.agent, r.kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
+	addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	kpcCompare(t, r.sides, "timeout", kpcSettle(t, 20*time.Second, "timeout", func(t *testing.T, where framework.Sandbox) kpcObservation {
+		var res skDialResult
+		if err := skRun(t.Context(), where, 30*time.Second, &res, "dial", addr, "3000"); err != nil {
+			return kpcObservation{outcome: "client failed", detail: err.Error()}
+		}
+		return kpcObservation{outcome: res.Outcome, detail: fmt.Sprintf("after %d ms: %s", res.Ms, res.Detail)}
+	}))
+}
 
-	t.Run("manual EndpointSlice: not ready, terminating, serving unset", func(t *testing.T) {
-		svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "manual", Namespace: ns},
-			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		slice, err := b.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
-			ObjectMeta: metav1.ObjectMeta{Name: "manual-1", Namespace: ns, Labels: map[string]string{
-				discoveryv1.LabelServiceName: "manual",
-				discoveryv1.LabelManagedBy:   "e2e.directlb.io",
-			}},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080)), Protocol: ptr.To(corev1.ProtocolTCP)}},
-			Endpoints: []discoveryv1.Endpoint{
-				{Addresses: []string{pods["echo-1"].Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Terminating: ptr.To(true)}},
-				{Addresses: []string{pods["echo-2"].Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(false), Terminating: ptr.To(true)}},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c := slice.Endpoints[0].Conditions; c.Serving != nil {
-			t.Fatalf("the apiserver stored serving=%v for the endpoint created without it: the row would not test a nil serving", *c.Serving)
-		}
-		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
-		url := "http://" + svc.Spec.ClusterIP + "/"
-		kpcCompare(t, sides, "echo-1", kpcSettle(t, 20*time.Second, "echo-1", kpcGet(url, 20)))
-	})
+func kpcManualSlice(t *testing.T, r *kpcRun) {
+	b, ns, ctx, pods := r.b, r.ns, r.ctx, r.pods
+	svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "manual", Namespace: ns},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slice, err := b.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "manual-1", Namespace: ns, Labels: map[string]string{
+			discoveryv1.LabelServiceName: "manual",
+			discoveryv1.LabelManagedBy:   "e2e.directlb.io",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{pods["echo-1"].Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Terminating: ptr.To(true)}},
+			{Addresses: []string{pods["echo-2"].Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(false), Terminating: ptr.To(true)}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := slice.Endpoints[0].Conditions; c.Serving != nil {
+		t.Fatalf("the apiserver stored serving=%v for the endpoint created without it: the row would not test a nil serving", *c.Serving)
+	}
+	kpcWaitProgrammed(t, r.agent, r.kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
+	url := "http://" + svc.Spec.ClusterIP + "/"
+	kpcCompare(t, r.sides, "echo-1", kpcSettle(t, 20*time.Second, "echo-1", kpcGet(url, 20)))
+}
 
-	t.Run("publishNotReadyAddresses with 2 of 3 pods terminating", func(t *testing.T) {
-		svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "pna", Namespace: ns},
-			Spec: corev1.ServiceSpec{
-				Selector:                 map[string]string{"app": "pna"},
-				Ports:                    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
-				PublishNotReadyAddresses: true,
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
+func kpcPublishNotReady(t *testing.T, r *kpcRun) {
+	b, ns, ctx := r.b, r.ns, r.ctx
+	svc, err := b.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "pna", Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector:                 map[string]string{"app": "pna"},
+			Ports:                    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+			PublishNotReadyAddresses: true,
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kpcWaitProgrammed(t, r.agent, r.kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
+	for _, name := range []string{"pna-2", "pna-3"} {
+		if err := b.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		kpcWaitProgrammed(t, agent, kpNode, svc.Spec.ClusterIP, 80, corev1.ProtocolTCP)
-		for _, name := range []string{"pna-2", "pna-3"} {
-			if err := b.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
-				t.Fatal(err)
-			}
+	}
+	framework.Poll(t, 30*time.Second, "pna's EndpointSlice: 3 ready, 2 of them terminating", func(ctx context.Context) (bool, string) {
+		slices, err := framework.EndpointSlices(ctx, b, ns, "pna")
+		if err != nil {
+			return false, err.Error()
 		}
-		framework.Poll(t, 30*time.Second, "pna's EndpointSlice: 3 ready, 2 of them terminating", func(ctx context.Context) (bool, string) {
-			slices, err := framework.EndpointSlices(ctx, b, ns, "pna")
-			if err != nil {
-				return false, err.Error()
-			}
-			var ready, term int
-			var state []string
-			for _, s := range slices {
-				for _, e := range s.Endpoints {
-					c := e.Conditions
-					if c.Ready == nil || *c.Ready {
-						ready++
-					}
-					if c.Terminating != nil && *c.Terminating {
-						term++
-					}
-					state = append(state, fmt.Sprintf("%v ready=%v serving=%v terminating=%v", e.Addresses, ptrString(c.Ready), ptrString(c.Serving), ptrString(c.Terminating)))
+		var ready, term int
+		var state []string
+		for _, s := range slices {
+			for _, e := range s.Endpoints {
+				c := e.Conditions
+				if c.Ready == nil || *c.Ready {
+					ready++
 				}
+				if c.Terminating != nil && *c.Terminating {
+					term++
+				}
+				state = append(state, fmt.Sprintf("%v ready=%v serving=%v terminating=%v", e.Addresses, ptrString(c.Ready), ptrString(c.Serving), ptrString(c.Terminating)))
 			}
-			return ready == 3 && term == 2, strings.Join(state, "; ")
-		})
-		// Both datapaths get the slice's update (kube-proxy syncs at most
-		// once a second) before the requests count.
-		time.Sleep(3 * time.Second)
-		url := "http://" + svc.Spec.ClusterIP + "/"
-		want := "pna-1,pna-2,pna-3"
-		// 45 GETs miss one of 3 pods with chance 3·(2/3)^45 ≈ 3·10^-8.
-		kpcCompare(t, sides, want, kpcSettle(t, 20*time.Second, want, kpcGet(url, 45)))
+		}
+		return ready == 3 && term == 2, strings.Join(state, "; ")
 	})
+	// Both datapaths get the slice's update (kube-proxy syncs at most
+	// once a second) before the requests count.
+	time.Sleep(3 * time.Second)
+	url := "http://" + svc.Spec.ClusterIP + "/"
+	want := "pna-1,pna-2,pna-3"
+	// 45 GETs miss one of 3 pods with chance 3·(2/3)^45 ≈ 3·10^-8.
+	kpcCompare(t, r.sides, want, kpcSettle(t, 20*time.Second, want, kpcGet(url, 45)))
 }
 
 func ptrString(b *bool) string {

@@ -146,6 +146,33 @@ func opsKillPod(t *testing.T, b *framework.Bed, p *corev1.Pod) int {
 	return killed
 }
 
+// opsProcess names the controller process of pod p. A leader is a process:
+// the kubelet restarts a SIGKILLed controller in the same pod, and that new
+// process may win the Lease again.
+func opsProcess(p *corev1.Pod) string {
+	restarts := int32(0)
+	for _, c := range p.Status.ContainerStatuses {
+		restarts += c.RestartCount
+	}
+	return fmt.Sprintf("%s (restarts %d)", p.Name, restarts)
+}
+
+// opsWaitLeader waits (90 seconds) for a controller in ns to lead whose
+// process is not not, and returns its pod.
+func opsWaitLeader(t *testing.T, b *framework.Bed, ns, what string, not string) *corev1.Pod {
+	t.Helper()
+	var leader *corev1.Pod
+	framework.Poll(t, 90*time.Second, what, func(ctx context.Context) (bool, string) {
+		p, why := opsLeader(ctx, b, ns)
+		if p == nil || opsProcess(p) == not {
+			return false, why
+		}
+		leader = p
+		return true, ""
+	})
+	return leader
+}
+
 // chOperationsUnderLoad: with load through the EXTERNAL-IP and through the
 // echo Service's ClusterIP from an echo pod, and the echo pods sampled every
 // 200 ms, the controller's leader is SIGKILLed, then the next leader's pod
@@ -170,34 +197,12 @@ func chOperationsUnderLoad(t *testing.T, b *framework.Bed, ns, extIP string, upg
 	wg.Add(1)
 	go load.Run(lctx, "http://"+extIP+"/hostname", 50, false, framework.MaxLoad, &wg)
 
-	// A leader is a process: the kubelet restarts a SIGKILLed controller
-	// in the same pod, and that new process may win the Lease again.
-	process := func(p *corev1.Pod) string {
-		restarts := int32(0)
-		for _, c := range p.Status.ContainerStatuses {
-			restarts += c.RestartCount
-		}
-		return fmt.Sprintf("%s (restarts %d)", p.Name, restarts)
-	}
-	waitLeader := func(what string, not string) *corev1.Pod {
-		t.Helper()
-		var leader *corev1.Pod
-		framework.Poll(t, 90*time.Second, what, func(ctx context.Context) (bool, string) {
-			p, why := opsLeader(ctx, b, ns)
-			if p == nil || process(p) == not {
-				return false, why
-			}
-			leader = p
-			return true, ""
-		})
-		return leader
-	}
 	settle := func() { time.Sleep(10 * time.Second) } // load keeps running
 
-	leader := waitLeader("a controller leads", "")
+	leader := opsWaitLeader(t, b, ns, "a controller leads", "")
 	begin := time.Now()
 	n := opsKillPod(t, b, leader)
-	next := waitLeader("another controller process leads after SIGKILL of "+process(leader), process(leader))
+	next := opsWaitLeader(t, b, ns, "another controller process leads after SIGKILL of "+opsProcess(leader), opsProcess(leader))
 	t.Logf("SIGKILL of the leader %s (%d processes): %s leads after %.1fs", leader.Name, n, next.Name, time.Since(begin).Seconds())
 	settle()
 
@@ -205,13 +210,13 @@ func chOperationsUnderLoad(t *testing.T, b *framework.Bed, ns, extIP string, upg
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, next.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	third := waitLeader("another controller leads after deleting "+next.Name, process(next))
+	third := opsWaitLeader(t, b, ns, "another controller leads after deleting "+next.Name, opsProcess(next))
 	t.Logf("leader pod %s deleted: %s leads after %.1fs", next.Name, third.Name, time.Since(begin).Seconds())
 	settle()
 
 	begin = time.Now()
 	upgrade()
-	waitLeader("an upgraded controller leads", "")
+	opsWaitLeader(t, b, ns, "an upgraded controller leads", "")
 	t.Logf("helm upgrade rolled the controller in %.1fs", time.Since(begin).Seconds())
 	settle()
 

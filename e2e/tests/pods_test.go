@@ -84,28 +84,39 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		t.Fatalf("create service: %v", err)
 	}
 
-	readyPods := func(ctx context.Context) ([]corev1.Pod, string) {
-		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
-		if err != nil {
-			return nil, err.Error()
-		}
-		var ready []corev1.Pod
-		var states []string
-		for _, p := range l.Items {
-			states = append(states, fmt.Sprintf("%s %s ready=%s ip=%s", p.Name, p.Status.Phase, framework.Condition(&p, corev1.PodReady), p.Status.PodIP))
-			if framework.Ready(&p) {
-				ready = append(ready, p)
-			}
-		}
-		return ready, strings.Join(states, "; ")
-	}
 	var pods []corev1.Pod
 	framework.Poll(t, 90*time.Second, "3 pods Running and Ready", func(ctx context.Context) (bool, string) {
 		var state string
-		pods, state = readyPods(ctx)
+		pods, state = ptReadyEchoPods(ctx, b, ns)
 		return len(pods) == 3, state
 	})
+	ptSpreadOverNodesAndENIs(t, b, pods)
+	ips := ptAnswerOwnNames(t, pods)
+	ptSliceListsReady(t, b, ns, ips)
+	ptDeletedPodReplaced(t, b, ctx, ns, pods[0])
+}
 
+// ptReadyEchoPods returns the Ready echo pods in ns, and every echo pod's
+// state.
+func ptReadyEchoPods(ctx context.Context, b *framework.Bed, ns string) ([]corev1.Pod, string) {
+	l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		return nil, err.Error()
+	}
+	var ready []corev1.Pod
+	var states []string
+	for _, p := range l.Items {
+		states = append(states, fmt.Sprintf("%s %s ready=%s ip=%s", p.Name, p.Status.Phase, framework.Condition(&p, corev1.PodReady), p.Status.PodIP))
+		if framework.Ready(&p) {
+			ready = append(ready, p)
+		}
+	}
+	return ready, strings.Join(states, "; ")
+}
+
+// ptSpreadOverNodesAndENIs: the pods run on the 3 nodes, with addresses
+// from both ENIs' pod ranges and the primary ENI's address as hostIP.
+func ptSpreadOverNodesAndENIs(t *testing.T, b *framework.Bed, pods []corev1.Pod) {
 	nodes := map[string]bool{}
 	enis := map[int]bool{}
 	for _, p := range pods {
@@ -126,8 +137,11 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	if !enis[0] || !enis[1] {
 		t.Errorf("pod addresses come from ENIs %v, want both 0 and 1", enis)
 	}
+}
 
-	// Each pod answers its own name on its VPC address, over HTTP and UDP.
+// ptAnswerOwnNames: each pod answers its own name on its VPC address, over
+// HTTP and UDP. It returns the pods' addresses, sorted.
+func ptAnswerOwnNames(t *testing.T, pods []corev1.Pod) []string {
 	var ips []string
 	for _, p := range pods {
 		ips = append(ips, p.Status.PodIP)
@@ -140,8 +154,12 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		}
 	}
 	slices.Sort(ips)
+	return ips
+}
 
-	// The EndpointSlice controller sees the 3 pod addresses as ready.
+// ptSliceListsReady: the EndpointSlice controller sees the 3 pod addresses
+// as ready.
+func ptSliceListsReady(t *testing.T, b *framework.Bed, ns string, ips []string) {
 	framework.Poll(t, 30*time.Second, "EndpointSlice lists the 3 pod IPs ready", func(ctx context.Context) (bool, string) {
 		eps, err := framework.Endpoints(ctx, b, ns, "echo")
 		if err != nil {
@@ -156,16 +174,18 @@ func TestPodsDeploymentAndService(t *testing.T) {
 		slices.Sort(ready)
 		return slices.Equal(ready, ips) && len(eps) == 3, fmt.Sprintf("%v", eps)
 	})
+}
 
-	// Delete one pod: the ReplicaSet replaces it, its sandbox goes away.
-	victim := pods[0]
+// ptDeletedPodReplaced deletes the victim pod: the ReplicaSet replaces it,
+// its sandbox goes away.
+func ptDeletedPodReplaced(t *testing.T, b *framework.Bed, ctx context.Context, ns string, victim corev1.Pod) {
 	if err := b.Client.CoreV1().Pods(ns).Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete pod %s: %v", victim.Name, err)
 	}
 	framework.Poll(t, 60*time.Second, "deleted pod gone and replaced by a new Ready pod", func(ctx context.Context) (bool, string) {
 		_, err := b.Client.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
 		gone := apierrors.IsNotFound(err)
-		ready, state := readyPods(ctx)
+		ready, state := ptReadyEchoPods(ctx, b, ns)
 		replaced := len(ready) == 3 && !slices.ContainsFunc(ready, func(p corev1.Pod) bool { return p.UID == victim.UID })
 		return gone && replaced, fmt.Sprintf("old pod gone=%v; %s", gone, state)
 	})
@@ -176,7 +196,7 @@ func TestPodsDeploymentAndService(t *testing.T) {
 	})
 	if code, _, err := framework.HTTPGet("http://" + net.JoinHostPort(victim.Status.PodIP, "8080") + "/"); err == nil {
 		// The address may already belong to the replacement on the same node.
-		if now, _ := readyPods(ctx); !slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Status.PodIP == victim.Status.PodIP }) {
+		if now, _ := ptReadyEchoPods(ctx, b, ns); !slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Status.PodIP == victim.Status.PodIP }) {
 			t.Errorf("deleted pod's address %s still answers (%d)", victim.Status.PodIP, code)
 		}
 	}

@@ -146,39 +146,7 @@ type roResult struct {
 // what the load generator saw.
 func roRollout(t *testing.T, b *framework.Bed, ns string, gates bool) roResult {
 	ctx := t.Context()
-	labels := map[string]string{"app": "web"}
-	extra := map[string]string{}
-	if !gates {
-		extra[service.AnnotationReadinessGate] = "false"
-	}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, "web", labels, extra), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if gates {
-		framework.WaitWebhook(t, b, ns, "web", labels)
-	}
-	ctr := framework.EchoContainer()
-	ctr.Env = []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(int32(roReplicas)),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
-				MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
-			}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{ctr},
-					TerminationGracePeriodSeconds: ptr.To(int64(30)),
-				},
-			},
-		},
-	}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	roCreateWeb(t, b, ns, gates)
 	lbIP := framework.WaitExternalIP(t, b, ns, "web", 30*time.Second)
 	lc := framework.Cloud(t, b)
 	roSettled(t, b, lc, ns, 4*time.Minute)
@@ -239,6 +207,45 @@ func roRollout(t *testing.T, b *framework.Bed, ns string, gates bool) roResult {
 		t.Errorf("load was %.0f req/s, want at least 200", rate)
 	}
 	return res
+}
+
+// roCreateWeb creates the web Service (with readiness gates or without)
+// and its roReplicas-replica Deployment (maxSurge 1, maxUnavailable 0).
+func roCreateWeb(t *testing.T, b *framework.Bed, ns string, gates bool) {
+	ctx := t.Context()
+	labels := map[string]string{"app": "web"}
+	extra := map[string]string{}
+	if !gates {
+		extra[service.AnnotationReadinessGate] = "false"
+	}
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, "web", labels, extra), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if gates {
+		framework.WaitWebhook(t, b, ns, "web", labels)
+	}
+	ctr := framework.EchoContainer()
+	ctr.Env = []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(roReplicas)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
+				MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+			}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:                    []corev1.Container{ctr},
+					TerminationGracePeriodSeconds: ptr.To(int64(30)),
+				},
+			},
+		},
+	}
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // roSettled waits until the Deployment's pods are all Ready and every one

@@ -1194,11 +1194,50 @@ func TestServiceMapOverfill(t *testing.T) {
 	if out, _ := exec.Command(filepath.Join(b.BinDir, "node-agent"), "--help").CombinedOutput(); !strings.Contains(string(out), "--map-size-services") {
 		t.Skipf("%s has no --map-size-services flag (rebuild with make build)", filepath.Join(b.BinDir, "node-agent"))
 	}
-	const perService, fitting, extra, spare = 4, 4, 2, 3
 	node := b.Topology.Nodes[0]
 	skNoSocketHooks(t, node)
-	// Services of earlier tests' namespaces still being deleted would free
-	// room while this test counts it.
+	skNoNamespaceTerminating(t, b)
+	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-mapfill-%d", time.Now().Unix()%100000))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+
+	r := &skFillRun{b: b, ns: ns, ctx: ctx, node: node}
+	skFillPods(t, r)
+	skFillSizeMap(t, r)
+	skFillCreateServices(t, r)
+	skFillOverflowReported(t, r)
+	skFillDeletingMakesRoom(t, r)
+}
+
+// The sizes of TestServiceMapOverfill: each of its Services takes
+// skFillPerService entries of dlb_svc4; skFillFitting fit, skFillExtra more
+// do not, and skFillSpare entries are left over.
+const skFillPerService, skFillFitting, skFillExtra, skFillSpare = 4, 4, 2, 3
+
+// The node agent's metrics TestServiceMapOverfill reads.
+const (
+	skFillEntries       = `directlb_node_agent_bpf_map_entries{map="dlb_svc4"}`
+	skFillNotProgrammed = "directlb_node_agent_services_not_programmed"
+)
+
+// skFillRun is what the steps of TestServiceMapOverfill share.
+type skFillRun struct {
+	b      *framework.Bed
+	ns     string
+	ctx    context.Context
+	node   testbed.Node
+	client framework.Sandbox
+	names  map[string]bool // the fill pods
+	agents *framework.Agents
+	agent  *framework.Agent
+	cips   map[string]string // Service name → ClusterIP
+	order  []string          // the Services, as created
+}
+
+// skNoNamespaceTerminating waits for no namespace Terminating: Services of
+// earlier tests' namespaces still being deleted would free room while
+// TestServiceMapOverfill counts it.
+func skNoNamespaceTerminating(t *testing.T, b *framework.Bed) {
 	framework.Poll(t, 2*time.Minute, "no namespace Terminating", func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 		if err != nil {
@@ -1212,15 +1251,16 @@ func TestServiceMapOverfill(t *testing.T) {
 		}
 		return len(term) == 0, fmt.Sprint(term)
 	})
-	ns := framework.Namespace(t, b, fmt.Sprintf("e2e-mapfill-%d", time.Now().Unix()%100000))
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
+}
 
+// skFillPods creates the 2 fill pods and a client pod on the node.
+func skFillPods(t *testing.T, r *skFillRun) {
+	b, ns := r.b, r.ns
 	labels := map[string]string{"app": "fill"}
-	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, framework.EchoDeployment(ns, 2, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(r.ctx, framework.EchoDeployment(ns, 2, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	client := skClientPod(t, b, ns, "client", node.Name)
+	r.client = skClientPod(t, b, ns, "client", r.node.Name)
 	var backends []corev1.Pod
 	framework.Poll(t, 90*time.Second, "2 fill pods Ready", func(ctx context.Context) (bool, string) {
 		var state string
@@ -1231,69 +1271,87 @@ func TestServiceMapOverfill(t *testing.T) {
 	for _, p := range backends {
 		names[p.Name] = true
 	}
+	r.names = names
+}
 
-	// What the cluster takes before this test's Services, as the agent
-	// counts it; then the agent again with the map sized to it.
-	entries := `directlb_node_agent_bpf_map_entries{map="dlb_svc4"}`
-	notProgrammed := "directlb_node_agent_services_not_programmed"
-	agents, agent := skStartAgent(t, b, node, "--map-size-services=4096")
+// skFillSizeMap reads what the cluster takes before this test's Services,
+// as the agent counts it; then starts the agent again with the map sized
+// to it.
+func skFillSizeMap(t *testing.T, r *skFillRun) {
+	agents, agent := skStartAgent(t, r.b, r.node, "--map-size-services=4096")
+	r.agents, r.agent = agents, agent
 	var used float64
 	framework.Poll(t, 20*time.Second, "dlb_svc4 entries read", func(context.Context) (bool, string) {
 		var err error
-		used, err = skMetric(agent, entries)
+		used, err = skMetric(agent, skFillEntries)
 		return err == nil && used > 0, fmt.Sprint(used, err)
 	})
-	size := int(used) + fitting*perService + spare
+	size := int(used) + skFillFitting*skFillPerService + skFillSpare
 	agents.Stop(agent)
 	if err := agents.Cleanup(agent); err != nil {
 		t.Fatal(err)
 	}
 	agents.Extra = []string{"--map-size-services=" + strconv.Itoa(size)}
 	agents.Start(agent)
-	now, err := skMetric(agent, entries)
+	now, err := skMetric(agent, skFillEntries)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := skMetric(agent, notProgrammed); err != nil || n != 0 || now != used {
+	if n, err := skMetric(agent, skFillNotProgrammed); err != nil || n != 0 || now != used {
 		t.Fatalf("restarted with --map-size-services=%d: %v entries (%v before), %v Services not programmed (%v): the cluster's Services changed meanwhile", size, now, used, n, err)
 	}
-	t.Logf("dlb_svc4: %v entries before this test's Services, size %d: room for %d Services of %d entries and %d spare", used, size, fitting, perService, spare)
+	t.Logf("dlb_svc4: %v entries before this test's Services, size %d: room for %d Services of %d entries and %d spare", used, size, skFillFitting, skFillPerService, skFillSpare)
+}
 
-	answers := func(t *testing.T, cip string) (bool, string) {
-		got := framework.Count(client.CurlN(t, "http://"+cip+"/", 3))
-		for k := range got {
-			if !names[k] {
-				return false, fmt.Sprint(got)
-			}
+// skFillAnswers: 3 requests from the client pod to cip are all answered
+// by fill pods.
+func skFillAnswers(t *testing.T, r *skFillRun, cip string) (bool, string) {
+	got := framework.Count(r.client.CurlN(t, "http://"+cip+"/", 3))
+	for k := range got {
+		if !r.names[k] {
+			return false, fmt.Sprint(got)
 		}
-		return true, fmt.Sprint(got)
 	}
+	return true, fmt.Sprint(got)
+}
+
+// skFillCreateServices creates the Services one by one: the fitting ones
+// get programmed, each further one raises the not-programmed gauge.
+func skFillCreateServices(t *testing.T, r *skFillRun) {
+	b, ns, agent := r.b, r.ns, r.agent
 	cips := map[string]string{}
-	var order []string
-	for i := range fitting + extra {
+	r.cips = cips
+	for i := range skFillFitting + skFillExtra {
 		name := fmt.Sprintf("fill-%02d", i)
-		svc, err := b.Client.CoreV1().Services(ns).Create(ctx, skFillService(ns, name), metav1.CreateOptions{})
+		svc, err := b.Client.CoreV1().Services(ns).Create(r.ctx, skFillService(ns, name), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		cips[name] = svc.Spec.ClusterIP
-		order = append(order, name)
-		if i < fitting {
+		r.order = append(r.order, name)
+		if i < skFillFitting {
 			framework.Poll(t, 30*time.Second, name+" programmed with 2 backends", func(context.Context) (bool, string) {
 				lines, err := skTableLines(agent)
 				return err == nil && skProgrammed(lines, svc.Spec.ClusterIP, 2), fmt.Sprintf("%v\n%s", err, strings.Join(lines, "\n"))
 			})
 			continue
 		}
-		want := float64(i - fitting + 1)
-		framework.Poll(t, 30*time.Second, fmt.Sprintf("%s not programmed (%s = %v)", name, notProgrammed, want), func(context.Context) (bool, string) {
-			n, err := skMetric(agent, notProgrammed)
+		want := float64(i - skFillFitting + 1)
+		framework.Poll(t, 30*time.Second, fmt.Sprintf("%s not programmed (%s = %v)", name, skFillNotProgrammed, want), func(context.Context) (bool, string) {
+			n, err := skMetric(agent, skFillNotProgrammed)
 			return err == nil && n == want, fmt.Sprint(n, err)
 		})
 	}
 	t.Logf("ClusterIPs: %v", cips)
-	for _, name := range order[fitting:] {
-		cip := cips[name]
+}
+
+// skFillOverflowReported: /debug/services names the Services that do not
+// fit, each gets a Warning Event NotProgrammed and does not answer, and the
+// programmed ones keep answering.
+func skFillOverflowReported(t *testing.T, r *skFillRun) {
+	b, ns, agent, names := r.b, r.ns, r.agent, r.names
+	for _, name := range r.order[skFillFitting:] {
+		cip := r.cips[name]
 		framework.Poll(t, 30*time.Second, "/debug/services reports "+ns+"/"+name, func(context.Context) (bool, string) {
 			lines, err := skTableLines(agent)
 			return err == nil && len(skReported(lines, ns+"/"+name, cip)) > 0 && !skProgrammed(lines, cip, 2), fmt.Sprintf("%v\n%s", err, strings.Join(lines, "\n"))
@@ -1301,36 +1359,41 @@ func TestServiceMapOverfill(t *testing.T) {
 		lines, _ := skTableLines(agent)
 		t.Logf("/debug/services on %s: %q", name, skReported(lines, ns+"/"+name, cip))
 		rgWaitServiceEvent(t, b, ns, name, corev1.EventTypeWarning, "NotProgrammed")
-		if got := client.CurlN(t, "http://"+cip+"/", 1); names[got[0]] {
+		if got := r.client.CurlN(t, "http://"+cip+"/", 1); names[got[0]] {
 			t.Errorf("%s (not programmed) answered %q from the pod", name, got[0])
 		}
 	}
-	for _, name := range order[:fitting] {
-		if ok, got := answers(t, cips[name]); !ok {
+	for _, name := range r.order[:skFillFitting] {
+		if ok, got := skFillAnswers(t, r, r.cips[name]); !ok {
 			t.Errorf("%s (programmed) with the map full: %s, want answers from %v", name, got, names)
 		}
 	}
+}
 
-	for _, name := range order[:extra] {
-		if err := b.Client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+// skFillDeletingMakesRoom deletes the first Services: the others are
+// programmed within 60 s, the gauge is 0, and all left answer.
+func skFillDeletingMakesRoom(t *testing.T, r *skFillRun) {
+	agent, order, cips := r.agent, r.order, r.cips
+	for _, name := range order[:skFillExtra] {
+		if err := r.b.Client.CoreV1().Services(r.ns).Delete(r.ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	framework.Poll(t, 60*time.Second, "every Service programmed after deleting "+strings.Join(order[:extra], ", "), func(context.Context) (bool, string) {
-		n, err := skMetric(agent, notProgrammed)
+	framework.Poll(t, 60*time.Second, "every Service programmed after deleting "+strings.Join(order[:skFillExtra], ", "), func(context.Context) (bool, string) {
+		n, err := skMetric(agent, skFillNotProgrammed)
 		if err != nil || n != 0 {
-			return false, fmt.Sprintf("%s %v %v", notProgrammed, n, err)
+			return false, fmt.Sprintf("%s %v %v", skFillNotProgrammed, n, err)
 		}
 		lines, err := skTableLines(agent)
-		for _, name := range order[fitting:] {
+		for _, name := range order[skFillFitting:] {
 			if err != nil || !skProgrammed(lines, cips[name], 2) {
 				return false, fmt.Sprintf("%s not in the table: %v\n%s", name, err, strings.Join(lines, "\n"))
 			}
 		}
 		return true, ""
 	})
-	for _, name := range order[extra:] {
-		framework.Poll(t, 10*time.Second, name+" answers", func(context.Context) (bool, string) { return answers(t, cips[name]) })
+	for _, name := range order[skFillExtra:] {
+		framework.Poll(t, 10*time.Second, name+" answers", func(context.Context) (bool, string) { return skFillAnswers(t, r, cips[name]) })
 	}
-	t.Logf("after deleting %v: %v all programmed and answering", order[:extra], order[extra:])
+	t.Logf("after deleting %v: %v all programmed and answering", order[:skFillExtra], order[skFillExtra:])
 }
