@@ -94,17 +94,21 @@ func mutating(calls map[string]int) map[string]int {
 	return out
 }
 
+// deployChange is one edit in TestDeployChanges: the Service after it, and
+// what deploying it over the base Service should do.
+type deployChange struct {
+	name      string
+	next      *corev1.Service
+	wantCalls map[string]int
+	// sameAs: the cloud ends as a clean deploy of this Service (default
+	// next) would leave it.
+	sameAs *corev1.Service
+}
+
 func TestDeployChanges(t *testing.T) {
 	ctx := context.Background()
 	base := newService("web")
-	tests := []struct {
-		name      string
-		next      *corev1.Service
-		wantCalls map[string]int
-		// sameAs: the cloud ends as a clean deploy of this Service (default
-		// next) would leave it.
-		sameAs *corev1.Service
-	}{
+	tests := []deployChange{
 		{name: "no change makes no mutating call", next: base, wantCalls: map[string]int{}},
 		{
 			name: "health check annotation modifies the target groups in place",
@@ -140,42 +144,60 @@ func TestDeployChanges(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := fake.New()
-			d := &Deployer{Cloud: c}
-			if _, err := d.Deploy(ctx, build(t, base)); err != nil {
-				t.Fatal(err)
-			}
-			before := c.Calls()
-			res, err := d.Deploy(ctx, build(t, tt.next))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := mutating(c.Calls())
-			for op, n := range mutating(before) {
-				got[op] -= n
-				if got[op] == 0 {
-					delete(got, op)
-				}
-			}
-			if diff := cmp.Diff(tt.wantCalls, got); diff != "" {
-				t.Errorf("mutating calls (-want +got):\n%s", diff)
-			}
-			if res.Changed != (len(tt.wantCalls) > 0) {
-				t.Errorf("Changed = %v", res.Changed)
-			}
-			same := tt.next
-			if tt.sameAs != nil {
-				same = tt.sameAs
-			}
-			if diff := cmp.Diff(expected(t, build(t, same)), shapeOf(c.Snapshot())); diff != "" {
-				t.Errorf("cloud state (-want +got):\n%s", diff)
-			}
-			if len(res.TargetGroups) != len(build(t, tt.next).TargetGroups) || res.LoadBalancer.ARN == "" {
-				t.Errorf("result = %+v", res)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { testDeployChange(t, ctx, base, tt) })
 	}
+}
+
+// testDeployChange deploys base on an empty cloud, then tt.next over it.
+func testDeployChange(t *testing.T, ctx context.Context, base *corev1.Service, tt deployChange) {
+	c := fake.New()
+	d := &Deployer{Cloud: c}
+	if _, err := d.Deploy(ctx, build(t, base)); err != nil {
+		t.Fatal(err)
+	}
+	before := c.Calls()
+	res, err := d.Deploy(ctx, build(t, tt.next))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := mutating(c.Calls())
+	for op, n := range mutating(before) {
+		got[op] -= n
+		if got[op] == 0 {
+			delete(got, op)
+		}
+	}
+	if diff := cmp.Diff(tt.wantCalls, got); diff != "" {
+		t.Errorf("mutating calls (-want +got):\n%s", diff)
+	}
+	if res.Changed != (len(tt.wantCalls) > 0) {
+		t.Errorf("Changed = %v", res.Changed)
+	}
+	same := tt.next
+	if tt.sameAs != nil {
+		same = tt.sameAs
+	}
+	if diff := cmp.Diff(expected(t, build(t, same)), shapeOf(c.Snapshot())); diff != "" {
+		t.Errorf("cloud state (-want +got):\n%s", diff)
+	}
+	if len(res.TargetGroups) != len(build(t, tt.next).TargetGroups) || res.LoadBalancer.ARN == "" {
+		t.Errorf("result = %+v", res)
+	}
+}
+
+// crashStep is one change TestCrashAnywhere cuts short.
+type crashStep struct {
+	name string
+	from *corev1.Service // state before; nil = empty cloud
+	to   *corev1.Service // nil = delete
+}
+
+// crashMode is how a crashStep is cut short.
+type crashMode struct {
+	afterApply bool
+	// cached: the pass runs through an Inventory and the same
+	// Deployer (same process) retries after the failure.
+	cached bool
 }
 
 // TestCrashAnywhere cuts a pass short at every call in turn (before the
@@ -184,11 +206,7 @@ func TestDeployChanges(t *testing.T) {
 // a crash leaves it — nothing duplicated, nothing leaked.
 func TestCrashAnywhere(t *testing.T) {
 	ctx := context.Background()
-	steps := []struct {
-		name string
-		from *corev1.Service // state before; nil = empty cloud
-		to   *corev1.Service // nil = delete
-	}{
+	steps := []crashStep{
 		{name: "create", to: newService("web")},
 		{name: "update", from: newService("web"), to: newService("web", func(s *corev1.Service) {
 			s.Spec.Ports[0].TargetPort = intstr.FromInt32(9090)
@@ -197,72 +215,73 @@ func TestCrashAnywhere(t *testing.T) {
 		{name: "delete", from: newService("web")},
 	}
 	for _, st := range steps {
-		for _, mode := range []struct {
-			afterApply bool
-			// cached: the pass runs through an Inventory and the same
-			// Deployer (same process) retries after the failure.
-			cached bool
-		}{{false, false}, {true, false}, {false, true}, {true, true}} {
-			afterApply := mode.afterApply
-			n := 1
-			for ; ; n++ {
-				c := fake.New()
-				clean := &Deployer{Cloud: c}
-				if st.from != nil {
-					if _, err := clean.Deploy(ctx, build(t, st.from)); err != nil {
-						t.Fatal(err)
-					}
-				}
-				broken := &Deployer{Cloud: faulty.New(c, faulty.Config{FailCall: n, FailAfterApply: afterApply})}
-				if mode.cached {
-					broken.Cloud = NewInventory(broken.Cloud, time.Hour)
-					if st.from != nil { // warm the inventory, then count calls from here
-						if _, err := broken.Cloud.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: "test"}); err != nil {
-							continue
-						}
-					}
-					clean = broken
-				}
-				var err error
-				var want shape
-				if st.to != nil {
-					_, err = broken.Deploy(ctx, build(t, st.to))
-					// What the same edit gives without a crash.
-					if st.from != nil {
-						want = expected(t, build(t, st.from), build(t, st.to))
-					} else {
-						want = expected(t, build(t, st.to))
-					}
-				} else {
-					_, err = broken.Delete(ctx, build(t, st.from).Spec.Tags)
-				}
-				if err == nil {
-					break // n is past the last call
-				}
-				if IsPermanent(err) {
-					t.Fatalf("%s: crash at call %d gave a permanent error: %v", st.name, n, err)
-				}
-				if st.to != nil {
-					_, err = clean.Deploy(ctx, build(t, st.to))
-				} else {
-					_, err = clean.Delete(ctx, build(t, st.from).Spec.Tags)
-				}
-				if err != nil {
-					t.Fatalf("%s: crash at call %d (after apply %v, cached %v): next pass: %v", st.name, n, afterApply, mode.cached, err)
-				}
-				if diff := cmp.Diff(want, shapeOf(c.Snapshot())); diff != "" {
-					t.Errorf("%s: crash at call %d (after apply %v, cached %v): cloud (-want +got):\n%s", st.name, n, afterApply, mode.cached, diff)
-				}
-				if n > 50 {
-					t.Fatalf("%s: more than 50 calls in one pass", st.name)
-				}
-			}
-			if n < 5 {
-				t.Errorf("%s: only %d calls cut short; the pass is too short to test", st.name, n-1)
-			}
-			t.Logf("%s (after apply %v, cached %v): cut short at each of %d calls", st.name, afterApply, mode.cached, n-1)
+		for _, mode := range []crashMode{{false, false}, {true, false}, {false, true}, {true, true}} {
+			crashEveryCall(t, ctx, st, mode)
 		}
 	}
+}
+
+// crashEveryCall runs st through a cloud that fails call n, for n = 1, 2, ...
+// until the pass needs no more calls, healing each with a clean pass.
+func crashEveryCall(t *testing.T, ctx context.Context, st crashStep, mode crashMode) {
+	afterApply := mode.afterApply
+	n := 1
+	for ; ; n++ {
+		c := fake.New()
+		clean := &Deployer{Cloud: c}
+		if st.from != nil {
+			if _, err := clean.Deploy(ctx, build(t, st.from)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		broken := &Deployer{Cloud: faulty.New(c, faulty.Config{FailCall: n, FailAfterApply: afterApply})}
+		if mode.cached {
+			broken.Cloud = NewInventory(broken.Cloud, time.Hour)
+			if st.from != nil { // warm the inventory, then count calls from here
+				if _, err := broken.Cloud.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: "test"}); err != nil {
+					continue
+				}
+			}
+			clean = broken
+		}
+		var err error
+		var want shape
+		if st.to != nil {
+			_, err = broken.Deploy(ctx, build(t, st.to))
+			// What the same edit gives without a crash.
+			if st.from != nil {
+				want = expected(t, build(t, st.from), build(t, st.to))
+			} else {
+				want = expected(t, build(t, st.to))
+			}
+		} else {
+			_, err = broken.Delete(ctx, build(t, st.from).Spec.Tags)
+		}
+		if err == nil {
+			break // n is past the last call
+		}
+		if IsPermanent(err) {
+			t.Fatalf("%s: crash at call %d gave a permanent error: %v", st.name, n, err)
+		}
+		if st.to != nil {
+			_, err = clean.Deploy(ctx, build(t, st.to))
+		} else {
+			_, err = clean.Delete(ctx, build(t, st.from).Spec.Tags)
+		}
+		if err != nil {
+			t.Fatalf("%s: crash at call %d (after apply %v, cached %v): next pass: %v", st.name, n, afterApply, mode.cached, err)
+		}
+		if diff := cmp.Diff(want, shapeOf(c.Snapshot())); diff != "" {
+			t.Errorf("%s: crash at call %d (after apply %v, cached %v): cloud (-want +got):\n%s", st.name, n, afterApply, mode.cached, diff)
+		}
+		if n > 50 {
+			t.Fatalf("%s: more than 50 calls in one pass", st.name)
+		}
+	}
+	if n < 5 {
+		t.Errorf("%s: only %d calls cut short; the pass is too short to test", st.name, n-1)
+	}
+	t.Logf("%s (after apply %v, cached %v): cut short at each of %d calls", st.name, afterApply, mode.cached, n-1)
 }
 
 // TestFaultyCloudConverges deploys 20 Services through a cloud that

@@ -202,29 +202,7 @@ func TestSyncPrivileged(t *testing.T) {
 		t.Fatalf("after Sync (-want +got):\n%s", diff)
 	}
 
-	// The kernel sends a pod's traffic out of its ENI: to the VPC and
-	// beyond through eth1 for pod 1, to a local pod through its veth.
-	for _, tc := range []struct {
-		from, iif, to, wantDev string
-	}{
-		{"10.200.1.130", "dlbaaaa0001", "198.51.100.7", "eth1"},
-		{"10.200.1.130", "dlbaaaa0001", "10.200.2.140", "eth1"},
-		{"10.200.1.70", "dlbaaaa0003", "198.51.100.7", "eth0"},
-		{"10.200.1.130", "dlbaaaa0001", "10.200.1.131", "dlbaaaa0002"},
-		{"10.200.1.130", "dlbaaaa0001", "10.200.1.70", "dlbaaaa0003"},
-	} {
-		rs, err := n.h.RouteGetWithOptions(net.ParseIP(tc.to), &netlink.RouteGetOptions{Iif: tc.iif, SrcAddr: net.ParseIP(tc.from)})
-		if err != nil {
-			t.Fatalf("route get %s from %s iif %s: %v", tc.to, tc.from, tc.iif, err)
-		}
-		l, err := n.h.LinkByIndex(rs[0].LinkIndex)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if l.Attrs().Name != tc.wantDev {
-			t.Errorf("route get %s from %s iif %s: dev %s, want %s", tc.to, tc.from, tc.iif, l.Attrs().Name, tc.wantDev)
-		}
-	}
+	checkPodEgress(t, n)
 
 	// Idempotent: a second Sync changes nothing.
 	res, err = r.Sync(pods)
@@ -238,8 +216,46 @@ func TestSyncPrivileged(t *testing.T) {
 		t.Fatalf("after second Sync (-want +got):\n%s", diff)
 	}
 
-	// Pod 2 goes: its rules and the host route we wrote go.
-	res, err = r.Sync([]Pod{pods[0], pods[2]})
+	afterRemoval := syncAfterPod2Goes(t, n, r, pods)
+	syncAfterRestart(t, n, pods, afterRemoval)
+	checkCleanup(t, n)
+}
+
+// podEgressCase is one packet TestSyncPrivileged asks the kernel to route.
+type podEgressCase struct {
+	from, iif, to, wantDev string
+}
+
+// podEgressCases are the packets checkPodEgress routes after the first Sync.
+var podEgressCases = []podEgressCase{
+	{"10.200.1.130", "dlbaaaa0001", "198.51.100.7", "eth1"},
+	{"10.200.1.130", "dlbaaaa0001", "10.200.2.140", "eth1"},
+	{"10.200.1.70", "dlbaaaa0003", "198.51.100.7", "eth0"},
+	{"10.200.1.130", "dlbaaaa0001", "10.200.1.131", "dlbaaaa0002"},
+	{"10.200.1.130", "dlbaaaa0001", "10.200.1.70", "dlbaaaa0003"},
+}
+
+// checkPodEgress: the kernel sends a pod's traffic out of its ENI: to the
+// VPC and beyond through eth1 for pod 1, to a local pod through its veth.
+func checkPodEgress(t *testing.T, n *testNS) {
+	for _, tc := range podEgressCases {
+		rs, err := n.h.RouteGetWithOptions(net.ParseIP(tc.to), &netlink.RouteGetOptions{Iif: tc.iif, SrcAddr: net.ParseIP(tc.from)})
+		if err != nil {
+			t.Fatalf("route get %s from %s iif %s: %v", tc.to, tc.from, tc.iif, err)
+		}
+		l, err := n.h.LinkByIndex(rs[0].LinkIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().Name != tc.wantDev {
+			t.Errorf("route get %s from %s iif %s: dev %s, want %s", tc.to, tc.from, tc.iif, l.Attrs().Name, tc.wantDev)
+		}
+	}
+}
+
+// syncAfterPod2Goes: pod 2 goes; its rules and the host route we wrote go.
+func syncAfterPod2Goes(t *testing.T, n *testNS, r *Router, pods []Pod) []string {
+	res, err := r.Sync([]Pod{pods[0], pods[2]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,11 +273,14 @@ func TestSyncPrivileged(t *testing.T) {
 	if diff := cmp.Diff(afterRemoval, n.state(t)); diff != "" {
 		t.Fatalf("after removal (-want +got):\n%s", diff)
 	}
+	return afterRemoval
+}
 
-	// Restart: a new Router finds a leftover rule of a pod that went while
-	// it was down and a stale route in its table; it keeps what is right
-	// and removes the rest. (The kernel refuses exact duplicate rules
-	// with NLM_F_EXCL, which both netlink and ip(8) send.)
+// syncAfterRestart: a new Router finds a leftover rule of a pod that went
+// while it was down and a stale route in its table; it keeps what is right
+// and removes the rest. (The kernel refuses exact duplicate rules
+// with NLM_F_EXCL, which both netlink and ip(8) send.)
+func syncAfterRestart(t *testing.T, n *testNS, pods []Pod, afterRemoval []string) {
 	stale := netlink.NewRule()
 	stale.Family, stale.Priority, stale.Table, stale.Src = unix.AF_INET, PriorityFromPod, 101, ipNet(netip.MustParsePrefix("10.200.1.150/32"))
 	if err := n.h.RuleAdd(stale); err != nil {
@@ -275,7 +294,7 @@ func TestSyncPrivileged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err = r2.Sync([]Pod{pods[0], pods[2]})
+	res, err := r2.Sync([]Pod{pods[0], pods[2]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,8 +304,10 @@ func TestSyncPrivileged(t *testing.T) {
 	if diff := cmp.Diff(afterRemoval, n.state(t)); diff != "" {
 		t.Fatalf("after restart (-want +got):\n%s", diff)
 	}
+}
 
-	// Cleanup leaves only what it did not write.
+// checkCleanup: Cleanup leaves only what it did not write.
+func checkCleanup(t *testing.T, n *testNS) {
 	if err := Cleanup(n.h); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}

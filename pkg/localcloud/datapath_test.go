@@ -92,6 +92,20 @@ func (h *heldConn) request() (string, error) {
 	return string(b), err
 }
 
+// datapathStory is what TestDatapath carries from one step to the next.
+type datapathStory struct {
+	nt       *localcloudtest.Net
+	stateDir string
+	c        *cloudaws.Client
+	ctx      context.Context
+	lb       cloud.LoadBalancer
+	tg       cloud.TargetGroup
+	lbURL    string
+	fresh    *http.Client
+	sick     string // the target whose health endpoint fails
+	drained  string // the target deregistered under a held connection
+}
+
 func TestDatapath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the datapath test takes ~30 s")
@@ -99,9 +113,21 @@ func TestDatapath(t *testing.T) {
 	nt := localcloudtest.New(t, 3)
 	stateDir := t.TempDir()
 	nt.StartLocalcloud(stateDir)
-	c := newClient(t, nt.APIEndpoint())
-	ctx := context.Background()
+	s := &datapathStory{nt: nt, stateDir: stateDir, c: newClient(t, nt.APIEndpoint()), ctx: context.Background()}
+	s.setup(t)
+	s.spreadTCP(t)
+	s.spreadUDP(t)
+	s.failHealth(t)
+	held := s.dialHeld(t)
+	defer held.conn.Close()
+	s.drain(t, held)
+	s.restart(t)
+}
 
+// setup creates a TCP and a UDP listener to the three targets and waits
+// until all are healthy.
+func (s *datapathStory) setup(t *testing.T) {
+	nt, c, ctx := s.nt, s.c, s.ctx
 	lb, err := c.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "dp", Tags: cloud.Tags{cloud.TagCluster: "dlbt"}})
 	if err != nil {
 		t.Fatal(err)
@@ -147,32 +173,42 @@ func TestDatapath(t *testing.T) {
 	}
 	waitFor(t, "3 targets healthy", 10*time.Second, allHealthy(tg.ARN, 3))
 	waitFor(t, "3 UDP targets healthy", 10*time.Second, allHealthy(utg.ARN, 3))
+	s.lb, s.tg = lb, tg
+	s.lbURL = fmt.Sprintf("http://%s:80/", lb.Addresses[0])
+	s.fresh = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}, Timeout: 3 * time.Second}
+}
 
-	lbURL := fmt.Sprintf("http://%s:80/", lb.Addresses[0])
-	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}, Timeout: 3 * time.Second}
-	count := func(n int) map[string]int {
-		t.Helper()
-		seen := map[string]int{}
-		for i := range n {
-			body, err := get(fresh, lbURL)
-			if err != nil {
-				t.Fatalf("request %d through %s: %v", i, lbURL, err)
-			}
-			seen[body]++
+// count sends n requests, each on a new connection, and counts the answers
+// by target.
+func (s *datapathStory) count(t *testing.T, n int) map[string]int {
+	t.Helper()
+	fresh, lbURL := s.fresh, s.lbURL
+	seen := map[string]int{}
+	for i := range n {
+		body, err := get(fresh, lbURL)
+		if err != nil {
+			t.Fatalf("request %d through %s: %v", i, lbURL, err)
 		}
-		return seen
+		seen[body]++
 	}
+	return seen
+}
 
-	// 300 requests reach all three.
-	seen := count(300)
+// spreadTCP: 300 requests reach all three.
+func (s *datapathStory) spreadTCP(t *testing.T) {
+	nt := s.nt
+	seen := s.count(t, 300)
 	for _, a := range nt.TargetAddrs {
 		if seen[a] == 0 {
 			t.Errorf("300 requests: target %s got none (%v)", a, seen)
 		}
 	}
 	t.Logf("300 requests: %v", seen)
+}
 
-	// UDP: flows from different source ports spread over the targets.
+// spreadUDP: flows from different source ports spread over the targets.
+func (s *datapathStory) spreadUDP(t *testing.T) {
+	lb := s.lb
 	udpSeen := map[string]int{}
 	for i := range 30 {
 		conn, err := net.Dial("udp4", net.JoinHostPort(lb.Addresses[0], "53"))
@@ -196,10 +232,13 @@ func TestDatapath(t *testing.T) {
 	if len(udpSeen) < 2 {
 		t.Errorf("30 UDP flows went to %v; want at least 2 targets", udpSeen)
 	}
+}
 
-	// One target's health endpoint fails: unhealthy within interval ×
-	// threshold (2 s, plus one check's timeout and polling slack), then no
-	// new requests.
+// failHealth fails one target's health endpoint: it is unhealthy within
+// interval × threshold (2 s, plus one check's timeout and polling slack),
+// then gets no new requests.
+func (s *datapathStory) failHealth(t *testing.T) {
+	nt, c, tg := s.nt, s.c, s.tg
 	sick := nt.TargetAddrs[2]
 	nt.SetHealth(sick, false)
 	took := waitFor(t, "failing target unhealthy", 5*time.Second, func() bool {
@@ -209,20 +248,27 @@ func TestDatapath(t *testing.T) {
 	if took > 3500*time.Millisecond {
 		t.Errorf("unhealthy after %s; want within interval × threshold (2s) plus 1.5s slack", took)
 	}
-	seen = count(100)
+	seen := s.count(t, 100)
 	if seen[sick] != 0 {
 		t.Errorf("unhealthy target %s got %d of 100 new requests", sick, seen[sick])
 	}
+	s.sick = sick
+}
 
-	// Drain: a long-lived connection to a target that is then deregistered
-	// (delay 5 s) keeps working for the delay and is closed after it; the
-	// target gets no new connections meanwhile.
-	conn, err := net.Dial("tcp4", net.JoinHostPort(lb.Addresses[0], "80"))
+// dialHeld opens the long-lived connection drain holds.
+func (s *datapathStory) dialHeld(t *testing.T) *heldConn {
+	conn, err := net.Dial("tcp4", net.JoinHostPort(s.lb.Addresses[0], "80"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	held := &heldConn{conn: conn, r: bufio.NewReader(conn)}
+	return &heldConn{conn: conn, r: bufio.NewReader(conn)}
+}
+
+// drain: a long-lived connection to a target that is then deregistered
+// (delay 5 s) keeps working for the delay and is closed after it; the
+// target gets no new connections meanwhile.
+func (s *datapathStory) drain(t *testing.T, held *heldConn) {
+	c, ctx, tg := s.c, s.ctx, s.tg
 	drained, err := held.request()
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +288,7 @@ func TestDatapath(t *testing.T) {
 		if body != drained {
 			t.Fatalf("held connection answered by %s, want %s", body, drained)
 		}
-		if got := count(5); got[drained] != 0 {
+		if got := s.count(t, 5); got[drained] != 0 {
 			t.Fatalf("draining target %s got new connections: %v", drained, got)
 		}
 		time.Sleep(300 * time.Millisecond)
@@ -265,10 +311,14 @@ func TestDatapath(t *testing.T) {
 	if _, ok := healthOf(t, c, tg.ARN)[drained]; ok {
 		t.Errorf("drained target %s still in the target group after the delay", drained)
 	}
+	s.drained = drained
+}
 
-	// Restart: the load balancer, targets, health and datapath come back.
+// restart: the load balancer, targets, health and datapath come back.
+func (s *datapathStory) restart(t *testing.T) {
+	nt, c, ctx, lb, tg, sick, drained := s.nt, s.c, s.ctx, s.lb, s.tg, s.sick, s.drained
 	nt.StopLocalcloud()
-	nt.StartLocalcloud(stateDir)
+	nt.StartLocalcloud(s.stateDir)
 	lbs, err := c.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: "dlbt"})
 	if err != nil || len(lbs) != 1 || lbs[0].Addresses[0] != lb.Addresses[0] {
 		t.Fatalf("after restart: load balancers %+v, %v; want %s at %s", lbs, err, lb.Name, lb.Addresses[0])
@@ -277,7 +327,7 @@ func TestDatapath(t *testing.T) {
 	if len(h) != 2 || h[sick] != cloud.TargetUnhealthy {
 		t.Errorf("after restart: targets %v; want 2 with %s still unhealthy", h, sick)
 	}
-	seen = count(60)
+	seen := s.count(t, 60)
 	healthyOne := ""
 	for _, a := range nt.TargetAddrs {
 		if a != sick && a != drained {

@@ -125,249 +125,253 @@ func filter(name string, values ...string) ec2types.Filter {
 	return ec2types.Filter{Name: awssdk.String(name), Values: values}
 }
 
+// ec2Step is one EC2 call in TestEC2NetworkInterfaces and what it should give.
+type ec2Step struct {
+	name     string
+	call     func(ctx context.Context, c *ec2.Client) (any, error)
+	want     any
+	wantCode string
+}
+
+// ec2Steps run in order: each sees the assignments of the ones before.
+var ec2Steps = []ec2Step{
+	{
+		name: "describe by instance",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			out, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("attachment.instance-id", "node-1")}})
+			if err != nil {
+				return nil, err
+			}
+			return view(out.NetworkInterfaces), nil
+		},
+		want: []eniView{
+			{ID: "eni-node1-0", Instance: "node-1", MAC: "02:d1:00:00:01:00", Primary: "10.100.1.10", Device: 0, Tags: map[string]string{"directlb.io/node": "node-1"}},
+			{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Tags: map[string]string{"directlb.io/node": "node-1"}},
+		},
+	},
+	{
+		name: "assign two by count from the pool",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(2)})
+			if err != nil {
+				return nil, err
+			}
+			var got []string
+			for _, a := range out.AssignedPrivateIpAddresses {
+				got = append(got, awssdk.ToString(a.PrivateIpAddress))
+			}
+			return append(got, awssdk.ToString(out.NetworkInterfaceId)), nil
+		},
+		want: []string{"10.100.1.128", "10.100.1.129", "eni-node1-1"},
+	},
+	{
+		name: "assign explicit addresses",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.200", "10.100.1.201"}})
+			return nil, err
+		},
+	},
+	{
+		name: "describe by address and by ID",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			a, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("addresses.private-ip-address", "10.100.1.201")}})
+			if err != nil {
+				return nil, err
+			}
+			b, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-1"}, Filters: []ec2types.Filter{filter("private-ip-address", "10.100.1.11")}})
+			if err != nil {
+				return nil, err
+			}
+			return append(view(a.NetworkInterfaces), view(b.NetworkInterfaces)...), nil
+		},
+		want: []eniView{
+			{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Secondary: []string{"10.100.1.128", "10.100.1.129", "10.100.1.200", "10.100.1.201"}, Tags: map[string]string{"directlb.io/node": "node-1"}},
+			{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Secondary: []string{"10.100.1.128", "10.100.1.129", "10.100.1.200", "10.100.1.201"}, Tags: map[string]string{"directlb.io/node": "node-1"}},
+		},
+	},
+	{
+		name: "describe by tag and wildcard description",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			a, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("tag:directlb.io/node", "node-1"), filter("description", "*primary")}})
+			if err != nil {
+				return nil, err
+			}
+			var ids []string
+			for _, v := range view(a.NetworkInterfaces) {
+				ids = append(ids, v.ID)
+			}
+			return ids, nil
+		},
+		want: []string{"eni-node1-0"},
+	},
+	{
+		name: "address in use on another ENI",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.1.200"}})
+			return nil, err
+		},
+		wantCode: "InvalidIPAddress.InUse",
+	},
+	{
+		name: "primary address of another ENI is in use even with reassignment",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.2.10"}, AllowReassignment: awssdk.Bool(true)})
+			return nil, err
+		},
+		wantCode: "InvalidIPAddress.InUse",
+	},
+	{
+		name: "reassignment moves a secondary address",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			if _, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.1.201"}, AllowReassignment: awssdk.Bool(true)}); err != nil {
+				return nil, err
+			}
+			out, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-0", "eni-node1-1"}})
+			if err != nil {
+				return nil, err
+			}
+			got := map[string][]string{}
+			for _, v := range view(out.NetworkInterfaces) {
+				got[v.ID] = v.Secondary
+			}
+			return got, nil
+		},
+		want: map[string][]string{"eni-node1-0": {"10.100.1.201"}, "eni-node1-1": {"10.100.1.128", "10.100.1.129", "10.100.1.200"}},
+	},
+	{
+		name: "limit exceeded by count",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(3)})
+			return nil, err
+		},
+		wantCode: "PrivateIpAddressLimitExceeded",
+	},
+	{
+		name: "limit exceeded by explicit addresses",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.50", "10.100.2.51", "10.100.2.52"}})
+			return nil, err
+		},
+		wantCode: "PrivateIpAddressLimitExceeded",
+	},
+	{
+		name: "address outside the subnet",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"192.0.2.7"}})
+			return nil, err
+		},
+		wantCode: "InvalidParameterValue",
+	},
+	{
+		name: "count and addresses together",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.50"}, SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
+			return nil, err
+		},
+		wantCode: "InvalidParameterCombination",
+	},
+	{
+		name: "assign on an unknown ENI",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-nope"), SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
+			return nil, err
+		},
+		wantCode: "InvalidNetworkInterfaceID.NotFound",
+	},
+	{
+		name: "describe an unknown ENI",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-0", "eni-nope"}})
+			return nil, err
+		},
+		wantCode: "InvalidNetworkInterfaceID.NotFound",
+	},
+	{
+		name: "malformed ENI ID",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"node1"}})
+			return nil, err
+		},
+		wantCode: "InvalidNetworkInterfaceID.Malformed",
+	},
+	{
+		name: "unknown filter",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("flavour", "x")}})
+			return nil, err
+		},
+		wantCode: "InvalidParameterValue",
+	},
+	{
+		name: "unassign an address the ENI does not hold",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.128", "10.100.1.201"}})
+			return nil, err
+		},
+		wantCode: "InvalidParameterValue",
+	},
+	{
+		name: "unassign the primary address",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.11"}})
+			return nil, err
+		},
+		wantCode: "InvalidParameterValue",
+	},
+	{
+		// The server throttles every other Unassign call: the SDK
+		// retries through RequestLimitExceeded.
+		name: "unassign (retried through a throttle)",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.128"}})
+			return nil, err
+		},
+	},
+	{
+		name: "a freed address is handed out again",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(2)})
+			if err != nil {
+				return nil, err
+			}
+			var got []string
+			for _, a := range out.AssignedPrivateIpAddresses {
+				got = append(got, awssdk.ToString(a.PrivateIpAddress))
+			}
+			return got, nil
+		},
+		want: []string{"10.100.1.128", "10.100.1.130"},
+	},
+	{
+		name: "pool exhausted",
+		call: func(ctx context.Context, c *ec2.Client) (any, error) {
+			// 10.100.2.128/30: four addresses, all usable in a /16.
+			if _, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.129", "10.100.2.130"}}); err != nil {
+				return nil, err
+			}
+			_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.129"}})
+			if err != nil {
+				return nil, err
+			}
+			// One free slot under the limit (3), and the pool still has .128 and .131.
+			out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
+			if err != nil {
+				return nil, err
+			}
+			return awssdk.ToString(out.AssignedPrivateIpAddresses[0].PrivateIpAddress), nil
+		},
+		want: "10.100.2.128",
+	},
+}
+
 func TestEC2NetworkInterfaces(t *testing.T) {
 	dir := t.TempDir()
 	srv := startEC2Localcloud(t, dir, true)
 	c := ec2Client(srv, ec2TestSecret)
 	ctx := context.Background()
 
-	// Steps run in order: each sees the assignments of the ones before.
-	steps := []struct {
-		name     string
-		call     func() (any, error)
-		want     any
-		wantCode string
-	}{
-		{
-			name: "describe by instance",
-			call: func() (any, error) {
-				out, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("attachment.instance-id", "node-1")}})
-				if err != nil {
-					return nil, err
-				}
-				return view(out.NetworkInterfaces), nil
-			},
-			want: []eniView{
-				{ID: "eni-node1-0", Instance: "node-1", MAC: "02:d1:00:00:01:00", Primary: "10.100.1.10", Device: 0, Tags: map[string]string{"directlb.io/node": "node-1"}},
-				{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Tags: map[string]string{"directlb.io/node": "node-1"}},
-			},
-		},
-		{
-			name: "assign two by count from the pool",
-			call: func() (any, error) {
-				out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(2)})
-				if err != nil {
-					return nil, err
-				}
-				var got []string
-				for _, a := range out.AssignedPrivateIpAddresses {
-					got = append(got, awssdk.ToString(a.PrivateIpAddress))
-				}
-				return append(got, awssdk.ToString(out.NetworkInterfaceId)), nil
-			},
-			want: []string{"10.100.1.128", "10.100.1.129", "eni-node1-1"},
-		},
-		{
-			name: "assign explicit addresses",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.200", "10.100.1.201"}})
-				return nil, err
-			},
-		},
-		{
-			name: "describe by address and by ID",
-			call: func() (any, error) {
-				a, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("addresses.private-ip-address", "10.100.1.201")}})
-				if err != nil {
-					return nil, err
-				}
-				b, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-1"}, Filters: []ec2types.Filter{filter("private-ip-address", "10.100.1.11")}})
-				if err != nil {
-					return nil, err
-				}
-				return append(view(a.NetworkInterfaces), view(b.NetworkInterfaces)...), nil
-			},
-			want: []eniView{
-				{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Secondary: []string{"10.100.1.128", "10.100.1.129", "10.100.1.200", "10.100.1.201"}, Tags: map[string]string{"directlb.io/node": "node-1"}},
-				{ID: "eni-node1-1", Instance: "node-1", MAC: "02:d1:00:00:01:01", Primary: "10.100.1.11", Device: 1, Secondary: []string{"10.100.1.128", "10.100.1.129", "10.100.1.200", "10.100.1.201"}, Tags: map[string]string{"directlb.io/node": "node-1"}},
-			},
-		},
-		{
-			name: "describe by tag and wildcard description",
-			call: func() (any, error) {
-				a, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("tag:directlb.io/node", "node-1"), filter("description", "*primary")}})
-				if err != nil {
-					return nil, err
-				}
-				var ids []string
-				for _, v := range view(a.NetworkInterfaces) {
-					ids = append(ids, v.ID)
-				}
-				return ids, nil
-			},
-			want: []string{"eni-node1-0"},
-		},
-		{
-			name: "address in use on another ENI",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.1.200"}})
-				return nil, err
-			},
-			wantCode: "InvalidIPAddress.InUse",
-		},
-		{
-			name: "primary address of another ENI is in use even with reassignment",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.2.10"}, AllowReassignment: awssdk.Bool(true)})
-				return nil, err
-			},
-			wantCode: "InvalidIPAddress.InUse",
-		},
-		{
-			name: "reassignment moves a secondary address",
-			call: func() (any, error) {
-				if _, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-0"), PrivateIpAddresses: []string{"10.100.1.201"}, AllowReassignment: awssdk.Bool(true)}); err != nil {
-					return nil, err
-				}
-				out, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-0", "eni-node1-1"}})
-				if err != nil {
-					return nil, err
-				}
-				got := map[string][]string{}
-				for _, v := range view(out.NetworkInterfaces) {
-					got[v.ID] = v.Secondary
-				}
-				return got, nil
-			},
-			want: map[string][]string{"eni-node1-0": {"10.100.1.201"}, "eni-node1-1": {"10.100.1.128", "10.100.1.129", "10.100.1.200"}},
-		},
-		{
-			name: "limit exceeded by count",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(3)})
-				return nil, err
-			},
-			wantCode: "PrivateIpAddressLimitExceeded",
-		},
-		{
-			name: "limit exceeded by explicit addresses",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.50", "10.100.2.51", "10.100.2.52"}})
-				return nil, err
-			},
-			wantCode: "PrivateIpAddressLimitExceeded",
-		},
-		{
-			name: "address outside the subnet",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"192.0.2.7"}})
-				return nil, err
-			},
-			wantCode: "InvalidParameterValue",
-		},
-		{
-			name: "count and addresses together",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.50"}, SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
-				return nil, err
-			},
-			wantCode: "InvalidParameterCombination",
-		},
-		{
-			name: "assign on an unknown ENI",
-			call: func() (any, error) {
-				_, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-nope"), SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
-				return nil, err
-			},
-			wantCode: "InvalidNetworkInterfaceID.NotFound",
-		},
-		{
-			name: "describe an unknown ENI",
-			call: func() (any, error) {
-				_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"eni-node1-0", "eni-nope"}})
-				return nil, err
-			},
-			wantCode: "InvalidNetworkInterfaceID.NotFound",
-		},
-		{
-			name: "malformed ENI ID",
-			call: func() (any, error) {
-				_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{"node1"}})
-				return nil, err
-			},
-			wantCode: "InvalidNetworkInterfaceID.Malformed",
-		},
-		{
-			name: "unknown filter",
-			call: func() (any, error) {
-				_, err := c.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{filter("flavour", "x")}})
-				return nil, err
-			},
-			wantCode: "InvalidParameterValue",
-		},
-		{
-			name: "unassign an address the ENI does not hold",
-			call: func() (any, error) {
-				_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.128", "10.100.1.201"}})
-				return nil, err
-			},
-			wantCode: "InvalidParameterValue",
-		},
-		{
-			name: "unassign the primary address",
-			call: func() (any, error) {
-				_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.11"}})
-				return nil, err
-			},
-			wantCode: "InvalidParameterValue",
-		},
-		{
-			// The server throttles every other Unassign call: the SDK
-			// retries through RequestLimitExceeded.
-			name: "unassign (retried through a throttle)",
-			call: func() (any, error) {
-				_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), PrivateIpAddresses: []string{"10.100.1.128"}})
-				return nil, err
-			},
-		},
-		{
-			name: "a freed address is handed out again",
-			call: func() (any, error) {
-				out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node1-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(2)})
-				if err != nil {
-					return nil, err
-				}
-				var got []string
-				for _, a := range out.AssignedPrivateIpAddresses {
-					got = append(got, awssdk.ToString(a.PrivateIpAddress))
-				}
-				return got, nil
-			},
-			want: []string{"10.100.1.128", "10.100.1.130"},
-		},
-		{
-			name: "pool exhausted",
-			call: func() (any, error) {
-				// 10.100.2.128/30: four addresses, all usable in a /16.
-				if _, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.129", "10.100.2.130"}}); err != nil {
-					return nil, err
-				}
-				_, err := c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), PrivateIpAddresses: []string{"10.100.2.129"}})
-				if err != nil {
-					return nil, err
-				}
-				// One free slot under the limit (3), and the pool still has .128 and .131.
-				out, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: awssdk.String("eni-node2-1"), SecondaryPrivateIpAddressCount: awssdk.Int32(1)})
-				if err != nil {
-					return nil, err
-				}
-				return awssdk.ToString(out.AssignedPrivateIpAddresses[0].PrivateIpAddress), nil
-			},
-			want: "10.100.2.128",
-		},
-	}
-	for _, s := range steps {
-		got, err := s.call()
+	for _, s := range ec2Steps {
+		got, err := s.call(ctx, c)
 		if code := errCode(err); code != s.wantCode {
 			t.Fatalf("%s: error code %q, want %q (%v)", s.name, code, s.wantCode, err)
 		}

@@ -97,179 +97,186 @@ func tcp80(bs []netip.AddrPort) []datapath.Service {
 	return []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: datapath.TCP}, Backends: bs}}
 }
 
+// desiredCase is a Service and its EndpointSlices, and the datapath Services
+// Desired should program for them.
+type desiredCase struct {
+	name   string
+	svc    *v1.Service
+	slices []*discoveryv1.EndpointSlice
+	want   []datapath.Service
+}
+
+// desiredCases: the ClusterIP, as kube-proxy's CategorizeEndpoints picks
+// its endpoints.
+var desiredCases = []desiredCase{
+	{
+		name:   "ready endpoints from two slices, deduplicated and sorted",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.2", ""), ready("10.1.0.1", "node-2")), slice("b", 8080, ready("10.1.0.1", "node-2"))},
+		want:   tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080")),
+	},
+	{
+		name:   "nil conditions mean ready",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.1"})},
+		want:   tcp80(backends("10.1.0.1:8080")),
+	},
+	{
+		name:   "not ready and terminating are left out while one is ready",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""), terminating("10.1.0.2", "", true), ep{addr: "10.1.0.3", ready: no, serving: no, terminating: no})},
+		want:   tcp80(backends("10.1.0.1:8080")),
+	},
+	{
+		name:   "serving terminating endpoints serve when none is ready (KEP-1669)",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.2", "", true), terminating("10.1.0.3", "", false), ep{addr: "10.1.0.4", ready: no, serving: no})},
+		want:   tcp80(backends("10.1.0.2:8080")),
+	},
+	{
+		name:   "no endpoints: programmed empty, so it refuses",
+		svc:    service(),
+		slices: nil,
+		want:   tcp80(backends()),
+	},
+	{
+		name: "internalTrafficPolicy Local keeps this node's endpoints",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))},
+		want:   tcp80(backends("10.1.0.2:8080")),
+	},
+	{
+		name: "Local: the terminating fallback applies among local endpoints",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
+		want:   tcp80(backends("10.1.0.2:8080")),
+	},
+	// The rows below are kube-proxy's behaviour where the issue found
+	// node-agent's different (pkg/proxy CategorizeEndpoints and the
+	// iptables/nftables proxiers' reject/drop rules).
+	{
+		name: "Local with no local endpoint but some elsewhere: dropped, not refused",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+		want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
+	},
+	{
+		name: "Local with a serving terminating endpoint elsewhere only: dropped",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", true))},
+		want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
+	},
+	{
+		name: "Local with no usable endpoint anywhere: refused",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", false), ep{addr: "10.1.0.2", node: "node-2", ready: no, serving: no, terminating: no})},
+		want:   tcp80(backends()),
+	},
+	{
+		name: "publishNotReadyAddresses: ready terminating endpoints serve with the live one",
+		svc:  service(func(s *v1.Service) { s.Spec.PublishNotReadyAddresses = true }),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+			ready("10.1.0.1", ""),
+			ep{addr: "10.1.0.2", ready: yes, serving: yes, terminating: yes},
+			ep{addr: "10.1.0.3", ready: yes, serving: no, terminating: yes})},
+		want: tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080")),
+	},
+	{
+		name:   "ready wins over the terminating state without publishNotReadyAddresses too",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: yes, terminating: yes}, terminating("10.1.0.3", "", true))},
+		want:   tcp80(backends("10.1.0.2:8080")),
+	},
+	{
+		name:   "manual slice: not ready, terminating, serving omitted: nil serving is true, so the fallback serves",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: no, terminating: yes}, ep{addr: "10.1.0.3", ready: no})},
+		want:   tcp80(backends("10.1.0.2:8080")),
+	},
+	{
+		name:   "not ready and not terminating never serves, even as a fallback",
+		svc:    service(),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.3", ready: no, serving: yes, terminating: no})},
+		want:   tcp80(backends()),
+	},
+	{
+		name:   "port matched by name; other ports of the slice ignored",
+		svc:    service(func(s *v1.Service) { s.Spec.Ports[0].Name = "metrics" }),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+		want:   tcp80(backends()),
+	},
+	{
+		name: "session affinity ClientIP with its timeout",
+		svc: service(func(s *v1.Service) {
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](30)}}
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+		want: []datapath.Service{{
+			Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: datapath.TCP},
+			Backends: backends("10.1.0.1:8080"), AffinityTimeout: 30 * time.Second,
+		}},
+	},
+	{
+		name: "UDP and SCTP ports: UDP programmed, SCTP skipped",
+		svc: service(func(s *v1.Service) {
+			s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "sctp", Port: 99, Protocol: v1.ProtocolSCTP}}
+		}),
+		slices: []*discoveryv1.EndpointSlice{{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "a"},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Port: ptr.To[int32](5353), Protocol: ptr.To(v1.ProtocolUDP)}, {Name: ptr.To("sctp"), Port: ptr.To[int32](99), Protocol: ptr.To(v1.ProtocolSCTP)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}}},
+		}},
+		want: []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")}},
+	},
+	{
+		name: "IPv6 slices and addresses are ignored",
+		svc:  service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00::10"} }),
+		slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+			s := slice("a", 8080, ep{addr: "fd00::1"})
+			s.AddressType = discoveryv1.AddressTypeIPv6
+			return s
+		}()},
+		want: tcp80(backends()),
+	},
+	{
+		name: "headless Service ignored",
+		svc: service(func(s *v1.Service) {
+			s.Spec.ClusterIP = v1.ClusterIPNone
+			s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+	},
+	{
+		name:   "ExternalName ignored",
+		svc:    service(func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName; s.Spec.ExternalName = "example.com" }),
+		slices: nil,
+	},
+	{
+		name:   "service-proxy-name label: another proxy's Service",
+		svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "other"} }),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+	},
+	{
+		name:   "headless label ignored",
+		svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelHeadless: ""} }),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
+	},
+}
+
 func TestDesired(t *testing.T) {
-	cases := []struct {
-		name   string
-		svc    *v1.Service
-		slices []*discoveryv1.EndpointSlice
-		want   []datapath.Service
-	}{
-		{
-			name:   "ready endpoints from two slices, deduplicated and sorted",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.2", ""), ready("10.1.0.1", "node-2")), slice("b", 8080, ready("10.1.0.1", "node-2"))},
-			want:   tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080")),
-		},
-		{
-			name:   "nil conditions mean ready",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.1"})},
-			want:   tcp80(backends("10.1.0.1:8080")),
-		},
-		{
-			name:   "not ready and terminating are left out while one is ready",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""), terminating("10.1.0.2", "", true), ep{addr: "10.1.0.3", ready: no, serving: no, terminating: no})},
-			want:   tcp80(backends("10.1.0.1:8080")),
-		},
-		{
-			name:   "serving terminating endpoints serve when none is ready (KEP-1669)",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.2", "", true), terminating("10.1.0.3", "", false), ep{addr: "10.1.0.4", ready: no, serving: no})},
-			want:   tcp80(backends("10.1.0.2:8080")),
-		},
-		{
-			name:   "no endpoints: programmed empty, so it refuses",
-			svc:    service(),
-			slices: nil,
-			want:   tcp80(backends()),
-		},
-		{
-			name: "internalTrafficPolicy Local keeps this node's endpoints",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))},
-			want:   tcp80(backends("10.1.0.2:8080")),
-		},
-		{
-			name: "Local: the terminating fallback applies among local endpoints",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), terminating("10.1.0.2", thisNode, true))},
-			want:   tcp80(backends("10.1.0.2:8080")),
-		},
-		// The rows below are kube-proxy's behaviour where the issue found
-		// node-agent's different (pkg/proxy CategorizeEndpoints and the
-		// iptables/nftables proxiers' reject/drop rules).
-		{
-			name: "Local with no local endpoint but some elsewhere: dropped, not refused",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
-			want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
-		},
-		{
-			name: "Local with a serving terminating endpoint elsewhere only: dropped",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", true))},
-			want:   []datapath.Service{{Frontend: tcp80(nil)[0].Frontend, Drop: true}},
-		},
-		{
-			name: "Local with no usable endpoint anywhere: refused",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.1", "node-2", false), ep{addr: "10.1.0.2", node: "node-2", ready: no, serving: no, terminating: no})},
-			want:   tcp80(backends()),
-		},
-		{
-			name: "publishNotReadyAddresses: ready terminating endpoints serve with the live one",
-			svc:  service(func(s *v1.Service) { s.Spec.PublishNotReadyAddresses = true }),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
-				ready("10.1.0.1", ""),
-				ep{addr: "10.1.0.2", ready: yes, serving: yes, terminating: yes},
-				ep{addr: "10.1.0.3", ready: yes, serving: no, terminating: yes})},
-			want: tcp80(backends("10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080")),
-		},
-		{
-			name:   "ready wins over the terminating state without publishNotReadyAddresses too",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: yes, terminating: yes}, terminating("10.1.0.3", "", true))},
-			want:   tcp80(backends("10.1.0.2:8080")),
-		},
-		{
-			name:   "manual slice: not ready, terminating, serving omitted: nil serving is true, so the fallback serves",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.2", ready: no, terminating: yes}, ep{addr: "10.1.0.3", ready: no})},
-			want:   tcp80(backends("10.1.0.2:8080")),
-		},
-		{
-			name:   "not ready and not terminating never serves, even as a fallback",
-			svc:    service(),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ep{addr: "10.1.0.3", ready: no, serving: yes, terminating: no})},
-			want:   tcp80(backends()),
-		},
-		{
-			name:   "port matched by name; other ports of the slice ignored",
-			svc:    service(func(s *v1.Service) { s.Spec.Ports[0].Name = "metrics" }),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
-			want:   tcp80(backends()),
-		},
-		{
-			name: "session affinity ClientIP with its timeout",
-			svc: service(func(s *v1.Service) {
-				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](30)}}
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
-			want: []datapath.Service{{
-				Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: datapath.TCP},
-				Backends: backends("10.1.0.1:8080"), AffinityTimeout: 30 * time.Second,
-			}},
-		},
-		{
-			name: "UDP and SCTP ports: UDP programmed, SCTP skipped",
-			svc: service(func(s *v1.Service) {
-				s.Spec.Ports = []v1.ServicePort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "sctp", Port: 99, Protocol: v1.ProtocolSCTP}}
-			}),
-			slices: []*discoveryv1.EndpointSlice{{
-				ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "a"},
-				AddressType: discoveryv1.AddressTypeIPv4,
-				Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Port: ptr.To[int32](5353), Protocol: ptr.To(v1.ProtocolUDP)}, {Name: ptr.To("sctp"), Port: ptr.To[int32](99), Protocol: ptr.To(v1.ProtocolSCTP)}},
-				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}}},
-			}},
-			want: []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")}},
-		},
-		{
-			name: "IPv6 slices and addresses are ignored",
-			svc:  service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00::10"} }),
-			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
-				s := slice("a", 8080, ep{addr: "fd00::1"})
-				s.AddressType = discoveryv1.AddressTypeIPv6
-				return s
-			}()},
-			want: tcp80(backends()),
-		},
-		{
-			name: "headless Service ignored",
-			svc: service(func(s *v1.Service) {
-				s.Spec.ClusterIP = v1.ClusterIPNone
-				s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
-		},
-		{
-			name:   "ExternalName ignored",
-			svc:    service(func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName; s.Spec.ExternalName = "example.com" }),
-			slices: nil,
-		},
-		{
-			name:   "service-proxy-name label: another proxy's Service",
-			svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "other"} }),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
-		},
-		{
-			name:   "headless label ignored",
-			svc:    service(func(s *v1.Service) { s.Labels = map[string]string{LabelHeadless: ""} }),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", ""))},
-		},
-	}
-	for _, c := range cases {
+	for _, c := range desiredCases {
 		t.Run(c.name, func(t *testing.T) {
 			want := c.want
 			if want != nil {
@@ -284,6 +291,158 @@ func TestDesired(t *testing.T) {
 	}
 }
 
+// externalClusterIP is the ClusterIP of service().
+var externalClusterIP = netip.MustParseAddr("10.96.0.10")
+
+// tcpAt is the TCP frontend at addr:port.
+func tcpAt(addr string, port uint16) datapath.Frontend {
+	return datapath.Frontend{Addr: netip.MustParseAddr(addr), Port: port, Proto: datapath.TCP}
+}
+
+// withNodePort makes service() a NodePort Service on 30080.
+func withNodePort(s *v1.Service) {
+	s.Spec.Type = v1.ServiceTypeNodePort
+	s.Spec.Ports[0].NodePort = 30080
+}
+
+// withLBIngress makes service() a LoadBalancer Service with these ingress
+// points.
+func withLBIngress(ing ...v1.LoadBalancerIngress) func(*v1.Service) {
+	return func(s *v1.Service) {
+		withNodePort(s)
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Status.LoadBalancer.Ingress = ing
+	}
+}
+
+var (
+	externalTwoNodes = []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))}
+	externalAll      = backends("10.1.0.1:8080", "10.1.0.2:8080")
+)
+
+// desiredExternalCases: every frontend of a Service as this node's sockets
+// reach it.
+var desiredExternalCases = []desiredCase{
+	{
+		name:   "NodePort: the port on every node address, all endpoints",
+		svc:    service(withNodePort),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: externalAll},
+		},
+	},
+	{
+		name: "externalTrafficPolicy Local does not apply to the node's own traffic",
+		svc: service(withNodePort, func(s *v1.Service) {
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: backends("10.1.0.1:8080")},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
+		},
+	},
+	{
+		name: "internalTrafficPolicy Local applies to the ClusterIP only",
+		svc: service(withNodePort, func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+			s.Spec.ExternalIPs = []string{"192.0.2.7"}
+		}),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Drop: true},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
+			{Frontend: tcpAt("192.0.2.7", 80), Backends: backends("10.1.0.1:8080")},
+		},
+	},
+	{
+		name:   "no endpoints: every frontend refuses; the terminating fallback serves them all",
+		svc:    service(withNodePort, func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.7"} }),
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.3", "node-2", true))},
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: backends("10.1.0.3:8080")},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.3:8080")},
+			{Frontend: tcpAt("192.0.2.7", 80), Backends: backends("10.1.0.3:8080")},
+		},
+	},
+	{
+		name: "session affinity on every frontend",
+		svc: service(withNodePort, func(s *v1.Service) {
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		}),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll, AffinityTimeout: DefaultAffinityTimeout},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: externalAll, AffinityTimeout: DefaultAffinityTimeout},
+		},
+	},
+	{
+		name: "externalIPs on a ClusterIP Service; IPv6, bad and duplicate ones skipped",
+		svc: service(func(s *v1.Service) {
+			s.Spec.ExternalIPs = []string{"192.0.2.7", "2001:db8::1", "nonsense", "192.0.2.7", "10.96.0.10"}
+		}),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll},
+			{Frontend: tcpAt("192.0.2.7", 80), Backends: externalAll},
+		},
+	},
+	{
+		name: "LoadBalancer: ingress IPs (VIP or unset ipMode), not Proxy, not hostnames",
+		svc: service(withLBIngress(
+			v1.LoadBalancerIngress{IP: "198.51.100.1"},
+			v1.LoadBalancerIngress{IP: "198.51.100.2", IPMode: ptr.To(v1.LoadBalancerIPModeVIP)},
+			v1.LoadBalancerIngress{IP: "198.51.100.3", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)},
+			v1.LoadBalancerIngress{Hostname: "lb.example.com"},
+		)),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: externalAll},
+			{Frontend: tcpAt("198.51.100.1", 80), Backends: externalAll},
+			{Frontend: tcpAt("198.51.100.2", 80), Backends: externalAll},
+		},
+	},
+	{
+		name: "LoadBalancer with loadBalancerSourceRanges: its IPs are left to the load balancer",
+		svc: service(withLBIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
+			s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+		}),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: externalAll},
+		},
+	},
+	{
+		name: "LoadBalancer without node ports (allocateLoadBalancerNodePorts false)",
+		svc: service(withLBIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
+			s.Spec.Ports[0].NodePort = 0
+		}),
+		slices: externalTwoNodes,
+		want: []datapath.Service{
+			{Frontend: tcpAt("10.96.0.10", 80), Backends: externalAll},
+			{Frontend: tcpAt("198.51.100.1", 80), Backends: externalAll},
+		},
+	},
+	{
+		name: "UDP NodePort",
+		svc: service(withNodePort, func(s *v1.Service) {
+			s.Spec.Ports[0].Protocol = v1.ProtocolUDP
+		}),
+		slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+			s := slice("a", 5353, ready("10.1.0.1", ""))
+			s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
+			return s
+		}()},
+		want: []datapath.Service{
+			{Frontend: datapath.Frontend{Addr: externalClusterIP, Port: 80, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")},
+			{Frontend: datapath.NodePortFrontend(30080, datapath.UDP), Backends: backends("10.1.0.1:5353")},
+		},
+	},
+}
+
 // TestDesiredExternal: NodePorts, externalIPs and load-balancer IPs as this
 // node's sockets reach them: every usable endpoint of the cluster, whatever
 // externalTrafficPolicy and internalTrafficPolicy say (kube-proxy sends
@@ -291,151 +450,9 @@ func TestDesired(t *testing.T) {
 // cluster-wide endpoints), with the same affinity and fallback as the
 // ClusterIP.
 func TestDesiredExternal(t *testing.T) {
-	cip := netip.MustParseAddr("10.96.0.10")
-	at := func(addr string, port uint16) datapath.Frontend {
-		return datapath.Frontend{Addr: netip.MustParseAddr(addr), Port: port, Proto: datapath.TCP}
-	}
-	nodePort := func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeNodePort
-		s.Spec.Ports[0].NodePort = 30080
-	}
-	lbIngress := func(ing ...v1.LoadBalancerIngress) func(*v1.Service) {
-		return func(s *v1.Service) {
-			nodePort(s)
-			s.Spec.Type = v1.ServiceTypeLoadBalancer
-			s.Status.LoadBalancer.Ingress = ing
-		}
-	}
-	twoNodes := []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"), ready("10.1.0.2", thisNode))}
-	all := backends("10.1.0.1:8080", "10.1.0.2:8080")
-	cases := []struct {
-		name   string
-		svc    *v1.Service
-		slices []*discoveryv1.EndpointSlice
-		want   []datapath.Service
-	}{
-		{
-			name:   "NodePort: the port on every node address, all endpoints",
-			svc:    service(nodePort),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
-			},
-		},
-		{
-			name: "externalTrafficPolicy Local does not apply to the node's own traffic",
-			svc: service(nodePort, func(s *v1.Service) {
-				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: backends("10.1.0.1:8080")},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
-			},
-		},
-		{
-			name: "internalTrafficPolicy Local applies to the ClusterIP only",
-			svc: service(nodePort, func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-				s.Spec.ExternalIPs = []string{"192.0.2.7"}
-			}),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, ready("10.1.0.1", "node-2"))},
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Drop: true},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.1:8080")},
-				{Frontend: at("192.0.2.7", 80), Backends: backends("10.1.0.1:8080")},
-			},
-		},
-		{
-			name:   "no endpoints: every frontend refuses; the terminating fallback serves them all",
-			svc:    service(nodePort, func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.7"} }),
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, terminating("10.1.0.3", "node-2", true))},
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: backends("10.1.0.3:8080")},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: backends("10.1.0.3:8080")},
-				{Frontend: at("192.0.2.7", 80), Backends: backends("10.1.0.3:8080")},
-			},
-		},
-		{
-			name: "session affinity on every frontend",
-			svc: service(nodePort, func(s *v1.Service) {
-				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-			}),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all, AffinityTimeout: DefaultAffinityTimeout},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all, AffinityTimeout: DefaultAffinityTimeout},
-			},
-		},
-		{
-			name: "externalIPs on a ClusterIP Service; IPv6, bad and duplicate ones skipped",
-			svc: service(func(s *v1.Service) {
-				s.Spec.ExternalIPs = []string{"192.0.2.7", "2001:db8::1", "nonsense", "192.0.2.7", "10.96.0.10"}
-			}),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all},
-				{Frontend: at("192.0.2.7", 80), Backends: all},
-			},
-		},
-		{
-			name: "LoadBalancer: ingress IPs (VIP or unset ipMode), not Proxy, not hostnames",
-			svc: service(lbIngress(
-				v1.LoadBalancerIngress{IP: "198.51.100.1"},
-				v1.LoadBalancerIngress{IP: "198.51.100.2", IPMode: ptr.To(v1.LoadBalancerIPModeVIP)},
-				v1.LoadBalancerIngress{IP: "198.51.100.3", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)},
-				v1.LoadBalancerIngress{Hostname: "lb.example.com"},
-			)),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
-				{Frontend: at("198.51.100.1", 80), Backends: all},
-				{Frontend: at("198.51.100.2", 80), Backends: all},
-			},
-		},
-		{
-			name: "LoadBalancer with loadBalancerSourceRanges: its IPs are left to the load balancer",
-			svc: service(lbIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
-				s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
-			}),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.TCP), Backends: all},
-			},
-		},
-		{
-			name: "LoadBalancer without node ports (allocateLoadBalancerNodePorts false)",
-			svc: service(lbIngress(v1.LoadBalancerIngress{IP: "198.51.100.1"}), func(s *v1.Service) {
-				s.Spec.Ports[0].NodePort = 0
-			}),
-			slices: twoNodes,
-			want: []datapath.Service{
-				{Frontend: at("10.96.0.10", 80), Backends: all},
-				{Frontend: at("198.51.100.1", 80), Backends: all},
-			},
-		},
-		{
-			name: "UDP NodePort",
-			svc: service(nodePort, func(s *v1.Service) {
-				s.Spec.Ports[0].Protocol = v1.ProtocolUDP
-			}),
-			slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
-				s := slice("a", 5353, ready("10.1.0.1", ""))
-				s.Ports[0].Protocol = ptr.To(v1.ProtocolUDP)
-				return s
-			}()},
-			want: []datapath.Service{
-				{Frontend: datapath.Frontend{Addr: cip, Port: 80, Proto: datapath.UDP}, Backends: backends("10.1.0.1:5353")},
-				{Frontend: datapath.NodePortFrontend(30080, datapath.UDP), Backends: backends("10.1.0.1:5353")},
-			},
-		},
-	}
-	for _, c := range cases {
+	for _, c := range desiredExternalCases {
 		t.Run(c.name, func(t *testing.T) {
-			want := append(slices.Clone(c.want), datapath.Service{Frontend: datapath.AddressFrontend(cip)})
+			want := append(slices.Clone(c.want), datapath.Service{Frontend: datapath.AddressFrontend(externalClusterIP)})
 			got := Desired(c.svc, c.slices, ThisNode{Name: thisNode})
 			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
@@ -513,87 +530,91 @@ func zoned(addr, node string, zones, nodes []string) ep {
 	return e
 }
 
+var (
+	zoneA   = []string{"zone-a"}
+	zoneB   = []string{"zone-b"}
+	inZoneA = ThisNode{Name: thisNode, Zone: "zone-a"}
+)
+
+// topologyCase is a Service, the node, and the ClusterIP's backends Desired
+// should pick from the slices' hints.
+type topologyCase struct {
+	name   string
+	svc    *v1.Service
+	node   ThisNode
+	slices []*discoveryv1.EndpointSlice
+	want   []string
+}
+
+var topologyCases = []topologyCase{
+	{
+		name:   "zone hints for this zone keep that zone's endpoints",
+		svc:    service(),
+		node:   inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", zoneA, nil), zoned("10.1.0.2", "node-3", zoneB, nil), zoned("10.1.0.3", "node-4", zoneA, nil))},
+		want:   []string{"10.1.0.1:8080", "10.1.0.3:8080"},
+	},
+	{
+		name:   "no hint names this zone: every ready endpoint",
+		svc:    service(),
+		node:   ThisNode{Name: thisNode, Zone: "zone-c"},
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", zoneA, nil), zoned("10.1.0.2", "node-3", zoneB, nil))},
+		want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
+	},
+	{
+		name:   "one ready endpoint without hints: hints ignored",
+		svc:    service(),
+		node:   inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", zoneA, nil), zoned("10.1.0.2", "node-3", zoneB, nil), ready("10.1.0.3", "node-4"))},
+		want:   []string{"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"},
+	},
+	{
+		name:   "a not-ready endpoint without hints does not count",
+		svc:    service(),
+		node:   inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", zoneA, nil), zoned("10.1.0.2", "node-3", zoneB, nil), terminating("10.1.0.3", "node-4", true))},
+		want:   []string{"10.1.0.1:8080"},
+	},
+	{
+		name:   "node without a zone label: zone hints ignored",
+		svc:    service(),
+		node:   ThisNode{Name: thisNode},
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", zoneA, nil), zoned("10.1.0.2", "node-3", zoneB, nil))},
+		want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
+	},
+	{
+		name: "node hints naming this node win over zone hints (PreferSameNode)",
+		svc:  service(),
+		node: inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+			zoned("10.1.0.1", thisNode, zoneA, []string{thisNode}), zoned("10.1.0.2", "node-2", zoneA, []string{"node-2"}), zoned("10.1.0.3", "node-3", zoneB, []string{"node-3"}))},
+		want: []string{"10.1.0.1:8080"},
+	},
+	{
+		name: "node hints that do not name this node fall back to zone hints",
+		svc:  service(),
+		node: inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
+			zoned("10.1.0.2", "node-2", zoneA, []string{"node-2"}), zoned("10.1.0.3", "node-3", zoneB, []string{"node-3"}))},
+		want: []string{"10.1.0.2:8080"},
+	},
+	{
+		name: "internalTrafficPolicy Local: this node's endpoints, hints or not",
+		svc: service(func(s *v1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		}),
+		node:   inZoneA,
+		slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, zoneB, nil), zoned("10.1.0.2", "node-2", zoneA, nil))},
+		want:   []string{"10.1.0.1:8080"},
+	},
+}
+
 // TestDesiredTopology: topology hints (what the EndpointSlice controller
 // writes for trafficDistribution) narrow the endpoints exactly where
 // kube-proxy's CategorizeEndpoints narrows them, and are ignored where it
 // ignores them.
 func TestDesiredTopology(t *testing.T) {
-	a := []string{"zone-a"}
-	b := []string{"zone-b"}
-	here := ThisNode{Name: thisNode, Zone: "zone-a"}
-	nodePort := func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeNodePort
-		s.Spec.Ports[0].NodePort = 30080
-	}
-	cases := []struct {
-		name   string
-		svc    *v1.Service
-		node   ThisNode
-		slices []*discoveryv1.EndpointSlice
-		want   []string
-	}{
-		{
-			name:   "zone hints for this zone keep that zone's endpoints",
-			svc:    service(),
-			node:   here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), zoned("10.1.0.3", "node-4", a, nil))},
-			want:   []string{"10.1.0.1:8080", "10.1.0.3:8080"},
-		},
-		{
-			name:   "no hint names this zone: every ready endpoint",
-			svc:    service(),
-			node:   ThisNode{Name: thisNode, Zone: "zone-c"},
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil))},
-			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
-		},
-		{
-			name:   "one ready endpoint without hints: hints ignored",
-			svc:    service(),
-			node:   here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), ready("10.1.0.3", "node-4"))},
-			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"},
-		},
-		{
-			name:   "a not-ready endpoint without hints does not count",
-			svc:    service(),
-			node:   here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil), terminating("10.1.0.3", "node-4", true))},
-			want:   []string{"10.1.0.1:8080"},
-		},
-		{
-			name:   "node without a zone label: zone hints ignored",
-			svc:    service(),
-			node:   ThisNode{Name: thisNode},
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", "node-2", a, nil), zoned("10.1.0.2", "node-3", b, nil))},
-			want:   []string{"10.1.0.1:8080", "10.1.0.2:8080"},
-		},
-		{
-			name: "node hints naming this node win over zone hints (PreferSameNode)",
-			svc:  service(),
-			node: here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
-				zoned("10.1.0.1", thisNode, a, []string{thisNode}), zoned("10.1.0.2", "node-2", a, []string{"node-2"}), zoned("10.1.0.3", "node-3", b, []string{"node-3"}))},
-			want: []string{"10.1.0.1:8080"},
-		},
-		{
-			name: "node hints that do not name this node fall back to zone hints",
-			svc:  service(),
-			node: here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080,
-				zoned("10.1.0.2", "node-2", a, []string{"node-2"}), zoned("10.1.0.3", "node-3", b, []string{"node-3"}))},
-			want: []string{"10.1.0.2:8080"},
-		},
-		{
-			name: "internalTrafficPolicy Local: this node's endpoints, hints or not",
-			svc: service(func(s *v1.Service) {
-				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
-			}),
-			node:   here,
-			slices: []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, b, nil), zoned("10.1.0.2", "node-2", a, nil))},
-			want:   []string{"10.1.0.1:8080"},
-		},
-	}
-	for _, c := range cases {
+	for _, c := range topologyCases {
 		t.Run(c.name, func(t *testing.T) {
 			got := Desired(c.svc, c.slices, c.node)
 			if len(got) == 0 {
@@ -609,8 +630,8 @@ func TestDesiredTopology(t *testing.T) {
 	// The node's own sockets to its NodePort, and traffic from outside
 	// with externalTrafficPolicy Cluster, use the cluster endpoints, so
 	// the hints apply; externalTrafficPolicy Local uses this node's.
-	eps := []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, b, nil), zoned("10.1.0.2", "node-2", a, nil))}
-	for _, d := range Desired(service(nodePort), eps, here) {
+	eps := []*discoveryv1.EndpointSlice{slice("a", 8080, zoned("10.1.0.1", thisNode, zoneB, nil), zoned("10.1.0.2", "node-2", zoneA, nil))}
+	for _, d := range Desired(service(withNodePort), eps, inZoneA) {
 		if d.Frontend == datapath.NodePortFrontend(30080, datapath.TCP) {
 			if diff := cmp.Diff(backends("10.1.0.2:8080"), d.Backends, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 				t.Errorf("NodePort from the node (-want +got):\n%s", diff)
@@ -621,8 +642,8 @@ func TestDesiredTopology(t *testing.T) {
 		v1.ServiceExternalTrafficPolicyCluster: backends("10.1.0.2:8080"),
 		v1.ServiceExternalTrafficPolicyLocal:   backends("10.1.0.1:8080"),
 	} {
-		svc := service(nodePort, func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = policy })
-		ns := DesiredNorthSouth(svc, eps, here)
+		svc := service(withNodePort, func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = policy })
+		ns := DesiredNorthSouth(svc, eps, inZoneA)
 		if len(ns) != 1 {
 			t.Fatalf("externalTrafficPolicy %s: %d north-south frontends, want 1", policy, len(ns))
 		}

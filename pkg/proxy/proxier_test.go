@@ -286,6 +286,37 @@ func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
 	go func() { done <- p.Run(ctx) }()
 	<-p.Synced()
 
+	checkFullMap(t, maps, metrics, health)
+
+	// dns goes and wide shrinks to one endpoint: web's 4 entries and
+	// wide's 3 fit.
+	client.waitWatching(t, "services", "endpointslices")
+	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sliceOf("wide", ready("10.1.1.1", "")), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, maps, map[string][]string{
+		"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {},
+		"10.96.0.20:80/TCP": {"10.1.1.1:8080"}, "10.96.0.20/any": {},
+	})
+	for deadline := time.Now().Add(5 * time.Second); gaugeValue(t, metrics.ServicesNotProgrammed) != 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := gaugeValue(t, metrics.ServicesNotProgrammed); got != 0 {
+		t.Errorf("services_not_programmed = %v once everything fits, want 0", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkFullMap waits until two of web, dns and wide are programmed whole and
+// the third is counted as not programmed, with the maps consistent and the
+// agent healthy.
+func checkFullMap(t *testing.T, maps *datapath.FakeMaps, metrics *Metrics, health *Health) {
 	want := map[string][]string{
 		"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"},
 		"10.96.0.53:53/TCP": {},
@@ -315,30 +346,6 @@ func TestFullMapAffectsOnlyTheServiceThatDoesNotFit(t *testing.T) {
 	}
 	if healthy, _, _ := health.Status(); !healthy {
 		t.Error("unhealthy because one Service does not fit")
-	}
-
-	// dns goes and wide shrinks to one endpoint: web's 4 entries and
-	// wide's 3 fit.
-	client.waitWatching(t, "services", "endpointslices")
-	if err := client.CoreV1().Services("ns").Delete(ctx, "dns", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sliceOf("wide", ready("10.1.1.1", "")), metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, maps, map[string][]string{
-		"10.96.0.10:80/TCP": {"10.1.0.1:8080", "10.1.0.2:8080"}, "10.96.0.10/any": {},
-		"10.96.0.20:80/TCP": {"10.1.1.1:8080"}, "10.96.0.20/any": {},
-	})
-	for deadline := time.Now().Add(5 * time.Second); gaugeValue(t, metrics.ServicesNotProgrammed) != 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got := gaugeValue(t, metrics.ServicesNotProgrammed); got != 0 {
-		t.Errorf("services_not_programmed = %v once everything fits, want 0", got)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -235,16 +235,7 @@ func TestServiceHealthServerListeners(t *testing.T) {
 		t.Errorf("ports (-want +got):\n%s", diff)
 	}
 
-	// The proxy turns unhealthy: 503 with endpoints, as kube-proxy.
-	proxyHealth.mu.Lock()
-	proxyHealth.timeout = time.Nanosecond
-	proxyHealth.mu.Unlock()
-	proxyHealth.QueuedUpdate()
-	time.Sleep(time.Millisecond)
-	if a, err := getHealthCheck(t, p2); err != nil || a.code != http.StatusServiceUnavailable || a.body.ServiceProxyHealthy {
-		t.Errorf("proxy unhealthy: %+v %v", a, err)
-	}
-	proxyHealth.Updated()
+	checkProxyUnhealthy(t, proxyHealth, p2)
 
 	// A Service goes: its port closes, the other stays.
 	s.Sync(lo, map[types.NamespacedName]HealthCheck{api: {Port: p2, LocalEndpoints: 1}})
@@ -255,7 +246,24 @@ func TestServiceHealthServerListeners(t *testing.T) {
 		t.Errorf("ports gauge %v, want 1", got)
 	}
 
-	// Close shuts everything, and the port can be bound again.
+	checkClosed(t, s, lo, checks, p2)
+}
+
+// checkProxyUnhealthy: the proxy turns unhealthy: 503 with endpoints, as kube-proxy.
+func checkProxyUnhealthy(t *testing.T, proxyHealth *Health, p2 uint16) {
+	proxyHealth.mu.Lock()
+	proxyHealth.timeout = time.Nanosecond
+	proxyHealth.mu.Unlock()
+	proxyHealth.QueuedUpdate()
+	time.Sleep(time.Millisecond)
+	if a, err := getHealthCheck(t, p2); err != nil || a.code != http.StatusServiceUnavailable || a.body.ServiceProxyHealthy {
+		t.Errorf("proxy unhealthy: %+v %v", a, err)
+	}
+	proxyHealth.Updated()
+}
+
+// checkClosed: Close shuts everything, and the port can be bound again.
+func checkClosed(t *testing.T, s *ServiceHealthServer, lo []netip.Addr, checks map[types.NamespacedName]HealthCheck, p2 uint16) {
 	s.Close()
 	if _, err := getHealthCheck(t, p2); err == nil {
 		t.Error("a port answers after Close")

@@ -246,7 +246,12 @@ func TestGateWriter(t *testing.T) {
 	waitServiceCondition(t, c, ns, "web", metav1.ConditionTrue, readinessgate.ReasonTargetsHealthy)
 	waitGate(t, c, ns, "web-1", "web", corev1.ConditionTrue, readinessgate.ReasonHealthy)
 
-	// The Service stops being direct-access: its gates are released.
+	releaseGates(t, ctx, c, key)
+}
+
+// releaseGates: the Service stops being direct-access; its gates are released.
+func releaseGates(t *testing.T, ctx context.Context, c client.Client, key types.NamespacedName) {
+	ns := key.Namespace
 	svc := &corev1.Service{}
 	if err := c.Get(ctx, key, svc); err != nil {
 		t.Fatal(err)
@@ -462,6 +467,15 @@ func TestWebhook(t *testing.T) {
 	t.Cleanup(func() {
 		_ = c.Delete(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: cfg.WebhookConfigName}})
 	})
+	createWebhookServices(t, ctx, c, ns, optedOut)
+	stopMgr := startWebhookManager(t, &cfg, ns, optedOut)
+	checkMutated(t, ctx, c, ns, optedOut)
+	checkWebhookDown(t, ctx, c, &cfg, ns, stopMgr)
+}
+
+// createWebhookServices creates, in ns and in optedOut, a direct-access
+// Service web and one, optout, that opts out of the readiness gate.
+func createWebhookServices(t *testing.T, ctx context.Context, c client.Client, ns, optedOut string) {
 	for _, n := range []string{ns, optedOut} {
 		for _, s := range []*corev1.Service{directService(n, "web"), func() *corev1.Service {
 			s := directService(n, "optout")
@@ -474,7 +488,12 @@ func TestWebhook(t *testing.T) {
 			}
 		}
 	}
+}
 
+// startWebhookManager starts the gate writer, the webhook and the
+// certificate manager publishing its CA bundle; stopMgr stops them once.
+// cfg is the test's: the CA bundle callback reads it when it runs.
+func startWebhookManager(t *testing.T, cfg *readinessgate.Config, ns, optedOut string) (stopMgr func()) {
 	mctx, stop := context.WithCancel(context.Background())
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}, optedOut: {}}},
@@ -489,13 +508,13 @@ func TestWebhook(t *testing.T) {
 	cm := &certs.Manager{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Config: certs.Config{Secret: ns + "/webhook-tls", Validity: time.Hour, CheckInterval: time.Minute},
 		Hosts: cfg.Hosts(),
 		OnCABundle: func(ctx context.Context, b []byte) error {
-			return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), mgr.GetAPIReader(), cfg, b)
+			return readinessgate.EnsureConfiguration(ctx, mgr.GetClient(), mgr.GetAPIReader(), *cfg, b)
 		}}
 	if err := mgr.Add(cm); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := readinessgate.Setup(mctx, mgr, readinessgate.Options{
-		Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: fake.New(), TargetGroups: staticGroups{},
+		Config: *cfg, Classes: service.ClassFilter{Default: true}, Cloud: fake.New(), TargetGroups: staticGroups{},
 		Drain:          readinessgate.DrainHook{Host: "10.100.0.2", Port: 8082, Scheme: corev1.URISchemeHTTP},
 		GetCertificate: cm.GetCertificate, CertReady: cm.Ready(),
 	}); err != nil {
@@ -504,7 +523,7 @@ func TestWebhook(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(mctx) }()
 	stopped := false
-	stopMgr := func() {
+	stopMgr = func() {
 		if !stopped {
 			stopped = true
 			stop()
@@ -514,19 +533,26 @@ func TestWebhook(t *testing.T) {
 		}
 	}
 	t.Cleanup(stopMgr)
+	return stopMgr
+}
 
-	newPod := func(namespace string) (*corev1.Pod, error) {
-		p := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, GenerateName: "web-", Labels: map[string]string{"app": "web"}},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}}},
-		}
-		return p, c.Create(ctx, p)
+// newWebPod creates a pod of app web in namespace.
+func newWebPod(ctx context.Context, c client.Client, namespace string) (*corev1.Pod, error) {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, GenerateName: "web-", Labels: map[string]string{"app": "web"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "echo"}}},
 	}
+	return p, c.Create(ctx, p)
+}
+
+// checkMutated: the webhook adds the gate and the drain hook to a pod in ns,
+// and leaves a pod in optedOut alone.
+func checkMutated(t *testing.T, ctx context.Context, c client.Client, ns, optedOut string) {
 	// The apiserver learns the bundle and the cache fills: retry until the
 	// first pod comes back mutated.
 	var pod *corev1.Pod
 	eventually(t, "a mutated pod", func() (bool, string) {
-		p, err := newPod(ns)
+		p, err := newWebPod(ctx, c, ns)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -543,17 +569,21 @@ func TestWebhook(t *testing.T) {
 		t.Errorf("drain hook not injected: token %q lifecycle %+v", tok, ps)
 	}
 	// The opted-out namespace is never sent to the webhook.
-	p, err := newPod(optedOut)
+	p, err := newWebPod(ctx, c, optedOut)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(p.Spec.ReadinessGates) != 0 || p.Annotations[readinessgate.AnnotationDrainToken] != "" {
 		t.Errorf("pod in opted-out namespace mutated: %+v", p.Spec.ReadinessGates)
 	}
+}
 
+// checkWebhookDown stops the controller and checks both failure policies;
+// cfg is the test's, changed to failurePolicy Fail.
+func checkWebhookDown(t *testing.T, ctx context.Context, c client.Client, cfg *readinessgate.Config, ns string, stopMgr func()) {
 	// Controller down. failurePolicy Ignore: pods are created, without gates.
 	stopMgr()
-	p, err = newPod(ns)
+	p, err := newWebPod(ctx, c, ns)
 	if err != nil {
 		t.Fatalf("Ignore policy, webhook down: create failed: %v", err)
 	}
@@ -562,11 +592,11 @@ func TestWebhook(t *testing.T) {
 	}
 	// failurePolicy Fail: creation is refused while the webhook is down.
 	cfg.WebhookFailurePolicy = readinessgate.FailurePolicyFail
-	if err := readinessgate.EnsureConfiguration(ctx, c, nil, cfg, nil); err != nil {
+	if err := readinessgate.EnsureConfiguration(ctx, c, nil, *cfg, nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "pod creation refused under Fail", func() (bool, string) {
-		_, err := newPod(ns)
+		_, err := newWebPod(ctx, c, ns)
 		return err != nil, fmt.Sprint("created: ", err)
 	})
 }

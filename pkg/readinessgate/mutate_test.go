@@ -55,98 +55,108 @@ func gates(names ...string) []corev1.PodReadinessGate {
 	return out
 }
 
+// webSelector selects the pods basePod makes.
+var webSelector = map[string]string{"app": "web"}
+
+// sleepPreStop is a user's own preStop hook.
+var sleepPreStop = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}}
+
+// mutateCase is one pod and the Services Mutate sees, and what it should
+// do to the pod.
+type mutateCase struct {
+	name      string
+	pod       func(*corev1.Pod)
+	svcs      []corev1.Service
+	drain     DrainHook
+	wantGated []string
+	want      func(*corev1.Pod)
+}
+
+// mutateCases are TestMutate's table; each runs Mutate twice.
+var mutateCases = []mutateCase{
+	{name: "no services", wantGated: nil, want: func(*corev1.Pod) {}},
+	{
+		name:      "selected direct-access service: gate and drain hook",
+		svcs:      []corev1.Service{svc("web", nil, webSelector)},
+		drain:     hook,
+		wantGated: []string{"web"},
+		want: func(p *corev1.Pod) {
+			p.Spec.ReadinessGates = gates("web")
+			p.Spec.Containers[0].Lifecycle = drainPreStop("tok")
+			p.Annotations = map[string]string{AnnotationDrainToken: "tok", AnnotationInjected: "app"}
+		},
+	},
+	{
+		name:      "no drain host: gate only",
+		svcs:      []corev1.Service{svc("web", nil, webSelector)},
+		wantGated: []string{"web"},
+		want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web") },
+	},
+	{
+		name: "not selected, not direct-access, opted out, no selector, wrong type",
+		svcs: []corev1.Service{
+			svc("other", nil, map[string]string{"app": "other"}),
+			svc("optout", map[string]string{service.AnnotationReadinessGate: "false"}, webSelector),
+			svc("noselector", nil, nil),
+			{ObjectMeta: metav1.ObjectMeta{Name: "plain"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: webSelector}},
+			func() corev1.Service {
+				s := svc("clusterip", nil, webSelector)
+				s.Spec.Type = corev1.ServiceTypeClusterIP
+				return s
+			}(),
+			func() corev1.Service {
+				s := svc("otherclass", nil, webSelector)
+				s.Spec.LoadBalancerClass = ptr.To("example.com/other")
+				return s
+			}(),
+		},
+		drain: hook,
+		want:  func(*corev1.Pod) {},
+	},
+	{
+		name:      "two services, sorted, one gate each",
+		svcs:      []corev1.Service{svc("web-b", nil, webSelector), svc("web-a", nil, map[string]string{"app": "web"})},
+		wantGated: []string{"web-a", "web-b"},
+		want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web-a", "web-b") },
+	},
+	{
+		name: "user preStop kept; sidecar without one gets the hook",
+		pod: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Lifecycle = sleepPreStop.DeepCopy()
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "side", Image: "x"})
+		},
+		svcs:      []corev1.Service{svc("web", nil, webSelector)},
+		drain:     hook,
+		wantGated: []string{"web"},
+		want: func(p *corev1.Pod) {
+			p.Spec.ReadinessGates = gates("web")
+			p.Spec.Containers[1].Lifecycle = drainPreStop("tok")
+			p.Annotations = map[string]string{AnnotationDrainToken: "tok", AnnotationInjected: "side"}
+		},
+	},
+	{
+		name:      "every container has its preStop: no token",
+		pod:       func(p *corev1.Pod) { p.Spec.Containers[0].Lifecycle = sleepPreStop.DeepCopy() },
+		svcs:      []corev1.Service{svc("web", nil, webSelector)},
+		drain:     hook,
+		wantGated: []string{"web"},
+		want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web") },
+	},
+	{
+		name: "user's own gates kept",
+		pod: func(p *corev1.Pod) {
+			p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "example.com/ready"}}
+		},
+		svcs:      []corev1.Service{svc("web", nil, webSelector)},
+		wantGated: []string{"web"},
+		want: func(p *corev1.Pod) {
+			p.Spec.ReadinessGates = append([]corev1.PodReadinessGate{{ConditionType: "example.com/ready"}}, gates("web")...)
+		},
+	},
+}
+
 func TestMutate(t *testing.T) {
-	web := map[string]string{"app": "web"}
-	sleep := &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}}
-	tests := []struct {
-		name      string
-		pod       func(*corev1.Pod)
-		svcs      []corev1.Service
-		drain     DrainHook
-		wantGated []string
-		want      func(*corev1.Pod)
-	}{
-		{name: "no services", wantGated: nil, want: func(*corev1.Pod) {}},
-		{
-			name:      "selected direct-access service: gate and drain hook",
-			svcs:      []corev1.Service{svc("web", nil, web)},
-			drain:     hook,
-			wantGated: []string{"web"},
-			want: func(p *corev1.Pod) {
-				p.Spec.ReadinessGates = gates("web")
-				p.Spec.Containers[0].Lifecycle = drainPreStop("tok")
-				p.Annotations = map[string]string{AnnotationDrainToken: "tok", AnnotationInjected: "app"}
-			},
-		},
-		{
-			name:      "no drain host: gate only",
-			svcs:      []corev1.Service{svc("web", nil, web)},
-			wantGated: []string{"web"},
-			want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web") },
-		},
-		{
-			name: "not selected, not direct-access, opted out, no selector, wrong type",
-			svcs: []corev1.Service{
-				svc("other", nil, map[string]string{"app": "other"}),
-				svc("optout", map[string]string{service.AnnotationReadinessGate: "false"}, web),
-				svc("noselector", nil, nil),
-				{ObjectMeta: metav1.ObjectMeta{Name: "plain"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: web}},
-				func() corev1.Service {
-					s := svc("clusterip", nil, web)
-					s.Spec.Type = corev1.ServiceTypeClusterIP
-					return s
-				}(),
-				func() corev1.Service {
-					s := svc("otherclass", nil, web)
-					s.Spec.LoadBalancerClass = ptr.To("example.com/other")
-					return s
-				}(),
-			},
-			drain: hook,
-			want:  func(*corev1.Pod) {},
-		},
-		{
-			name:      "two services, sorted, one gate each",
-			svcs:      []corev1.Service{svc("web-b", nil, web), svc("web-a", nil, map[string]string{"app": "web"})},
-			wantGated: []string{"web-a", "web-b"},
-			want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web-a", "web-b") },
-		},
-		{
-			name: "user preStop kept; sidecar without one gets the hook",
-			pod: func(p *corev1.Pod) {
-				p.Spec.Containers[0].Lifecycle = sleep.DeepCopy()
-				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "side", Image: "x"})
-			},
-			svcs:      []corev1.Service{svc("web", nil, web)},
-			drain:     hook,
-			wantGated: []string{"web"},
-			want: func(p *corev1.Pod) {
-				p.Spec.ReadinessGates = gates("web")
-				p.Spec.Containers[1].Lifecycle = drainPreStop("tok")
-				p.Annotations = map[string]string{AnnotationDrainToken: "tok", AnnotationInjected: "side"}
-			},
-		},
-		{
-			name:      "every container has its preStop: no token",
-			pod:       func(p *corev1.Pod) { p.Spec.Containers[0].Lifecycle = sleep.DeepCopy() },
-			svcs:      []corev1.Service{svc("web", nil, web)},
-			drain:     hook,
-			wantGated: []string{"web"},
-			want:      func(p *corev1.Pod) { p.Spec.ReadinessGates = gates("web") },
-		},
-		{
-			name: "user's own gates kept",
-			pod: func(p *corev1.Pod) {
-				p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "example.com/ready"}}
-			},
-			svcs:      []corev1.Service{svc("web", nil, web)},
-			wantGated: []string{"web"},
-			want: func(p *corev1.Pod) {
-				p.Spec.ReadinessGates = append([]corev1.PodReadinessGate{{ConditionType: "example.com/ready"}}, gates("web")...)
-			},
-		},
-	}
-	for _, tt := range tests {
+	for _, tt := range mutateCases {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := basePod()
 			if tt.pod != nil {

@@ -80,12 +80,36 @@ func newClient(t *testing.T, srv *localcloud.Server, o clientOpts) *cloudaws.Cli
 	return c
 }
 
+// roundTrip is what TestRoundTrip carries from one step to the next.
+type roundTrip struct {
+	srv     *localcloud.Server
+	c       *cloudaws.Client
+	ctx     context.Context
+	owner   cloud.Tags
+	hc      cloud.HealthCheck
+	lb      cloud.LoadBalancer
+	tg, tg2 cloud.TargetGroup
+	l       cloud.Listener
+	targets []cloud.Target
+}
+
 func TestRoundTrip(t *testing.T) {
 	srv := startLocalcloud(t)
-	c := newClient(t, srv, clientOpts{})
-	ctx := context.Background()
-	owner := cloud.Tags{cloud.TagCluster: "c1", cloud.TagService: "default/web"}
+	rt := &roundTrip{
+		srv:   srv,
+		c:     newClient(t, srv, clientOpts{}),
+		ctx:   context.Background(),
+		owner: cloud.Tags{cloud.TagCluster: "c1", cloud.TagService: "default/web"},
+	}
+	rt.create(t)
+	rt.listByTags(t)
+	rt.modify(t)
+	rt.registerInBatches(t)
+	rt.deleteInOrder(t)
+}
 
+func (rt *roundTrip) create(t *testing.T) {
+	c, ctx, owner := rt.c, rt.ctx, rt.owner
 	lb, err := c.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "web", Scheme: "internet-facing", Tags: owner})
 	if err != nil {
 		t.Fatal(err)
@@ -106,8 +130,12 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rt.lb, rt.hc, rt.tg, rt.tg2, rt.l = lb, hc, tg, tg2, l
+}
 
-	// Listed by tags, with what was asked for.
+// listByTags: listed by tags, with what was asked for.
+func (rt *roundTrip) listByTags(t *testing.T) {
+	c, ctx, owner, lb, hc, tg, tg2, l := rt.c, rt.ctx, rt.owner, rt.lb, rt.hc, rt.tg, rt.tg2, rt.l
 	lbs, err := c.ListLoadBalancers(ctx, cloud.Tags{cloud.TagCluster: "c1"})
 	if err != nil {
 		t.Fatal(err)
@@ -137,8 +165,11 @@ func TestRoundTrip(t *testing.T) {
 	if diff := cmp.Diff([]cloud.Listener{l}, ls); diff != "" {
 		t.Errorf("ListListeners (-want +got):\n%s", diff)
 	}
+}
 
-	// Modify the health check, the delay and the listener's target group.
+// modify the health check, the delay and the listener's target group.
+func (rt *roundTrip) modify(t *testing.T) {
+	c, ctx, owner, lb, tg, tg2, l := rt.c, rt.ctx, rt.owner, rt.lb, rt.tg, rt.tg2, rt.l
 	hc2 := cloud.HealthCheck{Protocol: "TCP", Port: "9090", IntervalSeconds: 10, TimeoutSeconds: 5, HealthyThreshold: 3, UnhealthyThreshold: 3}
 	if err := c.ModifyTargetGroup(ctx, tg.ARN, hc2, 30); err != nil {
 		t.Fatal(err)
@@ -146,21 +177,26 @@ func TestRoundTrip(t *testing.T) {
 	if err := c.ModifyListener(ctx, l.ARN, tg2.ARN); err != nil {
 		t.Fatal(err)
 	}
-	tgs, _ = c.ListTargetGroups(ctx, owner)
+	tgs, _ := c.ListTargetGroups(ctx, owner)
 	sort.Slice(tgs, func(i, j int) bool { return tgs[i].Name < tgs[j].Name })
 	if got := tgs[0]; got.HealthCheck != hc2 || got.DeregistrationDelaySeconds != 30 || len(got.LoadBalancerARNs) != 0 {
 		t.Errorf("after modify: %+v; want health check %+v, delay 30, no load balancer", got, hc2)
 	}
-	ls, _ = c.ListListeners(ctx, lb.ARN)
+	ls, _ := c.ListListeners(ctx, lb.ARN)
 	if len(ls) != 1 || ls[0].TargetGroupARN != tg2.ARN {
 		t.Errorf("after modify listener: %+v; want target group %s", ls, tg2.ARN)
 	}
+}
 
-	// Register more than one batch; the server refuses more than 200 per call.
+// registerInBatches registers more than one batch; the server refuses more
+// than 200 per call.
+func (rt *roundTrip) registerInBatches(t *testing.T) {
+	c, ctx, srv, tg2 := rt.c, rt.ctx, rt.srv, rt.tg2
 	var targets []cloud.Target
 	for i := range 450 {
 		targets = append(targets, cloud.Target{IP: fmt.Sprintf("10.100.%d.%d", 1+i/200, 1+i%200), Port: 8080})
 	}
+	rt.targets = targets
 	if err := c.RegisterTargets(ctx, tg2.ARN, targets); err != nil {
 		t.Fatal(err)
 	}
@@ -186,8 +222,11 @@ func TestRoundTrip(t *testing.T) {
 	if len(th) != 200 {
 		t.Errorf("after deregistering 250 with delay 0: %d targets, want 200", len(th))
 	}
+}
 
-	// A target group in use cannot go; delete in order, twice.
+// deleteInOrder: a target group in use cannot go; delete in order, twice.
+func (rt *roundTrip) deleteInOrder(t *testing.T) {
+	c, ctx, owner, lb, tg, tg2, l, targets := rt.c, rt.ctx, rt.owner, rt.lb, rt.tg, rt.tg2, rt.l, rt.targets
 	if err := c.DeleteTargetGroup(ctx, tg2.ARN); err == nil || cloud.IsRetryable(err) {
 		t.Errorf("deleting a target group in use: err %v, want a permanent error", err)
 	} else if ae := (*cloud.APIError)(nil); !errors.As(err, &ae) || ae.Code != "ResourceInUse" {

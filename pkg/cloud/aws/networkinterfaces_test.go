@@ -40,6 +40,47 @@ func addrs(s ...string) []netip.Addr {
 	return out
 }
 
+// eniStep is one call in TestNetworkInterfaces and what it should leave behind.
+type eniStep struct {
+	name      string
+	do        func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error)
+	want      []netip.Addr
+	wantCode  string
+	secondary []netip.Addr // eni-n1-1's secondary addresses afterwards
+}
+
+// eniSteps run in order against one localcloud: each sees what the ones
+// before it left.
+var eniSteps = []eniStep{
+	{name: "assign explicit", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return c.AssignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.130"), 0)
+	}, want: addrs("10.100.1.130"), secondary: addrs("10.100.1.130")},
+	{name: "assign by count", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return c.AssignPrivateIPs(ctx, "eni-n1-1", nil, 2)
+	}, want: addrs("10.100.1.128", "10.100.1.129"), secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
+	{name: "over the limit", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return c.AssignPrivateIPs(ctx, "eni-n1-1", nil, 1)
+	}, wantCode: "PrivateIpAddressLimitExceeded", secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
+	{name: "in use on another ENI", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return c.AssignPrivateIPs(ctx, "eni-n2-0", addrs("10.100.1.130"), 0)
+	}, wantCode: "InvalidIPAddress.InUse", secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
+	{name: "unassign one held and one not", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.128", "10.100.1.199"))
+	}, secondary: addrs("10.100.1.130", "10.100.1.129")},
+	{name: "unassign again (idempotent)", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.128"))
+	}, secondary: addrs("10.100.1.130", "10.100.1.129")},
+	{name: "unassign the primary is refused", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.11"))
+	}, wantCode: "InvalidParameterValue", secondary: addrs("10.100.1.130", "10.100.1.129")},
+	{name: "unassign from a missing ENI", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return nil, c.UnassignPrivateIPs(ctx, "eni-gone", addrs("10.100.1.128"))
+	}, secondary: addrs("10.100.1.130", "10.100.1.129")},
+	{name: "assign to a missing ENI", do: func(ctx context.Context, c *cloudaws.Client) ([]netip.Addr, error) {
+		return c.AssignPrivateIPs(ctx, "eni-gone", nil, 1)
+	}, wantCode: "InvalidNetworkInterfaceID.NotFound", secondary: addrs("10.100.1.130", "10.100.1.129")},
+}
+
 func TestNetworkInterfaces(t *testing.T) {
 	ctx := context.Background()
 	srv := startLocalcloud(t)
@@ -65,42 +106,8 @@ func TestNetworkInterfaces(t *testing.T) {
 		t.Errorf("ENIs of node-1 (-want +got):\n%s", diff)
 	}
 
-	for _, step := range []struct {
-		name      string
-		do        func() ([]netip.Addr, error)
-		want      []netip.Addr
-		wantCode  string
-		secondary []netip.Addr // eni-n1-1's secondary addresses afterwards
-	}{
-		{name: "assign explicit", do: func() ([]netip.Addr, error) {
-			return c.AssignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.130"), 0)
-		}, want: addrs("10.100.1.130"), secondary: addrs("10.100.1.130")},
-		{name: "assign by count", do: func() ([]netip.Addr, error) {
-			return c.AssignPrivateIPs(ctx, "eni-n1-1", nil, 2)
-		}, want: addrs("10.100.1.128", "10.100.1.129"), secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
-		{name: "over the limit", do: func() ([]netip.Addr, error) {
-			return c.AssignPrivateIPs(ctx, "eni-n1-1", nil, 1)
-		}, wantCode: "PrivateIpAddressLimitExceeded", secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
-		{name: "in use on another ENI", do: func() ([]netip.Addr, error) {
-			return c.AssignPrivateIPs(ctx, "eni-n2-0", addrs("10.100.1.130"), 0)
-		}, wantCode: "InvalidIPAddress.InUse", secondary: addrs("10.100.1.130", "10.100.1.128", "10.100.1.129")},
-		{name: "unassign one held and one not", do: func() ([]netip.Addr, error) {
-			return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.128", "10.100.1.199"))
-		}, secondary: addrs("10.100.1.130", "10.100.1.129")},
-		{name: "unassign again (idempotent)", do: func() ([]netip.Addr, error) {
-			return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.128"))
-		}, secondary: addrs("10.100.1.130", "10.100.1.129")},
-		{name: "unassign the primary is refused", do: func() ([]netip.Addr, error) {
-			return nil, c.UnassignPrivateIPs(ctx, "eni-n1-1", addrs("10.100.1.11"))
-		}, wantCode: "InvalidParameterValue", secondary: addrs("10.100.1.130", "10.100.1.129")},
-		{name: "unassign from a missing ENI", do: func() ([]netip.Addr, error) {
-			return nil, c.UnassignPrivateIPs(ctx, "eni-gone", addrs("10.100.1.128"))
-		}, secondary: addrs("10.100.1.130", "10.100.1.129")},
-		{name: "assign to a missing ENI", do: func() ([]netip.Addr, error) {
-			return c.AssignPrivateIPs(ctx, "eni-gone", nil, 1)
-		}, wantCode: "InvalidNetworkInterfaceID.NotFound", secondary: addrs("10.100.1.130", "10.100.1.129")},
-	} {
-		got, err := step.do()
+	for _, step := range eniSteps {
+		got, err := step.do(ctx, c)
 		var ae *cloud.APIError
 		switch {
 		case step.wantCode == "" && err != nil:

@@ -100,115 +100,122 @@ func (s step) run(t *testing.T, ctx context.Context, m *ipam.IPAM) string {
 	return al.IP.String() + "@" + al.ENIID
 }
 
+// ipamCase is one story for TestIPAM: the pool's settings, the CNI calls in
+// order, and what they leave in the cloud.
+type ipamCase struct {
+	name        string
+	warm, first int
+	limit       int
+	steps       []step
+	// cloud is each ENI's secondary addresses in the cloud at the end.
+	cloud map[string][]string
+}
+
+// ipamCases are TestIPAM's stories, each on a fresh node-1.
+var ipamCases = []ipamCase{
+	{
+		name: "the first pod reads the ENIs and fills the pool with warm+1", warm: 1,
+		steps: []step{{op: "add", pod: "web-a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}}},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65"}},
+	},
+	{
+		name: "a workload alternates over the ENIs, other workloads start at firstENI", warm: 1,
+		steps: []step{
+			{op: "add", pod: "web-aaaaa", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}},
+			{op: "add", pod: "web-bbbbb", want: "10.0.1.128@eni-1", calls: map[string]int{assign: 1}},
+			// 1 and 1: the tie goes to eni-0; a pooled address, then a top-up.
+			{op: "add", pod: "web-ccccc", want: "10.0.1.65@eni-0", calls: map[string]int{assign: 1}},
+			{op: "add", pod: "db-0", want: "10.0.1.66@eni-0", calls: map[string]int{assign: 1}},
+			{op: "add", pod: "db-1", want: "10.0.1.129@eni-1", calls: map[string]int{assign: 1}},
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65", "10.0.1.66", "10.0.1.67"}, "eni-1": {"10.0.1.128", "10.0.1.129", "10.0.1.130"}},
+	},
+	{
+		name: "firstENI 1 wins ties", warm: 1, first: 1,
+		steps: []step{
+			{op: "add", pod: "web-aaaaa", want: "10.0.1.128@eni-1"},
+			{op: "add", pod: "web-bbbbb", want: "10.0.1.64@eni-0"},
+			{op: "add", pod: "other-aaaaa", want: "10.0.1.129@eni-1"},
+		},
+	},
+	{
+		name: "a pod takes a pooled address; the top-up after it is the only call", warm: 2,
+		steps: []step{
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}}, // 3 assigned
+			{op: "add", pod: "b", want: "10.0.1.65@eni-0", calls: map[string]int{assign: 1}},              // top-up to 2: .67
+			{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},            // 3 free: .64 goes
+			{op: "add", pod: "c", want: "10.0.1.66@eni-0", calls: map[string]int{assign: 1}},              // top-up: .64 again
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65", "10.0.1.66", "10.0.1.67"}},
+	},
+	{
+		name: "ADD again gives the same address, without a cloud call", warm: 1,
+		steps: []step{
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: none},
+		},
+	},
+	{
+		name: "warm 0: the address leaves the cloud when its pod goes", warm: 0,
+		steps: []step{
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}},
+			{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},
+			{op: "del", pod: "a", want: "", calls: none},
+		},
+		cloud: map[string][]string{},
+	},
+	{
+		name: "warm 1: DEL gives back what is beyond warm, the just-freed address first", warm: 1,
+		steps: []step{
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
+			{op: "add", pod: "b", want: "10.0.1.65@eni-0"}, // top-up: .66
+			{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.65", "10.0.1.66"}},
+	},
+	{
+		name:  "DEL of a container the pool does not know is a no-op",
+		steps: []step{{op: "del", pod: "ghost", want: "", calls: none}},
+	},
+	{
+		name: "a failed unassign keeps the address in the pool, free, and the next pod takes it", warm: 0,
+		steps: []step{
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
+			{op: "del", pod: "a", want: "10.0.1.64@eni-0", fail: []string{unassign}},
+			{op: "add", pod: "b", want: "10.0.1.64@eni-0", calls: none},
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64"}},
+	},
+	{
+		name: "a cloud failure on ADD fails it, naming the ENI", warm: 1,
+		steps: []step{
+			{op: "add", pod: "a", err: "assign a private address to eni-0: AssignPrivateIpAddresses: InternalError", fail: []string{assign}},
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0"}, // the runtime retries
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65"}},
+	},
+	{
+		name:  "a cloud failure describing the ENIs fails ADD",
+		steps: []step{{op: "add", pod: "a", err: "describe the network interfaces of instance node-1", fail: []string{describe}}},
+	},
+	{
+		name: "an ENI that cannot take warm+1 takes 1; a full one hands over to the next", warm: 1, limit: 2,
+		steps: []step{
+			// 2 is over the limit, then 1 fits; the top-up fails (logged).
+			{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 3}},
+			// eni-0 refuses 2 and 1, eni-1 refuses 2 and takes 1; its top-up fails.
+			{op: "add", pod: "b", want: "10.0.1.128@eni-1", calls: map[string]int{assign: 5}},
+		},
+		cloud: map[string][]string{"eni-0": {"10.0.1.64"}, "eni-1": {"10.0.1.128"}},
+	},
+	{
+		name: "every ENI full fails ADD with the reason per ENI", warm: 0, limit: 1,
+		steps: []step{{op: "add", pod: "a", err: "no ENI of instance node-1 can take another address: eni-0: "}},
+	},
+}
+
 func TestIPAM(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		warm, first int
-		limit       int
-		steps       []step
-		// cloud is each ENI's secondary addresses in the cloud at the end.
-		cloud map[string][]string
-	}{
-		{
-			name: "the first pod reads the ENIs and fills the pool with warm+1", warm: 1,
-			steps: []step{{op: "add", pod: "web-a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}}},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65"}},
-		},
-		{
-			name: "a workload alternates over the ENIs, other workloads start at firstENI", warm: 1,
-			steps: []step{
-				{op: "add", pod: "web-aaaaa", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}},
-				{op: "add", pod: "web-bbbbb", want: "10.0.1.128@eni-1", calls: map[string]int{assign: 1}},
-				// 1 and 1: the tie goes to eni-0; a pooled address, then a top-up.
-				{op: "add", pod: "web-ccccc", want: "10.0.1.65@eni-0", calls: map[string]int{assign: 1}},
-				{op: "add", pod: "db-0", want: "10.0.1.66@eni-0", calls: map[string]int{assign: 1}},
-				{op: "add", pod: "db-1", want: "10.0.1.129@eni-1", calls: map[string]int{assign: 1}},
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65", "10.0.1.66", "10.0.1.67"}, "eni-1": {"10.0.1.128", "10.0.1.129", "10.0.1.130"}},
-		},
-		{
-			name: "firstENI 1 wins ties", warm: 1, first: 1,
-			steps: []step{
-				{op: "add", pod: "web-aaaaa", want: "10.0.1.128@eni-1"},
-				{op: "add", pod: "web-bbbbb", want: "10.0.1.64@eni-0"},
-				{op: "add", pod: "other-aaaaa", want: "10.0.1.129@eni-1"},
-			},
-		},
-		{
-			name: "a pod takes a pooled address; the top-up after it is the only call", warm: 2,
-			steps: []step{
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}}, // 3 assigned
-				{op: "add", pod: "b", want: "10.0.1.65@eni-0", calls: map[string]int{assign: 1}},              // top-up to 2: .67
-				{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},            // 3 free: .64 goes
-				{op: "add", pod: "c", want: "10.0.1.66@eni-0", calls: map[string]int{assign: 1}},              // top-up: .64 again
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65", "10.0.1.66", "10.0.1.67"}},
-		},
-		{
-			name: "ADD again gives the same address, without a cloud call", warm: 1,
-			steps: []step{
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: none},
-			},
-		},
-		{
-			name: "warm 0: the address leaves the cloud when its pod goes", warm: 0,
-			steps: []step{
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 1}},
-				{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},
-				{op: "del", pod: "a", want: "", calls: none},
-			},
-			cloud: map[string][]string{},
-		},
-		{
-			name: "warm 1: DEL gives back what is beyond warm, the just-freed address first", warm: 1,
-			steps: []step{
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
-				{op: "add", pod: "b", want: "10.0.1.65@eni-0"}, // top-up: .66
-				{op: "del", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{unassign: 1}},
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.65", "10.0.1.66"}},
-		},
-		{
-			name:  "DEL of a container the pool does not know is a no-op",
-			steps: []step{{op: "del", pod: "ghost", want: "", calls: none}},
-		},
-		{
-			name: "a failed unassign keeps the address in the pool, free, and the next pod takes it", warm: 0,
-			steps: []step{
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0"},
-				{op: "del", pod: "a", want: "10.0.1.64@eni-0", fail: []string{unassign}},
-				{op: "add", pod: "b", want: "10.0.1.64@eni-0", calls: none},
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64"}},
-		},
-		{
-			name: "a cloud failure on ADD fails it, naming the ENI", warm: 1,
-			steps: []step{
-				{op: "add", pod: "a", err: "assign a private address to eni-0: AssignPrivateIpAddresses: InternalError", fail: []string{assign}},
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0"}, // the runtime retries
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64", "10.0.1.65"}},
-		},
-		{
-			name:  "a cloud failure describing the ENIs fails ADD",
-			steps: []step{{op: "add", pod: "a", err: "describe the network interfaces of instance node-1", fail: []string{describe}}},
-		},
-		{
-			name: "an ENI that cannot take warm+1 takes 1; a full one hands over to the next", warm: 1, limit: 2,
-			steps: []step{
-				// 2 is over the limit, then 1 fits; the top-up fails (logged).
-				{op: "add", pod: "a", want: "10.0.1.64@eni-0", calls: map[string]int{describe: 1, assign: 3}},
-				// eni-0 refuses 2 and 1, eni-1 refuses 2 and takes 1; its top-up fails.
-				{op: "add", pod: "b", want: "10.0.1.128@eni-1", calls: map[string]int{assign: 5}},
-			},
-			cloud: map[string][]string{"eni-0": {"10.0.1.64"}, "eni-1": {"10.0.1.128"}},
-		},
-		{
-			name: "every ENI full fails ADD with the reason per ENI", warm: 0, limit: 1,
-			steps: []step{{op: "add", pod: "a", err: "no ENI of instance node-1 can take another address: eni-0: "}},
-		},
-	} {
+	for _, tc := range ipamCases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := node1(tc.limit)
 			m := newIPAM(t.TempDir(), c, tc.warm, tc.first)
