@@ -158,6 +158,9 @@ step "kubectl get svc"
 kubectl get svc
 step "kubectl get pods -o wide"
 kubectl get pods -o wide -l app=echo
+step "node-agent service list on node-1  (its pinned BPF maps, read offline: directlb's ipvsadm -Ln)"
+"$BIN/node-agent" service list --bpf-root=/sys/fs/bpf/directlb/node-1 | sed 's/^/    /' ||
+	die "node-agent service list could not read node-1's maps"
 
 # ---------------------------------------------------------------------------
 step "10 requests to http://$ext/  (each a new connection; the echo pod answers with its name)"

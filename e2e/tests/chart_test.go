@@ -9,6 +9,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -32,6 +33,7 @@ import (
 	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/e2e/testbed"
 	"github.com/directlb/directlb/internal/namedns"
+	"github.com/directlb/directlb/pkg/agent"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
 	"github.com/directlb/directlb/pkg/service"
@@ -219,6 +221,7 @@ func TestChart(t *testing.T) {
 	chExampleGetsExternalIP(t, r)
 	chExamplePodsAreHealthyTargets(t, r)
 	chExampleReachesEveryPod(t, r)
+	chServiceListShowsExample(t, r)
 
 	// The webhook (the chart's, with the chart's certificates) gave every
 	// pod the gate and the drain hook; the chart's controller set the gates.
@@ -521,6 +524,49 @@ func chExampleReachesEveryPod(t *testing.T, r *chRun) {
 	if failed > 0 {
 		t.Errorf("%d requests through %s failed", failed, extIP)
 	}
+}
+
+// chServiceListShowsExample: `node-agent service list`, run on the host
+// against each node's pins while the chart's agents run, shows the example
+// Service's ClusterIP frontend with the three pods as its backends.
+func chServiceListShowsExample(t *testing.T, r *chRun) {
+	svc, err := r.b.Client.CoreV1().Services(chAppNS).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frontend := fmt.Sprintf("%s:%d/TCP", svc.Spec.ClusterIP, svc.Spec.Ports[0].Port)
+	var want []string
+	for _, ip := range r.podIPs {
+		want = append(want, ip+":8080")
+	}
+	slices.Sort(want)
+	for _, n := range r.b.Topology.Nodes {
+		out, err := exec.CommandContext(t.Context(), filepath.Join(r.b.BinDir, "node-agent"), "service", "list",
+			"--bpf-root="+chBPFRoot(n.Name), "-o", "json").Output()
+		if err != nil {
+			t.Fatalf("node-agent service list on %s: %v", n.Name, err)
+		}
+		var list agent.ServiceList
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatalf("node-agent service list -o json on %s: %v\n%s", n.Name, err, out)
+		}
+		i := slices.IndexFunc(list.Frontends, func(f agent.ListedFrontend) bool { return f.Frontend == frontend })
+		if i < 0 {
+			t.Errorf("node-agent service list on %s has no %s: %s", n.Name, frontend, out)
+			continue
+		}
+		got := slices.Clone(list.Frontends[i].Backends)
+		slices.Sort(got)
+		if !slices.Equal(got, want) || list.Frontends[i].Type != agent.TypeClusterIP {
+			t.Errorf("node-agent service list on %s: %s is %s with %v, want ClusterIP with %v", n.Name, frontend, list.Frontends[i].Type, got, want)
+		}
+	}
+	table, err := exec.CommandContext(t.Context(), filepath.Join(r.b.BinDir, "node-agent"), "service", "list",
+		"--bpf-root="+chBPFRoot(r.b.Topology.Nodes[0].Name)).Output()
+	if err != nil {
+		t.Fatalf("node-agent service list: %v", err)
+	}
+	t.Logf("node-agent service list on %s:\n%s", r.b.Topology.Nodes[0].Name, table)
 }
 
 // chUpgradeApplied: the upgraded controller runs with --concurrency=5 and
