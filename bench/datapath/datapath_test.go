@@ -7,7 +7,6 @@
 package datapath_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -309,20 +308,7 @@ func connectLatency(b *testing.B, family string) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				r := bufio.NewReader(c)
-				if _, err := r.ReadString('\n'); err == nil {
-					c.Write([]byte("OK\n"))
-				}
-			}()
-		}
+		serveOK(ln)
 	}()
 	backend := ln.Addr().(*net.TCPAddr).AddrPort()
 
@@ -345,24 +331,7 @@ func connectLatency(b *testing.B, family string) {
 	var cip50, cip99, dir50, dir99 float64
 	b.ResetTimer()
 	for range b.N {
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", "-test.bench=^$",
-			netip.AddrPortFrom(fe.Addr, fe.Port).String(), backend.String(), strconv.Itoa(perRun), family)
-		cmd.Env = append(os.Environ(), helperEnv+"=1")
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-		out, err := cmd.Output()
-		cancel()
-		if err != nil {
-			b.Fatalf("latency helper: %v: %s", err, out)
-		}
-		f := strings.Fields(string(out))
-		if len(f) != 5 {
-			b.Fatalf("latency helper printed %q", out)
-		}
-		v := make([]float64, 4)
-		for i := range v {
-			v[i], _ = strconv.ParseFloat(f[i], 64)
-		}
+		v := latencyRun(b, cg, netip.AddrPortFrom(fe.Addr, fe.Port), backend, perRun, family)
 		cip50 += v[0]
 		cip99 += v[1]
 		dir50 += v[2]
@@ -376,4 +345,29 @@ func connectLatency(b *testing.B, family string) {
 	b.ReportMetric(dir99/n, "direct-p99-µs")
 	b.ReportMetric(cip50/dir50, "p50-ratio")
 	b.ReportMetric(cip99/dir99, "p99-ratio")
+}
+
+// latencyRun runs the latency helper once in the cgroup cg: perRun
+// connect+requests from family's sockets to clusterIP and to backend. It
+// returns the helper's clusterip p50, p99 and direct p50, p99 in µs.
+func latencyRun(b *testing.B, cg *os.File, clusterIP, backend netip.AddrPort, perRun int, family string) []float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", "-test.bench=^$",
+		clusterIP.String(), backend.String(), strconv.Itoa(perRun), family)
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	out, err := cmd.Output()
+	cancel()
+	if err != nil {
+		b.Fatalf("latency helper: %v: %s", err, out)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 5 {
+		b.Fatalf("latency helper printed %q", out)
+	}
+	v := make([]float64, 4)
+	for i := range v {
+		v[i], _ = strconv.ParseFloat(f[i], 64)
+	}
+	return v
 }

@@ -609,87 +609,115 @@ func serveOK(ln net.Listener) {
 func BenchmarkSideBySide(b *testing.B) {
 	e := newEnv(b)
 	s := newSBS(b)
-	modes := []string{"iptables", "nftables"}
 	for _, n := range []int{1000, 10000} {
 		s.grow(n)
 		if n == 10000 && s.latencyCIP == "" {
-			// The Service the latency is measured through: its one
-			// endpoint listens on lo of each namespace.
-			ctx := context.Background()
-			if err := s.createService(ctx, "latency", 0, []string{sbsBackendIP}); err != nil {
-				b.Fatal(err)
-			}
-			svc, err := s.client.CoreV1().Services("default").Get(ctx, "latency", metav1.GetOptions{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.latencyCIP = svc.Spec.ClusterIP
+			s.createLatencyService(b)
 		}
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			s.b = b
-			a := s.startAgent(e, fmt.Sprintf("sbs-%d", n), n == 10000)
-			b.ReportMetric(float64(a.took.Milliseconds()), "agent-program-ms")
-			b.Logf("%d services: agent programmed in %s", n, a.took)
-			results := map[string]*kubeProxy{}
-			for _, mode := range modes {
-				if mode == "iptables" && n == 10000 && os.Getenv("DLB_BENCH_IPTABLES_10K") != "1" {
-					b.Logf("kube-proxy iptables at 10,000 Services skipped (minutes; set DLB_BENCH_IPTABLES_10K=1)")
-					continue
-				}
-				limit := 10 * time.Minute
-				if mode == "iptables" && n == 10000 {
-					limit = 20 * time.Minute
-				}
-				kp, ok := s.startKubeProxy(mode, limit)
-				if !ok {
-					// A result, not a failure: the ratio is a lower bound.
-					b.Logf("%d services: kube-proxy %s not programmed within %s (killed)", n, mode, limit)
-					b.ReportMetric(float64(limit.Milliseconds()), mode+"-program-ms-min")
-					b.ReportMetric(float64(limit)/float64(a.took), mode+"/agent-program-min")
-					continue
-				}
-				got, err := kp.countServices()
-				if err != nil {
-					b.Fatalf("count %s services: %v", mode, err)
-				}
-				if want := s.services; got < want {
-					b.Fatalf("kube-proxy %s programmed %d services, want %d", mode, got, want)
-				}
-				results[mode] = kp
-				b.ReportMetric(float64(kp.took.Milliseconds()), mode+"-program-ms")
-				b.Logf("%d services: kube-proxy %s programmed in %s", n, mode, kp.took)
-				b.ReportMetric(float64(kp.took)/float64(a.took), mode+"/agent-program")
-			}
-			if n != 10000 {
-				return
-			}
-			alat := s.agentEndpointChanges(a, 100)
-			b.ReportMetric(float64(pct(alat, 50).Microseconds())/1000, "agent-change-p50-ms")
-			b.ReportMetric(float64(pct(alat, 99).Microseconds())/1000, "agent-change-p99-ms")
-			b.Logf("agent endpoint change: p50 %s p99 %s (%d)", pct(alat, 50), pct(alat, 99), len(alat))
-			for mode, kp := range results {
-				lat := s.kubeProxyEndpointChanges(kp, 10)
-				if len(lat) == 0 {
-					continue
-				}
-				b.Logf("kube-proxy %s endpoint change: p50 %s p99 %s (%d)", mode, pct(lat, 50), pct(lat, 99), len(lat))
-				b.ReportMetric(float64(pct(lat, 50).Microseconds())/1000, mode+"-change-p50-ms")
-				b.ReportMetric(float64(pct(lat, 99).Microseconds())/1000, mode+"-change-p99-ms")
-			}
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) { s.sideBySide(b, e, n) })
+	}
+}
 
-			ns := newNetns(b, "dlbt-bench-ag-")
-			c50, c99, d50, d99 := s.latencyIn(ns, e.cgroup)
-			b.Logf("agent connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", c50, c99, d50, d99)
-			b.ReportMetric(c50, "agent-connect-p50-µs")
-			b.ReportMetric(c50/d50, "agent-connect-p50/direct")
-			b.ReportMetric(c99/d99, "agent-connect-p99/direct")
-			for mode, kp := range results {
-				c50, c99, d50, d99 := s.latencyIn(kp.ns, "")
-				b.Logf("kube-proxy %s connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", mode, c50, c99, d50, d99)
-				b.ReportMetric(c50, mode+"-connect-p50-µs")
-				b.ReportMetric(c50/d50, mode+"-connect-p50/direct")
-				b.ReportMetric(c99/d99, mode+"-connect-p99/direct")
-			}
-		})
+// createLatencyService creates the Service the latency is measured
+// through: its one endpoint listens on lo of each namespace.
+func (s *sbs) createLatencyService(b *testing.B) {
+	ctx := context.Background()
+	if err := s.createService(ctx, "latency", 0, []string{sbsBackendIP}); err != nil {
+		b.Fatal(err)
+	}
+	svc, err := s.client.CoreV1().Services("default").Get(ctx, "latency", metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.latencyCIP = svc.Spec.ClusterIP
+}
+
+// sideBySide is one services=n run: the agent and each kube-proxy mode
+// program the n Services; at 10,000 it also measures endpoint changes and
+// connect latency.
+func (s *sbs) sideBySide(b *testing.B, e *env, n int) {
+	s.b = b
+	a := s.startAgent(e, fmt.Sprintf("sbs-%d", n), n == 10000)
+	b.ReportMetric(float64(a.took.Milliseconds()), "agent-program-ms")
+	b.Logf("%d services: agent programmed in %s", n, a.took)
+	results := s.programKubeProxies(b, n, a)
+	if n != 10000 {
+		return
+	}
+	s.compareEndpointChanges(b, a, results)
+	s.compareConnectLatency(b, e, results)
+}
+
+// programKubeProxies starts kube-proxy in each mode on the n Services and
+// reports how long it took against the agent a; it returns the modes that
+// programmed them all within their limit.
+func (s *sbs) programKubeProxies(b *testing.B, n int, a *agentRun) map[string]*kubeProxy {
+	modes := []string{"iptables", "nftables"}
+	results := map[string]*kubeProxy{}
+	for _, mode := range modes {
+		if mode == "iptables" && n == 10000 && os.Getenv("DLB_BENCH_IPTABLES_10K") != "1" {
+			b.Logf("kube-proxy iptables at 10,000 Services skipped (minutes; set DLB_BENCH_IPTABLES_10K=1)")
+			continue
+		}
+		limit := 10 * time.Minute
+		if mode == "iptables" && n == 10000 {
+			limit = 20 * time.Minute
+		}
+		kp, ok := s.startKubeProxy(mode, limit)
+		if !ok {
+			// A result, not a failure: the ratio is a lower bound.
+			b.Logf("%d services: kube-proxy %s not programmed within %s (killed)", n, mode, limit)
+			b.ReportMetric(float64(limit.Milliseconds()), mode+"-program-ms-min")
+			b.ReportMetric(float64(limit)/float64(a.took), mode+"/agent-program-min")
+			continue
+		}
+		got, err := kp.countServices()
+		if err != nil {
+			b.Fatalf("count %s services: %v", mode, err)
+		}
+		if want := s.services; got < want {
+			b.Fatalf("kube-proxy %s programmed %d services, want %d", mode, got, want)
+		}
+		results[mode] = kp
+		b.ReportMetric(float64(kp.took.Milliseconds()), mode+"-program-ms")
+		b.Logf("%d services: kube-proxy %s programmed in %s", n, mode, kp.took)
+		b.ReportMetric(float64(kp.took)/float64(a.took), mode+"/agent-program")
+	}
+	return results
+}
+
+// compareEndpointChanges measures one endpoint change through the agent a
+// and through each kube-proxy in results.
+func (s *sbs) compareEndpointChanges(b *testing.B, a *agentRun, results map[string]*kubeProxy) {
+	alat := s.agentEndpointChanges(a, 100)
+	b.ReportMetric(float64(pct(alat, 50).Microseconds())/1000, "agent-change-p50-ms")
+	b.ReportMetric(float64(pct(alat, 99).Microseconds())/1000, "agent-change-p99-ms")
+	b.Logf("agent endpoint change: p50 %s p99 %s (%d)", pct(alat, 50), pct(alat, 99), len(alat))
+	for mode, kp := range results {
+		lat := s.kubeProxyEndpointChanges(kp, 10)
+		if len(lat) == 0 {
+			continue
+		}
+		b.Logf("kube-proxy %s endpoint change: p50 %s p99 %s (%d)", mode, pct(lat, 50), pct(lat, 99), len(lat))
+		b.ReportMetric(float64(pct(lat, 50).Microseconds())/1000, mode+"-change-p50-ms")
+		b.ReportMetric(float64(pct(lat, 99).Microseconds())/1000, mode+"-change-p99-ms")
+	}
+}
+
+// compareConnectLatency measures connect latency through the agent's
+// hooks (a namespace in e's cgroup) and through each kube-proxy in results.
+func (s *sbs) compareConnectLatency(b *testing.B, e *env, results map[string]*kubeProxy) {
+	ns := newNetns(b, "dlbt-bench-ag-")
+	c50, c99, d50, d99 := s.latencyIn(ns, e.cgroup)
+	b.Logf("agent connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", c50, c99, d50, d99)
+	b.ReportMetric(c50, "agent-connect-p50-µs")
+	b.ReportMetric(c50/d50, "agent-connect-p50/direct")
+	b.ReportMetric(c99/d99, "agent-connect-p99/direct")
+	for mode, kp := range results {
+		c50, c99, d50, d99 := s.latencyIn(kp.ns, "")
+		b.Logf("kube-proxy %s connect: clusterip p50 %.0fµs p99 %.0fµs, direct p50 %.0fµs p99 %.0fµs", mode, c50, c99, d50, d99)
+		b.ReportMetric(c50, mode+"-connect-p50-µs")
+		b.ReportMetric(c50/d50, mode+"-connect-p50/direct")
+		b.ReportMetric(c99/d99, mode+"-connect-p99/direct")
 	}
 }

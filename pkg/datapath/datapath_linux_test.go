@@ -974,65 +974,106 @@ func hostListener(t *testing.T, addr netip.Addr) netip.AddrPort {
 // ports of a node address, and an address that is no longer a node's, are
 // left alone.
 func TestNodePortOnNodeAddresses(t *testing.T) {
-	b := newBed(t)
-	self := netip.MustParseAddr("127.97.0.1")
-	other := netip.MustParseAddr("127.97.0.2")
-	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal, other: NodeAddressRemote}); err != nil {
+	b := newNodePortBed(t)
+	for _, addr := range []netip.Addr{b.self, b.other} {
+		b.tcpReachesBackends(t, addr)
+		b.udpReachesBackends(t, addr)
+	}
+	b.restartRestoresNodePort(t)
+	b.ownPortIsTheNodes(t)
+	b.affinitySticks(t)
+	b.noEndpointsRefused(t)
+	b.removedNodeAddressIsLeftAlone(t)
+}
+
+// nodePortBed is TestNodePortOnNodeAddresses' bed: node addresses self
+// (local) and other (remote), a TCP NodePort np to three backends and a
+// UDP NodePort unp to two.
+type nodePortBed struct {
+	*bed
+	self, other        netip.Addr
+	tcpAddrs, udpAddrs []netip.AddrPort
+	tcpNames, udpNames []string
+	// hostPort is a host listener on other whose port is np's.
+	hostPort netip.AddrPort
+	np, unp  Frontend
+}
+
+func newNodePortBed(t *testing.T) *nodePortBed {
+	b := &nodePortBed{bed: newBed(t),
+		self:  netip.MustParseAddr("127.97.0.1"),
+		other: netip.MustParseAddr("127.97.0.2")}
+	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{b.self: NodeAddressLocal, b.other: NodeAddressRemote}); err != nil {
 		t.Fatal(err)
 	}
-	tcpAddrs, tcpNames := tcpBackends(t, 3)
-	udpAddrs, udpNames := udpBackends(t, 2)
+	b.tcpAddrs, b.tcpNames = tcpBackends(t, 3)
+	b.udpAddrs, b.udpNames = udpBackends(t, 2)
 	// The NodePort on other: a host listener there, at whatever port the
 	// kernel gives, is the NodePort (so that without translation the
 	// connect would reach "host").
-	hostPort := hostListener(t, other)
-	np := NodePortFrontend(hostPort.Port(), TCP)
-	unp := NodePortFrontend(30053, UDP)
-	b.apply(Service{Frontend: np, Backends: tcpAddrs}, Service{Frontend: unp, Backends: udpAddrs})
+	b.hostPort = hostListener(t, b.other)
+	b.np = NodePortFrontend(b.hostPort.Port(), TCP)
+	b.unp = NodePortFrontend(30053, UDP)
+	b.apply(Service{Frontend: b.np, Backends: b.tcpAddrs}, Service{Frontend: b.unp, Backends: b.udpAddrs})
+	return b
+}
 
-	for _, addr := range []netip.Addr{self, other} {
-		tgt := netip.AddrPortFrom(addr, np.Port).String()
-		for _, mode := range []string{"tcp", "tcp6"} {
-			rs := b.run(mode, tgt, 45)
-			got := counts(t, rs)
-			for _, n := range tcpNames {
-				if got[n] == 0 {
-					t.Errorf("%s to %s: backend %s got nothing in 45: %v", mode, tgt, n, got)
-				}
-			}
-			want := tgt
-			if mode == "tcp6" {
-				want = mappedTarget(Frontend{Addr: addr, Port: np.Port})
-			}
-			for _, r := range rs {
-				if r.peer != want {
-					t.Fatalf("%s to %s: peer %s, want the node address %s", mode, tgt, r.peer, want)
-				}
+// tcpReachesBackends: TCP to np on addr, from IPv4 and IPv6 sockets,
+// reaches every backend, and the peer is the node address dialled.
+func (b *nodePortBed) tcpReachesBackends(t *testing.T, addr netip.Addr) {
+	np := b.np
+	tgt := netip.AddrPortFrom(addr, np.Port).String()
+	for _, mode := range []string{"tcp", "tcp6"} {
+		rs := b.run(mode, tgt, 45)
+		got := counts(t, rs)
+		for _, n := range b.tcpNames {
+			if got[n] == 0 {
+				t.Errorf("%s to %s: backend %s got nothing in 45: %v", mode, tgt, n, got)
 			}
 		}
-		utgt := netip.AddrPortFrom(addr, unp.Port).String()
-		for _, mode := range []string{"udp", "udp-connected", "udp6", "udp6-connected"} {
-			rs := b.run(mode, utgt, 30)
-			got := counts(t, rs)
-			for _, n := range udpNames {
-				if got[n] == 0 {
-					t.Errorf("%s to %s: backend %s got nothing in 30: %v", mode, utgt, n, got)
-				}
-			}
-			want := utgt
-			if strings.HasPrefix(mode, "udp6") {
-				want = mappedTarget(Frontend{Addr: addr, Port: unp.Port})
-			}
-			for _, r := range rs {
-				if r.peer != want {
-					t.Fatalf("%s to %s: reply from %s, want the node address %s", mode, utgt, r.peer, want)
-				}
+		want := tgt
+		if mode == "tcp6" {
+			want = mappedTarget(Frontend{Addr: addr, Port: np.Port})
+		}
+		for _, r := range rs {
+			if r.peer != want {
+				t.Fatalf("%s to %s: peer %s, want the node address %s", mode, tgt, r.peer, want)
 			}
 		}
 	}
+}
 
-	// A restart restores the NodePort with its scope and the node
-	// addresses from the pins: nothing is rewritten, traffic flows.
+// udpReachesBackends: UDP and connected UDP to unp on addr, from IPv4 and
+// IPv6 sockets, reaches every backend, and replies come from the node
+// address dialled.
+func (b *nodePortBed) udpReachesBackends(t *testing.T, addr netip.Addr) {
+	unp := b.unp
+	utgt := netip.AddrPortFrom(addr, unp.Port).String()
+	for _, mode := range []string{"udp", "udp-connected", "udp6", "udp6-connected"} {
+		rs := b.run(mode, utgt, 30)
+		got := counts(t, rs)
+		for _, n := range b.udpNames {
+			if got[n] == 0 {
+				t.Errorf("%s to %s: backend %s got nothing in 30: %v", mode, utgt, n, got)
+			}
+		}
+		want := utgt
+		if strings.HasPrefix(mode, "udp6") {
+			want = mappedTarget(Frontend{Addr: addr, Port: unp.Port})
+		}
+		for _, r := range rs {
+			if r.peer != want {
+				t.Fatalf("%s to %s: reply from %s, want the node address %s", mode, utgt, r.peer, want)
+			}
+		}
+	}
+}
+
+// restartRestoresNodePort: a restart restores the NodePort with its scope
+// and the node addresses from the pins: nothing is rewritten, traffic
+// flows.
+func (b *nodePortBed) restartRestoresNodePort(t *testing.T) {
+	np, self, other := b.np, b.self, b.other
 	before, _ := b.lb.Programmed(np)
 	if err := b.dp.Close(); err != nil {
 		t.Fatal(err)
@@ -1048,16 +1089,23 @@ func TestNodePortOnNodeAddresses(t *testing.T) {
 	if got := counts(t, b.run("tcp", netip.AddrPortFrom(other, np.Port).String(), 10)); got["host"] != 0 {
 		t.Errorf("after a restart: %v", got)
 	}
+}
 
-	// A port of a node address that is no NodePort is the node's own.
-	own := hostListener(t, self)
+// ownPortIsTheNodes: a port of a node address that is no NodePort is the
+// node's own.
+func (b *nodePortBed) ownPortIsTheNodes(t *testing.T) {
+	own := hostListener(t, b.self)
 	if diff := cmp.Diff(map[string]int{"host": 3}, counts(t, b.run("tcp", own.String(), 3))); diff != "" {
 		t.Errorf("a node address's own port (-want +got):\n%s", diff)
 	}
+}
 
-	// sessionAffinity ClientIP on a NodePort sticks, on either address.
-	b.apply(Service{Frontend: np, Backends: tcpAddrs, AffinityTimeout: time.Minute},
-		Service{Frontend: unp, Backends: udpAddrs, AffinityTimeout: time.Minute})
+// affinitySticks: sessionAffinity ClientIP on a NodePort sticks, on either
+// address.
+func (b *nodePortBed) affinitySticks(t *testing.T) {
+	np, unp, self, other := b.np, b.unp, b.self, b.other
+	b.apply(Service{Frontend: np, Backends: b.tcpAddrs, AffinityTimeout: time.Minute},
+		Service{Frontend: unp, Backends: b.udpAddrs, AffinityTimeout: time.Minute})
 	for round := range 2 {
 		got := counts(t, append(b.run("tcp", netip.AddrPortFrom(self, np.Port).String(), 15),
 			b.run("tcp", netip.AddrPortFrom(other, np.Port).String(), 15)...))
@@ -1072,12 +1120,16 @@ func TestNodePortOnNodeAddresses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
 
-	// No endpoints: refused at once, TCP and UDP.
+// noEndpointsRefused: a NodePort without endpoints is refused at once, TCP
+// and UDP.
+func (b *nodePortBed) noEndpointsRefused(t *testing.T) {
+	np, unp := b.np, b.unp
 	b.apply(Service{Frontend: np}, Service{Frontend: unp})
 	for _, c := range []struct{ mode, target string }{
-		{"tcp", netip.AddrPortFrom(self, np.Port).String()},
-		{"udp", netip.AddrPortFrom(other, unp.Port).String()},
+		{"tcp", netip.AddrPortFrom(b.self, np.Port).String()},
+		{"udp", netip.AddrPortFrom(b.other, unp.Port).String()},
 	} {
 		for _, r := range b.run(c.mode, c.target, 2) {
 			if r.ok || r.errno != "ECONNREFUSED" || r.took > 100*time.Millisecond {
@@ -1085,12 +1137,15 @@ func TestNodePortOnNodeAddresses(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// other is no longer a node's address: its port is its own again.
-	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{self: NodeAddressLocal}); err != nil {
+// removedNodeAddressIsLeftAlone: other is no longer a node's address: its
+// port is its own again.
+func (b *nodePortBed) removedNodeAddressIsLeftAlone(t *testing.T) {
+	if _, err := b.lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{b.self: NodeAddressLocal}); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[string]int{"host": 3}, counts(t, b.run("tcp", hostPort.String(), 3))); diff != "" {
+	if diff := cmp.Diff(map[string]int{"host": 3}, counts(t, b.run("tcp", b.hostPort.String(), 3))); diff != "" {
 		t.Errorf("after removing the node address (-want +got):\n%s", diff)
 	}
 }

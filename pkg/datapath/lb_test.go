@@ -40,51 +40,59 @@ func programmedBackends(t *testing.T, f *FakeMaps) map[Frontend][]string {
 	return out
 }
 
+// transitionA and transitionB are the frontends of
+// loadBalancerTransitions.
+var (
+	transitionA = fe("10.96.0.1:80", TCP)
+	transitionB = fe("10.96.0.2:53", UDP)
+)
+
+// loadBalancerTransitions are TestLoadBalancerTransitions' steps, applied in
+// this order to one LoadBalancer.
+var loadBalancerTransitions = []struct {
+	name    string
+	upserts []Service
+	deletes []Frontend
+	want    map[Frontend][]string
+}{
+	{
+		name:    "add two services",
+		upserts: []Service{{Frontend: transitionA, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.2:8080")}}, {Frontend: transitionB, Backends: []netip.AddrPort{ap("10.0.0.1:53")}}},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.1:8080", "10.0.0.2:8080"}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "grow",
+		upserts: []Service{{Frontend: transitionA, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.2:8080"), ap("10.0.0.3:8080"), ap("10.0.0.4:8080")}}},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "shrink from the middle",
+		upserts: []Service{{Frontend: transitionA, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.4:8080")}}},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.1:8080", "10.0.0.4:8080"}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "replace all and dedupe",
+		upserts: []Service{{Frontend: transitionA, Backends: []netip.AddrPort{ap("10.0.0.9:8080"), ap("10.0.0.9:8080"), ap("10.0.0.8:8080"), ap("10.0.0.7:8080")}}},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.7:8080", "10.0.0.8:8080", "10.0.0.9:8080"}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "scale to zero keeps a refusing master",
+		upserts: []Service{{Frontend: transitionA}},
+		want:    map[Frontend][]string{transitionA: {}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "affinity on",
+		upserts: []Service{{Frontend: transitionA, Backends: []netip.AddrPort{ap("10.0.0.1:8080")}, AffinityTimeout: 3 * time.Hour}},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.1:8080"}, transitionB: {"10.0.0.1:53"}},
+	},
+	{
+		name:    "delete",
+		deletes: []Frontend{transitionB, fe("10.96.9.9:1", TCP)},
+		want:    map[Frontend][]string{transitionA: {"10.0.0.1:8080"}},
+	},
+}
+
 func TestLoadBalancerTransitions(t *testing.T) {
-	a := fe("10.96.0.1:80", TCP)
-	b := fe("10.96.0.2:53", UDP)
-	steps := []struct {
-		name    string
-		upserts []Service
-		deletes []Frontend
-		want    map[Frontend][]string
-	}{
-		{
-			name:    "add two services",
-			upserts: []Service{{Frontend: a, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.2:8080")}}, {Frontend: b, Backends: []netip.AddrPort{ap("10.0.0.1:53")}}},
-			want:    map[Frontend][]string{a: {"10.0.0.1:8080", "10.0.0.2:8080"}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "grow",
-			upserts: []Service{{Frontend: a, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.2:8080"), ap("10.0.0.3:8080"), ap("10.0.0.4:8080")}}},
-			want:    map[Frontend][]string{a: {"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "shrink from the middle",
-			upserts: []Service{{Frontend: a, Backends: []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.4:8080")}}},
-			want:    map[Frontend][]string{a: {"10.0.0.1:8080", "10.0.0.4:8080"}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "replace all and dedupe",
-			upserts: []Service{{Frontend: a, Backends: []netip.AddrPort{ap("10.0.0.9:8080"), ap("10.0.0.9:8080"), ap("10.0.0.8:8080"), ap("10.0.0.7:8080")}}},
-			want:    map[Frontend][]string{a: {"10.0.0.7:8080", "10.0.0.8:8080", "10.0.0.9:8080"}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "scale to zero keeps a refusing master",
-			upserts: []Service{{Frontend: a}},
-			want:    map[Frontend][]string{a: {}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "affinity on",
-			upserts: []Service{{Frontend: a, Backends: []netip.AddrPort{ap("10.0.0.1:8080")}, AffinityTimeout: 3 * time.Hour}},
-			want:    map[Frontend][]string{a: {"10.0.0.1:8080"}, b: {"10.0.0.1:53"}},
-		},
-		{
-			name:    "delete",
-			deletes: []Frontend{b, fe("10.96.9.9:1", TCP)},
-			want:    map[Frontend][]string{a: {"10.0.0.1:8080"}},
-		},
-	}
 	maps := NewFakeMaps()
 	var inconsistent error
 	maps.AfterWrite = func(f *FakeMaps) {
@@ -93,7 +101,7 @@ func TestLoadBalancerTransitions(t *testing.T) {
 		}
 	}
 	lb := NewLoadBalancer(LoadBalancerConfig{Maps: maps})
-	for _, s := range steps {
+	for _, s := range loadBalancerTransitions {
 		if _, err := lb.Apply(s.upserts, s.deletes); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
@@ -116,7 +124,7 @@ func TestLoadBalancerTransitions(t *testing.T) {
 			}
 		}
 	}
-	m := maps.Services[ServiceKey{Frontend: a}]
+	m := maps.Services[ServiceKey{Frontend: transitionA}]
 	if diff := cmp.Diff(ServiceValue{ServiceID: m.ServiceID, AffinityTimeout: 3 * 3600, Count: 1, Flags: FlagAffinity}, m); diff != "" {
 		t.Errorf("affinity master (-want +got):\n%s", diff)
 	}

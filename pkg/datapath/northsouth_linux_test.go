@@ -179,34 +179,65 @@ func TestNorthSouth(t *testing.T) {
 	n.serveUDP(n.rem, netip.AddrPortFrom(n.remAddr, 5353))
 	n.serveTCP(n.rem, netip.AddrPortFrom(n.remAddr, 8080))
 
+	ns := newNorthSouth(t, n)
+	ns.program(t)
+	ns.nodePortsAnswer(t)
+	ns.flowSurvivesReload(t)
+	if !strings.Contains(NodePortFrontend(1, TCP).External().String(), "external") {
+		t.Error("an external frontend's name does not say so")
+	}
+}
+
+// northSouth is TestNorthSouth's datapath on nsNet's node: loaded from a
+// private bpffs, its tc programs on ext0 and ext1.
+type northSouth struct {
+	*nsNet
+	cfg Config
+	dp  *Datapath
+	lb  *LoadBalancer
+}
+
+// newNorthSouth mounts a private bpffs and loads the datapath; the test's
+// cleanup closes the last one loaded and removes the pins.
+func newNorthSouth(t *testing.T, n *nsNet) *northSouth {
 	bpffs := t.TempDir()
 	if err := unix.Mount("bpffs", bpffs, "bpf", 0, "mode=0700"); err != nil {
 		t.Fatalf("mount bpffs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
-	cfg := Config{BPFRoot: filepath.Join(bpffs, "directlb")}
-	load := func() (*Datapath, *LoadBalancer) {
-		dp, err := Load(cfg)
-		if err != nil {
-			t.Fatalf("load: %v", err)
-		}
-		if err := namedns.Do(n.node, func() error { return dp.AttachDevices([]string{"ext0", "ext1"}) }); err != nil {
-			dp.Close()
-			t.Fatalf("attach devices: %v", err)
-		}
-		lb := NewLoadBalancer(LoadBalancerConfig{Maps: dp.Maps})
-		if _, err := lb.Restore(); err != nil {
-			t.Fatal(err)
-		}
-		return dp, lb
-	}
-	dp, lb := load()
+	ns := &northSouth{nsNet: n, cfg: Config{BPFRoot: filepath.Join(bpffs, "directlb")}}
+	ns.load(t)
 	t.Cleanup(func() {
-		dp.Close()
-		if err := namedns.Do(n.node, func() error { return Cleanup(cfg.BPFRoot) }); err != nil {
+		ns.dp.Close()
+		if err := namedns.Do(n.node, func() error { return Cleanup(ns.cfg.BPFRoot) }); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
+	return ns
+}
+
+// load loads the datapath, attaches it to the node's devices and restores
+// the load balancer from the pins.
+func (ns *northSouth) load(t *testing.T) {
+	dp, err := Load(ns.cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if err := namedns.Do(ns.node, func() error { return dp.AttachDevices([]string{"ext0", "ext1"}) }); err != nil {
+		dp.Close()
+		t.Fatalf("attach devices: %v", err)
+	}
+	lb := NewLoadBalancer(LoadBalancerConfig{Maps: dp.Maps})
+	if _, err := lb.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	ns.dp, ns.lb = dp, lb
+}
+
+// program sets the node addresses and the external NodePorts the cases of
+// nodePortsAnswer ask.
+func (ns *northSouth) program(t *testing.T) {
+	n, lb := ns.nsNet, ns.lb
 	if _, err := lb.SetNodeAddresses(map[netip.Addr]NodeAddressFlags{n.nodeAddr: NodeAddressLocal, n.ext1Addr: NodeAddressLocal}); err != nil {
 		t.Fatal(err)
 	}
@@ -225,6 +256,11 @@ func TestNorthSouth(t *testing.T) {
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// nodePortsAnswer asks each NodePort three times from the client.
+func (ns *northSouth) nodePortsAnswer(t *testing.T) {
+	n := ns.nsNet
 	cases := []struct {
 		name    string
 		network string
@@ -246,9 +282,12 @@ func TestNorthSouth(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// A connection open across a reload keeps working: the NAT table is
-	// pinned and the tcx links are updated in place.
+// flowSurvivesReload: a connection open across a reload keeps working: the
+// NAT table is pinned and the tcx links are updated in place.
+func (ns *northSouth) flowSurvivesReload(t *testing.T) {
+	n := ns.nsNet
 	var conn net.Conn
 	err := namedns.Do(n.cl, func() error {
 		var err error
@@ -259,34 +298,34 @@ func TestNorthSouth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ask := func() string {
-		_ = conn.SetDeadline(time.Now().Add(700 * time.Millisecond))
-		if _, err := conn.Write([]byte("ping")); err != nil {
-			return errName(err)
-		}
-		buf := make([]byte, 64)
-		k, err := conn.Read(buf)
-		if err != nil {
-			return errName(err)
-		}
-		return string(buf[:k])
-	}
-	if got := ask(); got != n.ext1Addr.String() {
+	if got := askUDP(conn); got != n.ext1Addr.String() {
 		t.Fatalf("UDP flow before the reload: %q", got)
 	}
-	entries, _ := dp.Maps.NATEntries()
-	dp.Close()
-	dp, lb = load()
-	if got := ask(); got != n.ext1Addr.String() {
+	entries, _ := ns.dp.Maps.NATEntries()
+	ns.dp.Close()
+	ns.load(t)
+	if got := askUDP(conn); got != n.ext1Addr.String() {
 		t.Errorf("UDP flow after the reload: %q", got)
 	}
-	if after, _ := dp.Maps.NATEntries(); after != entries {
+	if after, _ := ns.dp.Maps.NATEntries(); after != entries {
 		t.Errorf("NAT entries %d after the reload, %d before: the flow was not kept", after, entries)
 	}
-	if _, ok := lb.Programmed(NodePortFrontend(30080, TCP).External()); !ok {
+	if _, ok := ns.lb.Programmed(NodePortFrontend(30080, TCP).External()); !ok {
 		t.Error("external frontend lost in the restore")
 	}
-	if !strings.Contains(NodePortFrontend(1, TCP).External().String(), "external") {
-		t.Error("an external frontend's name does not say so")
+}
+
+// askUDP sends "ping" on the connected conn and returns the answer, or the
+// error's errno name.
+func askUDP(conn net.Conn) string {
+	_ = conn.SetDeadline(time.Now().Add(700 * time.Millisecond))
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		return errName(err)
 	}
+	buf := make([]byte, 64)
+	k, err := conn.Read(buf)
+	if err != nil {
+		return errName(err)
+	}
+	return string(buf[:k])
 }

@@ -40,35 +40,8 @@ func runUDPHold(args []string) int {
 	n, _ := strconv.Atoi(args[1])
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
-	if os.Getenv(udpHoldEnv) == "netns" {
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		if err != nil {
-			fmt.Fprintf(out, "fatal lo: %v\n", err)
-			return 2
-		}
-		for i, a := range nsAddrs {
-			c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(a))
-			if err != nil {
-				fmt.Fprintf(out, "fatal %v\n", err)
-				return 2
-			}
-			name := fmt.Sprintf("nsbe%d", i)
-			go func() {
-				buf := make([]byte, 256)
-				for {
-					k, from, err := c.ReadFromUDPAddrPort(buf)
-					if err != nil {
-						return
-					}
-					if string(buf[:k]) != "hold" {
-						c.WriteToUDPAddrPort([]byte(name), from)
-					}
-				}
-			}()
-		}
+	if os.Getenv(udpHoldEnv) == "netns" && !udpHoldBackends(out) {
+		return 2
 	}
 	c, err := net.Dial("udp4", target)
 	if err != nil {
@@ -76,15 +49,7 @@ func runUDPHold(args []string) int {
 		return 2
 	}
 	buf := make([]byte, 256)
-	ask := func(c net.Conn) (string, error) {
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return "", err
-		}
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		k, err := c.Read(buf)
-		return string(buf[:k]), err
-	}
-	answer, err := ask(c)
+	answer, err := udpHoldAsk(c, buf)
 	if err != nil {
 		fmt.Fprintf(out, "fatal %v\n", err)
 		return 2
@@ -95,9 +60,76 @@ func runUDPHold(args []string) int {
 	}
 	fmt.Fprintf(out, "ok %s\n", answer)
 	out.Flush()
+	udpHoldWait(out, c, buf)
+	c.Close()
+	c, err = net.Dial("udp4", target)
+	if err != nil {
+		fmt.Fprintf(out, "fatal %v\n", err)
+		return 2
+	}
+	defer c.Close()
+	for range n {
+		answer, err := udpHoldAsk(c, buf)
+		if err != nil {
+			fmt.Fprintf(out, "fatal %v\n", err)
+			return 2
+		}
+		fmt.Fprintf(out, "ok %s\n", answer)
+	}
+	return 0
+}
+
+// udpHoldBackends, in runUDPHold's own network namespace, brings lo up and
+// starts the backends at nsAddrs, nsbe<i> answering its name to all but
+// "hold". It reports a failure on out.
+func udpHoldBackends(out *bufio.Writer) bool {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "fatal lo: %v\n", err)
+		return false
+	}
+	for i, a := range nsAddrs {
+		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(a))
+		if err != nil {
+			fmt.Fprintf(out, "fatal %v\n", err)
+			return false
+		}
+		name := fmt.Sprintf("nsbe%d", i)
+		go func() {
+			buf := make([]byte, 256)
+			for {
+				k, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				if string(buf[:k]) != "hold" {
+					c.WriteToUDPAddrPort([]byte(name), from)
+				}
+			}
+		}()
+	}
+	return true
+}
+
+// udpHoldAsk sends "ping" on c and reads the answer into buf.
+func udpHoldAsk(c net.Conn, buf []byte) (string, error) {
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return "", err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	k, err := c.Read(buf)
+	return string(buf[:k]), err
+}
+
+// udpHoldWait waits in read on c until the socket fails and prints
+// "err <errno> <micros>", then what a send on it says ("write <errno>").
+func udpHoldWait(out *bufio.Writer, c net.Conn, buf []byte) {
 	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.Read(buf)
+	_, err := c.Read(buf)
 	var errno syscall.Errno
 	switch {
 	case err == nil:
@@ -113,22 +145,6 @@ func runUDPHold(args []string) int {
 	} else {
 		fmt.Fprintf(out, "write %v\n", err)
 	}
-	c.Close()
-	c, err = net.Dial("udp4", target)
-	if err != nil {
-		fmt.Fprintf(out, "fatal %v\n", err)
-		return 2
-	}
-	defer c.Close()
-	for range n {
-		answer, err := ask(c)
-		if err != nil {
-			fmt.Fprintf(out, "fatal %v\n", err)
-			return 2
-		}
-		fmt.Fprintf(out, "ok %s\n", answer)
-	}
-	return 0
 }
 
 // TestConnectedUDPFollowsBackends: a connected UDP socket whose backend
