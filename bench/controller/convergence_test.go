@@ -5,7 +5,9 @@
 //
 //	DLB_BIN_DIR=$PWD/bin go test -run '^$' -bench . -benchtime 1x -timeout 20m ./bench/controller
 //
-// DLB_BENCH_LBC_SERVICES changes the number of Services (default 200).
+// DLB_BENCH_LBC_SERVICES changes the number of Services (default 200);
+// DLB_BENCH_LBC_FLAGS gives the controller lb-controller flags on top of
+// its defaults (e.g. "--kube-api-qps=20 --kube-api-burst=30").
 package controller
 
 import (
@@ -20,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -64,8 +67,8 @@ func BenchmarkConvergence(b *testing.B) {
 
 func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 	ctx := context.Background()
-	// The bench's own client is not rate limited; the controller gets what
-	// ctrl.GetConfig gives the real binary (QPS 20, burst 30).
+	// The bench's own client is not rate limited; the controller's is
+	// what the binary's flags give it (--kube-api-qps, --kube-api-burst).
 	benchCfg := rest.CopyConfig(cfg)
 	benchCfg.QPS = -1
 	c, err := client.New(benchCfg, client.Options{})
@@ -91,13 +94,9 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 
 	srv := testenv.Localcloud(b, func(c *localcloud.Config) { c.AWSRateLimits = true })
 	lbs := testenv.SDKClient(b, srv, nil) // default client: retries and client-side pacing as in production
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
+	ccfg := controllerConfig(b, "bench-"+ns)
 	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
+	ccfg.SetKubeAPILimits(mgrCfg)
 	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -360,4 +359,25 @@ func registered(srv *localcloud.Server, ns, name, addr string) bool {
 		}
 	}
 	return false
+}
+
+// controllerConfig is controller.DefaultConfig with the cluster name and
+// the lb-controller flags in DLB_BENCH_LBC_FLAGS (space-separated), as the
+// binary would parse them, validated.
+func controllerConfig(b *testing.B, clusterName string) controller.Config {
+	b.Helper()
+	c := controller.DefaultConfig()
+	c.ClusterName = clusterName
+	fs := pflag.NewFlagSet("lb-controller", pflag.ContinueOnError)
+	c.BindFlags(fs)
+	if err := fs.Parse(strings.Fields(os.Getenv("DLB_BENCH_LBC_FLAGS"))); err != nil {
+		b.Fatalf("DLB_BENCH_LBC_FLAGS: %v", err)
+	}
+	if err := c.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	if s := os.Getenv("DLB_BENCH_LBC_FLAGS"); s != "" {
+		fmt.Printf("  (lb-controller flags: %s)\n", s)
+	}
+	return c
 }

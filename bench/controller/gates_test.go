@@ -129,13 +129,9 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 		c.LBCIDR = benchLBCIDR
 	})
 	lbs := testenv.SDKClient(b, srv, nil)
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
+	ccfg := controllerConfig(b, "bench-"+ns)
 	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
+	ccfg.SetKubeAPILimits(mgrCfg)
 	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -165,7 +161,12 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 
 	limit := 4*time.Duration(boundSeconds(minimumCalls(n), faults.AWSLimits()))*time.Second + 3*time.Minute
 	var ingressAt, gatesAt time.Duration
+	lastProgress, ingressN, gatesN := start, 0, 0
 	for {
+		if time.Since(lastProgress) >= progressEvery {
+			lastProgress = time.Now()
+			fmt.Print(progress(time.Since(start), srv, ingressN, gatesN))
+		}
 		if time.Since(start) > limit {
 			k, _ := gatesTrue(ctx, c, ns)
 			b.Fatalf("not converged after %s: ingress at %s, gates at %s (%d of %d True)", limit, ingressAt, gatesAt, k, n*podsPerService)
@@ -175,6 +176,7 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 			if err != nil {
 				b.Fatal(err)
 			}
+			ingressN = k
 			if k == n {
 				ingressAt = time.Since(start)
 			}
@@ -184,6 +186,7 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 			if err != nil {
 				b.Fatal(err)
 			}
+			gatesN = k
 			if k == n*podsPerService {
 				gatesAt = time.Since(start)
 			}
