@@ -81,6 +81,9 @@ type Writer struct {
 	// has been True once (for the containers-ready → True histogram).
 	graceChecked map[types.UID]bool
 	everTrue     map[types.UID]bool
+	// waitingSince: when this writer first saw a pod waiting with no gate
+	// condition (ReportPendingAfter counts from there).
+	waitingSince map[types.UID]time.Time
 	// groups: gated target groups per Service (and their total), for the
 	// regression check's budget; changedAt: when a Service's spec or
 	// annotations last changed (it is watched for a while after).
@@ -177,14 +180,17 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
 			regressed = append(regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
 		}
+		if !v.True() && pod.DeletionTimestamp == nil {
+			pendingAny = true
+		}
+		if w.holdNotYet(pod, gateType, v) {
+			continue
+		}
 		c, err := w.Write(ctx, pod, gateType, v)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
 		changed = changed || c
-		if !v.True() && pod.DeletionTimestamp == nil {
-			pendingAny = true
-		}
 	}
 	if err := w.reportHealth(ctx, svc, regressed); err != nil {
 		return ctrl.Result{}, err
@@ -384,6 +390,32 @@ func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, group
 	}
 	return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen,
 		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}, v
+}
+
+// holdNotYet reports whether the False verdict v is left unwritten for
+// now: it only says "not yet" (no pod IP, not registered, initial), the
+// pod has no gate condition at all (the kubelet keeps it NotReady as a
+// False one would) and it has waited less than ReportPendingAfter since
+// this writer first saw it. A target that turns healthy within that time
+// costs the pod one status patch instead of two or three; one that does
+// not gets its reason written then. After a restart the wait starts over,
+// which only delays a message.
+func (w *Writer) holdNotYet(pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) bool {
+	if w.Config.ReportPendingAfter <= 0 || v.True() || pod.DeletionTimestamp != nil ||
+		(v.Reason != ReasonPodIPPending && v.Reason != ReasonRegistering) || findCondition(pod, gateType) != nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waitingSince == nil || len(w.waitingSince) > 100000 {
+		w.waitingSince = map[types.UID]time.Time{}
+	}
+	since, ok := w.waitingSince[pod.UID]
+	if !ok {
+		since = time.Now()
+		w.waitingSince[pod.UID] = since
+	}
+	return time.Since(since) < w.Config.ReportPendingAfter
 }
 
 // Write patches the gate condition if it differs from v; it reports
