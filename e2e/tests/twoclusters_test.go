@@ -254,7 +254,8 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	watch := &tcWatch{}
 	wg.Add(2)
 	go load.run(loadCtx, "http://"+ipA+":80/", tcLoadRate, false, tcMaxLoad, &wg)
-	go watch.run(loadCtx, lc, tgA.ARN, podTargets, &wg)
+	// A client of its own: its calls are paced apart from the test's.
+	go watch.run(loadCtx, lbtCloud(t, b), tgA.ARN, podTargets, &wg)
 
 	// Cluster B: the same namespace/name, its EndpointSlice by hand with
 	// A's pod addresses and target port.
