@@ -118,41 +118,10 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	gateType := service.ReadinessGateType(req.Name)
 	if err != nil || !service.Wanted(svc, w.Classes) || svc.Annotations[service.AnnotationReadinessGate] == "false" {
-		// No load balancer will ever report on these pods: let them go.
-		v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
-			Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
-		for i := range pods.Items {
-			if _, err := w.Write(ctx, &pods.Items[i], gateType, v); err != nil {
-				return ctrl.Result{}, err
-			}
-		}
-		if err := w.clearHealth(ctx, svc); err != nil {
-			return ctrl.Result{}, err
-		}
-		w.setPending(req.NamespacedName, 0)
-		w.setGroups(req.NamespacedName, 0)
-		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
-		return ctrl.Result{}, nil
+		return w.release(ctx, req.NamespacedName, pods.Items, svc, gateType)
 	}
-
 	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
-		// The Service's target groups are not known yet: a new leader
-		// before its first deploy pass, or a Service not deployed yet.
-		// Unknown is not False: no False gate is written until they are.
-		// The fail-open rule still holds (a cloud outage at a failover must
-		// not block rollouts for ever).
-		for i := range pods.Items {
-			pod := &pods.Items[i]
-			w.checkGrace(pod, svc)
-			if v, _ := w.decide(pod, gateType, nil); v.True() && pod.DeletionTimestamp == nil {
-				if _, err := w.Write(ctx, pod, gateType, v); err != nil {
-					return ctrl.Result{}, err
-				}
-			}
-		}
-		// No cloud call here; the registry wakes the writer when they are
-		// known (Options.Wake), the backed-off look is the fallback.
-		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, false)}, nil
+		return w.awaitTargetGroups(ctx, req.NamespacedName, pods.Items, svc, gateType)
 	}
 	// Something pending needs a fresh read; with every gate latched True,
 	// nothing draining and no regression reported, the read is only the
@@ -205,6 +174,46 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	// Every gate True, nothing draining, no regression: no polling, only
 	// the slow regression check (pod and Service changes still enqueue).
 	return ctrl.Result{RequeueAfter: check}, nil
+}
+
+// release sets every gate True (Released): no load balancer will ever
+// report on these pods (the Service is gone, no longer direct-access, or
+// opted out).
+func (w *Writer) release(ctx context.Context, key types.NamespacedName, pods []corev1.Pod, svc *corev1.Service, gateType corev1.PodConditionType) (ctrl.Result, error) {
+	v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
+		Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
+	for i := range pods {
+		if _, err := w.Write(ctx, &pods[i], gateType, v); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if err := w.clearHealth(ctx, svc); err != nil {
+		return ctrl.Result{}, err
+	}
+	w.setPending(key, 0)
+	w.setGroups(key, 0)
+	unhealthyReady.DeleteLabelValues(key.Namespace, key.Name)
+	return ctrl.Result{}, nil
+}
+
+// awaitTargetGroups is a pass while the Service's target groups are not
+// known yet: a new leader before its first deploy pass, or a Service not
+// deployed yet. Unknown is not False: no False gate is written until they
+// are. The fail-open rule still holds (a cloud outage at a failover must
+// not block rollouts for ever). No cloud call here; the registry wakes the
+// writer when they are known (Options.Wake), the backed-off look is the
+// fallback.
+func (w *Writer) awaitTargetGroups(ctx context.Context, key types.NamespacedName, pods []corev1.Pod, svc *corev1.Service, gateType corev1.PodConditionType) (ctrl.Result, error) {
+	for i := range pods {
+		pod := &pods[i]
+		w.checkGrace(pod, svc)
+		if v, _ := w.decide(pod, gateType, nil); v.True() && pod.DeletionTimestamp == nil {
+			if _, err := w.Write(ctx, pod, gateType, v); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+	}
+	return ctrl.Result{RequeueAfter: w.nextPending(key, false)}, nil
 }
 
 // setGroups records how many target groups the Service's gates watch and
