@@ -152,7 +152,10 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		if !v.True() && pod.DeletionTimestamp == nil {
 			pendingAny = true
 		}
-		if w.holdNotYet(pod, gateType, v) {
+		if held, first := w.holdNotYet(pod, gateType, v); held {
+			// A wait that starts now polls from PollInterval, as a
+			// write would: the target may be healthy in a second.
+			changed = changed || first
 			continue
 		}
 		c, err := w.Write(ctx, pod, gateType, v)
@@ -408,11 +411,11 @@ func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, group
 // this writer first saw it. A target that turns healthy within that time
 // costs the pod one status patch instead of two or three; one that does
 // not gets its reason written then. After a restart the wait starts over,
-// which only delays a message.
-func (w *Writer) holdNotYet(pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) bool {
+// which only delays a message. first: the wait starts with this pass.
+func (w *Writer) holdNotYet(pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) (held, first bool) {
 	if w.Config.ReportPendingAfter <= 0 || v.True() || pod.DeletionTimestamp != nil ||
 		(v.Reason != ReasonPodIPPending && v.Reason != ReasonRegistering) || findCondition(pod, gateType) != nil {
-		return false
+		return false, false
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -424,7 +427,7 @@ func (w *Writer) holdNotYet(pod *corev1.Pod, gateType corev1.PodConditionType, v
 		since = time.Now()
 		w.waitingSince[pod.UID] = since
 	}
-	return time.Since(since) < w.Config.ReportPendingAfter
+	return time.Since(since) < w.Config.ReportPendingAfter, !ok
 }
 
 // Write patches the gate condition if it differs from v; it reports
