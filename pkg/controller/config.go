@@ -79,9 +79,12 @@ type Config struct {
 // Registering first), every Service a few writes of its own (finalizer,
 // target-group record, status, events), and a cold start or a rollout of
 // many Services asks for them together. 1,000 Services × 10 pods are
-// 15,000-25,000 writes in the ~1,000 s the cloud's CreateLoadBalancer
-// limit (1/s) allows for their convergence: 15-25/s on average, at or
-// over client-go's 20/s before a single read. 100/s, burst 200 (a burst
+// 13,000-25,000 writes in the ~1,000 s the cloud's CreateLoadBalancer
+// limit (1/s) allows for their convergence (bench/controller measured 13
+// a Service with the Registering write held back, 18-23 without): 13-25/s
+// on average, up to over client-go's 20/s before a single read; and the
+// Service reconciler's writes wait behind the gate writer's in the one
+// bucket. 100/s, burst 200 (a burst
 // holds the patches of 20 Services whose targets turned healthy in one
 // health check) leaves several times that; the apiserver's own priority
 // and fairness still applies.
