@@ -161,6 +161,16 @@ bench: tools build images
 	DLB_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m -v -run '^TestRollout' ./e2e/tests/ 2>&1 | grep -E '^(e2e rollout:|--- |ok|FAIL|panic)' ; \
 	exit $${PIPESTATUS[0]}
 
+## bench-lbc-gates: lb-controller's cold convergence with readiness gates only,
+## SERVICES Services × 10 gated pods (default 200; SERVICES=1000 is issue 13's
+## size, about 30 minutes); LBC_FLAGS adds lb-controller flags. docs/benchmarks.md.
+SERVICES ?= 200
+LBC_FLAGS ?=
+.PHONY: bench-lbc-gates
+bench-lbc-gates: tools
+	DLB_BIN_DIR=$(BIN) DLB_BENCH_LBC_SERVICES=$(SERVICES) DLB_BENCH_LBC_FLAGS="$(LBC_FLAGS)" nice -n 10 \
+	  $(GO) test -run '^$$' -bench BenchmarkConvergenceGates -benchtime 1x -timeout 60m ./bench/controller
+
 ## generate / verify-generate: regenerate the BPF objects and Go bindings.
 .PHONY: generate verify-generate
 generate:

@@ -33,12 +33,18 @@ func benchServices(b *testing.B) int {
 	return n
 }
 
+// benchConfig is the bench's own client configuration: not rate limited
+// (the controller's limits are what its flags give it).
+func benchConfig(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.QPS = -1
+	return c
+}
+
 // benchClient is the bench's own client (not rate limited), with the
 // namespace ns created.
 func benchClient(b *testing.B, cfg *rest.Config, ns string) client.Client {
-	benchCfg := rest.CopyConfig(cfg)
-	benchCfg.QPS = -1
-	c, err := client.New(benchCfg, client.Options{})
+	c, err := client.New(benchConfig(cfg), client.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,19 +55,16 @@ func benchClient(b *testing.B, cfg *rest.Config, ns string) client.Client {
 }
 
 // startController sets the lb-controller up against srv (cluster name
-// bench-<ns>) on a manager with the client limits ctrl.GetConfig gives the
-// real binary (QPS 20, burst 30), with the gate writer too when gates is
-// set, resets the benchmark timer and starts the manager. It returns when
+// bench-<ns>, flags from DLB_BENCH_LBC_FLAGS) on a manager with the
+// apiserver limits its --kube-api-qps and --kube-api-burst give the real
+// binary, with the gate writer too when gates is set, resets the
+// benchmark timer and starts the manager. It returns when
 // it started and stop, which stops the manager.
 func startController(b *testing.B, cfg *rest.Config, ns string, srv *localcloud.Server, gates bool) (start time.Time, stop func()) {
 	lbs := testenv.SDKClient(b, srv, nil) // default client: retries and client-side pacing as in production
-	ccfg := controller.DefaultConfig()
-	ccfg.ClusterName = "bench-" + ns
-	if err := ccfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
+	ccfg := controllerConfig(b, "bench-"+ns)
 	mgrCfg := rest.CopyConfig(cfg)
-	mgrCfg.QPS, mgrCfg.Burst = 20, 30
+	ccfg.SetKubeAPILimits(mgrCfg)
 	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",

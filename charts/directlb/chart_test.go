@@ -615,6 +615,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"bad duration", []string{"--set", "controller.resyncPeriod=ten minutes"}, "/controller/resyncPeriod"},
 		{"bad cluster name", []string{"--set", "clusterName=Prod_1"}, "/clusterName"},
 		{"concurrency out of range", []string{"--set", "controller.concurrency=0"}, "/controller/concurrency"},
+		{"no apiserver budget", []string{"--set", "controller.kubeAPIQPS=0"}, "/controller/kubeAPIQPS"},
+		{"fractional burst", []string{"--set", "controller.kubeAPIBurst=1.5"}, "/controller/kubeAPIBurst"},
 		{"bad failure policy", []string{"--set", "webhook.failurePolicy=Sometimes"}, "/webhook/failurePolicy"},
 		{"bad log level", []string{"--set", "nodeAgent.logLevel=verbose"}, "/nodeAgent/logLevel"},
 		{"relative cgroup root", []string{"--set", "nodeAgent.cgroupRoot=sys/fs/cgroup"}, "/nodeAgent/cgroupRoot"},

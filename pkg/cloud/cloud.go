@@ -141,8 +141,14 @@ type LoadBalancers interface {
 	DeleteLoadBalancer(ctx context.Context, arn string) error
 
 	CreateTargetGroup(ctx context.Context, spec TargetGroupSpec) (TargetGroup, error)
-	// ListTargetGroups returns every target group whose tags include tags.
+	// ListTargetGroups returns every target group whose tags include
+	// tags, without its attributes: DeregistrationDelaySeconds is 0 (on
+	// AWS an attribute costs a call per group, which a listing of the
+	// whole account must not make).
 	ListTargetGroups(ctx context.Context, tags Tags) ([]TargetGroup, error)
+	// DeregistrationDelay reads one target group's deregistration delay
+	// (its deregistration_delay.timeout_seconds attribute).
+	DeregistrationDelay(ctx context.Context, arn string) (int32, error)
 	// ModifyTargetGroup sets the health check and the deregistration delay.
 	ModifyTargetGroup(ctx context.Context, arn string, hc HealthCheck, deregistrationDelaySeconds int32) error
 	DeleteTargetGroup(ctx context.Context, arn string) error

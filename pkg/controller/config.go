@@ -49,6 +49,13 @@ type Config struct {
 	// balancers and target groups is cached (0: list per Service pass).
 	CloudInventoryTTL time.Duration
 
+	// KubeAPIQPS and KubeAPIBurst limit the manager's apiserver client
+	// (client-go's token bucket; leader election and informers' watches
+	// share it). The gate writer's pod status patches are most of what
+	// it spends: see the flag's usage.
+	KubeAPIQPS   float32
+	KubeAPIBurst int
+
 	LeaderElect             bool
 	LeaderElectionNamespace string
 	MetricsBindAddress      string
@@ -66,6 +73,26 @@ type Config struct {
 	Log zap.Options
 }
 
+// The apiserver client's default budget. client-go's own (20/s, burst
+// 30) is too small for the readiness gates: every gated pod costs a
+// status patch when its target turns healthy (and one more if it is told
+// Registering first), every Service a few writes of its own (finalizer,
+// target-group record, status, events), and a cold start or a rollout of
+// many Services asks for them together. 1,000 Services × 10 pods are
+// 13,000-25,000 writes in the ~1,000 s the cloud's CreateLoadBalancer
+// limit (1/s) allows for their convergence (bench/controller measured 13
+// a Service with the Registering write held back, 18-23 without): 13-25/s
+// on average, up to over client-go's 20/s before a single read; and the
+// Service reconciler's writes wait behind the gate writer's in the one
+// bucket. 100/s, burst 200 (a burst
+// holds the patches of 20 Services whose targets turned healthy in one
+// health check) leaves several times that; the apiserver's own priority
+// and fairness still applies.
+const (
+	DefaultKubeAPIQPS   = 100
+	DefaultKubeAPIBurst = 200
+)
+
 // DefaultConfig returns the defaults the flags have.
 func DefaultConfig() Config {
 	aws := cloudaws.DefaultConfig()
@@ -77,6 +104,8 @@ func DefaultConfig() Config {
 		TargetBatchWindow:      100 * time.Millisecond,
 		TargetRefreshPeriod:    20 * time.Minute,
 		CloudInventoryTTL:      time.Minute,
+		KubeAPIQPS:             DefaultKubeAPIQPS,
+		KubeAPIBurst:           DefaultKubeAPIBurst,
 		MetricsBindAddress:     ":8080",
 		HealthProbeBindAddress: ":8081",
 		Cloud:                  aws,
@@ -97,6 +126,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.TargetBatchWindow, "target-batch-window", c.TargetBatchWindow, "delay that coalesces a burst of endpoint changes into one target update per Service")
 	fs.DurationVar(&c.TargetRefreshPeriod, "target-refresh-period", c.TargetRefreshPeriod, "how long the cloud's registered targets are cached before they are read again for drift (a change is read back 10s after it; the gates' slow regression check reuses this read where its interval is longer)")
 	fs.DurationVar(&c.CloudInventoryTTL, "cloud-inventory-ttl", c.CloudInventoryTTL, "how long this cluster's load balancers and target groups, found by tags, are cached (0 lists them on every Service pass)")
+	fs.Float32Var(&c.KubeAPIQPS, "kube-api-qps", c.KubeAPIQPS, "queries per second to the apiserver (client-side limit; the readiness gates patch every gated pod's status as its target turns healthy, so a cold start or a rollout of many Services needs far more than client-go's default 20)")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", c.KubeAPIBurst, "burst of queries to the apiserver: the size of the --kube-api-qps token bucket (a Service's pods turning healthy together)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run leader election (needed with more than one replica)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the leader election Lease (empty: the pod's namespace)")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, `address of the Prometheus metrics endpoint ("0" disables it)`)
@@ -152,6 +183,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CloudInventoryTTL < 0 || c.CloudInventoryTTL > time.Hour {
 		errs = append(errs, fmt.Errorf("--cloud-inventory-ttl %s: must be from 0 to 1h", c.CloudInventoryTTL))
+	}
+	if c.KubeAPIQPS <= 0 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %v: must be positive", c.KubeAPIQPS))
+	}
+	if c.KubeAPIBurst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-burst %d: must be positive", c.KubeAPIBurst))
 	}
 	errs = append(errs, c.Cloud.Validate())
 	if c.Gates.Enabled {

@@ -9,6 +9,8 @@ import (
 	"github.com/directlb/directlb/pkg/service"
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 )
 
 func TestConfigFlags(t *testing.T) {
@@ -17,7 +19,7 @@ func TestConfigFlags(t *testing.T) {
 	c.BindFlags(fs)
 	err := fs.Parse([]string{"--cluster-name=dev-1", "--aws-endpoint=http://10.100.0.3:4566",
 		"--load-balancer-class=a/b", "--load-balancer-class=c/d", "--manage-default-class=false",
-		"--concurrency=8", "--resync-period=1m", "--leader-elect"})
+		"--concurrency=8", "--resync-period=1m", "--leader-elect", "--kube-api-qps=50.5", "--kube-api-burst=80"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,6 +27,7 @@ func TestConfigFlags(t *testing.T) {
 	want.ClusterName, want.Cloud.Endpoint = "dev-1", "http://10.100.0.3:4566"
 	want.LoadBalancerClasses, want.ManageDefaultClass = []string{"a/b", "c/d"}, false
 	want.Concurrency, want.ResyncPeriod, want.LeaderElect = 8, time.Minute, true
+	want.KubeAPIQPS, want.KubeAPIBurst = 50.5, 80
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -71,6 +74,7 @@ func TestConfigValidate(t *testing.T) {
 			c.Concurrency, c.ResyncPeriod, c.TargetBatchWindow, c.TargetRefreshPeriod = 0, time.Second, time.Minute, 0
 			c.LoadBalancerClasses, c.Cloud.Region = []string{""}, ""
 		}, []string{"--concurrency", "--resync-period", "--target-batch-window", "--target-refresh-period", "--load-balancer-class", "--aws-region"}},
+		{"apiserver client without a budget", func(c *Config) { c.KubeAPIQPS, c.KubeAPIBurst = 0, -1 }, []string{"--kube-api-qps", "--kube-api-burst"}},
 		{"owns nothing", func(c *Config) { c.ManageDefaultClass, c.LoadBalancerClasses = false, nil }, []string{"--manage-default-class"}},
 		{"drain stops before the webhook", func(c *Config) { c.Drain.ShutdownDelay = time.Second }, []string{"--drain-shutdown-delay"}},
 		{"drain shutdown past the ceiling", func(c *Config) { c.Drain.ShutdownDelay, c.Drain.MaxWait = time.Minute, 30*time.Second }, []string{"--drain-shutdown-delay"}},
@@ -115,5 +119,16 @@ func TestDefaultClaimsByClass(t *testing.T) {
 	c.ClusterName = "x"
 	if err := c.Validate(); err != nil {
 		t.Errorf("defaults with a cluster name do not validate: %v", err)
+	}
+}
+
+// The manager's client gets the flags' budget, not client-go's default
+// (20/s, burst 30) nor a limiter the loaded kubeconfig carries.
+func TestSetKubeAPILimits(t *testing.T) {
+	c := DefaultConfig()
+	rc := &rest.Config{QPS: 20, Burst: 30, RateLimiter: flowcontrol.NewFakeAlwaysRateLimiter()}
+	c.SetKubeAPILimits(rc)
+	if rc.QPS != DefaultKubeAPIQPS || rc.Burst != DefaultKubeAPIBurst || rc.RateLimiter != nil {
+		t.Errorf("rest config QPS %v, burst %d, limiter %v; want %v, %d, nil", rc.QPS, rc.Burst, rc.RateLimiter, DefaultKubeAPIQPS, DefaultKubeAPIBurst)
 	}
 }

@@ -47,6 +47,7 @@ func NewManager(cfg Config) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.SetKubeAPILimits(restCfg)
 	// Shutdown waits for the drain endpoint's delay, then for the rest.
 	shutdown := max(30*time.Second, cfg.Drain.ShutdownDelay+10*time.Second)
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
@@ -106,4 +107,10 @@ func loadRESTConfig(kubeconfig string) (*rest.Config, error) {
 		return ctrl.GetConfig()
 	}
 	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// SetKubeAPILimits gives rc the client-side rate limit of --kube-api-qps
+// and --kube-api-burst (in place of one rc may carry).
+func (c *Config) SetKubeAPILimits(rc *rest.Config) {
+	rc.QPS, rc.Burst, rc.RateLimiter = c.KubeAPIQPS, c.KubeAPIBurst, nil
 }

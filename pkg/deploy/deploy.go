@@ -215,7 +215,12 @@ func reusable(existing []cloud.TargetGroup, spec cloud.TargetGroupSpec, kept map
 func (d *Deployer) ensureTargetGroup(ctx context.Context, spec cloud.TargetGroupSpec, existing []cloud.TargetGroup, res *Result) (string, error) {
 	if i := slices.IndexFunc(existing, func(tg cloud.TargetGroup) bool { return tg.Name == spec.Name }); i >= 0 {
 		tg := existing[i]
-		if tg.HealthCheck != spec.HealthCheck || tg.DeregistrationDelaySeconds != spec.DeregistrationDelaySeconds {
+		// Listings carry no attributes; this group's own is one call.
+		delay, err := d.Cloud.DeregistrationDelay(ctx, tg.ARN)
+		if err != nil {
+			return "", fmt.Errorf("read target group %s: %w", spec.Name, err)
+		}
+		if tg.HealthCheck != spec.HealthCheck || delay != spec.DeregistrationDelaySeconds {
 			if err := d.Cloud.ModifyTargetGroup(ctx, tg.ARN, spec.HealthCheck, spec.DeregistrationDelaySeconds); err != nil {
 				return "", fmt.Errorf("modify target group %s: %w", spec.Name, err)
 			}

@@ -86,7 +86,7 @@ func mutating(calls map[string]int) map[string]int {
 	out := map[string]int{}
 	for op, n := range calls {
 		switch op {
-		case "ListLoadBalancers", "ListTargetGroups", "ListListeners", "DescribeTargetHealth":
+		case "ListLoadBalancers", "ListTargetGroups", "ListListeners", "DescribeTargetHealth", "DeregistrationDelay":
 		default:
 			out[op] = n
 		}
@@ -114,6 +114,14 @@ func TestDeployChanges(t *testing.T) {
 			name: "health check annotation modifies the target groups in place",
 			next: newService("web", func(s *corev1.Service) {
 				s.Annotations[service.AnnotationHCInterval] = "30"
+			}),
+			wantCalls: map[string]int{"ModifyTargetGroup": 2},
+		},
+		{
+			// Listings carry no attributes: the delay is read per group.
+			name: "deregistration delay annotation modifies the target groups in place",
+			next: newService("web", func(s *corev1.Service) {
+				s.Annotations[service.AnnotationDeregistrationDelay] = "7"
 			}),
 			wantCalls: map[string]int{"ModifyTargetGroup": 2},
 		},

@@ -190,7 +190,7 @@ func (inv *Inventory) CreateTargetGroup(ctx context.Context, spec cloud.TargetGr
 func (inv *Inventory) ModifyTargetGroup(ctx context.Context, arn string, hc cloud.HealthCheck, delay int32) error {
 	return inv.after(inv.LoadBalancers.ModifyTargetGroup(ctx, arn, hc, delay), func(s *scope) {
 		if tg, ok := s.tgs[arn]; ok {
-			tg.HealthCheck, tg.DeregistrationDelaySeconds = hc, delay
+			tg.HealthCheck = hc // the delay is an attribute, read per group
 			s.tgs[arn] = tg
 		}
 	})
@@ -199,6 +199,16 @@ func (inv *Inventory) ModifyTargetGroup(ctx context.Context, arn string, hc clou
 // DeleteTargetGroup implements cloud.LoadBalancers.
 func (inv *Inventory) DeleteTargetGroup(ctx context.Context, arn string) error {
 	return inv.after(inv.LoadBalancers.DeleteTargetGroup(ctx, arn), func(s *scope) { delete(s.tgs, arn) })
+}
+
+// DeregistrationDelay implements cloud.LoadBalancers; a not-found means
+// the inventory missed a deletion.
+func (inv *Inventory) DeregistrationDelay(ctx context.Context, arn string) (int32, error) {
+	d, err := inv.LoadBalancers.DeregistrationDelay(ctx, arn)
+	if errors.Is(err, cloud.ErrNotFound) {
+		inv.invalidate()
+	}
+	return d, err
 }
 
 // ListListeners implements cloud.LoadBalancers; a not-found means the

@@ -38,6 +38,14 @@ type Config struct {
 	// WatchInterval, a big one slowly, at a bounded cost. 0: never (pod
 	// and Service changes still do).
 	RegressionChecksPerMinute float64
+	// ReportPendingAfter is how long a pod's gate may stay without a
+	// condition while its verdict is only "not yet" (no pod IP, target not
+	// registered or initial): the missing condition keeps the pod NotReady
+	// as a False one would, and a target that turns healthy within this
+	// time costs the pod one status patch (True) instead of two or three.
+	// Counted from when this writer first saw the pod waiting; 0 writes
+	// every verdict at once.
+	ReportPendingAfter time.Duration
 	// FailOpenAfter sets a gate True (with a Warning event) when the pod's
 	// containers have been ready this long and the target is still not
 	// healthy; 0 never fails open.
@@ -82,6 +90,7 @@ func DefaultConfig() Config {
 		MaxPendingInterval:         10 * time.Second,
 		WatchInterval:              10 * time.Second,
 		RegressionChecksPerMinute:  20,
+		ReportPendingAfter:         30 * time.Second,
 		DrainMargin:                5 * time.Second,
 		WebhookBindAddress:         ":9443",
 		WebhookShutdownDelay:       3 * time.Second,
@@ -100,6 +109,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.MaxPendingInterval, "gate-max-pending-interval", c.MaxPendingInterval, "longest target-health poll interval while gates are pending (at most 10s)")
 	fs.DurationVar(&c.WatchInterval, "gate-watch-interval", c.WatchInterval, "target-health poll interval once every gate is True while a health regression is reported or a gated pod drains")
 	fs.Float64Var(&c.RegressionChecksPerMinute, "gate-regression-checks-per-minute", c.RegressionChecksPerMinute, "target groups per minute, across all Services, checked for health regressions once every gate is True and nothing drains: each Service every (gated target groups / this) minutes, at least --gate-watch-interval apart (0: only on pod or Service changes)")
+	fs.DurationVar(&c.ReportPendingAfter, "gate-report-pending-after", c.ReportPendingAfter, "how long a waiting pod's gate stays without a condition before a False PodIPPending or Registering is written (the pod is NotReady either way; most targets turn healthy first, saving the apiserver one or two status patches per pod; 0: write at once)")
 	fs.DurationVar(&c.FailOpenAfter, "gate-fail-open-after", c.FailOpenAfter, "set a gate True with a Warning event when the pod's containers have been ready this long (0: never)")
 	fs.DurationVar(&c.DrainMargin, "drain-grace-margin", c.DrainMargin, "margin over the deregistration delay that terminationGracePeriodSeconds must leave, else a Warning event")
 	fs.StringVar(&c.WebhookBindAddress, "webhook-bind-address", c.WebhookBindAddress, `address of the HTTPS readiness-gate webhook ("0" disables the server)`)
@@ -130,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RegressionChecksPerMinute < 0 || c.RegressionChecksPerMinute > 600 {
 		errs = append(errs, fmt.Errorf("--gate-regression-checks-per-minute %g: must be from 0 to 600 (AWS refills Describe calls at 600 a minute)", c.RegressionChecksPerMinute))
+	}
+	if c.ReportPendingAfter < 0 || c.ReportPendingAfter > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--gate-report-pending-after %s: must be from 0 to 5m", c.ReportPendingAfter))
 	}
 	if c.FailOpenAfter < 0 {
 		errs = append(errs, fmt.Errorf("--gate-fail-open-after %s: must not be negative", c.FailOpenAfter))

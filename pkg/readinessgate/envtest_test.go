@@ -196,6 +196,7 @@ func TestGateWriter(t *testing.T) {
 	cfg.PollInterval = 100 * time.Millisecond
 	cfg.MaxPendingInterval = 300 * time.Millisecond
 	cfg.WatchInterval = time.Second
+	cfg.ReportPendingAfter = 0 // every verdict at once (TestGateReportsPendingLate has the hold)
 	// The slow regression check, made fast: the test watches a regression
 	// of a latched gate (TestGateWriterIdle keeps the default).
 	cfg.RegressionChecksPerMinute = 600 // one target group: checked every WatchInterval
@@ -275,6 +276,84 @@ func releaseGates(t *testing.T, ctx context.Context, c client.Client, key types.
 // With every gate True and nothing draining, the writer stops polling:
 // over a window with pod updates (which enqueue the Service) it makes no
 // DescribeTargetHealth call; a new pod makes it poll again.
+// TestGateReportsPendingLate: a waiting pod's gate gets no False "not
+// yet" condition before ReportPendingAfter: a target healthy by then costs
+// the pod one status patch (True), one still initial gets Registering
+// written after it.
+func TestGateReportsPendingLate(t *testing.T) {
+	c, ns := newNamespace(t, nil)
+	ctx := context.Background()
+	hc := &healthCloud{Cloud: fake.New(), state: map[string]cloud.TargetState{}}
+	lb, _ := hc.CreateLoadBalancer(ctx, cloud.LoadBalancerSpec{Name: "lb-late"})
+	tg, err := hc.CreateTargetGroup(ctx, cloud.TargetGroupSpec{Name: "tg-late", Protocol: cloud.ProtocolTCP, Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.CreateListener(ctx, cloud.ListenerSpec{LoadBalancerARN: lb.ARN, Protocol: cloud.ProtocolTCP, Port: 80, TargetGroupARN: tg.ARN}); err != nil {
+		t.Fatal(err)
+	}
+	groups := staticGroups{{Namespace: ns, Name: "web"}: {{ARN: tg.ARN, TargetGroup: service.TargetGroup{Spec: cloud.TargetGroupSpec{Name: "tg-late"}}}}}
+	cfg := readinessgate.DefaultConfig()
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.MaxPendingInterval = 300 * time.Millisecond
+	const hold = 2 * time.Second
+	cfg.ReportPendingAfter = hold
+	startManager(t, ns, func(ctx context.Context, mgr ctrl.Manager) {
+		if _, err := readinessgate.Setup(ctx, mgr, readinessgate.Options{
+			Config: cfg, Classes: service.ClassFilter{Default: true}, Cloud: hc, TargetGroups: groups,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := c.Create(ctx, directService(ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	newPod := func(name, ip string, state cloud.TargetState) *corev1.Pod {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": "web"}},
+			Spec: corev1.PodSpec{
+				Containers:     []corev1.Container{{Name: "app", Image: "echo"}},
+				ReadinessGates: []corev1.PodReadinessGate{{ConditionType: service.ReadinessGateType("web")}},
+			},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		hc.set(ip, state)
+		if err := hc.RegisterTargets(ctx, tg.ARN, []cloud.Target{{IP: ip, Port: 8080}}); err != nil {
+			t.Fatal(err)
+		}
+		setIP(t, c, pod, ip)
+		return pod
+	}
+
+	// Still initial: no condition during the hold, Registering after it.
+	start := time.Now()
+	newPod("web-1", "10.100.1.75", cloud.TargetInitial)
+	for time.Since(start) < hold*3/4 {
+		if cond, err := gateCondition(c, ns, "web-1", "web"); err != nil || cond != nil {
+			t.Fatalf("%.1fs after creation: gate condition %+v (err %v), want none during the %s hold", time.Since(start).Seconds(), cond, err, hold)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitGate(t, c, ns, "web-1", "web", corev1.ConditionFalse, readinessgate.ReasonRegistering)
+	if d := time.Since(start); d < hold {
+		t.Errorf("Registering written %.1fs after creation, before the %s hold ended", d.Seconds(), hold)
+	}
+
+	// Healthy within the hold: True, and never a False condition before.
+	newPod("web-2", "10.100.1.76", cloud.TargetInitial)
+	time.Sleep(500 * time.Millisecond)
+	hc.set("10.100.1.76", cloud.TargetHealthy)
+	eventually(t, "web-2's gate True, never False", func() (bool, string) {
+		cond, err := gateCondition(c, ns, "web-2", "web")
+		if err == nil && cond != nil && cond.Status == corev1.ConditionFalse {
+			t.Fatalf("web-2: gate %s %s written during the hold", cond.Status, cond.Reason)
+		}
+		return err == nil && cond != nil && cond.Status == corev1.ConditionTrue && cond.Reason == readinessgate.ReasonHealthy, fmt.Sprint(cond, err)
+	})
+}
+
 func TestGateWriterIdle(t *testing.T) {
 	c, ns := newNamespace(t, nil)
 	ctx := context.Background()

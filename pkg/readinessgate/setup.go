@@ -172,4 +172,5 @@ func (w *Writer) forget(uid types.UID) {
 	defer w.mu.Unlock()
 	delete(w.everTrue, uid)
 	delete(w.graceChecked, uid)
+	delete(w.waitingSince, uid)
 }

@@ -81,6 +81,9 @@ type Writer struct {
 	// has been True once (for the containers-ready → True histogram).
 	graceChecked map[types.UID]bool
 	everTrue     map[types.UID]bool
+	// waitingSince: when this writer first saw a pod waiting with no gate
+	// condition (ReportPendingAfter counts from there).
+	waitingSince map[types.UID]time.Time
 	// groups: gated target groups per Service (and their total), for the
 	// regression check's budget; changedAt: when a Service's spec or
 	// annotations last changed (it is watched for a while after).
@@ -103,7 +106,9 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 		return ctrl.Result{}, fmt.Errorf("list gated pods of %s: %w", req.NamespacedName, err)
 	}
 	if len(pods.Items) == 0 {
-		w.forgetService(req.NamespacedName)
+		w.setPending(req.NamespacedName, 0)
+		w.setGroups(req.NamespacedName, 0)
+		unhealthyReady.DeleteLabelValues(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
 	svc := &corev1.Service{}
@@ -113,45 +118,95 @@ func (w *Writer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, 
 	}
 	gateType := service.ReadinessGateType(req.Name)
 	if err != nil || !service.Wanted(svc, w.Classes) || svc.Annotations[service.AnnotationReadinessGate] == "false" {
-		return ctrl.Result{}, w.release(ctx, req.NamespacedName, svc, pods.Items, gateType)
+		return w.release(ctx, req.NamespacedName, pods.Items, svc, gateType)
 	}
 	if len(w.TargetGroups.Get(req.NamespacedName)) == 0 {
-		return w.awaitTargetGroups(ctx, req.NamespacedName, svc, pods.Items, gateType)
+		return w.awaitTargetGroups(ctx, req.NamespacedName, pods.Items, svc, gateType)
 	}
-	return w.writeGates(ctx, req.NamespacedName, svc, pods.Items, gateType)
+	// Something pending needs a fresh read; with every gate latched True,
+	// nothing draining and no regression reported, the read is only the
+	// slow regression check, and a result that young serves (usually the
+	// target reconciler's own refresh: no call of its own).
+	check := w.setGroups(req.NamespacedName, len(w.TargetGroups.Get(req.NamespacedName)))
+	watch := w.watching(svc, pods.Items, gateType)
+	maxAge := time.Duration(0)
+	if !watch {
+		maxAge = check
+		if maxAge == 0 {
+			maxAge = regressionOffMaxAge
+		}
+	}
+	groups, err := w.health(ctx, req.NamespacedName, maxAge)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	pendingAny, changed := false, false
+	var regressed []string
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		w.checkGrace(pod, svc)
+		v, now := w.decide(pod, gateType, groups)
+		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
+			regressed = append(regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
+		}
+		if !v.True() && pod.DeletionTimestamp == nil {
+			pendingAny = true
+		}
+		if held, first := w.holdNotYet(pod, gateType, v); held {
+			// A wait that starts now polls from PollInterval, as a
+			// write would: the target may be healthy in a second.
+			changed = changed || first
+			continue
+		}
+		c, err := w.Write(ctx, pod, gateType, v)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		changed = changed || c
+	}
+	if err := w.reportHealth(ctx, svc, regressed); err != nil {
+		return ctrl.Result{}, err
+	}
+	if pendingAny {
+		return ctrl.Result{RequeueAfter: w.nextPending(req.NamespacedName, changed)}, nil
+	}
+	w.setPending(req.NamespacedName, 0)
+	if len(regressed) > 0 || w.draining(pods.Items) || w.recentlyChanged(req.NamespacedName) {
+		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
+	}
+	// Every gate True, nothing draining, no regression: no polling, only
+	// the slow regression check (pod and Service changes still enqueue).
+	return ctrl.Result{RequeueAfter: check}, nil
 }
 
-// forgetService drops what the writer keeps for a Service with no gated pods
-// left (or whose gates it released).
-func (w *Writer) forgetService(key types.NamespacedName) {
-	w.setPending(key, 0)
-	w.setGroups(key, 0)
-	unhealthyReady.DeleteLabelValues(key.Namespace, key.Name)
-}
-
-// release sets every gate True: no load balancer will ever report on these
-// pods (the Service is gone, no longer direct-access, or opted out).
-func (w *Writer) release(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) error {
+// release sets every gate True (Released): no load balancer will ever
+// report on these pods (the Service is gone, no longer direct-access, or
+// opted out).
+func (w *Writer) release(ctx context.Context, key types.NamespacedName, pods []corev1.Pod, svc *corev1.Service, gateType corev1.PodConditionType) (ctrl.Result, error) {
 	v := Verdict{Status: corev1.ConditionTrue, Reason: ReasonReleased,
 		Message: "the Service is gone, no longer direct-access, or opted out of readiness gates"}
 	for i := range pods {
 		if _, err := w.Write(ctx, &pods[i], gateType, v); err != nil {
-			return err
+			return ctrl.Result{}, err
 		}
 	}
 	if err := w.clearHealth(ctx, svc); err != nil {
-		return err
+		return ctrl.Result{}, err
 	}
-	w.forgetService(key)
-	return nil
+	w.setPending(key, 0)
+	w.setGroups(key, 0)
+	unhealthyReady.DeleteLabelValues(key.Namespace, key.Name)
+	return ctrl.Result{}, nil
 }
 
-// awaitTargetGroups handles a Service whose target groups are not known
-// yet: a new leader before its first deploy pass, or a Service not
+// awaitTargetGroups is a pass while the Service's target groups are not
+// known yet: a new leader before its first deploy pass, or a Service not
 // deployed yet. Unknown is not False: no False gate is written until they
 // are. The fail-open rule still holds (a cloud outage at a failover must
-// not block rollouts for ever).
-func (w *Writer) awaitTargetGroups(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) (ctrl.Result, error) {
+// not block rollouts for ever). No cloud call here; the registry wakes the
+// writer when they are known (Options.Wake), the backed-off look is the
+// fallback.
+func (w *Writer) awaitTargetGroups(ctx context.Context, key types.NamespacedName, pods []corev1.Pod, svc *corev1.Service, gateType corev1.PodConditionType) (ctrl.Result, error) {
 	for i := range pods {
 		pod := &pods[i]
 		w.checkGrace(pod, svc)
@@ -161,81 +216,7 @@ func (w *Writer) awaitTargetGroups(ctx context.Context, key types.NamespacedName
 			}
 		}
 	}
-	// No cloud call here; the registry wakes the writer when they are
-	// known (Options.Wake), the backed-off look is the fallback.
 	return ctrl.Result{RequeueAfter: w.nextPending(key, false)}, nil
-}
-
-// gatePass is what one pass over a Service's gated pods found.
-type gatePass struct {
-	pending   bool     // a live pod's gate is not True yet
-	changed   bool     // a gate was written
-	regressed []string // Ready pods with unhealthy targets, with what the load balancer says
-}
-
-// writeGates reads the Service's target health, writes every gate that
-// differs, reports regressions on the Service and picks when to look
-// again.
-func (w *Writer) writeGates(ctx context.Context, key types.NamespacedName, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType) (ctrl.Result, error) {
-	check := w.setGroups(key, len(w.TargetGroups.Get(key)))
-	groups, err := w.health(ctx, key, w.maxAge(svc, pods, gateType, check))
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	pass, err := w.writeAll(ctx, svc, pods, gateType, groups)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := w.reportHealth(ctx, svc, pass.regressed); err != nil {
-		return ctrl.Result{}, err
-	}
-	if pass.pending {
-		return ctrl.Result{RequeueAfter: w.nextPending(key, pass.changed)}, nil
-	}
-	w.setPending(key, 0)
-	if len(pass.regressed) > 0 || w.draining(pods) || w.recentlyChanged(key) {
-		return ctrl.Result{RequeueAfter: w.Config.WatchInterval}, nil
-	}
-	// Every gate True, nothing draining, no regression: no polling, only
-	// the slow regression check (pod and Service changes still enqueue).
-	return ctrl.Result{RequeueAfter: check}, nil
-}
-
-// maxAge is the age of a target-health result the pass accepts.
-// Something pending needs a fresh read (0); with every gate latched True,
-// nothing draining and no regression reported, the read is only the slow
-// regression check (every check), and a result that young serves
-// (usually the target reconciler's own refresh: no call of its own).
-func (w *Writer) maxAge(svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType, check time.Duration) time.Duration {
-	if w.watching(svc, pods, gateType) {
-		return 0
-	}
-	if check == 0 {
-		return regressionOffMaxAge
-	}
-	return check
-}
-
-// writeAll decides and writes the gate of every pod against groups.
-func (w *Writer) writeAll(ctx context.Context, svc *corev1.Service, pods []corev1.Pod, gateType corev1.PodConditionType, groups []GroupHealth) (gatePass, error) {
-	var pass gatePass
-	for i := range pods {
-		pod := &pods[i]
-		w.checkGrace(pod, svc)
-		v, now := w.decide(pod, gateType, groups)
-		if v.True() && regression(now) && pod.DeletionTimestamp == nil {
-			pass.regressed = append(pass.regressed, fmt.Sprintf("%s (%s)", pod.Name, now.Message))
-		}
-		c, err := w.Write(ctx, pod, gateType, v)
-		if err != nil {
-			return pass, err
-		}
-		pass.changed = pass.changed || c
-		if !v.True() && pod.DeletionTimestamp == nil {
-			pass.pending = true
-		}
-	}
-	return pass, nil
 }
 
 // setGroups records how many target groups the Service's gates watch and
@@ -421,6 +402,32 @@ func (w *Writer) decide(pod *corev1.Pod, gateType corev1.PodConditionType, group
 	}
 	return Verdict{Status: corev1.ConditionTrue, Reason: ReasonFailOpen,
 		Message: fmt.Sprintf("failed open after %s: %s", w.Config.FailOpenAfter, v.Message)}, v
+}
+
+// holdNotYet reports whether the False verdict v is left unwritten for
+// now: it only says "not yet" (no pod IP, not registered, initial), the
+// pod has no gate condition at all (the kubelet keeps it NotReady as a
+// False one would) and it has waited less than ReportPendingAfter since
+// this writer first saw it. A target that turns healthy within that time
+// costs the pod one status patch instead of two or three; one that does
+// not gets its reason written then. After a restart the wait starts over,
+// which only delays a message. first: the wait starts with this pass.
+func (w *Writer) holdNotYet(pod *corev1.Pod, gateType corev1.PodConditionType, v Verdict) (held, first bool) {
+	if w.Config.ReportPendingAfter <= 0 || v.True() || pod.DeletionTimestamp != nil ||
+		(v.Reason != ReasonPodIPPending && v.Reason != ReasonRegistering) || findCondition(pod, gateType) != nil {
+		return false, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waitingSince == nil || len(w.waitingSince) > 100000 {
+		w.waitingSince = map[types.UID]time.Time{}
+	}
+	since, ok := w.waitingSince[pod.UID]
+	if !ok {
+		since = time.Now()
+		w.waitingSince[pod.UID] = since
+	}
+	return time.Since(since) < w.Config.ReportPendingAfter, !ok
 }
 
 // Write patches the gate condition if it differs from v; it reports

@@ -152,11 +152,17 @@ func (rt *roundTrip) listByTags(t *testing.T) {
 	}
 	sort.Slice(tgs, func(i, j int) bool { return tgs[i].Name < tgs[j].Name })
 	want := []cloud.TargetGroup{
-		{ARN: tg.ARN, TargetGroupSpec: cloud.TargetGroupSpec{Name: "web-80", Protocol: cloud.ProtocolTCP, Port: 8080, VPCID: "vpc-1", HealthCheck: hc, DeregistrationDelaySeconds: 5, Tags: owner}, LoadBalancerARNs: []string{lb.ARN}},
+		// A listing carries no attributes (DeregistrationDelay reads them).
+		{ARN: tg.ARN, TargetGroupSpec: cloud.TargetGroupSpec{Name: "web-80", Protocol: cloud.ProtocolTCP, Port: 8080, VPCID: "vpc-1", HealthCheck: hc, Tags: owner}, LoadBalancerARNs: []string{lb.ARN}},
 		{ARN: tg2.ARN, TargetGroupSpec: cloud.TargetGroupSpec{Name: "web-80-b", Protocol: cloud.ProtocolTCP, Port: 8080, HealthCheck: hc, DeregistrationDelaySeconds: 0, Tags: owner}},
 	}
 	if diff := cmp.Diff(want, tgs); diff != "" {
 		t.Errorf("ListTargetGroups (-want +got):\n%s", diff)
+	}
+	for arn, want := range map[string]int32{tg.ARN: 5, tg2.ARN: 0} {
+		if d, err := c.DeregistrationDelay(ctx, arn); err != nil || d != want {
+			t.Errorf("DeregistrationDelay(%s) = %d, %v; want %d", arn, d, err, want)
+		}
 	}
 	ls, err := c.ListListeners(ctx, lb.ARN)
 	if err != nil {
@@ -179,8 +185,9 @@ func (rt *roundTrip) modify(t *testing.T) {
 	}
 	tgs, _ := c.ListTargetGroups(ctx, owner)
 	sort.Slice(tgs, func(i, j int) bool { return tgs[i].Name < tgs[j].Name })
-	if got := tgs[0]; got.HealthCheck != hc2 || got.DeregistrationDelaySeconds != 30 || len(got.LoadBalancerARNs) != 0 {
-		t.Errorf("after modify: %+v; want health check %+v, delay 30, no load balancer", got, hc2)
+	delay, err := c.DeregistrationDelay(ctx, tg.ARN)
+	if got := tgs[0]; got.HealthCheck != hc2 || err != nil || delay != 30 || len(got.LoadBalancerARNs) != 0 {
+		t.Errorf("after modify: %+v, delay %d (%v); want health check %+v, delay 30, no load balancer", got, delay, err, hc2)
 	}
 	ls, _ := c.ListListeners(ctx, lb.ARN)
 	if len(ls) != 1 || ls[0].TargetGroupARN != tg2.ARN {

@@ -321,23 +321,22 @@ func (c *Client) ListTargetGroups(ctx context.Context, tags cloud.Tags) ([]cloud
 	if err != nil {
 		return nil, fmt.Errorf("list target groups: %w", err)
 	}
-	var out []cloud.TargetGroup
-	for _, tg := range matching {
-		res, err := c.ELB.DescribeTargetGroupAttributes(ctx, &elb.DescribeTargetGroupAttributesInput{TargetGroupArn: awssdk.String(tg.ARN)})
-		if err = mapError("DescribeTargetGroupAttributes", err); errors.Is(err, cloud.ErrNotFound) {
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("list target groups: attributes of %s: %w", tg.ARN, err)
-		}
-		for _, a := range res.Attributes {
-			if awssdk.ToString(a.Key) == attrDeregistrationDelay {
-				n, _ := strconv.Atoi(awssdk.ToString(a.Value))
-				tg.DeregistrationDelaySeconds = int32(n)
-			}
-		}
-		out = append(out, tg)
+	return matching, nil
+}
+
+// DeregistrationDelay implements cloud.LoadBalancers.
+func (c *Client) DeregistrationDelay(ctx context.Context, arn string) (int32, error) {
+	res, err := c.ELB.DescribeTargetGroupAttributes(ctx, &elb.DescribeTargetGroupAttributesInput{TargetGroupArn: awssdk.String(arn)})
+	if err != nil {
+		return 0, fmt.Errorf("attributes of target group %s: %w", arn, mapError("DescribeTargetGroupAttributes", err))
 	}
-	return out, nil
+	for _, a := range res.Attributes {
+		if awssdk.ToString(a.Key) == attrDeregistrationDelay {
+			n, _ := strconv.Atoi(awssdk.ToString(a.Value))
+			return int32(n), nil
+		}
+	}
+	return 0, nil
 }
 
 // ModifyTargetGroup implements cloud.LoadBalancers.

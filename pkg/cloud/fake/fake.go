@@ -239,10 +239,22 @@ func (c *Cloud) ListTargetGroups(_ context.Context, tags cloud.Tags) ([]cloud.Ta
 	var out []cloud.TargetGroup
 	for _, arn := range slices.Sorted(maps.Keys(c.tgs)) {
 		if tg := c.tgs[arn]; tg.Tags.Matches(tags) {
-			out = append(out, copyTG(*tg))
+			t := copyTG(*tg)
+			t.DeregistrationDelaySeconds = 0 // an attribute: DeregistrationDelay
+			out = append(out, t)
 		}
 	}
 	return out, nil
+}
+
+// DeregistrationDelay implements cloud.LoadBalancers.
+func (c *Cloud) DeregistrationDelay(_ context.Context, arn string) (int32, error) {
+	defer c.begin("DeregistrationDelay", arn)()
+	tg, ok := c.tgs[arn]
+	if !ok {
+		return 0, notFound("DeregistrationDelay", "TargetGroup", arn)
+	}
+	return tg.DeregistrationDelaySeconds, nil
 }
 
 // ModifyTargetGroup implements cloud.LoadBalancers.

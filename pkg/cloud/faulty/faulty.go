@@ -148,6 +148,11 @@ func (c *Cloud) ListTargetGroups(ctx context.Context, tags cloud.Tags) ([]cloud.
 	return do(c, ctx, "ListTargetGroups", func() ([]cloud.TargetGroup, error) { return c.inner.ListTargetGroups(ctx, tags) })
 }
 
+// DeregistrationDelay implements cloud.LoadBalancers.
+func (c *Cloud) DeregistrationDelay(ctx context.Context, arn string) (int32, error) {
+	return do(c, ctx, "DeregistrationDelay", func() (int32, error) { return c.inner.DeregistrationDelay(ctx, arn) })
+}
+
 // ModifyTargetGroup implements cloud.LoadBalancers.
 func (c *Cloud) ModifyTargetGroup(ctx context.Context, arn string, hc cloud.HealthCheck, delay int32) error {
 	return do0(c, ctx, "ModifyTargetGroup", func() error { return c.inner.ModifyTargetGroup(ctx, arn, hc, delay) })
