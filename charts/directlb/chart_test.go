@@ -625,7 +625,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"relative CNI bin dir", []string{"--set", "cni.binDir=opt/cni/bin"}, "/cni/binDir"},
 		{"CNI conf name not a conflist", []string{"--set", "cni.confName=10-directlb.conf"}, "/cni/confName"},
 		{"negative warm IP target", []string{"--set", "cni.warmIPTarget=-1"}, "/cni/warmIPTarget"},
-		{"map size below the minimum", []string{"--set", "nodeAgent.mapSizes.services=100"}, "/nodeAgent/mapSizes/services"},
+		{"map size below the minimum", []string{"--set", "nodeAgent.mapSizes.services=8"}, "/nodeAgent/mapSizes/services"},
 		{"LRU map size above the maximum", []string{"--set", "nodeAgent.mapSizes.revNAT=16777216"}, "/nodeAgent/mapSizes/revNAT"},
 		{"unknown map", []string{"--set", "nodeAgent.mapSizes.nat=1024"}, "nat"},
 	} {

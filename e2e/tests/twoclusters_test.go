@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/directlb/directlb/e2e/framework"
 	"github.com/directlb/directlb/internal/testenv"
 	"github.com/directlb/directlb/pkg/cloud"
 	cloudaws "github.com/directlb/directlb/pkg/cloud/aws"
@@ -115,13 +116,13 @@ func tcStartClusterB(t *testing.T) (kubernetes.Interface, string) {
 // tcController runs bin/lb-controller for cluster against kubeconfig and
 // the bed's localcloud (readiness gates off: cluster B has no pods, and
 // gates have their own tests).
-func tcController(t *testing.T, b *Bed, cluster, kubeconfig string) {
+func tcController(t *testing.T, b *framework.Bed, cluster, kubeconfig string) {
 	t.Helper()
 	bin := filepath.Join(b.BinDir, "lb-controller")
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("%s is not built (make build): %v", bin, err)
 	}
-	lbtStart(t, bin, "--cluster-name="+cluster, "--kubeconfig="+kubeconfig,
+	framework.RunController(t, bin, "--cluster-name="+cluster, "--kubeconfig="+kubeconfig,
 		"--aws-endpoint="+b.Topology.LocalcloudURL, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--target-batch-window=50ms",
 		"--readiness-gates=false", "--drain-bind-address=0")
@@ -172,9 +173,9 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	if b.Topology.LocalcloudURL == "" {
 		t.Skip("the test bed runs no localcloud (testbed.Config.Localcloud is off)")
 	}
-	ns := ptNamespace(t, b, "e2e-2c")
+	ns := framework.Namespace(t, b, "e2e-2c")
 	key := ns + "/" + tcService
-	lc := lbtCloud(t, b)
+	lc := framework.Cloud(t, b)
 	ctx := t.Context()
 	csB, kubeconfigB := tcStartClusterB(t)
 	if _, err := csB.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -185,7 +186,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	// the controllers before cluster B's apiserver.
 	tcController(t, b, tcClusterA, b.Topology.Kubeconfig)
 	tcController(t, b, tcClusterB, kubeconfigB)
-	rgDeleteServices(t, b, ns)
+	framework.DeleteServices(t, b, ns)
 	t.Cleanup(func() { tcDeleteService(t, csB, ns) })
 
 	// Cluster A: three echo pods behind a direct-access Service.
@@ -198,7 +199,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{ptEchoContainer()},
+					Containers:                    []corev1.Container{framework.EchoContainer()},
 					TerminationGracePeriodSeconds: ptr.To(int64(2)),
 				},
 			},
@@ -207,14 +208,14 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, rgService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("cluster A: create service: %v", err)
 	}
 	var podTargets []string
-	ptPoll(t, 120*time.Second, fmt.Sprintf("%d echo pods ready", tcReplicas), func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 120*time.Second, fmt.Sprintf("%d echo pods ready", tcReplicas), func(ctx context.Context) (bool, string) {
 		var n int
 		var state string
-		podTargets, n, state = lbtPodTargets(ctx, b, ns)
+		podTargets, n, state = framework.PodTargets(ctx, b, ns)
 		return len(podTargets) == tcReplicas && n == tcReplicas, state
 	})
 	ipA := tcIngress(t, func(ctx context.Context) (*corev1.Service, error) {
@@ -222,7 +223,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	}, "cluster A")
 	var lbA cloud.LoadBalancer
 	var tgA cloud.TargetGroup
-	ptPoll(t, 60*time.Second, "A's targets = A's pods, all healthy", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "A's targets = A's pods, all healthy", func(ctx context.Context) (bool, string) {
 		o, err := tcCloud(ctx, lc, tcClusterA, key)
 		if err != nil {
 			return false, err.Error()
@@ -250,16 +251,16 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var wg sync.WaitGroup
-	load := &roLoad{prefix: tcService + "-", errs: map[string]int{}}
+	load := framework.NewLoad(tcService + "-")
 	watch := &tcWatch{}
 	wg.Add(2)
-	go load.run(loadCtx, "http://"+ipA+":80/", tcLoadRate, false, tcMaxLoad, &wg)
+	go load.Run(loadCtx, "http://"+ipA+":80/", tcLoadRate, false, tcMaxLoad, &wg)
 	// A client of its own: its calls are paced apart from the test's.
-	go watch.run(loadCtx, lbtCloud(t, b), tgA.ARN, podTargets, &wg)
+	go watch.run(loadCtx, framework.Cloud(t, b), tgA.ARN, podTargets, &wg)
 
 	// Cluster B: the same namespace/name, its EndpointSlice by hand with
 	// A's pod addresses and target port.
-	if _, err := csB.CoreV1().Services(ns).Create(ctx, rgService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := csB.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("cluster B: create service: %v", err)
 	}
 	slice := tcSlice(ns, podTargets)
@@ -271,7 +272,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	}, "cluster B")
 	var lbB cloud.LoadBalancer
 	var tgB cloud.TargetGroup
-	ptPoll(t, 30*time.Second, "B's own load balancer and target group, with B's endpoints", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "B's own load balancer and target group, with B's endpoints", func(ctx context.Context) (bool, string) {
 		o, err := tcCloud(ctx, lc, tcClusterB, key)
 		if err != nil {
 			return false, err.Error()
@@ -308,7 +309,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	if _, err := csB.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 30*time.Second, "B deregistered "+dropped+" from its own target group", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, "B deregistered "+dropped+" from its own target group", func(ctx context.Context) (bool, string) {
 		o, err := tcCloud(ctx, lc, tcClusterB, key)
 		if err != nil {
 			return false, err.Error()
@@ -321,7 +322,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	if err := csB.CoreV1().Services(ns).Delete(ctx, tcService, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ptPoll(t, 60*time.Second, "B's Service gone (finalizer removed) and nothing of B in the cloud", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 60*time.Second, "B's Service gone (finalizer removed) and nothing of B in the cloud", func(ctx context.Context) (bool, string) {
 		_, err := csB.CoreV1().Services(ns).Get(ctx, tcService, metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {
 			return false, fmt.Sprintf("cluster B's Service still there (%v)", err)
@@ -348,9 +349,9 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	stopLoad()
 	wg.Wait()
 	t.Logf("through A's EXTERNAL-IP while B's Service came and went: %d requests, %d failed %v; A's target group sampled %d times",
-		load.total.Load(), load.failed.Load(), load.errs, watch.samples)
-	if load.failed.Load() > 0 || load.total.Load() < 100 {
-		t.Errorf("requests through A: %d failed of %d (%v), want 0 failed of at least 100", load.failed.Load(), load.total.Load(), load.errs)
+		load.Total(), load.Failed(), load.Errors(), watch.samples)
+	if load.Failed() > 0 || load.Total() < 100 {
+		t.Errorf("requests through A: %d failed of %d (%v), want 0 failed of at least 100", load.Failed(), load.Total(), load.Errors())
 	}
 	if len(watch.deviations) > 0 || watch.samples < 20 {
 		t.Errorf("A's target group left %v in %d of %d samples (want none of at least 20): %s",
@@ -358,7 +359,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	}
 	failed := 0
 	for range 30 {
-		if code, body, err := ptGet("http://" + ipA + ":80/"); err != nil || code != 200 || !strings.HasPrefix(body, tcService+"-") {
+		if code, body, err := framework.HTTPGet("http://" + ipA + ":80/"); err != nil || code != 200 || !strings.HasPrefix(body, tcService+"-") {
 			failed++
 		}
 	}
@@ -371,7 +372,7 @@ func TestTwoClustersOneCloud(t *testing.T) {
 func tcIngress(t *testing.T, get func(context.Context) (*corev1.Service, error), cluster string) string {
 	t.Helper()
 	var ip string
-	ptPoll(t, 30*time.Second, cluster+": EXTERNAL-IP", func(ctx context.Context) (bool, string) {
+	framework.Poll(t, 30*time.Second, cluster+": EXTERNAL-IP", func(ctx context.Context) (bool, string) {
 		s, err := get(ctx)
 		if err != nil {
 			return false, err.Error()

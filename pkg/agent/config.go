@@ -149,19 +149,23 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 // Bounds of the --map-size-* flags. The hash maps (services, backends)
 // allocate entries as they are written, but their bucket array up front;
 // the LRU maps (revnat, sticky) allocate every entry up front (roughly
-// 100 bytes each), so their maximum is lower.
+// 100 bytes each), so their maximum is lower, and the kernel splits their
+// free list among the CPUs, so that a small one evicts early: their
+// minimum is higher. A hash map as small as 16 entries works (a test bed,
+// or a node that must hold only a few Services).
 const (
-	MinMapSize       = 1024
+	MinHashMapSize   = 16
+	MinLRUMapSize    = 1024
 	MaxHashMapSize   = 1 << 24 // 16,777,216
 	MaxLRUMapSize    = 1 << 22 // 4,194,304
 	mapSizeFlagUsage = " A pinned map of another size is not reused: the agent refuses to start, naming the pin to remove (or run node-agent --cleanup); docs/node-agent.md, Map sizes."
 )
 
 func (c *Config) bindMapSizeFlags(fs *pflag.FlagSet) {
-	fs.Uint32Var(&c.MapSizes.Services, "map-size-services", c.MapSizes.Services, fmt.Sprintf("Max entries of dlb_svc4: one per frontend (ClusterIP, NodePort, externalIP or load-balancer IP port), one per backend slot of each, and one per ClusterIP; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Services, MinMapSize, MaxHashMapSize)+mapSizeFlagUsage)
-	fs.Uint32Var(&c.MapSizes.Backends, "map-size-backends", c.MapSizes.Backends, fmt.Sprintf("Max entries of dlb_backends4 (one per distinct endpoint address, port and protocol) and dlb_affmatch4 (one per backend of each sessionAffinity Service frontend); 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Backends, MinMapSize, MaxHashMapSize)+mapSizeFlagUsage)
-	fs.Uint32Var(&c.MapSizes.RevNAT, "map-size-revnat", c.MapSizes.RevNAT, fmt.Sprintf("Max entries of dlb_revnat4 (LRU, preallocated): one per translated socket and backend, so that replies and getpeername show the Service address; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.RevNAT, MinMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
-	fs.Uint32Var(&c.MapSizes.Sticky, "map-size-sticky", c.MapSizes.Sticky, fmt.Sprintf("Max entries of dlb_sticky4 (LRU, preallocated): one per unconnected UDP socket and Service it sends to, keeping its backend; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Sticky, MinMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.Services, "map-size-services", c.MapSizes.Services, fmt.Sprintf("Max entries of dlb_svc4: one per frontend (ClusterIP, NodePort, externalIP or load-balancer IP port), one per backend slot of each, and one per ClusterIP; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Services, MinHashMapSize, MaxHashMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.Backends, "map-size-backends", c.MapSizes.Backends, fmt.Sprintf("Max entries of dlb_backends4 (one per distinct endpoint address, port and protocol) and dlb_affmatch4 (one per backend of each sessionAffinity Service frontend); 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Backends, MinHashMapSize, MaxHashMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.RevNAT, "map-size-revnat", c.MapSizes.RevNAT, fmt.Sprintf("Max entries of dlb_revnat4 (LRU, preallocated): one per translated socket and backend, so that replies and getpeername show the Service address; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.RevNAT, MinLRUMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
+	fs.Uint32Var(&c.MapSizes.Sticky, "map-size-sticky", c.MapSizes.Sticky, fmt.Sprintf("Max entries of dlb_sticky4 (LRU, preallocated): one per unconnected UDP socket and Service it sends to, keeping its backend; 0: the default, %d; %d to %d.", datapath.DefaultMapSizes.Sticky, MinLRUMapSize, MaxLRUMapSize)+mapSizeFlagUsage)
 }
 
 // validateMapSizes checks the --map-size-* flags: 0 (the default) or
@@ -169,16 +173,16 @@ func (c *Config) bindMapSizeFlags(fs *pflag.FlagSet) {
 func (c *Config) validateMapSizes() error {
 	var errs []error
 	for _, f := range []struct {
-		flag     string
-		n, limit uint32
+		flag          string
+		n, low, limit uint32
 	}{
-		{"--map-size-services", c.MapSizes.Services, MaxHashMapSize},
-		{"--map-size-backends", c.MapSizes.Backends, MaxHashMapSize},
-		{"--map-size-revnat", c.MapSizes.RevNAT, MaxLRUMapSize},
-		{"--map-size-sticky", c.MapSizes.Sticky, MaxLRUMapSize},
+		{"--map-size-services", c.MapSizes.Services, MinHashMapSize, MaxHashMapSize},
+		{"--map-size-backends", c.MapSizes.Backends, MinHashMapSize, MaxHashMapSize},
+		{"--map-size-revnat", c.MapSizes.RevNAT, MinLRUMapSize, MaxLRUMapSize},
+		{"--map-size-sticky", c.MapSizes.Sticky, MinLRUMapSize, MaxLRUMapSize},
 	} {
-		if f.n != 0 && (f.n < MinMapSize || f.n > f.limit) {
-			errs = append(errs, fmt.Errorf("%s %d: want 0 (the default) or %d to %d", f.flag, f.n, MinMapSize, f.limit))
+		if f.n != 0 && (f.n < f.low || f.n > f.limit) {
+			errs = append(errs, fmt.Errorf("%s %d: want 0 (the default) or %d to %d", f.flag, f.n, f.low, f.limit))
 		}
 	}
 	return errors.Join(errs...)
