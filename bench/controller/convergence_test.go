@@ -65,19 +65,7 @@ func BenchmarkConvergence(b *testing.B) {
 func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 	ctx := context.Background()
 	c := benchClient(b, cfg, ns)
-	names := make([]string, n)
-	slicesByName := map[string]*discoveryv1.EndpointSlice{}
-	for i := range names {
-		names[i] = fmt.Sprintf("s%03d", i)
-		if err := c.Create(ctx, newService(ns, names[i])); err != nil {
-			b.Fatal(err)
-		}
-		sl := newSlice(ns, names[i], i)
-		if err := c.Create(ctx, sl); err != nil {
-			b.Fatal(err)
-		}
-		slicesByName[names[i]] = sl
-	}
+	names, slicesByName := createServices(ctx, b, c, ns, n)
 
 	srv := testenv.Localcloud(b, func(c *localcloud.Config) {
 		c.AWSRateLimits = true
@@ -117,9 +105,40 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 
 	// Endpoint ready → target registered, for a sample of converged
 	// Services, one at a time, paced under RegisterTargets' rate.
+	histBefore := registrationHistogram(b)
+	lat := sampleRegistration(ctx, b, c, srv, ns, names, slicesByName)
+	histAfter := registrationHistogram(b)
+
+	report(b, n, converged, ingressAt, targetsAt, counts, lat, histAfter.sub(histBefore))
+}
+
+// createServices creates the n Services and their EndpointSlices (newSlice:
+// readyPerService ready endpoints, one not ready) and returns both by name.
+func createServices(ctx context.Context, b *testing.B, c client.Client, ns string, n int) ([]string, map[string]*discoveryv1.EndpointSlice) {
+	names := make([]string, n)
+	slicesByName := map[string]*discoveryv1.EndpointSlice{}
+	for i := range names {
+		names[i] = fmt.Sprintf("s%03d", i)
+		if err := c.Create(ctx, newService(ns, names[i])); err != nil {
+			b.Fatal(err)
+		}
+		sl := newSlice(ns, names[i], i)
+		if err := c.Create(ctx, sl); err != nil {
+			b.Fatal(err)
+		}
+		slicesByName[names[i]] = sl
+	}
+	return names, slicesByName
+}
+
+// sampleRegistration makes one more endpoint ready in each of
+// latencySamples Services spread over names, one at a time, paced by
+// samplePacing, and returns how long each took to be registered.
+func sampleRegistration(ctx context.Context, b *testing.B, c client.Client, srv *localcloud.Server, ns string,
+	names []string, slicesByName map[string]*discoveryv1.EndpointSlice) []time.Duration {
+	n := len(names)
 	k := min(latencySamples, n)
 	lat := make([]time.Duration, 0, k)
-	histBefore := registrationHistogram(b)
 	for i := 0; i < k; i++ {
 		name := names[i*n/k]
 		sl := slicesByName[name]
@@ -142,9 +161,7 @@ func runConvergence(b *testing.B, cfg *rest.Config, n int, ns string) {
 		lat = append(lat, time.Since(t0))
 		time.Sleep(time.Until(t0.Add(samplePacing)))
 	}
-	histAfter := registrationHistogram(b)
-
-	report(b, n, converged, ingressAt, targetsAt, counts, lat, histAfter.sub(histBefore))
+	return lat
 }
 
 func report(b *testing.B, n int, converged, ingressAt, targetsAt time.Duration, counts map[string]map[string]int64,

@@ -73,6 +73,51 @@ func BenchmarkConvergenceGates(b *testing.B) {
 func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Duration) {
 	ctx := context.Background()
 	c := benchClient(b, cfg, ns)
+	names, created := createGatedPods(ctx, b, c, ns, n)
+	fmt.Printf("  (setup: %d Services, %d pods and their slices in %.1f s)\n", n, n*podsPerService, time.Since(created).Seconds())
+
+	srv := testenv.Localcloud(b, func(c *localcloud.Config) {
+		c.AWSRateLimits = true
+		c.LBCIDR = benchLBCIDR
+		c.StateDir = inMemory
+	})
+	// The bench counts from a watch of its own: listing every pod every
+	// second (10,000 at 1,000 Services) cost the apiserver and this
+	// process more CPU than the controller did, on a 2-core machine.
+	seen := watchNamespace(b, benchConfig(cfg), ns)
+	start, stop := startController(b, cfg, ns, srv, true)
+	defer stop()
+
+	// Twice the bound and 5 minutes: a run that slow has found a limit
+	// (the progress lines say which); at 1,000 Services 38 minutes, inside
+	// the -timeout the docs give.
+	limit := 2*time.Duration(boundSeconds(minimumCalls(n), faults.AWSLimits()))*time.Second + 5*time.Minute
+	ingressAt, gatesAt := waitGates(ctx, b, seen, srv, ns, n, start, limit)
+	converged := max(ingressAt, gatesAt)
+	b.StopTimer()
+	counts := srv.Faults().Counts()
+
+	// The kubelet and the EndpointSlice controller catch up: every pod
+	// Ready, every endpoint ready. That is a pod update per pod and a
+	// slice update per Service, which the gate writer and the target
+	// reconciler see.
+	parallel(b, n, func(i int) error { return markReady(ctx, c, ns, names[i]) })
+	settle := 30 * time.Second
+	time.Sleep(settle)
+	before := describeHealthCalls(srv)
+	t0 := time.Now()
+	time.Sleep(steady)
+	window := time.Since(t0)
+	steadyCalls := describeHealthCalls(srv) - before
+
+	reportGates(b, n, converged, ingressAt, gatesAt, counts, steadyCalls, window, settle)
+}
+
+// createGatedPods creates the n Services, their pods with the gate and
+// containers ready (as the kubelet would report), and their EndpointSlices
+// (not ready: the gate is not True yet); it returns the names and when it
+// started.
+func createGatedPods(ctx context.Context, b *testing.B, c client.Client, ns string, n int) ([]string, time.Time) {
 	names := make([]string, n)
 	created := time.Now()
 	for i := range names {
@@ -81,8 +126,6 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 			b.Fatal(err)
 		}
 	}
-	// Pods with the gate, containers ready (as the kubelet would report),
-	// and their EndpointSlice (not ready: the gate is not True yet).
 	parallel(b, n, func(i int) error {
 		name := names[i]
 		sl := &discoveryv1.EndpointSlice{
@@ -114,25 +157,14 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 		}
 		return c.Create(ctx, sl)
 	})
-	fmt.Printf("  (setup: %d Services, %d pods and their slices in %.1f s)\n", n, n*podsPerService, time.Since(created).Seconds())
+	return names, created
+}
 
-	srv := testenv.Localcloud(b, func(c *localcloud.Config) {
-		c.AWSRateLimits = true
-		c.LBCIDR = benchLBCIDR
-		c.StateDir = inMemory
-	})
-	// The bench counts from a watch of its own: listing every pod every
-	// second (10,000 at 1,000 Services) cost the apiserver and this
-	// process more CPU than the controller did, on a 2-core machine.
-	seen := watchNamespace(b, benchConfig(cfg), ns)
-	start, stop := startController(b, cfg, ns, srv, true)
-	defer stop()
-
-	// Twice the bound and 5 minutes: a run that slow has found a limit
-	// (the progress lines say which); at 1,000 Services 38 minutes, inside
-	// the -timeout the docs give.
-	limit := 2*time.Duration(boundSeconds(minimumCalls(n), faults.AWSLimits()))*time.Second + 5*time.Minute
-	var ingressAt, gatesAt time.Duration
+// waitGates polls seen until every Service has an ingress IP and every
+// pod's gate is True, printing progress every progressEvery, and fails
+// after limit; it returns when each was reached, from start.
+func waitGates(ctx context.Context, b *testing.B, seen client.Reader, srv *localcloud.Server, ns string, n int,
+	start time.Time, limit time.Duration) (ingressAt, gatesAt time.Duration) {
 	lastProgress, ingressN, gatesN := start, 0, 0
 	for {
 		if time.Since(lastProgress) >= progressEvery {
@@ -164,28 +196,10 @@ func runGates(b *testing.B, cfg *rest.Config, n int, ns string, steady time.Dura
 			}
 		}
 		if ingressAt != 0 && gatesAt != 0 {
-			break
+			return ingressAt, gatesAt
 		}
 		time.Sleep(time.Second)
 	}
-	converged := max(ingressAt, gatesAt)
-	b.StopTimer()
-	counts := srv.Faults().Counts()
-
-	// The kubelet and the EndpointSlice controller catch up: every pod
-	// Ready, every endpoint ready. That is a pod update per pod and a
-	// slice update per Service, which the gate writer and the target
-	// reconciler see.
-	parallel(b, n, func(i int) error { return markReady(ctx, c, ns, names[i]) })
-	settle := 30 * time.Second
-	time.Sleep(settle)
-	before := describeHealthCalls(srv)
-	t0 := time.Now()
-	time.Sleep(steady)
-	window := time.Since(t0)
-	steadyCalls := describeHealthCalls(srv) - before
-
-	reportGates(b, n, converged, ingressAt, gatesAt, counts, steadyCalls, window, settle)
 }
 
 // parallel runs f for 0..n-1 on 8 workers and fails at the first error.

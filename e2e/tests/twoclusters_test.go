@@ -189,15 +189,60 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	framework.DeleteServices(t, b, ns)
 	t.Cleanup(func() { tcDeleteService(t, csB, ns) })
 
+	r := &tcClusters{t: t, lc: lc, csB: csB, ns: ns, key: key, labels: map[string]string{"app": "echo"}}
+	r.startA(ctx, b)
+
+	// From here to the end: load through A's EXTERNAL-IP, and A's target
+	// group sampled for any change.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	load := framework.NewLoad(tcService + "-")
+	watch := &tcWatch{}
+	wg.Add(2)
+	go load.Run(loadCtx, "http://"+r.ipA+":80/", tcLoadRate, false, tcMaxLoad, &wg)
+	// A client of its own: its calls are paced apart from the test's.
+	go watch.run(loadCtx, framework.Cloud(t, b), r.tgA.ARN, r.podTargets, &wg)
+
+	slice := r.startB(ctx)
+	r.dropOneEndpoint(ctx, slice)
+	r.deleteB(ctx)
+	r.checkAAfterB(ctx)
+	stopLoad()
+	wg.Wait()
+	tcCheckLoad(t, load, watch, r.podTargets)
+	r.checkAServes()
+}
+
+// tcClusters is what TestTwoClustersOneCloud's steps share: the bed's
+// cloud, cluster B's client, the Service's namespace, key and labels, and
+// what the steps found (A's pod targets; each cluster's EXTERNAL-IP, load
+// balancer and target group).
+type tcClusters struct {
+	t          *testing.T
+	lc         *cloudaws.Client
+	csB        kubernetes.Interface
+	ns, key    string
+	labels     map[string]string
+	podTargets []string
+	ipA, ipB   string
+	lbA, lbB   cloud.LoadBalancer
+	tgA, tgB   cloud.TargetGroup
+}
+
+// startA runs three echo pods behind a direct-access Service in cluster A
+// and waits for its EXTERNAL-IP and for A's target group to hold exactly
+// the pods, all healthy.
+func (r *tcClusters) startA(ctx context.Context, b *framework.Bed) {
+	t, lc, ns, key := r.t, r.lc, r.ns, r.key
 	// Cluster A: three echo pods behind a direct-access Service.
-	labels := map[string]string{"app": "echo"}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: tcService, Namespace: ns},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(int32(tcReplicas)),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Selector: &metav1.LabelSelector{MatchLabels: r.labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: r.labels},
 				Spec: corev1.PodSpec{
 					Containers:                    []corev1.Container{framework.EchoContainer()},
 					TerminationGracePeriodSeconds: ptr.To(int64(2)),
@@ -208,21 +253,18 @@ func TestTwoClustersOneCloud(t *testing.T) {
 	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, r.labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("cluster A: create service: %v", err)
 	}
-	var podTargets []string
 	framework.Poll(t, 120*time.Second, fmt.Sprintf("%d echo pods ready", tcReplicas), func(ctx context.Context) (bool, string) {
 		var n int
 		var state string
-		podTargets, n, state = framework.PodTargets(ctx, b, ns)
-		return len(podTargets) == tcReplicas && n == tcReplicas, state
+		r.podTargets, n, state = framework.PodTargets(ctx, b, ns)
+		return len(r.podTargets) == tcReplicas && n == tcReplicas, state
 	})
-	ipA := tcIngress(t, func(ctx context.Context) (*corev1.Service, error) {
+	r.ipA = tcIngress(t, func(ctx context.Context) (*corev1.Service, error) {
 		return b.Client.CoreV1().Services(ns).Get(ctx, tcService, metav1.GetOptions{})
 	}, "cluster A")
-	var lbA cloud.LoadBalancer
-	var tgA cloud.TargetGroup
 	framework.Poll(t, 60*time.Second, "A's targets = A's pods, all healthy", func(ctx context.Context) (bool, string) {
 		o, err := tcCloud(ctx, lc, tcClusterA, key)
 		if err != nil {
@@ -230,11 +272,11 @@ func TestTwoClustersOneCloud(t *testing.T) {
 		}
 		var got []string
 		var ok bool
-		lbA, tgA, got, ok = o.single()
-		if !ok || !slices.Equal(got, podTargets) {
-			return false, fmt.Sprintf("want %v; %s", podTargets, o.states)
+		r.lbA, r.tgA, got, ok = o.single()
+		if !ok || !slices.Equal(got, r.podTargets) {
+			return false, fmt.Sprintf("want %v; %s", r.podTargets, o.states)
 		}
-		th, err := lc.DescribeTargetHealth(ctx, tgA.ARN)
+		th, err := lc.DescribeTargetHealth(ctx, r.tgA.ARN)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -245,33 +287,27 @@ func TestTwoClustersOneCloud(t *testing.T) {
 		}
 		return true, o.states
 	})
+}
 
-	// From here to the end: load through A's EXTERNAL-IP, and A's target
-	// group sampled for any change.
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	var wg sync.WaitGroup
-	load := framework.NewLoad(tcService + "-")
-	watch := &tcWatch{}
-	wg.Add(2)
-	go load.Run(loadCtx, "http://"+ipA+":80/", tcLoadRate, false, tcMaxLoad, &wg)
-	// A client of its own: its calls are paced apart from the test's.
-	go watch.run(loadCtx, framework.Cloud(t, b), tgA.ARN, podTargets, &wg)
-
+// startB creates the same namespace/name in cluster B with its
+// EndpointSlice pointing at A's pods, waits for B's own load balancer and
+// target group, and checks the two clusters share no resource and each
+// resource carries its own cluster's tags and listener; it returns B's
+// slice.
+func (r *tcClusters) startB(ctx context.Context) *discoveryv1.EndpointSlice {
+	t, lc, csB, ns, key := r.t, r.lc, r.csB, r.ns, r.key
 	// Cluster B: the same namespace/name, its EndpointSlice by hand with
 	// A's pod addresses and target port.
-	if _, err := csB.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, labels, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := csB.CoreV1().Services(ns).Create(ctx, framework.GateService(ns, tcService, r.labels, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("cluster B: create service: %v", err)
 	}
-	slice := tcSlice(ns, podTargets)
+	slice := tcSlice(ns, r.podTargets)
 	if _, err := csB.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("cluster B: create endpoint slice: %v", err)
 	}
-	ipB := tcIngress(t, func(ctx context.Context) (*corev1.Service, error) {
+	r.ipB = tcIngress(t, func(ctx context.Context) (*corev1.Service, error) {
 		return csB.CoreV1().Services(ns).Get(ctx, tcService, metav1.GetOptions{})
 	}, "cluster B")
-	var lbB cloud.LoadBalancer
-	var tgB cloud.TargetGroup
 	framework.Poll(t, 30*time.Second, "B's own load balancer and target group, with B's endpoints", func(ctx context.Context) (bool, string) {
 		o, err := tcCloud(ctx, lc, tcClusterB, key)
 		if err != nil {
@@ -279,28 +315,34 @@ func TestTwoClustersOneCloud(t *testing.T) {
 		}
 		var got []string
 		var ok bool
-		lbB, tgB, got, ok = o.single()
-		return ok && slices.Equal(got, podTargets), fmt.Sprintf("want %v; %s", podTargets, o.states)
+		r.lbB, r.tgB, got, ok = o.single()
+		return ok && slices.Equal(got, r.podTargets), fmt.Sprintf("want %v; %s", r.podTargets, o.states)
 	})
-	t.Logf("cluster A: %s (%s) target group %s; cluster B: %s (%s) target group %s", lbA.Name, ipA, tgA.Name, lbB.Name, ipB, tgB.Name)
-	if lbA.ARN == lbB.ARN || tgA.ARN == tgB.ARN || lbA.Name == lbB.Name || tgA.Name == tgB.Name || ipA == ipB {
-		t.Fatalf("the clusters share a resource: A %s %s %s, B %s %s %s", lbA.ARN, tgA.ARN, ipA, lbB.ARN, tgB.ARN, ipB)
+	t.Logf("cluster A: %s (%s) target group %s; cluster B: %s (%s) target group %s", r.lbA.Name, r.ipA, r.tgA.Name, r.lbB.Name, r.ipB, r.tgB.Name)
+	if r.lbA.ARN == r.lbB.ARN || r.tgA.ARN == r.tgB.ARN || r.lbA.Name == r.lbB.Name || r.tgA.Name == r.tgB.Name || r.ipA == r.ipB {
+		t.Fatalf("the clusters share a resource: A %s %s %s, B %s %s %s", r.lbA.ARN, r.tgA.ARN, r.ipA, r.lbB.ARN, r.tgB.ARN, r.ipB)
 	}
-	for _, r := range []struct {
+	for _, res := range []struct {
 		what    string
 		tags    cloud.Tags
 		cluster string
-	}{{"A's load balancer", lbA.Tags, tcClusterA}, {"A's target group", tgA.Tags, tcClusterA},
-		{"B's load balancer", lbB.Tags, tcClusterB}, {"B's target group", tgB.Tags, tcClusterB}} {
-		if !r.tags.Matches(cloud.Tags{cloud.TagCluster: r.cluster, cloud.TagService: key}) {
-			t.Errorf("%s: tags %v, want %s=%s and %s=%s", r.what, r.tags, cloud.TagCluster, r.cluster, cloud.TagService, key)
+	}{{"A's load balancer", r.lbA.Tags, tcClusterA}, {"A's target group", r.tgA.Tags, tcClusterA},
+		{"B's load balancer", r.lbB.Tags, tcClusterB}, {"B's target group", r.tgB.Tags, tcClusterB}} {
+		if !res.tags.Matches(cloud.Tags{cloud.TagCluster: res.cluster, cloud.TagService: key}) {
+			t.Errorf("%s: tags %v, want %s=%s and %s=%s", res.what, res.tags, cloud.TagCluster, res.cluster, cloud.TagService, key)
 		}
 	}
-	tcListenerTo(t, lc, lbA, tgA)
-	tcListenerTo(t, lc, lbB, tgB)
+	tcListenerTo(t, lc, r.lbA, r.tgA)
+	tcListenerTo(t, lc, r.lbB, r.tgB)
+	return slice
+}
 
+// dropOneEndpoint removes A's first pod from B's slice and waits for B to
+// deregister it from B's group only.
+func (r *tcClusters) dropOneEndpoint(ctx context.Context, slice *discoveryv1.EndpointSlice) {
+	t, lc, csB, ns, key := r.t, r.lc, r.csB, r.ns, r.key
 	// B drops one endpoint: B deregisters it from B's group only.
-	dropped := podTargets[0]
+	dropped := r.podTargets[0]
 	slice, err := csB.DiscoveryV1().EndpointSlices(ns).Get(ctx, slice.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -315,9 +357,14 @@ func TestTwoClustersOneCloud(t *testing.T) {
 			return false, err.Error()
 		}
 		_, _, got, ok := o.single()
-		return ok && slices.Equal(got, podTargets[1:]), o.states
+		return ok && slices.Equal(got, r.podTargets[1:]), o.states
 	})
+}
 
+// deleteB deletes B's Service and waits for B to remove its resources,
+// and only those.
+func (r *tcClusters) deleteB(ctx context.Context) {
+	t, lc, csB, ns := r.t, r.lc, r.csB, r.ns
 	// B's Service goes: B removes its resources, and only those.
 	if err := csB.CoreV1().Services(ns).Delete(ctx, tcService, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -334,20 +381,28 @@ func TestTwoClustersOneCloud(t *testing.T) {
 		}
 		return len(lbs) == 0 && len(tgs) == 0, fmt.Sprintf("cluster B still owns %d load balancers and %d target groups", len(lbs), len(tgs))
 	})
-	tcNothingLeft(t, lc, lbB, tgB)
+	tcNothingLeft(t, lc, r.lbB, r.tgB)
+}
 
+// checkAAfterB checks, 5 s after B is gone, that A has the same load
+// balancer, target group, targets and listener.
+func (r *tcClusters) checkAAfterB(ctx context.Context) {
+	t, lc, key := r.t, r.lc, r.key
 	// A after B is gone: the same resources, the same targets, serving.
 	time.Sleep(5 * time.Second)
 	o, err := tcCloud(ctx, lc, tcClusterA, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lb, tg, got, ok := o.single(); !ok || lb.ARN != lbA.ARN || tg.ARN != tgA.ARN || !slices.Equal(got, podTargets) {
-		t.Errorf("cluster A after B's deletion: %s; want %s, %s with %v", o.states, lbA.ARN, tgA.ARN, podTargets)
+	if lb, tg, got, ok := o.single(); !ok || lb.ARN != r.lbA.ARN || tg.ARN != r.tgA.ARN || !slices.Equal(got, r.podTargets) {
+		t.Errorf("cluster A after B's deletion: %s; want %s, %s with %v", o.states, r.lbA.ARN, r.tgA.ARN, r.podTargets)
 	}
-	tcListenerTo(t, lc, lbA, tgA)
-	stopLoad()
-	wg.Wait()
+	tcListenerTo(t, lc, r.lbA, r.tgA)
+}
+
+// tcCheckLoad checks the load through A's EXTERNAL-IP and the samples of
+// A's target group taken while B's Service came and went.
+func tcCheckLoad(t *testing.T, load *framework.Load, watch *tcWatch, podTargets []string) {
 	t.Logf("through A's EXTERNAL-IP while B's Service came and went: %d requests, %d failed %v; A's target group sampled %d times",
 		load.Total(), load.Failed(), load.Errors(), watch.samples)
 	if load.Failed() > 0 || load.Total() < 100 {
@@ -357,9 +412,15 @@ func TestTwoClustersOneCloud(t *testing.T) {
 		t.Errorf("A's target group left %v in %d of %d samples (want none of at least 20): %s",
 			podTargets, len(watch.deviations), watch.samples, strings.Join(watch.deviations[:min(5, len(watch.deviations))], "; "))
 	}
+}
+
+// checkAServes sends 30 requests through A's EXTERNAL-IP after B's
+// deletion; all must reach an echo pod.
+func (r *tcClusters) checkAServes() {
+	t := r.t
 	failed := 0
 	for range 30 {
-		if code, body, err := framework.HTTPGet("http://" + ipA + ":80/"); err != nil || code != 200 || !strings.HasPrefix(body, tcService+"-") {
+		if code, body, err := framework.HTTPGet("http://" + r.ipA + ":80/"); err != nil || code != 200 || !strings.HasPrefix(body, tcService+"-") {
 			failed++
 		}
 	}

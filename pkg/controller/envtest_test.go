@@ -318,9 +318,42 @@ func (h *harness) gatedPod(name, svc, ip string) {
 
 func TestServiceLifecycle(t *testing.T) {
 	h := start(t)
-	ctx := context.Background()
 	h.service("web", nil)
+	lbCalls := lifecycleEnsured(h)
+	lifecycleTargets(h, lbCalls)
 
+	// A health-check annotation modifies the target group.
+	h.update("web", func(s *corev1.Service) {
+		s.Annotations[service.AnnotationHCProtocol] = "HTTP"
+		s.Annotations[service.AnnotationHCPath] = "/healthz"
+	})
+	h.eventually("health check updated", func() (bool, string) {
+		tgs := h.cloud.Snapshot().TargetGroups
+		return len(tgs) == 1 && tgs[0].HealthCheck.Protocol == "HTTP" && tgs[0].HealthCheck.Path == "/healthz",
+			fmt.Sprintf("target groups %+v", tgs)
+	})
+
+	// Removing the annotation removes everything, then the finalizer.
+	h.update("web", func(s *corev1.Service) { delete(s.Annotations, service.AnnotationDirectAccess) })
+	h.eventually("cloud empty, finalizer, ingress and condition gone", func() (bool, string) {
+		s := h.get("web")
+		snap := h.cloud.Snapshot()
+		ok := len(snap.LoadBalancers)+len(snap.TargetGroups)+len(snap.Listeners) == 0 &&
+			!controllerutil.ContainsFinalizer(s, Finalizer) && len(s.Status.LoadBalancer.Ingress) == 0 &&
+			meta.FindStatusCondition(s.Status.Conditions, ConditionReady) == nil
+		return ok, fmt.Sprintf("cloud %+v service finalizers %v status %+v", snap, s.Finalizers, s.Status)
+	})
+	if v, ok := h.get("web").Annotations[service.AnnotationTargetGroups]; ok {
+		t.Errorf("target-group record %q left on a Service no longer owned", v)
+	}
+	h.eventually("Deleting and Deleted events", h.hasEvents("web", "Normal/DeletingLoadBalancer", "Normal/DeletedLoadBalancer"))
+}
+
+// lifecycleEnsured waits for the web Service's finalizer, ingress IP, Ready
+// condition, cloud resources, recorded target groups and events; it
+// returns the CreateLoadBalancer calls made so far.
+func lifecycleEnsured(h *harness) int {
+	t := h.t
 	h.eventually("finalizer, ingress IP and Ready condition", func() (bool, string) {
 		s := h.get("web")
 		ing := s.Status.LoadBalancer.Ingress
@@ -344,7 +377,15 @@ func TestServiceLifecycle(t *testing.T) {
 	})
 	lbCalls := h.cloud.Calls()["CreateLoadBalancer"]
 	h.eventually("Ensuring and Ensured events", h.hasEvents("web", "Normal/EnsuringLoadBalancer", "Normal/EnsuredLoadBalancer"))
+	return lbCalls
+}
 
+// lifecycleTargets follows the web Service's endpoints into its target
+// group (ready ones, and a pod waiting only on directlb's gate) through a
+// scale, with no load-balancer call beyond the lbCalls already made.
+func lifecycleTargets(h *harness, lbCalls int) {
+	t := h.t
+	ctx := context.Background()
 	// Endpoints: ready ones register; a not-ready one, a terminating one and
 	// a not-ready pod waiting on another gate do not; a pod waiting only on
 	// directlb's gate does.
@@ -386,32 +427,6 @@ func TestServiceLifecycle(t *testing.T) {
 	if calls["CreateLoadBalancer"] != lbCalls || calls["ModifyTargetGroup"] != 0 || calls["CreateListener"] != 1 {
 		t.Errorf("endpoint churn made load balancer calls: %v", calls)
 	}
-
-	// A health-check annotation modifies the target group.
-	h.update("web", func(s *corev1.Service) {
-		s.Annotations[service.AnnotationHCProtocol] = "HTTP"
-		s.Annotations[service.AnnotationHCPath] = "/healthz"
-	})
-	h.eventually("health check updated", func() (bool, string) {
-		tgs := h.cloud.Snapshot().TargetGroups
-		return len(tgs) == 1 && tgs[0].HealthCheck.Protocol == "HTTP" && tgs[0].HealthCheck.Path == "/healthz",
-			fmt.Sprintf("target groups %+v", tgs)
-	})
-
-	// Removing the annotation removes everything, then the finalizer.
-	h.update("web", func(s *corev1.Service) { delete(s.Annotations, service.AnnotationDirectAccess) })
-	h.eventually("cloud empty, finalizer, ingress and condition gone", func() (bool, string) {
-		s := h.get("web")
-		snap := h.cloud.Snapshot()
-		ok := len(snap.LoadBalancers)+len(snap.TargetGroups)+len(snap.Listeners) == 0 &&
-			!controllerutil.ContainsFinalizer(s, Finalizer) && len(s.Status.LoadBalancer.Ingress) == 0 &&
-			meta.FindStatusCondition(s.Status.Conditions, ConditionReady) == nil
-		return ok, fmt.Sprintf("cloud %+v service finalizers %v status %+v", snap, s.Finalizers, s.Status)
-	})
-	if v, ok := h.get("web").Annotations[service.AnnotationTargetGroups]; ok {
-		t.Errorf("target-group record %q left on a Service no longer owned", v)
-	}
-	h.eventually("Deleting and Deleted events", h.hasEvents("web", "Normal/DeletingLoadBalancer", "Normal/DeletedLoadBalancer"))
 }
 
 func TestInvalidAnnotationMakesNoCloudCall(t *testing.T) {

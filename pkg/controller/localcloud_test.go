@@ -104,6 +104,17 @@ func TestLocalcloudFaultsAndRestart(t *testing.T) {
 
 	check := sdkClient(t, srv, 30)
 	owner := cloud.Tags{cloud.TagCluster: cfg.ClusterName}
+	tgs := faultsOwnedResources(ctx, h, check, owner, names)
+	faultsTargetsFollow(ctx, h, check, tgs)
+	faultsDeleteAll(ctx, h, check, owner, names)
+}
+
+// faultsOwnedResources checks, through the SDK, that owner has one load
+// balancer with one TCP/80 listener and one target group per Service of
+// names, and that each Service's ingress is its load balancer's address
+// from localcloud's range; it returns the target groups.
+func faultsOwnedResources(ctx context.Context, h *harness, check *cloudaws.Client, owner cloud.Tags, names []string) []cloud.TargetGroup {
+	t, ns, n := h.t, h.ns, len(names)
 	lbs, err := check.ListLoadBalancers(ctx, owner)
 	if err != nil {
 		t.Fatal(err)
@@ -139,8 +150,13 @@ func TestLocalcloudFaultsAndRestart(t *testing.T) {
 			t.Errorf("%s: ingress %+v, load balancer addresses %v; want an address from %s", name, ing, lb.Addresses, lbRange)
 		}
 	}
+	return tgs
+}
 
-	// Targets follow an EndpointSlice.
+// faultsTargetsFollow gives s00 an EndpointSlice and waits for its ready
+// endpoints in its target group (of tgs).
+func faultsTargetsFollow(ctx context.Context, h *harness, check *cloudaws.Client, tgs []cloud.TargetGroup) {
+	t, ns := h.t, h.ns
 	h.slice("s00", epOf("10.1.0.1", true, false, ""), epOf("10.1.0.2", true, false, ""), epOf("10.1.0.3", false, false, ""))
 	var tgARN string
 	for _, tg := range tgs {
@@ -161,7 +177,12 @@ func TestLocalcloudFaultsAndRestart(t *testing.T) {
 		sort.Strings(got)
 		return cmp.Equal(want, got), fmt.Sprintf("targets %v", got)
 	})
+}
 
+// faultsDeleteAll deletes the Services of names and waits for them and
+// owner's load balancers and target groups to be gone.
+func faultsDeleteAll(ctx context.Context, h *harness, check *cloudaws.Client, owner cloud.Tags, names []string) {
+	t, c, ns := h.t, h.c, h.ns
 	for _, name := range names {
 		if err := c.Delete(ctx, h.get(name)); err != nil {
 			t.Fatal(err)
@@ -192,24 +213,7 @@ func TestLocalcloudFaultsAndRestart(t *testing.T) {
 func TestTwoClustersShareAnAccount(t *testing.T) {
 	c1, ns := newNamespace(t)
 	ctx := context.Background()
-	assets, why := testenv.EnvtestAssets("dlbt-controller-second-")
-	if why != "" {
-		t.Skip("a second apiserver needs the envtest binaries: " + why)
-	}
-	t.Cleanup(func() { os.RemoveAll(assets) })
-	env2 := &envtest.Environment{BinaryAssetsDirectory: assets}
-	rc2, err := env2.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env2.Stop() })
-	c2, err := client.New(rc2, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c2.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
+	c2, rc2 := startSecondAPIServer(ctx, t, ns)
 
 	srv := startLocalcloud(t, nil)
 	check := sdkClient(t, srv, 10)
@@ -230,35 +234,9 @@ func TestTwoClustersShareAnAccount(t *testing.T) {
 		cl.h.service("web", nil)
 		cl.h.slice("web", epOf(cl.ip, true, false, ""))
 	}
-	// owned returns a cluster's load balancers and the targets of its groups.
-	owned := func(cluster string) ([]string, []string, error) {
-		owner := cloud.Tags{cloud.TagCluster: cluster}
-		lbs, err := check.ListLoadBalancers(ctx, owner)
-		if err != nil {
-			return nil, nil, err
-		}
-		tgs, err := check.ListTargetGroups(ctx, owner)
-		if err != nil {
-			return nil, nil, err
-		}
-		var names, targets []string
-		for _, lb := range lbs {
-			names = append(names, lb.Name+" "+lb.Tags[cloud.TagService])
-		}
-		for _, tg := range tgs {
-			th, err := check.DescribeTargetHealth(ctx, tg.ARN)
-			if err != nil {
-				return nil, nil, err
-			}
-			for _, x := range th {
-				targets = append(targets, x.Target.String())
-			}
-		}
-		return names, targets, nil
-	}
 	for _, cl := range clusters {
 		waitFor(t, 60*time.Second, cl.name+": its Service converged with its own target", func() (bool, string) {
-			lbs, targets, err := owned(cl.name)
+			lbs, targets, err := ownedBy(ctx, check, cl.name)
 			ok := err == nil && len(lbs) == 1 && cmp.Equal(targets, []string{cl.ip + ":8080"}) &&
 				len(cl.h.get("web").Status.LoadBalancer.Ingress) == 1
 			return ok, fmt.Sprintf("load balancers %v, targets %v, err %v", lbs, targets, err)
@@ -268,7 +246,7 @@ func TestTwoClustersShareAnAccount(t *testing.T) {
 	if aIP, bIP := a.h.get("web").Status.LoadBalancer.Ingress[0].IP, b.h.get("web").Status.LoadBalancer.Ingress[0].IP; aIP == bIP {
 		t.Errorf("both clusters' Services got the load balancer address %s", aIP)
 	}
-	bLBs, bTargets, err := owned(b.name)
+	bLBs, bTargets, err := ownedBy(ctx, check, b.name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,11 +255,11 @@ func TestTwoClustersShareAnAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, a.name+": its resources gone", func() (bool, string) {
-		lbs, targets, err := owned(a.name)
+		lbs, targets, err := ownedBy(ctx, check, a.name)
 		return err == nil && len(lbs) == 0 && len(targets) == 0, fmt.Sprintf("%v %v %v", lbs, targets, err)
 	})
 	time.Sleep(2 * time.Second) // a few more passes of both controllers
-	lbs, targets, err := owned(b.name)
+	lbs, targets, err := ownedBy(ctx, check, b.name)
 	if err != nil || !cmp.Equal(lbs, bLBs) || !cmp.Equal(targets, bTargets) {
 		t.Errorf("%s after %s deleted its Service: load balancers %v targets %v (%v); want %v %v unchanged",
 			b.name, a.name, lbs, targets, err, bLBs, bTargets)
@@ -290,7 +268,59 @@ func TestTwoClustersShareAnAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, b.name+": its resources gone", func() (bool, string) {
-		lbs, targets, err := owned(b.name)
+		lbs, targets, err := ownedBy(ctx, check, b.name)
 		return err == nil && len(lbs) == 0 && len(targets) == 0, fmt.Sprintf("%v %v %v", lbs, targets, err)
 	})
+}
+
+// startSecondAPIServer starts a second kube-apiserver and etcd (skipping
+// the test without the envtest binaries), stopped and removed at cleanup,
+// with namespace ns created; it returns a client of it and its config.
+func startSecondAPIServer(ctx context.Context, t *testing.T, ns string) (client.Client, *rest.Config) {
+	assets, why := testenv.EnvtestAssets("dlbt-controller-second-")
+	if why != "" {
+		t.Skip("a second apiserver needs the envtest binaries: " + why)
+	}
+	t.Cleanup(func() { os.RemoveAll(assets) })
+	env2 := &envtest.Environment{BinaryAssetsDirectory: assets}
+	rc2, err := env2.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env2.Stop() })
+	c2, err := client.New(rc2, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	return c2, rc2
+}
+
+// ownedBy returns a cluster's load balancers and the targets of its groups.
+func ownedBy(ctx context.Context, check *cloudaws.Client, cluster string) ([]string, []string, error) {
+	owner := cloud.Tags{cloud.TagCluster: cluster}
+	lbs, err := check.ListLoadBalancers(ctx, owner)
+	if err != nil {
+		return nil, nil, err
+	}
+	tgs, err := check.ListTargetGroups(ctx, owner)
+	if err != nil {
+		return nil, nil, err
+	}
+	var names, targets []string
+	for _, lb := range lbs {
+		names = append(names, lb.Name+" "+lb.Tags[cloud.TagService])
+	}
+	for _, tg := range tgs {
+		th, err := check.DescribeTargetHealth(ctx, tg.ARN)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, x := range th {
+			targets = append(targets, x.Target.String())
+		}
+	}
+	return names, targets, nil
 }
