@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	ctrlzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"go.uber.org/zap/zapcore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -71,6 +73,10 @@ func run(m *testing.M) int {
 	if cfg.BinDir == "" {
 		cfg.BinDir = "../../bin"
 	}
+	// controller-runtime's logger, for the envtest control plane a test
+	// starts (TestTwoClustersOneCloud's cluster B); unset, it prints a
+	// stack trace instead of its first line.
+	ctrllog.SetLogger(ctrlzap.New(ctrlzap.WriteTo(os.Stderr)))
 	cfg.Log = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
