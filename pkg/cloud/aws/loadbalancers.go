@@ -303,8 +303,9 @@ func (c *Client) setDeregistrationDelay(ctx context.Context, arn string, seconds
 	return nil
 }
 
-// ListTargetGroups implements cloud.LoadBalancers. It reads each matching
-// group's attributes for the deregistration delay (one call per group).
+// ListTargetGroups implements cloud.LoadBalancers. It reads no attributes:
+// DeregistrationDelay is left 0, and DeregistrationDelay (the method) reads
+// one group's.
 func (c *Client) ListTargetGroups(ctx context.Context, tags cloud.Tags) ([]cloud.TargetGroup, error) {
 	var all []cloud.TargetGroup
 	p := elb.NewDescribeTargetGroupsPaginator(c.ELB, &elb.DescribeTargetGroupsInput{PageSize: awssdk.Int32(c.pageSize)})
