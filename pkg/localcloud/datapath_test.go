@@ -280,6 +280,16 @@ func (s *datapathStory) drain(t *testing.T, held *heldConn) {
 	if s := healthOf(t, c, tg.ARN)[drained]; s != cloud.TargetDraining {
 		t.Errorf("deregistered target %s: state %s, want draining", drained, s)
 	}
+	// The API answers once the state has the target draining; the
+	// datapath takes the change from the state a moment later (its
+	// reconcile loop), as an NLB takes a deregistration within seconds.
+	// Until then a new connection may still reach the target; within a
+	// second none may.
+	for settle := time.Now(); s.count(t, 5)[drained] != 0; {
+		if time.Since(settle) > time.Second {
+			t.Fatalf("draining target %s still got new connections 1s after its deregistration", drained)
+		}
+	}
 	for time.Since(deregAt) < 4*time.Second {
 		body, err := held.request()
 		if err != nil {
